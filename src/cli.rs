@@ -1,0 +1,281 @@
+//! The command line (CONTRACT §1): raw arguments validated once into a `Command`, then run.
+//! Every command that touches data takes `--db FILE` (else `$WAFER_DB`, else the config's
+//! `storage.path`, else `./wafer.db`). Errors come back as one line for `main` to print.
+
+use crate::config::{Config, Secret};
+use crate::store::{AppUpsert, Db};
+use std::path::PathBuf;
+
+/// Parsed `--flag value` options; each is taken once by name, and leftovers are an error.
+struct Opts {
+    values: Vec<(String, Option<String>)>,
+    positional: Vec<String>,
+}
+
+/// Flags that take no value.
+const SWITCHES: &[&str] = &["force", "help"];
+
+impl Opts {
+    fn parse(args: &[String]) -> Result<Opts, String> {
+        let mut values = Vec::new();
+        let mut positional = Vec::new();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            if let Some(flag) = a.strip_prefix("--") {
+                let (name, inline) = match flag.split_once('=') {
+                    Some((n, v)) => (n.to_string(), Some(v.to_string())),
+                    None => (flag.to_string(), None),
+                };
+                if SWITCHES.contains(&name.as_str()) {
+                    values.push((name, None));
+                } else {
+                    let v = match inline {
+                        Some(v) => v,
+                        None => it.next().cloned().ok_or_else(|| format!("--{name} needs a value"))?,
+                    };
+                    values.push((name, Some(v)));
+                }
+            } else {
+                positional.push(a.clone());
+            }
+        }
+        Ok(Opts { values, positional })
+    }
+
+    fn take(&mut self, name: &str) -> Option<String> {
+        let i = self.values.iter().position(|(n, _)| n == name)?;
+        self.values.remove(i).1
+    }
+
+    fn flag(&mut self, name: &str) -> bool {
+        match self.values.iter().position(|(n, _)| n == name) {
+            Some(i) => {
+                self.values.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn need(&mut self, name: &str) -> Result<String, String> {
+        self.take(name).ok_or_else(|| format!("--{name} is required"))
+    }
+
+    fn number(&mut self, name: &str) -> Result<Option<i64>, String> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(v) => match v.parse::<i64>() {
+                Ok(n) if n > 0 => Ok(Some(n)),
+                _ => Err(format!("--{name}: expected a positive number, got {v:?}")),
+            },
+        }
+    }
+
+    /// Fail on anything not taken.
+    fn done(self, max_positional: usize) -> Result<Vec<String>, String> {
+        if let Some((n, _)) = self.values.first() {
+            return Err(format!("unknown option --{n}"));
+        }
+        if self.positional.len() > max_positional {
+            return Err(format!("unexpected argument {:?}", self.positional[max_positional]));
+        }
+        Ok(self.positional)
+    }
+}
+
+pub const USAGE: &str = "usage: wafer <command>
+  serve [--config FILE]                 run the server
+  dev [--listen ADDR] [--db FILE]       run with an in-process fake WeChat and a demo app
+  mock-wechat [--listen ADDR]           run only the fake WeChat
+  app add --appid ID --secret S [--kind miniprogram|official] [--title T] [--login-days N]
+          [--session-secs N] [--token T] [--aes-key K] [--forward-url URL]
+  app list | app show ID | app remove ID
+  session purge                         delete expired sessions now
+data commands take --db FILE (else $WAFER_DB, else the config's storage.path, else ./wafer.db)";
+
+/// Run a command line (without the program name).
+pub fn run(args: &[String]) -> Result<(), String> {
+    let (cmd, rest) = args.split_first().ok_or(USAGE)?;
+    let sub = rest.first().map(String::as_str).unwrap_or("");
+    match (cmd.as_str(), sub) {
+        ("serve", _) => serve(Opts::parse(rest)?),
+        ("dev", _) => dev(Opts::parse(rest)?),
+        ("mock-wechat", _) => {
+            let mut o = Opts::parse(rest)?;
+            let listen = o.take("listen").unwrap_or_else(|| "127.0.0.1:5758".into());
+            o.done(0)?;
+            crate::mock::run_forever(&listen).map_err(|e| format!("mock-wechat {listen}: {e}"))
+        }
+        ("app", "add") => app_add(Opts::parse(&rest[1..])?),
+        ("app", "list") => app_list(Opts::parse(&rest[1..])?),
+        ("app", "show") => app_show(Opts::parse(&rest[1..])?),
+        ("app", "remove") => app_remove(Opts::parse(&rest[1..])?),
+        ("session", "purge") => session_purge(Opts::parse(&rest[1..])?),
+        ("help" | "--help" | "-h", _) => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => Err(format!("unknown command {:?}\n{USAGE}", args.join(" "))),
+    }
+}
+
+/// The database a data command uses.
+fn open_db(o: &mut Opts) -> Result<Db, String> {
+    let path = match o.take("db") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let config = o.take("config").map(PathBuf::from);
+            let c = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            PathBuf::from(c.storage.path)
+        }
+    };
+    Db::open(&path).map_err(|e| format!("database {}: {e}", path.display()))
+}
+
+fn serve(mut o: Opts) -> Result<(), String> {
+    let config = o.take("config").map(PathBuf::from);
+    o.done(0)?;
+    let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+    let handle = crate::server::start(config, false)?;
+    wait_for_signal()?;
+    eprintln!("wafer: shutting down");
+    handle.shutdown();
+    Ok(())
+}
+
+/// The demo mini program `wafer dev` registers.
+pub const DEV_APPID: &str = "wxdevdemo0000001";
+
+fn dev(mut o: Opts) -> Result<(), String> {
+    let listen = o.take("listen").unwrap_or_else(|| "127.0.0.1:5757".into());
+    let db = o.take("db").unwrap_or_else(|| "wafer-dev.db".into());
+    o.done(0)?;
+    let mock = crate::mock::start("127.0.0.1:0").map_err(|e| format!("fake WeChat: {e}"))?;
+    let mut config = Config::default();
+    config.server.listen = listen;
+    config.storage.path = db;
+    config.wechat.api_base = mock.base_url();
+    config.wechat.work_api_base = mock.base_url();
+    config.wechat.timeout_ms = 2000;
+    config.validate().map_err(|e| e.to_string())?;
+    Db::open(std::path::Path::new(&config.storage.path))
+        .and_then(|db| {
+            db.upsert_app(
+                &AppUpsert {
+                    appid: DEV_APPID.into(),
+                    secret: Secret::new("dev-secret"),
+                    title: Some("wafer dev demo".into()),
+                    ..Default::default()
+                },
+                crate::ids::now(),
+            )
+        })
+        .map_err(|e| format!("database {}: {e}", config.storage.path))?;
+    let handle = crate::server::start(config, true)?;
+    let a = handle.addr();
+    println!(
+        r#"wafer dev is running on http://{a} with a fake WeChat at {mock}
+The demo app is {DEV_APPID}; any code logs in (the same code is the same user).
+
+# log in (Wafer protocol):
+curl -s http://{a}/mina_auth/ -d '{{"version":1,"componentName":"MA","interface":{{"interfaceName":"qcloud.cam.id_skey","para":{{"code":"demo-user-1"}}}}}}'
+# check the session (paste id and skey from the answer above):
+curl -s http://{a}/mina_auth/ -d '{{"version":1,"componentName":"MA","interface":{{"interfaceName":"qcloud.cam.auth","para":{{"id":"ID","skey":"SKEY"}}}}}}'
+# make encrypted data for that session, then decrypt it:
+curl -s http://{a}/dev/encrypted_data -d '{{"id":"ID","skey":"SKEY","data":{{"nickName":"Band"}}}}'
+curl -s http://{a}/mina_auth/ -d '{{"version":1,"componentName":"MA","interface":{{"interfaceName":"qcloud.cam.decrypt","para":{{"id":"ID","skey":"SKEY","encrypt_data":"ENC","iv":"IV"}}}}}}'
+# the same with the /v1 API:
+curl -s http://{a}/v1/sessions -d '{{"appid":"{DEV_APPID}","code":"demo-user-1"}}'
+Ctrl-C stops it."#,
+        mock = mock.base_url()
+    );
+    wait_for_signal()?;
+    handle.shutdown();
+    mock.shutdown();
+    Ok(())
+}
+
+fn wait_for_signal() -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("signals: {e}"))?;
+    signals.forever().next();
+    Ok(())
+}
+
+fn app_add(mut o: Opts) -> Result<(), String> {
+    let kind = o.take("kind");
+    if let Some(k) = &kind {
+        if k != "miniprogram" && k != "official" {
+            return Err(format!("--kind: expected miniprogram or official, got {k:?}"));
+        }
+    }
+    let upsert = AppUpsert {
+        appid: o.need("appid")?,
+        secret: Secret::new(o.need("secret")?),
+        kind,
+        title: o.take("title"),
+        login_days: o.number("login-days")?,
+        session_secs: o.number("session-secs")?,
+        token: o.take("token").map(Secret::new),
+        aes_key: o.take("aes-key").map(Secret::new),
+        forward_url: o.take("forward-url"),
+    };
+    if let Some(k) = &upsert.aes_key {
+        if k.expose().len() != 43 {
+            return Err("--aes-key: an EncodingAESKey is 43 characters".into());
+        }
+    }
+    let db = open_db(&mut o)?;
+    o.done(0)?;
+    let app = db.upsert_app(&upsert, crate::ids::now()).map_err(|e| format!("app add: {e}"))?;
+    println!("app {} saved (app_id {})", app.appid, app.id);
+    Ok(())
+}
+
+fn app_list(mut o: Opts) -> Result<(), String> {
+    let db = open_db(&mut o)?;
+    o.done(0)?;
+    println!("{:<8} {:<24} {:<12} {:<10} {:<12} title", "app_id", "appid", "kind", "login_days", "session_secs");
+    for a in db.list_apps().map_err(|e| format!("app list: {e}"))? {
+        println!("{:<8} {:<24} {:<12} {:<10} {:<12} {}", a.id, a.appid, a.kind, a.login_days, a.session_secs, a.title);
+    }
+    Ok(())
+}
+
+fn app_show(mut o: Opts) -> Result<(), String> {
+    let db = open_db(&mut o)?;
+    let pos = o.done(1)?;
+    let appid = pos.first().ok_or("app show: which app? (wafer app show APPID)")?;
+    let a = db.app_by_appid(appid).map_err(|e| format!("app show: {e}"))?.ok_or(format!("no app {appid}"))?;
+    let set = |o: &Option<Secret>| if o.is_some() { "set" } else { "not set" };
+    println!("app_id:       {}", a.id);
+    println!("appid:        {}", a.appid);
+    println!("kind:         {}", a.kind);
+    println!("title:        {}", a.title);
+    println!("login_days:   {}", a.login_days);
+    println!("session_secs: {}", a.session_secs);
+    println!("secret:       set");
+    println!("token:        {}", set(&a.token));
+    println!("aes_key:      {}", set(&a.aes_key));
+    println!("forward_url:  {}", a.forward_url.as_deref().unwrap_or("-"));
+    Ok(())
+}
+
+fn app_remove(mut o: Opts) -> Result<(), String> {
+    let db = open_db(&mut o)?;
+    let pos = o.done(1)?;
+    let appid = pos.first().ok_or("app remove: which app? (wafer app remove APPID)")?;
+    if !db.remove_app(appid).map_err(|e| format!("app remove: {e}"))? {
+        return Err(format!("no app {appid}"));
+    }
+    println!("app {appid} removed with its users and sessions");
+    Ok(())
+}
+
+fn session_purge(mut o: Opts) -> Result<(), String> {
+    let db = open_db(&mut o)?;
+    o.done(0)?;
+    let n = db.purge_expired_sessions(crate::ids::now()).map_err(|e| format!("session purge: {e}"))?;
+    println!("{n} expired session(s) deleted");
+    Ok(())
+}

@@ -1,0 +1,350 @@
+//! Configuration: `wafer.toml` plus the environment overrides of CONTRACT §2, validated once
+//! into ready-to-use values. Nothing else reads the environment or the config file.
+
+use serde::Deserialize;
+use std::fmt;
+use std::path::Path;
+
+/// A string that must never reach a log, an error or a `Debug` dump (app secrets, api keys).
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "Secret(empty)" } else { "Secret(***)" })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub wechat: WeChatConfig,
+    #[serde(rename = "app")]
+    pub apps: Vec<AppDecl>,
+    #[serde(rename = "work_agent")]
+    pub work_agents: Vec<WorkAgentDecl>,
+    #[serde(rename = "component")]
+    pub components: Vec<ComponentDecl>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub workers: usize,
+    pub max_body_bytes: usize,
+    pub api_key: Secret,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WeChatConfig {
+    pub api_base: String,
+    pub work_api_base: String,
+    pub timeout_ms: u64,
+    pub stable_token: bool,
+    pub refresh_ahead_secs: u64,
+}
+
+/// An app declared in the config file; applied to the database at start-up (insert or update).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppDecl {
+    pub appid: String,
+    pub secret: Secret,
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    #[serde(default)]
+    pub title: String,
+    #[serde(default = "default_login_days")]
+    pub login_days: i64,
+    #[serde(default = "default_session_secs")]
+    pub session_secs: i64,
+    pub token: Option<Secret>,
+    pub aes_key: Option<Secret>,
+    pub prev_aes_key: Option<Secret>,
+    pub forward_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkAgentDecl {
+    pub corpid: String,
+    pub agentid: String,
+    pub secret: Secret,
+    #[serde(default)]
+    pub remark: String,
+    pub token: Option<Secret>,
+    pub aes_key: Option<Secret>,
+    pub prev_aes_key: Option<Secret>,
+    pub forward_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentDecl {
+    pub appid: String,
+    pub secret: Secret,
+    pub token: Secret,
+    pub aes_key: Secret,
+    pub prev_aes_key: Option<Secret>,
+    pub redirect_uri: Option<String>,
+}
+
+fn default_kind() -> String {
+    "miniprogram".into()
+}
+pub fn default_login_days() -> i64 {
+    30
+}
+pub fn default_session_secs() -> i64 {
+    2_592_000
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        ServerConfig {
+            listen: "127.0.0.1:5757".into(),
+            workers: (2 * cores).max(4),
+            max_body_bytes: 65536,
+            api_key: Secret::default(),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { path: "wafer.db".into() }
+    }
+}
+
+impl Default for WeChatConfig {
+    fn default() -> Self {
+        WeChatConfig {
+            api_base: "https://api.weixin.qq.com".into(),
+            work_api_base: "https://qyapi.weixin.qq.com".into(),
+            timeout_ms: 5000,
+            stable_token: true,
+            refresh_ahead_secs: 600,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            storage: StorageConfig::default(),
+            wechat: WeChatConfig::default(),
+            apps: Vec::new(),
+            work_agents: Vec::new(),
+            components: Vec::new(),
+        }
+    }
+}
+
+/// A configuration problem, reported as one line naming the key.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Load from an explicit file, else `$WAFER_CONFIG`, else `./wafer.toml` if present, else the
+    /// defaults; then apply the environment overrides and validate.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let env_path = std::env::var_os("WAFER_CONFIG").map(std::path::PathBuf::from);
+        let path = match (explicit, env_path) {
+            (Some(p), _) => Some(p.to_path_buf()),
+            (None, Some(p)) => Some(p),
+            (None, None) => Some(Path::new("wafer.toml").to_path_buf()).filter(|p| p.exists()),
+        };
+        let mut config = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(&p)
+                    .map_err(|e| ConfigError(format!("config {}: {e}", p.display())))?;
+                Config::parse(&text)
+                    .map_err(|e| ConfigError(format!("config {}: {}", p.display(), e.0)))?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(|k| std::env::var(k).ok())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parse TOML text; the error names the offending key in one line.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str::<Config>(text).map_err(|e| {
+            let msg = e.message().replace('\n', " ");
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            ConfigError(format!("{msg}{at}"))
+        })
+    }
+
+    /// Environment overrides of CONTRACT §2. `get` is the environment (a parameter for tests).
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = get("WAFER_LISTEN") {
+            self.server.listen = v;
+        }
+        if let Some(v) = get("WAFER_WORKERS") {
+            self.server.workers = v
+                .parse()
+                .map_err(|_| ConfigError(format!("WAFER_WORKERS (server.workers): not a number: {v:?}")))?;
+        }
+        if let Some(v) = get("WAFER_API_KEY") {
+            self.server.api_key = Secret(v);
+        }
+        if let Some(v) = get("WAFER_DB") {
+            self.storage.path = v;
+        }
+        if let Some(v) = get("WAFER_WECHAT_API_BASE") {
+            self.wechat.api_base = v;
+        }
+        if let Some(v) = get("WAFER_WORK_API_BASE") {
+            self.wechat.work_api_base = v;
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad("server.listen", "expected HOST:PORT with a numeric IP, e.g. 127.0.0.1:5757");
+        }
+        if self.server.workers == 0 || self.server.workers > 1024 {
+            return bad("server.workers", "must be between 1 and 1024");
+        }
+        if self.server.max_body_bytes < 1024 || self.server.max_body_bytes > 64 << 20 {
+            return bad("server.max_body_bytes", "must be between 1024 and 67108864");
+        }
+        if self.storage.path.is_empty() {
+            return bad("storage.path", "must not be empty");
+        }
+        for (key, base) in [
+            ("wechat.api_base", &self.wechat.api_base),
+            ("wechat.work_api_base", &self.wechat.work_api_base),
+        ] {
+            if !(base.starts_with("http://") || base.starts_with("https://")) {
+                return bad(key, "must start with http:// or https://");
+            }
+        }
+        if self.wechat.timeout_ms == 0 || self.wechat.timeout_ms > 120_000 {
+            return bad("wechat.timeout_ms", "must be between 1 and 120000");
+        }
+        if self.wechat.refresh_ahead_secs > 3600 {
+            return bad("wechat.refresh_ahead_secs", "must be at most 3600");
+        }
+        for app in &self.apps {
+            if app.appid.is_empty() {
+                return bad("app.appid", "must not be empty");
+            }
+            if app.kind != "miniprogram" && app.kind != "official" {
+                return bad("app.kind", "must be \"miniprogram\" or \"official\"");
+            }
+            if app.login_days <= 0 || app.session_secs <= 0 {
+                return bad("app.login_days / app.session_secs", "must be positive");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:5757");
+        assert!(c.server.workers >= 4);
+        assert_eq!(c.server.max_body_bytes, 65536);
+        assert!(c.server.api_key.is_empty());
+        assert_eq!(c.storage.path, "wafer.db");
+        assert_eq!(c.wechat.api_base, "https://api.weixin.qq.com");
+        assert_eq!(c.wechat.work_api_base, "https://qyapi.weixin.qq.com");
+        assert_eq!(c.wechat.timeout_ms, 5000);
+        assert!(c.wechat.stable_token);
+        assert_eq!(c.wechat.refresh_ahead_secs, 600);
+    }
+
+    #[test]
+    fn bad_keys_are_named() {
+        for (text, needle) in [
+            ("[server]\nworkers = \"x\"", "line 2"),
+            ("[server]\nlisten = 5", "line 2"),
+            ("[server]\nlisten_at = \"x\"", "listen_at"),
+            ("[wechat]\ntimeout_ms = -1", "line 2"),
+        ] {
+            let e = Config::parse(text).unwrap_err().0;
+            assert!(e.contains(needle), "{text:?} gave {e:?}");
+        }
+        let mut c = Config::parse("[server]\nlisten = \"nowhere\"").unwrap();
+        assert!(c.validate().unwrap_err().0.starts_with("server.listen"));
+        c.server.listen = "127.0.0.1:1".into();
+        c.apply_env(|k| (k == "WAFER_WORKERS").then(|| "many".to_string())).unwrap_err();
+    }
+
+    #[test]
+    fn env_overrides_apply() {
+        let mut c = Config::default();
+        c.apply_env(|k| match k {
+            "WAFER_LISTEN" => Some("0.0.0.0:1".into()),
+            "WAFER_DB" => Some("/tmp/x.db".into()),
+            "WAFER_API_KEY" => Some("k".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.server.listen, "0.0.0.0:1");
+        assert_eq!(c.storage.path, "/tmp/x.db");
+        assert_eq!(c.server.api_key.expose(), "k");
+        assert_eq!(format!("{:?}", c.server.api_key), "Secret(***)");
+    }
+
+    #[test]
+    fn apps_parse() {
+        let c = Config::parse(
+            "[[app]]\nappid = \"wx1\"\nsecret = \"s\"\n[[app]]\nappid = \"wx2\"\nsecret = \"t\"\nkind = \"official\"",
+        )
+        .unwrap();
+        assert_eq!(c.apps.len(), 2);
+        assert_eq!(c.apps[1].kind, "official");
+        assert_eq!(c.apps[0].login_days, 30);
+        assert!(!format!("{c:?}").contains("\"s\""));
+    }
+}

@@ -1,0 +1,38 @@
+//! Routes that exist only under `wafer dev`: `POST /dev/encrypted_data {id, skey, data}` encrypts
+//! `data` with that session's key (adding the watermark), so the decrypt path can be tried end to
+//! end without a phone. Never enabled by `wafer serve`.
+
+use super::v1::{error_reply, Body};
+use super::{Incoming, Method, Reply, Worker};
+use crate::error::Error;
+use crate::session;
+use serde_json::{json, Value};
+
+pub fn route(w: &mut Worker, rq: &Incoming) -> (&'static str, Reply) {
+    match (rq.method, rq.path.as_str()) {
+        (Method::Post, "/dev/encrypted_data") => {
+            ("/dev/encrypted_data", encrypted_data(w, rq).unwrap_or_else(error_reply))
+        }
+        _ => ("-", super::not_found()),
+    }
+}
+
+fn encrypted_data(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
+    let b = Body::parse(rq)?;
+    let now = crate::ids::now();
+    let s = session::check(&w.db, b.str("id")?, b.str("skey")?, None, now)?;
+    let mut data = match b.0.get("data") {
+        Some(Value::Object(m)) => Value::Object(m.clone()),
+        _ => return Err(Error::BadRequest("data must be a JSON object".into())),
+    };
+    if data.get("watermark").is_none() {
+        data["watermark"] = json!({"appid": s.row.appid, "timestamp": now});
+    }
+    let iv = crate::ids::random_bytes::<16>()?;
+    let encrypt_data =
+        crate::crypto::encrypt_user_data(s.row.session_key.expose(), data.to_string().as_bytes(), Some(&iv))
+            .map_err(|e| Error::Internal(e.to_string()))?;
+    use base64::Engine;
+    let iv = base64::engine::general_purpose::STANDARD.encode(iv);
+    Ok(Reply::json(200, &json!({"encrypt_data": encrypt_data, "iv": iv})))
+}

@@ -1,0 +1,381 @@
+//! The HTTP server: the only module that touches tiny_http. An `Arc<tiny_http::Server>` shared
+//! by N worker threads, each with its own SQLite connection, each looping on `recv`. A request is
+//! read once into an `Incoming` (body bounded by `server.max_body_bytes`), routed to a dialect
+//! (`wafer`, `mina`, `v1`, `dev`), and answered with a `Reply`. A panic in a handler becomes a 500
+//! and the worker goes on. Shutdown stops taking new work, finishes what is in hand, and joins.
+
+mod dev;
+mod mina;
+mod v1;
+mod wafer;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::{AppUpsert, Db};
+use crate::wechat::WeChat;
+use serde_json::{json, Value};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// What every worker shares: configuration, the WeChat client, metrics.
+pub struct Shared {
+    pub config: Config,
+    pub wechat: WeChat,
+    pub metrics: Arc<Metrics>,
+    /// `wafer dev`: enables the `/dev/*` routes.
+    pub dev: bool,
+    pub db_path: PathBuf,
+}
+
+/// One worker's own state: its database connection and the shared parts.
+pub struct Worker {
+    pub db: Db,
+    pub shared: Arc<Shared>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+    Other,
+}
+
+/// A request as the handlers see it: read completely, nothing left on the socket.
+pub struct Incoming {
+    pub method: Method,
+    pub path: String,
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Incoming {
+    /// A header by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The decoded query parameters.
+    pub fn query_pairs(&self) -> Vec<(String, String)> {
+        form_decode(&self.query)
+    }
+
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.query_pairs().into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+}
+
+/// A response before it is written.
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+pub const JSON: &str = "application/json; charset=utf-8";
+
+impl Reply {
+    pub fn json(status: u16, v: &Value) -> Reply {
+        Reply { status, content_type: JSON, body: v.to_string().into_bytes(), headers: Vec::new() }
+    }
+    pub fn text(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Reply {
+        Reply { status, content_type, body: body.into(), headers: Vec::new() }
+    }
+    pub fn no_content() -> Reply {
+        Reply { status: 204, content_type: JSON, body: Vec::new(), headers: Vec::new() }
+    }
+    /// The `/v1` error shape: `{"error":CODE,"message":STR,"errcode"?:N}`.
+    pub fn error(status: u16, code: &str, message: &str, errcode: Option<i64>) -> Reply {
+        let mut v = json!({"error": code, "message": message});
+        if let Some(c) = errcode {
+            v["errcode"] = json!(c);
+        }
+        Reply::json(status, &v)
+    }
+}
+
+/// A running server.
+pub struct Handle {
+    addr: SocketAddr,
+    server: Arc<tiny_http::Server>,
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+    pub shared: Arc<Shared>,
+}
+
+impl Handle {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stop taking requests, let every worker finish the one in hand and drain the queue, join.
+    pub fn shutdown(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for _ in &self.workers {
+            self.server.unblock();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Open the database, apply the apps declared in config, bind, and start the workers.
+pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
+    let db_path = PathBuf::from(&config.storage.path);
+    let db = Db::open(&db_path).map_err(|e| format!("database {}: {e}", db_path.display()))?;
+    let now = crate::ids::now();
+    for a in &config.apps {
+        db.upsert_app(
+            &AppUpsert {
+                appid: a.appid.clone(),
+                secret: a.secret.clone(),
+                kind: Some(a.kind.clone()),
+                title: Some(a.title.clone()),
+                login_days: Some(a.login_days),
+                session_secs: Some(a.session_secs),
+                token: a.token.clone(),
+                aes_key: a.aes_key.clone(),
+                forward_url: a.forward_url.clone(),
+            },
+            now,
+        )
+        .map_err(|e| format!("config app {}: {e}", a.appid))?;
+    }
+    let apps = db.list_apps().map_err(|e| format!("database: {e}"))?.len();
+    drop(db);
+
+    let metrics = Arc::new(Metrics::default());
+    let m = metrics.clone();
+    let wechat = WeChat::new(&config.wechat).with_observer(move |rec| {
+        crate::wechat::log_call(rec);
+        let code = match rec.outcome {
+            Ok(_) => 0,
+            Err(e) => e.errcode().unwrap_or(-2),
+        };
+        m.upstream(rec.path, code);
+    });
+    let server = tiny_http::Server::http(&config.server.listen)
+        .map_err(|e| format!("server.listen {}: {e}", config.server.listen))?;
+    let addr = server.server_addr().to_ip().ok_or("server.listen: not an IP address")?;
+    let server = Arc::new(server);
+    let workers_n = config.server.workers;
+    let shared = Arc::new(Shared { config, wechat, metrics, dev, db_path: db_path.clone() });
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::with_capacity(workers_n);
+    for i in 0..workers_n {
+        let db = Db::open(&db_path).map_err(|e| format!("database {}: {e}", db_path.display()))?;
+        let mut worker = Worker { db, shared: shared.clone() };
+        let (server, stop) = (server.clone(), stop.clone());
+        let t = std::thread::Builder::new()
+            .name(format!("worker-{i}"))
+            .spawn(move || worker_loop(&mut worker, &server, &stop))
+            .map_err(|e| format!("spawning worker: {e}"))?;
+        workers.push(t);
+    }
+    eprintln!(
+        "wafer listening on http://{addr} (database {}, {apps} app(s), {workers_n} workers{})",
+        db_path.display(),
+        if dev { ", dev mode" } else { "" }
+    );
+    Ok(Handle { addr, server, stop, workers, shared })
+}
+
+fn worker_loop(worker: &mut Worker, server: &tiny_http::Server, stop: &AtomicBool) {
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            // Drain what tiny_http already accepted, then leave.
+            while let Ok(Some(rq)) = server.try_recv() {
+                serve(worker, rq);
+            }
+            return;
+        }
+        match server.recv() {
+            Ok(rq) => serve(worker, rq),
+            Err(_) if stop.load(Ordering::SeqCst) => continue,
+            // An accept error: nothing to answer; do not spin.
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+/// Read, route, answer, log, count. Never panics out: a handler panic is answered with a 500.
+fn serve(worker: &mut Worker, mut rq: tiny_http::Request) {
+    let started = Instant::now();
+    let method = match rq.method() {
+        tiny_http::Method::Get | tiny_http::Method::Head => Method::Get,
+        tiny_http::Method::Post => Method::Post,
+        _ => Method::Other,
+    };
+    let (path, query) = match rq.url().split_once('?') {
+        Some((p, q)) => (p.to_string(), q.to_string()),
+        None => (rq.url().to_string(), String::new()),
+    };
+    let limit = worker.shared.config.server.max_body_bytes;
+    let (route, reply) = match read_body(&mut rq, limit) {
+        Err(reply) => ("-", reply),
+        Ok(body) => {
+            let headers = rq
+                .headers()
+                .iter()
+                .map(|h| (h.field.as_str().as_str().to_string(), h.value.as_str().to_string()))
+                .collect();
+            let incoming = Incoming { method, path: path.clone(), query, headers, body };
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| route(worker, &incoming))) {
+                Ok(r) => r,
+                Err(_) => ("-", Reply::error(500, "internal", "internal error", None)),
+            }
+        }
+    };
+    let status = reply.status;
+    let mut resp = tiny_http::Response::from_data(reply.body).with_status_code(status);
+    if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], reply.content_type.as_bytes()) {
+        resp.add_header(h);
+    }
+    for (k, v) in reply.headers {
+        if let Ok(h) = tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()) {
+            resp.add_header(h);
+        }
+    }
+    let _ = rq.respond(resp);
+    let elapsed = started.elapsed();
+    worker.shared.metrics.request(route, status, elapsed);
+    eprintln!("{} {} {} {}us", method_name(method), path, status, elapsed.as_micros());
+}
+
+fn method_name(m: Method) -> &'static str {
+    match m {
+        Method::Get => "GET",
+        Method::Post => "POST",
+        Method::Other => "OTHER",
+    }
+}
+
+/// The body, or a ready 413 when it is over the limit (checked on the declared length first,
+/// so an oversized upload is refused without being read).
+fn read_body(rq: &mut tiny_http::Request, limit: usize) -> Result<Vec<u8>, Reply> {
+    let too_large = || {
+        let mut r = Reply::error(413, "payload_too_large", "request body is too large", None);
+        r.headers.push(("Connection", "close".into()));
+        r
+    };
+    if rq.body_length().is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    match rq.as_reader().take(limit as u64 + 1).read_to_end(&mut body) {
+        Ok(_) if body.len() > limit => Err(too_large()),
+        Ok(_) => Ok(body),
+        Err(_) => Err(Reply::error(400, "bad_request", "could not read the request body", None)),
+    }
+}
+
+/// Route to a dialect. Returns the route pattern (the metrics label) and the reply.
+fn route(w: &mut Worker, rq: &Incoming) -> (&'static str, Reply) {
+    let path = rq.path.as_str();
+    match (rq.method, path) {
+        (Method::Post, "/mina_auth/" | "/mina_auth" | "/") => ("/mina_auth/", wafer::handle(w, rq)),
+        (Method::Post, "/mina/login") => ("/mina/login", mina::login(w, rq)),
+        (Method::Post, "/mina/auth") => ("/mina/auth", mina::auth(w, rq)),
+        (Method::Get, "/healthz") => ("/healthz", healthz(w)),
+        (Method::Get, "/metrics") => ("/metrics", metrics(w)),
+        _ if path.starts_with("/v1/") => v1::route(w, rq),
+        _ if path.starts_with("/dev/") && w.shared.dev => dev::route(w, rq),
+        (_, "/mina_auth/" | "/mina_auth" | "/" | "/mina/login" | "/mina/auth" | "/healthz" | "/metrics") => {
+            ("-", method_not_allowed())
+        }
+        _ => ("-", not_found()),
+    }
+}
+
+pub fn not_found() -> Reply {
+    Reply::error(404, "not_found", "no such route", None)
+}
+
+pub fn method_not_allowed() -> Reply {
+    Reply::error(405, "method_not_allowed", "method not allowed on this route", None)
+}
+
+fn healthz(w: &Worker) -> Reply {
+    match w.db.ping() {
+        Ok(()) => Reply::json(200, &json!({"status": "ok"})),
+        Err(_) => Reply::json(503, &json!({"status": "unavailable"})),
+    }
+}
+
+fn metrics(w: &Worker) -> Reply {
+    let live = w.db.count_live_sessions(crate::ids::now()).ok();
+    Reply::text(200, "text/plain; version=0.0.4", w.shared.metrics.render(live))
+}
+
+/// Does the request carry `Authorization: Bearer <server.api_key>`? True when no key is set.
+pub fn api_key_ok(w: &Worker, rq: &Incoming) -> bool {
+    let key = &w.shared.config.server.api_key;
+    if key.is_empty() {
+        return true;
+    }
+    let given = rq.header("Authorization").and_then(|h| h.strip_prefix("Bearer ")).unwrap_or("");
+    crate::crypto::ct_eq(given.trim().as_bytes(), key.expose().as_bytes())
+}
+
+/// `application/x-www-form-urlencoded` (and query string) decoding. Invalid escapes are kept as
+/// they are; invalid UTF-8 is replaced.
+pub fn form_decode(s: &str) -> Vec<(String, String)> {
+    s.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    fn hex_val(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex_val(bytes[i + 1]), hex_val(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_decoding() {
+        assert_eq!(
+            form_decode("a=1&b=x+y&c=%E4%B8%AD&d=%zz&e&f=%4"),
+            vec![
+                ("a".into(), "1".into()),
+                ("b".into(), "x y".into()),
+                ("c".into(), "中".into()),
+                ("d".into(), "%zz".into()),
+                ("e".into(), "".into()),
+                ("f".into(), "%4".into()),
+            ]
+        );
+    }
+}

@@ -1,0 +1,147 @@
+//! The Wafer wire protocol (CONTRACT §3): `POST /mina_auth/` with the `{version, componentName,
+//! interface: {interfaceName, para}}` envelope, always answered HTTP 200 with
+//! `{returnCode, returnMessage, returnData, version, componentName}` in that key order.
+//! Unmodified Wafer server SDKs depend on every name, type and order here.
+
+use super::{Incoming, Reply, Worker};
+use crate::error::Error;
+use crate::session::{self, Encrypted};
+use serde_json::{json, Map, Value};
+
+/// A failure as the envelope reports it.
+pub struct Fail(pub i64, pub &'static str);
+
+pub const REQUEST_IS_NOT_JSON: Fail = Fail(1009, "REQUEST_IS_NOT_JSON");
+pub const NO_INTERFACENAME_PARA: Fail = Fail(1002, "NO_INTERFACENAME_PARA");
+pub const NO_PARA: Fail = Fail(1011, "NO_PARA");
+pub const INTERFACENAME_PARA_ERR: Fail = Fail(1010, "INTERFACENAME_PARA_ERR");
+pub const PARA_ERR: Fail = Fail(1003, "PARA_ERR");
+pub const AUTH_FAIL: Fail = Fail(60012, "AUTH_FAIL");
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Fail {
+        if !matches!(e, Error::AuthFail | Error::DecryptFail | Error::BadRequest(_) | Error::NoApp) {
+            eprintln!("mina_auth: {e}");
+        }
+        match e {
+            Error::BadRequest(_) => PARA_ERR,
+            Error::NoApp | Error::NotFound(_) => Fail(1012, "NO_APPID"),
+            Error::AuthFail => AUTH_FAIL,
+            Error::DecryptFail => Fail(60021, "DECRYPT_FAIL"),
+            Error::Upstream(u) if u.is_transport() => Fail(1005, "WEIXIN_NET_ERR"),
+            Error::Upstream(_) | Error::Refused(_) => Fail(1007, "WEIXIN_RETURN_ERR"),
+            Error::CodeRejected(_) => Fail(40029, "WEIXIN_CODE_ERR"),
+            Error::SessionWrite(_) => Fail(1006, "CHANGE_SESSION_ERR"),
+            Error::Db(_) | Error::Internal(_) => Fail(1001, "DB_ERR"),
+        }
+    }
+}
+
+pub fn handle(w: &mut Worker, rq: &Incoming) -> Reply {
+    let (code, message, data) = match dispatch(w, rq) {
+        Ok((message, data)) => (0, message, data),
+        Err(Fail(code, message)) => (code, message, json!("")),
+    };
+    Reply::json(
+        200,
+        &json!({
+            "returnCode": code,
+            "returnMessage": message,
+            "returnData": data,
+            "version": 1,
+            "componentName": "MA",
+        }),
+    )
+}
+
+/// The `para` object with typed accessors. Optional fields that are `null` or `""` count as
+/// absent (SDKs send both when the mini program gave no encrypted data).
+pub struct Para<'a>(pub &'a Map<String, Value>);
+
+impl<'a> Para<'a> {
+    pub fn opt_str(&self, key: &str) -> Result<Option<&'a str>, Fail> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.is_empty() => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(PARA_ERR),
+        }
+    }
+
+    pub fn str(&self, key: &str) -> Result<&'a str, Fail> {
+        self.opt_str(key)?.ok_or(PARA_ERR)
+    }
+
+    /// `force`: a boolean, 0/1, or "0"/"1"/"true"/"false".
+    pub fn opt_bool(&self, key: &str) -> Result<bool, Fail> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(Value::Number(n)) => Ok(n.as_i64().is_some_and(|n| n != 0)),
+            Some(Value::String(s)) => match s.as_str() {
+                "" | "0" | "false" => Ok(false),
+                "1" | "true" => Ok(true),
+                _ => Err(PARA_ERR),
+            },
+            Some(_) => Err(PARA_ERR),
+        }
+    }
+
+    fn encrypted(&self) -> Result<Option<Encrypted<'a>>, Fail> {
+        let iv = self.opt_str("iv")?;
+        Ok(self.opt_str("encrypt_data")?.map(|data| Encrypted { data, iv }))
+    }
+}
+
+fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Value), Fail> {
+    let body: Value = serde_json::from_slice(&rq.body).map_err(|_| REQUEST_IS_NOT_JSON)?;
+    let body = body.as_object().ok_or(REQUEST_IS_NOT_JSON)?;
+    let interface = body.get("interface").and_then(Value::as_object);
+    let name = interface
+        .and_then(|i| i.get("interfaceName"))
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or(NO_INTERFACENAME_PARA)?;
+    let para = interface.and_then(|i| i.get("para")).and_then(Value::as_object).ok_or(NO_PARA)?;
+    let p = Para(para);
+    let now = crate::ids::now();
+    match name {
+        "qcloud.cam.id_skey" => {
+            let code = p.str("code")?;
+            let encrypted = p.encrypted()?;
+            let app = session::resolve_app(&w.db, p.opt_str("appid")?)?;
+            let login = session::login(&mut w.db, &w.shared.wechat, &app, code, encrypted, now)?;
+            let mut data = json!({
+                "id": login.id,
+                "skey": login.skey,
+                "user_info": login.user_info,
+                "duration": login.duration,
+                "openid": login.openid,
+            });
+            if let Some(u) = login.unionid {
+                data["unionid"] = json!(u);
+            }
+            let message = if login.is_new_user { "NEW_SESSION_SUCCESS" } else { "UPDATE_SESSION_SUCCESS" };
+            Ok((message, data))
+        }
+        "qcloud.cam.auth" => {
+            let (id, skey) = (p.str("id")?, p.str("skey")?);
+            let app = session::resolve_app(&w.db, p.opt_str("appid")?)?;
+            let s = session::check(&w.db, id, skey, Some(&app), now)?;
+            Ok(("AUTH_SUCCESS", json!({"user_info": s.user_info()})))
+        }
+        "qcloud.cam.decrypt" => {
+            let (id, skey) = (p.str("id")?, p.str("skey")?);
+            let enc = Encrypted { data: p.str("encrypt_data")?, iv: p.opt_str("iv")? };
+            let (_, value) = session::decrypt(&w.db, id, skey, enc, now)?;
+            Ok(("DECRYPT_SUCCESS", value))
+        }
+        "qcloud.cam.userinfo" => {
+            let (id, skey) = (p.str("id")?, p.str("skey")?);
+            let enc = Encrypted { data: p.str("encrypt_data")?, iv: Some(p.str("iv")?) };
+            let (s, value) = session::set_user_info(&w.db, id, skey, enc, now)?;
+            Ok(("UPDATE_USERINFO_SUCCESS", json!({"id": id, "skey": skey, "appid": s.row.appid, "user_info": value})))
+        }
+        _ => Err(INTERFACENAME_PARA_ERR),
+    }
+}

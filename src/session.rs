@@ -1,0 +1,175 @@
+//! The session core: mini-program login through `jscode2session`, session checks with absolute
+//! and sliding expiry, decryption of `encryptedData`, user data, revocation. Written once; the
+//! Wafer envelope, `/mina` and `/v1` are renderers over it.
+//!
+//! Invariants: the `session_key` never leaves this module in a result meant for a client; only a
+//! hash of the `skey` is stored; a login that fails at any step writes nothing.
+
+use crate::crypto;
+use crate::error::Error;
+use crate::ids;
+use crate::store::{App, Db, LoginWrite, SessionRow};
+use crate::wechat::{UpstreamError, WeChat};
+use serde_json::Value;
+
+/// `encryptedData` as a client sent it; `iv: None` is the legacy scheme (IV = key, no watermark).
+#[derive(Clone, Copy)]
+pub struct Encrypted<'a> {
+    pub data: &'a str,
+    pub iv: Option<&'a str>,
+}
+
+/// A successful login, ready for any dialect to render.
+pub struct Login {
+    pub id: String,
+    pub skey: String,
+    pub openid: String,
+    pub unionid: Option<String>,
+    pub user_info: Value,
+    /// Session lifetime in seconds: the sliding window, capped by the absolute one.
+    pub duration: i64,
+    /// When the session expires if it is not used again (unix seconds).
+    pub expires_at: i64,
+    pub is_new_user: bool,
+}
+
+/// A valid session, after a successful check.
+pub struct Session {
+    pub row: SessionRow,
+}
+
+impl Session {
+    pub fn user_info(&self) -> Value {
+        parse_stored(self.row.user_info.as_deref())
+    }
+}
+
+/// Pick the app: by appid when given, else the only mini-program app. `NoApp` otherwise.
+pub fn resolve_app(db: &Db, appid: Option<&str>) -> Result<App, Error> {
+    let app = match appid {
+        Some(a) => db.app_by_appid(a)?,
+        None => db.sole_miniprogram_app()?,
+    };
+    app.ok_or(Error::NoApp)
+}
+
+/// Pick the app by the numeric id of the `/mina` dialect.
+pub fn resolve_app_by_id(db: &Db, id: i64) -> Result<App, Error> {
+    db.app_by_id(id)?.ok_or(Error::NoApp)
+}
+
+/// Log in: exchange the code, decrypt the data if any (before anything is written), then store
+/// the user and a new session in one transaction.
+pub fn login(
+    db: &mut Db,
+    wechat: &WeChat,
+    app: &App,
+    code: &str,
+    encrypted: Option<Encrypted>,
+    now: i64,
+) -> Result<Login, Error> {
+    if code.is_empty() {
+        return Err(Error::BadRequest("code is empty".into()));
+    }
+    let c2s = wechat.jscode2session(&app.appid, app.secret.expose(), code).map_err(|e| match e {
+        UpstreamError::WeChat { errcode, .. } => Error::CodeRejected(errcode),
+        other => Error::Upstream(other),
+    })?;
+    let user_info = match encrypted {
+        Some(enc) => Some(decrypt_for(&app.appid, c2s.session_key.expose(), enc)?.to_string()),
+        None => None,
+    };
+    let skey = ids::random_hex32()?;
+    let new_user_id = ids::random_hex32()?;
+    let skey_hash = ids::skey_hash(&skey);
+    let (duration, expires_at) = lifetimes(app, now);
+    let written = db
+        .record_login(&LoginWrite {
+            app_pk: app.id,
+            openid: &c2s.openid,
+            unionid: c2s.unionid.as_deref(),
+            session_key: c2s.session_key.expose(),
+            user_info: user_info.as_deref(),
+            new_user_id: &new_user_id,
+            skey_hash: &skey_hash,
+            now,
+            expires_at: now + app.login_days * 86400,
+            idle_secs: app.session_secs,
+        })
+        .map_err(|e| Error::SessionWrite(e.to_string()))?;
+    Ok(Login {
+        id: written.user_id,
+        skey,
+        openid: c2s.openid,
+        unionid: c2s.unionid,
+        user_info: parse_stored(written.user_info.as_deref()),
+        duration,
+        expires_at,
+        is_new_user: written.is_new_user,
+    })
+}
+
+/// (duration, expires_at) of a session created now.
+fn lifetimes(app: &App, now: i64) -> (i64, i64) {
+    let duration = app.session_secs.min(app.login_days * 86400);
+    (duration, now + duration)
+}
+
+/// Check a session: both ids well-formed, the session exists, belongs to `app` when one is
+/// given, and is within both clocks. A success slides `last_visit`.
+pub fn check(db: &Db, id: &str, skey: &str, app: Option<&App>, now: i64) -> Result<Session, Error> {
+    if !ids::is_hex32(id) || !ids::is_hex32(skey) {
+        return Err(Error::AuthFail);
+    }
+    let hash = ids::skey_hash(skey);
+    let row = db.session(id, &hash)?.ok_or(Error::AuthFail)?;
+    if app.is_some_and(|a| a.id != row.app_pk) {
+        return Err(Error::AuthFail);
+    }
+    if now > row.expires_at || now - row.last_visit > row.idle_secs {
+        return Err(Error::AuthFail);
+    }
+    // Writing on every check would serialise all checks on SQLite's single writer; sliding in
+    // steps of a tenth of the window (at most a minute) keeps the expiry exact to that step.
+    let step = (row.idle_secs / 10).min(60);
+    if now - row.last_visit >= step.max(1) {
+        db.touch_session(&hash, now).map_err(|e| Error::SessionWrite(e.to_string()))?;
+    }
+    Ok(Session { row })
+}
+
+/// Decrypt `encryptedData` with a valid session's key.
+pub fn decrypt(db: &Db, id: &str, skey: &str, enc: Encrypted, now: i64) -> Result<(Session, Value), Error> {
+    let session = check(db, id, skey, None, now)?;
+    let value = decrypt_for(&session.row.appid, session.row.session_key.expose(), enc)?;
+    Ok((session, value))
+}
+
+/// Decrypt and store as the user's data (`qcloud.cam.userinfo`).
+pub fn set_user_info(db: &Db, id: &str, skey: &str, enc: Encrypted, now: i64) -> Result<(Session, Value), Error> {
+    let (session, value) = decrypt(db, id, skey, enc, now)?;
+    db.set_user_info(&session.row.user_id, &value.to_string(), now)
+        .map_err(|e| Error::SessionWrite(e.to_string()))?;
+    Ok((session, value))
+}
+
+/// Revoke one session (this device). `AuthFail` when there is no such session.
+pub fn revoke(db: &Db, id: &str, skey: &str, now: i64) -> Result<(), Error> {
+    check(db, id, skey, None, now)?;
+    db.revoke_session(&ids::skey_hash(skey)).map_err(|e| Error::SessionWrite(e.to_string()))?;
+    Ok(())
+}
+
+fn decrypt_for(appid: &str, session_key: &str, enc: Encrypted) -> Result<Value, Error> {
+    let plain = crypto::decrypt_user_data(session_key, enc.data, enc.iv).map_err(|_| Error::DecryptFail)?;
+    match enc.iv {
+        Some(_) => crypto::check_watermark(&plain, appid),
+        None => crypto::parse_user_data(&plain),
+    }
+    .map_err(|_| Error::DecryptFail)
+}
+
+/// Stored user data is a JSON object or NULL; anything else is treated as NULL.
+fn parse_stored(s: Option<&str>) -> Value {
+    s.and_then(|s| serde_json::from_str::<Value>(s).ok()).filter(Value::is_object).unwrap_or(Value::Null)
+}

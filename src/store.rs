@@ -1,0 +1,373 @@
+//! Storage: the only module that touches rusqlite. One `Db` (one SQLite connection) per worker
+//! thread, WAL, a busy timeout, prepared statements cached per connection. The schema is the
+//! top-level `schema.sql`, embedded and applied by `PRAGMA user_version`.
+//!
+//! Every multi-row change (a login, an app removal) is one transaction: a failure leaves the
+//! database as it was.
+
+use crate::config::Secret;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::path::Path;
+use std::time::Duration;
+
+/// Migrations by `user_version`: entry `i` takes the database from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[include_str!("../schema.sql")];
+
+/// How many live sessions (devices) one user may hold; the oldest are evicted beyond it.
+pub const MAX_SESSIONS_PER_USER: i64 = 10;
+
+pub struct Db {
+    conn: Connection,
+}
+
+#[derive(Debug, Clone)]
+pub struct App {
+    pub id: i64,
+    pub appid: String,
+    pub secret: Secret,
+    pub kind: String,
+    pub title: String,
+    pub login_days: i64,
+    pub session_secs: i64,
+    pub token: Option<Secret>,
+    pub aes_key: Option<Secret>,
+    pub prev_aes_key: Option<Secret>,
+    pub forward_url: Option<String>,
+}
+
+/// What `app add` and `[[app]]` write; `None` keeps the stored value on update.
+#[derive(Debug, Clone, Default)]
+pub struct AppUpsert {
+    pub appid: String,
+    pub secret: Secret,
+    pub kind: Option<String>,
+    pub title: Option<String>,
+    pub login_days: Option<i64>,
+    pub session_secs: Option<i64>,
+    pub token: Option<Secret>,
+    pub aes_key: Option<Secret>,
+    pub forward_url: Option<String>,
+}
+
+/// A session row joined with its user and app, as a session check sees it.
+#[derive(Debug)]
+pub struct SessionRow {
+    pub user_id: String,
+    pub app_pk: i64,
+    pub appid: String,
+    pub openid: String,
+    pub unionid: Option<String>,
+    pub session_key: Secret,
+    pub user_info: Option<String>,
+    pub created: i64,
+    pub expires_at: i64,
+    pub idle_secs: i64,
+    pub last_visit: i64,
+}
+
+/// What a login writes, in one transaction.
+pub struct LoginWrite<'a> {
+    pub app_pk: i64,
+    pub openid: &'a str,
+    pub unionid: Option<&'a str>,
+    pub session_key: &'a str,
+    /// New user data to store; `None` keeps what is stored.
+    pub user_info: Option<&'a str>,
+    pub new_user_id: &'a str,
+    pub skey_hash: &'a [u8; 32],
+    pub now: i64,
+    pub expires_at: i64,
+    pub idle_secs: i64,
+}
+
+pub struct LoginResult {
+    pub user_id: String,
+    pub is_new_user: bool,
+    pub user_info: Option<String>,
+}
+
+fn app_from_row(r: &rusqlite::Row) -> rusqlite::Result<App> {
+    let secret = |i| r.get::<_, Option<String>>(i).map(|o| o.map(Secret::new));
+    Ok(App {
+        id: r.get(0)?,
+        appid: r.get(1)?,
+        secret: Secret::new(r.get::<_, String>(2)?),
+        kind: r.get(3)?,
+        title: r.get(4)?,
+        login_days: r.get(5)?,
+        session_secs: r.get(6)?,
+        token: secret(7)?,
+        aes_key: secret(8)?,
+        prev_aes_key: secret(9)?,
+        forward_url: r.get(10)?,
+    })
+}
+
+const APP_COLUMNS: &str =
+    "id, appid, secret, kind, title, login_days, session_secs, token, aes_key, prev_aes_key, forward_url";
+
+impl Db {
+    /// Open (creating if needed) and bring the schema up to date.
+    pub fn open(path: &Path) -> rusqlite::Result<Db> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.set_prepared_statement_cache_capacity(64);
+        let mut db = Db { conn };
+        db.migrate()?;
+        Ok(db)
+    }
+
+    fn migrate(&mut self) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+        }
+        tx.commit()
+    }
+
+    /// `SELECT 1`: what `/healthz` asks.
+    pub fn ping(&self) -> rusqlite::Result<()> {
+        self.conn.prepare_cached("SELECT 1")?.query_row([], |_| Ok(()))
+    }
+
+    pub fn integrity_check(&self) -> rusqlite::Result<String> {
+        self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+    }
+
+    // ---- apps ----
+
+    pub fn upsert_app(&self, a: &AppUpsert, now: i64) -> rusqlite::Result<App> {
+        self.conn.execute(
+            "INSERT INTO apps (appid, secret, kind, title, login_days, session_secs, token, aes_key, forward_url, created_at)
+             VALUES (?1, ?2, COALESCE(?3, 'miniprogram'), COALESCE(?4, ''), COALESCE(?5, 30), COALESCE(?6, 2592000), ?7, ?8, ?9, ?10)
+             ON CONFLICT (appid) DO UPDATE SET
+               secret = excluded.secret,
+               kind = COALESCE(?3, kind),
+               title = COALESCE(?4, title),
+               login_days = COALESCE(?5, login_days),
+               session_secs = COALESCE(?6, session_secs),
+               token = COALESCE(?7, token),
+               prev_aes_key = CASE WHEN ?8 IS NOT NULL AND aes_key IS NOT NULL AND aes_key != ?8 THEN aes_key ELSE prev_aes_key END,
+               aes_key = COALESCE(?8, aes_key),
+               forward_url = COALESCE(?9, forward_url)",
+            params![
+                a.appid,
+                a.secret.expose(),
+                a.kind,
+                a.title,
+                a.login_days,
+                a.session_secs,
+                a.token.as_ref().map(Secret::expose),
+                a.aes_key.as_ref().map(Secret::expose),
+                a.forward_url,
+                now
+            ],
+        )?;
+        self.app_by_appid(&a.appid)?.ok_or(rusqlite::Error::QueryReturnedNoRows)
+    }
+
+    pub fn app_by_appid(&self, appid: &str) -> rusqlite::Result<Option<App>> {
+        self.conn
+            .prepare_cached(&format!("SELECT {APP_COLUMNS} FROM apps WHERE appid = ?1"))?
+            .query_row([appid], app_from_row)
+            .optional()
+    }
+
+    pub fn app_by_id(&self, id: i64) -> rusqlite::Result<Option<App>> {
+        self.conn
+            .prepare_cached(&format!("SELECT {APP_COLUMNS} FROM apps WHERE id = ?1"))?
+            .query_row([id], app_from_row)
+            .optional()
+    }
+
+    /// The mini-program app when exactly one is registered (the single-app fallback).
+    pub fn sole_miniprogram_app(&self) -> rusqlite::Result<Option<App>> {
+        let mut stmt =
+            self.conn.prepare_cached(&format!("SELECT {APP_COLUMNS} FROM apps WHERE kind = 'miniprogram' LIMIT 2"))?;
+        let apps = stmt.query_map([], app_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(if apps.len() == 1 { apps.into_iter().next() } else { None })
+    }
+
+    pub fn list_apps(&self) -> rusqlite::Result<Vec<App>> {
+        let mut stmt = self.conn.prepare_cached(&format!("SELECT {APP_COLUMNS} FROM apps ORDER BY id"))?;
+        let apps = stmt.query_map([], app_from_row)?.collect();
+        apps
+    }
+
+    /// Remove an app with its users and sessions (cascade). False when there was no such app.
+    pub fn remove_app(&self, appid: &str) -> rusqlite::Result<bool> {
+        Ok(self.conn.execute("DELETE FROM apps WHERE appid = ?1", [appid])? > 0)
+    }
+
+    // ---- sessions ----
+
+    /// Record a login: upsert the user, insert the session, evict the oldest sessions beyond
+    /// the cap. One transaction: either all of it is stored or none.
+    pub fn record_login(&mut self, w: &LoginWrite) -> rusqlite::Result<LoginResult> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let existing: Option<(String, Option<String>)> = tx
+            .prepare_cached("SELECT id, user_info FROM users WHERE app = ?1 AND openid = ?2")?
+            .query_row(params![w.app_pk, w.openid], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let is_new_user = existing.is_none();
+        let (user_id, user_info) = match existing {
+            Some((id, stored)) => {
+                tx.prepare_cached(
+                    "UPDATE users SET session_key = ?2, unionid = COALESCE(?3, unionid),
+                       user_info = COALESCE(?4, user_info), updated_at = ?5 WHERE id = ?1",
+                )?
+                .execute(params![id, w.session_key, w.unionid, w.user_info, w.now])?;
+                (id, w.user_info.map(str::to_string).or(stored))
+            }
+            None => {
+                tx.prepare_cached(
+                    "INSERT INTO users (id, app, openid, unionid, session_key, user_info, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![w.new_user_id, w.app_pk, w.openid, w.unionid, w.session_key, w.user_info, w.now])?;
+                (w.new_user_id.to_string(), w.user_info.map(str::to_string))
+            }
+        };
+        tx.prepare_cached(
+            "INSERT INTO sessions (skey_hash, user_id, created, expires_at, idle_secs, last_visit)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?3)",
+        )?
+        .execute(params![&w.skey_hash[..], user_id, w.now, w.expires_at, w.idle_secs])?;
+        tx.prepare_cached(
+            "DELETE FROM sessions WHERE user_id = ?1 AND skey_hash NOT IN
+               (SELECT skey_hash FROM sessions WHERE user_id = ?1 ORDER BY created DESC, skey_hash LIMIT ?2)",
+        )?
+        .execute(params![user_id, MAX_SESSIONS_PER_USER])?;
+        tx.commit()?;
+        Ok(LoginResult { user_id, is_new_user, user_info })
+    }
+
+    /// The session with this skey hash, if it belongs to user `id`. One indexed lookup.
+    pub fn session(&self, id: &str, skey_hash: &[u8; 32]) -> rusqlite::Result<Option<SessionRow>> {
+        self.conn
+            .prepare_cached(
+                "SELECT s.user_id, u.app, a.appid, u.openid, u.unionid, u.session_key, u.user_info,
+                        s.created, s.expires_at, s.idle_secs, s.last_visit
+                 FROM sessions s JOIN users u ON u.id = s.user_id JOIN apps a ON a.id = u.app
+                 WHERE s.skey_hash = ?1 AND s.user_id = ?2",
+            )?
+            .query_row(params![&skey_hash[..], id], |r| {
+                Ok(SessionRow {
+                    user_id: r.get(0)?,
+                    app_pk: r.get(1)?,
+                    appid: r.get(2)?,
+                    openid: r.get(3)?,
+                    unionid: r.get(4)?,
+                    session_key: Secret::new(r.get::<_, String>(5)?),
+                    user_info: r.get(6)?,
+                    created: r.get(7)?,
+                    expires_at: r.get(8)?,
+                    idle_secs: r.get(9)?,
+                    last_visit: r.get(10)?,
+                })
+            })
+            .optional()
+    }
+
+    /// Slide a session's `last_visit`.
+    pub fn touch_session(&self, skey_hash: &[u8; 32], now: i64) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached("UPDATE sessions SET last_visit = ?2 WHERE skey_hash = ?1 AND last_visit < ?2")?
+            .execute(params![&skey_hash[..], now])?;
+        Ok(())
+    }
+
+    pub fn revoke_session(&self, skey_hash: &[u8; 32]) -> rusqlite::Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("DELETE FROM sessions WHERE skey_hash = ?1")?
+            .execute(params![&skey_hash[..]])?
+            > 0)
+    }
+
+    pub fn set_user_info(&self, user_id: &str, user_info: &str, now: i64) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached("UPDATE users SET user_info = ?2, updated_at = ?3 WHERE id = ?1")?
+            .execute(params![user_id, user_info, now])?;
+        Ok(())
+    }
+
+    /// Delete sessions past either clock. Returns how many went.
+    pub fn purge_expired_sessions(&self, now: i64) -> rusqlite::Result<usize> {
+        self.conn.execute(
+            "DELETE FROM sessions WHERE expires_at < ?1 OR last_visit + idle_secs < ?1",
+            [now],
+        )
+    }
+
+    /// Sessions not yet past either clock (for `/metrics`).
+    pub fn count_live_sessions(&self, now: i64) -> rusqlite::Result<i64> {
+        self.conn
+            .prepare_cached(
+                "SELECT count(*) FROM sessions WHERE expires_at >= ?1 AND last_visit + idle_secs >= ?1",
+            )?
+            .query_row([now], |r| r.get(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db")).unwrap();
+        (dir, db)
+    }
+
+    #[test]
+    fn migrate_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.db");
+        drop(Db::open(&p).unwrap());
+        let db = Db::open(&p).unwrap();
+        assert_eq!(db.integrity_check().unwrap(), "ok");
+    }
+
+    #[test]
+    fn login_caps_sessions_and_keeps_id() {
+        let (_d, mut db) = db();
+        let app = db
+            .upsert_app(&AppUpsert { appid: "wx1".into(), secret: Secret::new("s"), ..Default::default() }, 0)
+            .unwrap();
+        let mut first_id = None;
+        for i in 0..(MAX_SESSIONS_PER_USER + 3) {
+            let hash = crate::ids::skey_hash(&format!("skey{i}"));
+            let r = db
+                .record_login(&LoginWrite {
+                    app_pk: app.id,
+                    openid: "o1",
+                    unionid: None,
+                    session_key: "k",
+                    user_info: None,
+                    new_user_id: &format!("{i:032x}"),
+                    skey_hash: &hash,
+                    now: 1000 + i,
+                    expires_at: 100_000,
+                    idle_secs: 100,
+                })
+                .unwrap();
+            assert_eq!(r.is_new_user, i == 0);
+            let id = first_id.get_or_insert(r.user_id.clone());
+            assert_eq!(&r.user_id, id);
+        }
+        let id = first_id.unwrap();
+        let n: i64 = db.conn.query_row("SELECT count(*) FROM sessions", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, MAX_SESSIONS_PER_USER);
+        assert!(db.session(&id, &crate::ids::skey_hash("skey0")).unwrap().is_none());
+        assert!(db.session(&id, &crate::ids::skey_hash("skey12")).unwrap().is_some());
+        assert!(db.remove_app("wx1").unwrap());
+        let n: i64 = db.conn.query_row("SELECT count(*) FROM sessions", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 0);
+    }
+}

@@ -1,0 +1,225 @@
+//! The WeChat HTTP client: one ureq agent (TLS verified, a timeout on every call), the base URLs
+//! from config, and the one function that decodes WeChat's `{errcode, errmsg}`. Nothing else in
+//! wafer speaks HTTP to WeChat. It never logs query strings or bodies: they carry secrets.
+
+use crate::config::WeChatConfig;
+use serde_json::Value;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// Which WeChat host a call goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Host {
+    /// api.weixin.qq.com: mini programs, official accounts, the Open Platform component.
+    Api,
+    /// qyapi.weixin.qq.com: WeCom.
+    Work,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpstreamError {
+    /// Connection refused, DNS, TLS or a timeout: WeChat did not answer.
+    Net(String),
+    /// An HTTP status other than 200 (a gateway's HTML error page, say).
+    Status(u16),
+    /// A 200 whose body is not a JSON object.
+    Garbage,
+    /// WeChat's own error: errcode non-zero.
+    WeChat { errcode: i64, errmsg: String },
+}
+
+impl UpstreamError {
+    /// A transport-level failure (as opposed to WeChat saying no).
+    pub fn is_transport(&self) -> bool {
+        !matches!(self, UpstreamError::WeChat { .. })
+    }
+    pub fn errcode(&self) -> Option<i64> {
+        match self {
+            UpstreamError::WeChat { errcode, .. } => Some(*errcode),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamError::Net(m) => write!(f, "unreachable: {m}"),
+            UpstreamError::Status(s) => write!(f, "HTTP status {s}"),
+            UpstreamError::Garbage => f.write_str("answer is not JSON"),
+            UpstreamError::WeChat { errcode, errmsg } => write!(f, "errcode {errcode}: {errmsg}"),
+        }
+    }
+}
+
+/// Decode a WeChat answer: `errcode` absent or 0 is success (many success bodies carry none).
+pub fn decode(body: &str) -> Result<Value, UpstreamError> {
+    let v: Value = serde_json::from_str(body).map_err(|_| UpstreamError::Garbage)?;
+    if !v.is_object() {
+        return Err(UpstreamError::Garbage);
+    }
+    match v.get("errcode").map(|c| c.as_i64()) {
+        None | Some(Some(0)) => Ok(v),
+        Some(Some(errcode)) => Err(UpstreamError::WeChat {
+            errcode,
+            errmsg: v.get("errmsg").and_then(Value::as_str).unwrap_or("").to_string(),
+        }),
+        Some(None) => Err(UpstreamError::Garbage),
+    }
+}
+
+/// What an upstream call reports to the observer (log line and metrics).
+pub struct CallRecord<'a> {
+    pub path: &'a str,
+    pub outcome: &'a Result<Value, UpstreamError>,
+    pub elapsed: Duration,
+}
+
+/// The largest upstream answer we read; WeChat's are a few hundred bytes.
+const MAX_ANSWER_BYTES: u64 = 1 << 20;
+
+pub struct WeChat {
+    agent: ureq::Agent,
+    api_base: String,
+    work_api_base: String,
+    observer: Box<dyn Fn(&CallRecord) + Send + Sync>,
+}
+
+/// Successful `jscode2session`.
+pub struct Code2Session {
+    pub openid: String,
+    pub session_key: crate::config::Secret,
+    pub unionid: Option<String>,
+}
+
+impl WeChat {
+    pub fn new(cfg: &WeChatConfig) -> WeChat {
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_millis(cfg.timeout_ms))
+            .max_idle_connections_per_host(64)
+            .user_agent(concat!("wafer/", env!("CARGO_PKG_VERSION")))
+            .build();
+        WeChat {
+            agent,
+            api_base: cfg.api_base.trim_end_matches('/').to_string(),
+            work_api_base: cfg.work_api_base.trim_end_matches('/').to_string(),
+            observer: Box::new(log_call),
+        }
+    }
+
+    /// Replace the default observer (a log line) with one that also records metrics.
+    pub fn with_observer(mut self, f: impl Fn(&CallRecord) + Send + Sync + 'static) -> WeChat {
+        self.observer = Box::new(f);
+        self
+    }
+
+    pub fn get(&self, host: Host, path: &str, query: &[(&str, &str)]) -> Result<Value, UpstreamError> {
+        self.call(host, path, query, None)
+    }
+
+    pub fn post(
+        &self,
+        host: Host,
+        path: &str,
+        query: &[(&str, &str)],
+        body: &Value,
+    ) -> Result<Value, UpstreamError> {
+        self.call(host, path, query, Some(body))
+    }
+
+    fn call(
+        &self,
+        host: Host,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<Value, UpstreamError> {
+        let base = match host {
+            Host::Api => &self.api_base,
+            Host::Work => &self.work_api_base,
+        };
+        let started = Instant::now();
+        let mut req = match body {
+            Some(_) => self.agent.post(&format!("{base}{path}")),
+            None => self.agent.get(&format!("{base}{path}")),
+        };
+        for (k, v) in query {
+            req = req.query(k, v);
+        }
+        let sent = match body {
+            Some(b) => req.send_json(b),
+            None => req.call(),
+        };
+        let outcome = match sent {
+            Ok(resp) => read_body(resp).and_then(|text| decode(&text)),
+            Err(ureq::Error::Status(code, _)) => Err(UpstreamError::Status(code)),
+            Err(ureq::Error::Transport(t)) => Err(UpstreamError::Net(transport_kind(&t))),
+        };
+        (self.observer)(&CallRecord { path, outcome: &outcome, elapsed: started.elapsed() });
+        outcome
+    }
+
+    /// `GET /sns/jscode2session`: exchange a login code for (openid, session_key, unionid).
+    pub fn jscode2session(&self, appid: &str, secret: &str, code: &str) -> Result<Code2Session, UpstreamError> {
+        let v = self.get(
+            Host::Api,
+            "/sns/jscode2session",
+            &[("appid", appid), ("secret", secret), ("js_code", code), ("grant_type", "authorization_code")],
+        )?;
+        let s = |k: &str| v.get(k).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
+        match (s("openid"), s("session_key")) {
+            (Some(openid), Some(key)) => Ok(Code2Session {
+                openid,
+                session_key: crate::config::Secret::new(key),
+                unionid: s("unionid"),
+            }),
+            _ => Err(UpstreamError::Garbage),
+        }
+    }
+}
+
+fn read_body(resp: ureq::Response) -> Result<String, UpstreamError> {
+    use std::io::Read;
+    let mut text = String::new();
+    resp.into_reader()
+        .take(MAX_ANSWER_BYTES)
+        .read_to_string(&mut text)
+        .map_err(|e| UpstreamError::Net(format!("reading answer: {}", e.kind())))?;
+    Ok(text)
+}
+
+/// A transport error's kind, without the URL (which carries the secret in its query).
+fn transport_kind(t: &ureq::Transport) -> String {
+    let kind = format!("{:?}", t.kind());
+    match t.message() {
+        Some(m) if !m.contains('?') => format!("{kind}: {m}"),
+        _ => kind,
+    }
+}
+
+/// The default observer: one line per upstream call on stderr, no query, no body.
+pub fn log_call(rec: &CallRecord) {
+    let result = match rec.outcome {
+        Ok(_) => "ok".to_string(),
+        Err(e) => e.to_string(),
+    };
+    eprintln!("upstream {} {} {}us", rec.path, result, rec.elapsed.as_micros());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_cases() {
+        let werr = |c: i64, m: &str| Err(UpstreamError::WeChat { errcode: c, errmsg: m.into() });
+        assert!(decode(r#"{"access_token":"t","expires_in":7200}"#).is_ok());
+        assert!(decode(r#"{"errcode":0,"errmsg":"ok","ticket":"t"}"#).is_ok());
+        assert_eq!(decode(r#"{"errcode":40029,"errmsg":"invalid code"}"#), werr(40029, "invalid code"));
+        assert_eq!(decode(r#"{"errcode":-1}"#), werr(-1, ""));
+        assert_eq!(decode("<html>502</html>"), Err(UpstreamError::Garbage));
+        assert_eq!(decode("[1]"), Err(UpstreamError::Garbage));
+        assert_eq!(decode(r#"{"errcode":"x"}"#), Err(UpstreamError::Garbage));
+        assert_eq!(decode(""), Err(UpstreamError::Garbage));
+    }
+}
