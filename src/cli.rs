@@ -31,7 +31,10 @@ impl Opts {
                 } else {
                     let v = match inline {
                         Some(v) => v,
-                        None => it.next().cloned().ok_or_else(|| format!("--{name} needs a value"))?,
+                        None => it
+                            .next()
+                            .cloned()
+                            .ok_or_else(|| format!("--{name} needs a value"))?,
                     };
                     values.push((name, Some(v)));
                 }
@@ -58,7 +61,8 @@ impl Opts {
     }
 
     fn need(&mut self, name: &str) -> Result<String, String> {
-        self.take(name).ok_or_else(|| format!("--{name} is required"))
+        self.take(name)
+            .ok_or_else(|| format!("--{name} is required"))
     }
 
     fn number(&mut self, name: &str) -> Result<Option<i64>, String> {
@@ -77,7 +81,10 @@ impl Opts {
             return Err(format!("unknown option --{n}"));
         }
         if self.positional.len() > max_positional {
-            return Err(format!("unexpected argument {:?}", self.positional[max_positional]));
+            return Err(format!(
+                "unexpected argument {:?}",
+                self.positional[max_positional]
+            ));
         }
         Ok(self.positional)
     }
@@ -197,7 +204,8 @@ Ctrl-C stops it."#,
 
 fn wait_for_signal() -> Result<(), String> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("signals: {e}"))?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("signals: {e}"))?;
     signals.forever().next();
     Ok(())
 }
@@ -206,7 +214,9 @@ fn app_add(mut o: Opts) -> Result<(), String> {
     let kind = o.take("kind");
     if let Some(k) = &kind {
         if k != "miniprogram" && k != "official" {
-            return Err(format!("--kind: expected miniprogram or official, got {k:?}"));
+            return Err(format!(
+                "--kind: expected miniprogram or official, got {k:?}"
+            ));
         }
     }
     let upsert = AppUpsert {
@@ -227,7 +237,9 @@ fn app_add(mut o: Opts) -> Result<(), String> {
     }
     let db = open_db(&mut o)?;
     o.done(0)?;
-    let app = db.upsert_app(&upsert, crate::ids::now()).map_err(|e| format!("app add: {e}"))?;
+    let app = db
+        .upsert_app(&upsert, crate::ids::now())
+        .map_err(|e| format!("app add: {e}"))?;
     println!("app {} saved (app_id {})", app.appid, app.id);
     Ok(())
 }
@@ -235,9 +247,15 @@ fn app_add(mut o: Opts) -> Result<(), String> {
 fn app_list(mut o: Opts) -> Result<(), String> {
     let db = open_db(&mut o)?;
     o.done(0)?;
-    println!("{:<8} {:<24} {:<12} {:<10} {:<12} title", "app_id", "appid", "kind", "login_days", "session_secs");
+    println!(
+        "{:<8} {:<24} {:<12} {:<10} {:<12} title",
+        "app_id", "appid", "kind", "login_days", "session_secs"
+    );
     for a in db.list_apps().map_err(|e| format!("app list: {e}"))? {
-        println!("{:<8} {:<24} {:<12} {:<10} {:<12} {}", a.id, a.appid, a.kind, a.login_days, a.session_secs, a.title);
+        println!(
+            "{:<8} {:<24} {:<12} {:<10} {:<12} {}",
+            a.id, a.appid, a.kind, a.login_days, a.session_secs, a.title
+        );
     }
     Ok(())
 }
@@ -245,8 +263,13 @@ fn app_list(mut o: Opts) -> Result<(), String> {
 fn app_show(mut o: Opts) -> Result<(), String> {
     let db = open_db(&mut o)?;
     let pos = o.done(1)?;
-    let appid = pos.first().ok_or("app show: which app? (wafer app show APPID)")?;
-    let a = db.app_by_appid(appid).map_err(|e| format!("app show: {e}"))?.ok_or(format!("no app {appid}"))?;
+    let appid = pos
+        .first()
+        .ok_or("app show: which app? (wafer app show APPID)")?;
+    let a = db
+        .app_by_appid(appid)
+        .map_err(|e| format!("app show: {e}"))?
+        .ok_or(format!("no app {appid}"))?;
     let set = |o: &Option<Secret>| if o.is_some() { "set" } else { "not set" };
     println!("app_id:       {}", a.id);
     println!("appid:        {}", a.appid);
@@ -264,8 +287,13 @@ fn app_show(mut o: Opts) -> Result<(), String> {
 fn app_remove(mut o: Opts) -> Result<(), String> {
     let db = open_db(&mut o)?;
     let pos = o.done(1)?;
-    let appid = pos.first().ok_or("app remove: which app? (wafer app remove APPID)")?;
-    if !db.remove_app(appid).map_err(|e| format!("app remove: {e}"))? {
+    let appid = pos
+        .first()
+        .ok_or("app remove: which app? (wafer app remove APPID)")?;
+    if !db
+        .remove_app(appid)
+        .map_err(|e| format!("app remove: {e}"))?
+    {
         return Err(format!("no app {appid}"));
     }
     println!("app {appid} removed with its users and sessions");
@@ -275,7 +303,9 @@ fn app_remove(mut o: Opts) -> Result<(), String> {
 fn session_purge(mut o: Opts) -> Result<(), String> {
     let db = open_db(&mut o)?;
     o.done(0)?;
-    let n = db.purge_expired_sessions(crate::ids::now()).map_err(|e| format!("session purge: {e}"))?;
+    let n = db
+        .purge_expired_sessions(crate::ids::now())
+        .map_err(|e| format!("session purge: {e}"))?;
     println!("{n} expired session(s) deleted");
     Ok(())
 }

@@ -24,7 +24,11 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() { "Secret(empty)" } else { "Secret(***)" })
+        f.write_str(if self.0.is_empty() {
+            "Secret(empty)"
+        } else {
+            "Secret(***)"
+        })
     }
 }
 
@@ -124,7 +128,9 @@ pub fn default_session_secs() -> i64 {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
         ServerConfig {
             listen: "127.0.0.1:5757".into(),
             workers: (2 * cores).max(4),
@@ -136,7 +142,9 @@ impl Default for ServerConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { path: "wafer.db".into() }
+        StorageConfig {
+            path: "wafer.db".into(),
+        }
     }
 }
 
@@ -222,9 +230,11 @@ impl Config {
             self.server.listen = v;
         }
         if let Some(v) = get("WAFER_WORKERS") {
-            self.server.workers = v
-                .parse()
-                .map_err(|_| ConfigError(format!("WAFER_WORKERS (server.workers): not a number: {v:?}")))?;
+            self.server.workers = v.parse().map_err(|_| {
+                ConfigError(format!(
+                    "WAFER_WORKERS (server.workers): not a number: {v:?}"
+                ))
+            })?;
         }
         if let Some(v) = get("WAFER_API_KEY") {
             self.server.api_key = Secret(v);
@@ -244,7 +254,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
-            return bad("server.listen", "expected HOST:PORT with a numeric IP, e.g. 127.0.0.1:5757");
+            return bad(
+                "server.listen",
+                "expected HOST:PORT with a numeric IP, e.g. 127.0.0.1:5757",
+            );
         }
         if self.server.workers == 0 || self.server.workers > 1024 {
             return bad("server.workers", "must be between 1 and 1024");
@@ -317,7 +330,8 @@ mod tests {
         let mut c = Config::parse("[server]\nlisten = \"nowhere\"").unwrap();
         assert!(c.validate().unwrap_err().0.starts_with("server.listen"));
         c.server.listen = "127.0.0.1:1".into();
-        c.apply_env(|k| (k == "WAFER_WORKERS").then(|| "many".to_string())).unwrap_err();
+        c.apply_env(|k| (k == "WAFER_WORKERS").then(|| "many".to_string()))
+            .unwrap_err();
     }
 
     #[test]

@@ -33,7 +33,9 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// True for the shape of an `id` or `skey`: exactly 32 lowercase hex characters.
 pub fn is_hex32(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Seconds since the Unix epoch.

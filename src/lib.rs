@@ -11,7 +11,9 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod component;
 pub mod config;
+pub mod credential;
 pub mod crypto;
 pub mod error;
 pub mod ids;

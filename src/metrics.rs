@@ -8,7 +8,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// Upper bounds of the latency buckets, in seconds.
-const BUCKETS: [f64; 12] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5];
+const BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
+];
 
 #[derive(Default)]
 struct Inner {
@@ -54,24 +56,44 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         out.push_str("# TYPE wafer_requests_total counter\n");
         for ((route, status), n) in &m.requests {
-            let _ = writeln!(out, "wafer_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "wafer_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
         }
         out.push_str("# TYPE wafer_request_duration_seconds histogram\n");
         let mut cumulative = 0;
         for (bound, n) in BUCKETS.iter().zip(m.latency_counts.iter()) {
             cumulative += n;
-            let _ = writeln!(out, "wafer_request_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "wafer_request_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
         }
-        let _ = writeln!(out, "wafer_request_duration_seconds_bucket{{le=\"+Inf\"}} {}", m.latency_total);
+        let _ = writeln!(
+            out,
+            "wafer_request_duration_seconds_bucket{{le=\"+Inf\"}} {}",
+            m.latency_total
+        );
         let _ = writeln!(out, "wafer_request_duration_seconds_sum {}", m.latency_sum);
-        let _ = writeln!(out, "wafer_request_duration_seconds_count {}", m.latency_total);
+        let _ = writeln!(
+            out,
+            "wafer_request_duration_seconds_count {}",
+            m.latency_total
+        );
         out.push_str("# TYPE wafer_upstream_calls_total counter\n");
         for ((path, errcode), n) in &m.upstream {
-            let _ = writeln!(out, "wafer_upstream_calls_total{{endpoint=\"{path}\",errcode=\"{errcode}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "wafer_upstream_calls_total{{endpoint=\"{path}\",errcode=\"{errcode}\"}} {n}"
+            );
         }
         out.push_str("# TYPE wafer_token_refreshes_total counter\n");
         for ((kind, outcome), n) in &m.refreshes {
-            let _ = writeln!(out, "wafer_token_refreshes_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "wafer_token_refreshes_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}"
+            );
         }
         if let Some(n) = live_sessions {
             out.push_str("# TYPE wafer_live_sessions gauge\n");

@@ -71,10 +71,12 @@ pub fn login(
     if code.is_empty() {
         return Err(Error::BadRequest("code is empty".into()));
     }
-    let c2s = wechat.jscode2session(&app.appid, app.secret.expose(), code).map_err(|e| match e {
-        UpstreamError::WeChat { errcode, .. } => Error::CodeRejected(errcode),
-        other => Error::Upstream(other),
-    })?;
+    let c2s = wechat
+        .jscode2session(&app.appid, app.secret.expose(), code)
+        .map_err(|e| match e {
+            UpstreamError::WeChat { errcode, .. } => Error::CodeRejected(errcode),
+            other => Error::Upstream(other),
+        })?;
     let user_info = match encrypted {
         Some(enc) => Some(decrypt_for(&app.appid, c2s.session_key.expose(), enc)?.to_string()),
         None => None,
@@ -133,20 +135,33 @@ pub fn check(db: &Db, id: &str, skey: &str, app: Option<&App>, now: i64) -> Resu
     // steps of a tenth of the window (at most a minute) keeps the expiry exact to that step.
     let step = (row.idle_secs / 10).min(60);
     if now - row.last_visit >= step.max(1) {
-        db.touch_session(&hash, now).map_err(|e| Error::SessionWrite(e.to_string()))?;
+        db.touch_session(&hash, now)
+            .map_err(|e| Error::SessionWrite(e.to_string()))?;
     }
     Ok(Session { row })
 }
 
 /// Decrypt `encryptedData` with a valid session's key.
-pub fn decrypt(db: &Db, id: &str, skey: &str, enc: Encrypted, now: i64) -> Result<(Session, Value), Error> {
+pub fn decrypt(
+    db: &Db,
+    id: &str,
+    skey: &str,
+    enc: Encrypted,
+    now: i64,
+) -> Result<(Session, Value), Error> {
     let session = check(db, id, skey, None, now)?;
     let value = decrypt_for(&session.row.appid, session.row.session_key.expose(), enc)?;
     Ok((session, value))
 }
 
 /// Decrypt and store as the user's data (`qcloud.cam.userinfo`).
-pub fn set_user_info(db: &Db, id: &str, skey: &str, enc: Encrypted, now: i64) -> Result<(Session, Value), Error> {
+pub fn set_user_info(
+    db: &Db,
+    id: &str,
+    skey: &str,
+    enc: Encrypted,
+    now: i64,
+) -> Result<(Session, Value), Error> {
     let (session, value) = decrypt(db, id, skey, enc, now)?;
     db.set_user_info(&session.row.user_id, &value.to_string(), now)
         .map_err(|e| Error::SessionWrite(e.to_string()))?;
@@ -156,12 +171,14 @@ pub fn set_user_info(db: &Db, id: &str, skey: &str, enc: Encrypted, now: i64) ->
 /// Revoke one session (this device). `AuthFail` when there is no such session.
 pub fn revoke(db: &Db, id: &str, skey: &str, now: i64) -> Result<(), Error> {
     check(db, id, skey, None, now)?;
-    db.revoke_session(&ids::skey_hash(skey)).map_err(|e| Error::SessionWrite(e.to_string()))?;
+    db.revoke_session(&ids::skey_hash(skey))
+        .map_err(|e| Error::SessionWrite(e.to_string()))?;
     Ok(())
 }
 
 fn decrypt_for(appid: &str, session_key: &str, enc: Encrypted) -> Result<Value, Error> {
-    let plain = crypto::decrypt_user_data(session_key, enc.data, enc.iv).map_err(|_| Error::DecryptFail)?;
+    let plain =
+        crypto::decrypt_user_data(session_key, enc.data, enc.iv).map_err(|_| Error::DecryptFail)?;
     match enc.iv {
         Some(_) => crypto::check_watermark(&plain, appid),
         None => crypto::parse_user_data(&plain),
@@ -171,5 +188,7 @@ fn decrypt_for(appid: &str, session_key: &str, enc: Encrypted) -> Result<Value, 
 
 /// Stored user data is a JSON object or NULL; anything else is treated as NULL.
 fn parse_stored(s: Option<&str>) -> Value {
-    s.and_then(|s| serde_json::from_str::<Value>(s).ok()).filter(Value::is_object).unwrap_or(Value::Null)
+    s.and_then(|s| serde_json::from_str::<Value>(s).ok())
+        .filter(Value::is_object)
+        .unwrap_or(Value::Null)
 }

@@ -121,7 +121,9 @@ impl Db {
     }
 
     fn migrate(&mut self) -> rusqlite::Result<()> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let version: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
             tx.execute_batch(sql)?;
@@ -132,11 +134,14 @@ impl Db {
 
     /// `SELECT 1`: what `/healthz` asks.
     pub fn ping(&self) -> rusqlite::Result<()> {
-        self.conn.prepare_cached("SELECT 1")?.query_row([], |_| Ok(()))
+        self.conn
+            .prepare_cached("SELECT 1")?
+            .query_row([], |_| Ok(()))
     }
 
     pub fn integrity_check(&self) -> rusqlite::Result<String> {
-        self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        self.conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
     }
 
     // ---- apps ----
@@ -168,7 +173,8 @@ impl Db {
                 now
             ],
         )?;
-        self.app_by_appid(&a.appid)?.ok_or(rusqlite::Error::QueryReturnedNoRows)
+        self.app_by_appid(&a.appid)?
+            .ok_or(rusqlite::Error::QueryReturnedNoRows)
     }
 
     pub fn app_by_appid(&self, appid: &str) -> rusqlite::Result<Option<App>> {
@@ -187,21 +193,33 @@ impl Db {
 
     /// The mini-program app when exactly one is registered (the single-app fallback).
     pub fn sole_miniprogram_app(&self) -> rusqlite::Result<Option<App>> {
-        let mut stmt =
-            self.conn.prepare_cached(&format!("SELECT {APP_COLUMNS} FROM apps WHERE kind = 'miniprogram' LIMIT 2"))?;
-        let apps = stmt.query_map([], app_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(if apps.len() == 1 { apps.into_iter().next() } else { None })
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {APP_COLUMNS} FROM apps WHERE kind = 'miniprogram' LIMIT 2"
+        ))?;
+        let apps = stmt
+            .query_map([], app_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(if apps.len() == 1 {
+            apps.into_iter().next()
+        } else {
+            None
+        })
     }
 
     pub fn list_apps(&self) -> rusqlite::Result<Vec<App>> {
-        let mut stmt = self.conn.prepare_cached(&format!("SELECT {APP_COLUMNS} FROM apps ORDER BY id"))?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("SELECT {APP_COLUMNS} FROM apps ORDER BY id"))?;
         let apps = stmt.query_map([], app_from_row)?.collect();
         apps
     }
 
     /// Remove an app with its users and sessions (cascade). False when there was no such app.
     pub fn remove_app(&self, appid: &str) -> rusqlite::Result<bool> {
-        Ok(self.conn.execute("DELETE FROM apps WHERE appid = ?1", [appid])? > 0)
+        Ok(self
+            .conn
+            .execute("DELETE FROM apps WHERE appid = ?1", [appid])?
+            > 0)
     }
 
     // ---- sessions ----
@@ -209,7 +227,9 @@ impl Db {
     /// Record a login: upsert the user, insert the session, evict the oldest sessions beyond
     /// the cap. One transaction: either all of it is stored or none.
     pub fn record_login(&mut self, w: &LoginWrite) -> rusqlite::Result<LoginResult> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let existing: Option<(String, Option<String>)> = tx
             .prepare_cached("SELECT id, user_info FROM users WHERE app = ?1 AND openid = ?2")?
             .query_row(params![w.app_pk, w.openid], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -221,7 +241,13 @@ impl Db {
                     "UPDATE users SET session_key = ?2, unionid = COALESCE(?3, unionid),
                        user_info = COALESCE(?4, user_info), updated_at = ?5 WHERE id = ?1",
                 )?
-                .execute(params![id, w.session_key, w.unionid, w.user_info, w.now])?;
+                .execute(params![
+                    id,
+                    w.session_key,
+                    w.unionid,
+                    w.user_info,
+                    w.now
+                ])?;
                 (id, w.user_info.map(str::to_string).or(stored))
             }
             None => {
@@ -237,14 +263,24 @@ impl Db {
             "INSERT INTO sessions (skey_hash, user_id, created, expires_at, idle_secs, last_visit)
              VALUES (?1, ?2, ?3, ?4, ?5, ?3)",
         )?
-        .execute(params![&w.skey_hash[..], user_id, w.now, w.expires_at, w.idle_secs])?;
+        .execute(params![
+            &w.skey_hash[..],
+            user_id,
+            w.now,
+            w.expires_at,
+            w.idle_secs
+        ])?;
         tx.prepare_cached(
             "DELETE FROM sessions WHERE user_id = ?1 AND skey_hash NOT IN
                (SELECT skey_hash FROM sessions WHERE user_id = ?1 ORDER BY created DESC, skey_hash LIMIT ?2)",
         )?
         .execute(params![user_id, MAX_SESSIONS_PER_USER])?;
         tx.commit()?;
-        Ok(LoginResult { user_id, is_new_user, user_info })
+        Ok(LoginResult {
+            user_id,
+            is_new_user,
+            user_info,
+        })
     }
 
     /// The session with this skey hash, if it belongs to user `id`. One indexed lookup.
@@ -277,7 +313,9 @@ impl Db {
     /// Slide a session's `last_visit`.
     pub fn touch_session(&self, skey_hash: &[u8; 32], now: i64) -> rusqlite::Result<()> {
         self.conn
-            .prepare_cached("UPDATE sessions SET last_visit = ?2 WHERE skey_hash = ?1 AND last_visit < ?2")?
+            .prepare_cached(
+                "UPDATE sessions SET last_visit = ?2 WHERE skey_hash = ?1 AND last_visit < ?2",
+            )?
             .execute(params![&skey_hash[..], now])?;
         Ok(())
     }
@@ -315,6 +353,196 @@ impl Db {
     }
 }
 
+/// A stored credential: value and expiry from one row.
+#[derive(Debug, Clone)]
+pub struct StoredCredential {
+    pub value: Secret,
+    pub expires_at: i64,
+    pub updated_at: i64,
+}
+
+/// Today's upstream accounting for one credential key.
+#[derive(Debug, Clone, Default)]
+pub struct Quota {
+    pub calls: i64,
+    pub forced: i64,
+    pub last_forced: i64,
+    pub blocked_until: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkAgent {
+    pub corpid: String,
+    pub agentid: String,
+    pub secret: Secret,
+    pub remark: String,
+    pub token: Option<Secret>,
+    pub aes_key: Option<Secret>,
+    pub prev_aes_key: Option<Secret>,
+    pub forward_url: Option<String>,
+}
+
+fn agent_from_row(r: &rusqlite::Row) -> rusqlite::Result<WorkAgent> {
+    let secret = |i| r.get::<_, Option<String>>(i).map(|o| o.map(Secret::new));
+    Ok(WorkAgent {
+        corpid: r.get(0)?,
+        agentid: r.get(1)?,
+        secret: Secret::new(r.get::<_, String>(2)?),
+        remark: r.get(3)?,
+        token: secret(4)?,
+        aes_key: secret(5)?,
+        prev_aes_key: secret(6)?,
+        forward_url: r.get(7)?,
+    })
+}
+
+const AGENT_COLUMNS: &str =
+    "corpid, agentid, secret, remark, token, aes_key, prev_aes_key, forward_url";
+
+impl Db {
+    // ---- credentials ----
+
+    pub fn credential(&self, key: &str) -> rusqlite::Result<Option<StoredCredential>> {
+        self.conn
+            .prepare_cached("SELECT value, expires_at, updated_at FROM credentials WHERE key = ?1")?
+            .query_row([key], |r| {
+                Ok(StoredCredential {
+                    value: Secret::new(r.get::<_, String>(0)?),
+                    expires_at: r.get(1)?,
+                    updated_at: r.get(2)?,
+                })
+            })
+            .optional()
+    }
+
+    pub fn put_credential(
+        &self,
+        key: &str,
+        value: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO credentials (key, value, expires_at, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (key) DO UPDATE SET value = ?2, expires_at = ?3, updated_at = ?4",
+            )?
+            .execute(params![key, value, expires_at, now])?;
+        Ok(())
+    }
+
+    pub fn delete_credentials_with_prefix(&self, prefix: &str) -> rusqlite::Result<usize> {
+        self.conn.execute(
+            "DELETE FROM credentials WHERE substr(key, 1, length(?1)) = ?1",
+            [prefix],
+        )
+    }
+
+    pub fn quota(&self, key: &str, day: &str) -> rusqlite::Result<Quota> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT calls, forced, last_forced, blocked_until FROM upstream_quota WHERE key = ?1 AND day = ?2")?
+            .query_row([key, day], |r| {
+                Ok(Quota { calls: r.get(0)?, forced: r.get(1)?, last_forced: r.get(2)?, blocked_until: r.get(3)? })
+            })
+            .optional()?
+            .unwrap_or_default())
+    }
+
+    /// Count one upstream call (and a forced one when `forced`).
+    pub fn count_upstream(
+        &self,
+        key: &str,
+        day: &str,
+        forced: bool,
+        now: i64,
+    ) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO upstream_quota (key, day, calls, forced, last_forced) VALUES (?1, ?2, 1, ?3, ?4)
+                 ON CONFLICT (key, day) DO UPDATE SET calls = calls + 1, forced = forced + ?3,
+                   last_forced = CASE WHEN ?3 = 1 THEN ?4 ELSE last_forced END",
+            )?
+            .execute(params![key, day, forced as i64, if forced { now } else { 0 }])?;
+        Ok(())
+    }
+
+    /// After 45009: no calls for this key before `until`.
+    pub fn block_upstream(&self, key: &str, day: &str, until: i64) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO upstream_quota (key, day, blocked_until) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key, day) DO UPDATE SET blocked_until = ?3",
+            )?
+            .execute(params![key, day, until])?;
+        Ok(())
+    }
+
+    // ---- WeCom agents ----
+
+    pub fn upsert_work_agent(&self, a: &WorkAgent, now: i64) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "INSERT INTO work_agents (corpid, agentid, secret, remark, token, aes_key, forward_url, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (corpid, agentid) DO UPDATE SET secret = ?3, remark = ?4,
+               token = COALESCE(?5, token),
+               prev_aes_key = CASE WHEN ?6 IS NOT NULL AND aes_key IS NOT NULL AND aes_key != ?6 THEN aes_key ELSE prev_aes_key END,
+               aes_key = COALESCE(?6, aes_key),
+               forward_url = COALESCE(?7, forward_url)",
+            params![
+                a.corpid,
+                a.agentid,
+                a.secret.expose(),
+                a.remark,
+                a.token.as_ref().map(Secret::expose),
+                a.aes_key.as_ref().map(Secret::expose),
+                a.forward_url,
+                now
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn work_agent(&self, corpid: &str, agentid: &str) -> rusqlite::Result<Option<WorkAgent>> {
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {AGENT_COLUMNS} FROM work_agents WHERE corpid = ?1 AND agentid = ?2"
+            ))?
+            .query_row([corpid, agentid], agent_from_row)
+            .optional()
+    }
+
+    pub fn list_work_agents(&self) -> rusqlite::Result<Vec<WorkAgent>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {AGENT_COLUMNS} FROM work_agents ORDER BY corpid, agentid"
+        ))?;
+        let agents = stmt.query_map([], agent_from_row)?.collect();
+        agents
+    }
+
+    pub fn remove_work_agent(&self, corpid: &str, agentid: &str) -> rusqlite::Result<bool> {
+        Ok(self.conn.execute(
+            "DELETE FROM work_agents WHERE corpid = ?1 AND agentid = ?2",
+            [corpid, agentid],
+        )? > 0)
+    }
+}
+
+/// The UTC calendar day of a unix time, `YYYY-MM-DD` (WeChat's quotas reset daily).
+pub fn utc_day(unix: i64) -> String {
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = unix.div_euclid(86400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,6 +551,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("t.db")).unwrap();
         (dir, db)
+    }
+
+    #[test]
+    fn utc_days() {
+        for (t, d) in [
+            (0, "1970-01-01"),
+            (951_782_400, "2000-02-29"),
+            (1_795_305_600, "2026-11-22"),
+            (-1, "1969-12-31"),
+        ] {
+            assert_eq!(utc_day(t), d, "{t}");
+        }
     }
 
     #[test]
@@ -338,7 +578,14 @@ mod tests {
     fn login_caps_sessions_and_keeps_id() {
         let (_d, mut db) = db();
         let app = db
-            .upsert_app(&AppUpsert { appid: "wx1".into(), secret: Secret::new("s"), ..Default::default() }, 0)
+            .upsert_app(
+                &AppUpsert {
+                    appid: "wx1".into(),
+                    secret: Secret::new("s"),
+                    ..Default::default()
+                },
+                0,
+            )
             .unwrap();
         let mut first_id = None;
         for i in 0..(MAX_SESSIONS_PER_USER + 3) {
@@ -362,12 +609,24 @@ mod tests {
             assert_eq!(&r.user_id, id);
         }
         let id = first_id.unwrap();
-        let n: i64 = db.conn.query_row("SELECT count(*) FROM sessions", [], |r| r.get(0)).unwrap();
+        let n: i64 = db
+            .conn
+            .query_row("SELECT count(*) FROM sessions", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(n, MAX_SESSIONS_PER_USER);
-        assert!(db.session(&id, &crate::ids::skey_hash("skey0")).unwrap().is_none());
-        assert!(db.session(&id, &crate::ids::skey_hash("skey12")).unwrap().is_some());
+        assert!(db
+            .session(&id, &crate::ids::skey_hash("skey0"))
+            .unwrap()
+            .is_none());
+        assert!(db
+            .session(&id, &crate::ids::skey_hash("skey12"))
+            .unwrap()
+            .is_some());
         assert!(db.remove_app("wx1").unwrap());
-        let n: i64 = db.conn.query_row("SELECT count(*) FROM sessions", [], |r| r.get(0)).unwrap();
+        let n: i64 = db
+            .conn
+            .query_row("SELECT count(*) FROM sessions", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(n, 0);
     }
 }

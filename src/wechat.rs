@@ -62,7 +62,11 @@ pub fn decode(body: &str) -> Result<Value, UpstreamError> {
         None | Some(Some(0)) => Ok(v),
         Some(Some(errcode)) => Err(UpstreamError::WeChat {
             errcode,
-            errmsg: v.get("errmsg").and_then(Value::as_str).unwrap_or("").to_string(),
+            errmsg: v
+                .get("errmsg")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
         }),
         Some(None) => Err(UpstreamError::Garbage),
     }
@@ -113,7 +117,12 @@ impl WeChat {
         self
     }
 
-    pub fn get(&self, host: Host, path: &str, query: &[(&str, &str)]) -> Result<Value, UpstreamError> {
+    pub fn get(
+        &self,
+        host: Host,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Value, UpstreamError> {
         self.call(host, path, query, None)
     }
 
@@ -155,18 +164,37 @@ impl WeChat {
             Err(ureq::Error::Status(code, _)) => Err(UpstreamError::Status(code)),
             Err(ureq::Error::Transport(t)) => Err(UpstreamError::Net(transport_kind(&t))),
         };
-        (self.observer)(&CallRecord { path, outcome: &outcome, elapsed: started.elapsed() });
+        (self.observer)(&CallRecord {
+            path,
+            outcome: &outcome,
+            elapsed: started.elapsed(),
+        });
         outcome
     }
 
     /// `GET /sns/jscode2session`: exchange a login code for (openid, session_key, unionid).
-    pub fn jscode2session(&self, appid: &str, secret: &str, code: &str) -> Result<Code2Session, UpstreamError> {
+    pub fn jscode2session(
+        &self,
+        appid: &str,
+        secret: &str,
+        code: &str,
+    ) -> Result<Code2Session, UpstreamError> {
         let v = self.get(
             Host::Api,
             "/sns/jscode2session",
-            &[("appid", appid), ("secret", secret), ("js_code", code), ("grant_type", "authorization_code")],
+            &[
+                ("appid", appid),
+                ("secret", secret),
+                ("js_code", code),
+                ("grant_type", "authorization_code"),
+            ],
         )?;
-        let s = |k: &str| v.get(k).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
+        let s = |k: &str| {
+            v.get(k)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
         match (s("openid"), s("session_key")) {
             (Some(openid), Some(key)) => Ok(Code2Session {
                 openid,
@@ -203,7 +231,12 @@ pub fn log_call(rec: &CallRecord) {
         Ok(_) => "ok".to_string(),
         Err(e) => e.to_string(),
     };
-    eprintln!("upstream {} {} {}us", rec.path, result, rec.elapsed.as_micros());
+    eprintln!(
+        "upstream {} {} {}us",
+        rec.path,
+        result,
+        rec.elapsed.as_micros()
+    );
 }
 
 #[cfg(test)]
@@ -212,10 +245,18 @@ mod tests {
 
     #[test]
     fn decode_cases() {
-        let werr = |c: i64, m: &str| Err(UpstreamError::WeChat { errcode: c, errmsg: m.into() });
+        let werr = |c: i64, m: &str| {
+            Err(UpstreamError::WeChat {
+                errcode: c,
+                errmsg: m.into(),
+            })
+        };
         assert!(decode(r#"{"access_token":"t","expires_in":7200}"#).is_ok());
         assert!(decode(r#"{"errcode":0,"errmsg":"ok","ticket":"t"}"#).is_ok());
-        assert_eq!(decode(r#"{"errcode":40029,"errmsg":"invalid code"}"#), werr(40029, "invalid code"));
+        assert_eq!(
+            decode(r#"{"errcode":40029,"errmsg":"invalid code"}"#),
+            werr(40029, "invalid code")
+        );
         assert_eq!(decode(r#"{"errcode":-1}"#), werr(-1, ""));
         assert_eq!(decode("<html>502</html>"), Err(UpstreamError::Garbage));
         assert_eq!(decode("[1]"), Err(UpstreamError::Garbage));

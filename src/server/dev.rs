@@ -10,9 +10,10 @@ use serde_json::{json, Value};
 
 pub fn route(w: &mut Worker, rq: &Incoming) -> (&'static str, Reply) {
     match (rq.method, rq.path.as_str()) {
-        (Method::Post, "/dev/encrypted_data") => {
-            ("/dev/encrypted_data", encrypted_data(w, rq).unwrap_or_else(error_reply))
-        }
+        (Method::Post, "/dev/encrypted_data") => (
+            "/dev/encrypted_data",
+            encrypted_data(w, rq).unwrap_or_else(error_reply),
+        ),
         _ => ("-", super::not_found()),
     }
 }
@@ -29,10 +30,16 @@ fn encrypted_data(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
         data["watermark"] = json!({"appid": s.row.appid, "timestamp": now});
     }
     let iv = crate::ids::random_bytes::<16>()?;
-    let encrypt_data =
-        crate::crypto::encrypt_user_data(s.row.session_key.expose(), data.to_string().as_bytes(), Some(&iv))
-            .map_err(|e| Error::Internal(e.to_string()))?;
+    let encrypt_data = crate::crypto::encrypt_user_data(
+        s.row.session_key.expose(),
+        data.to_string().as_bytes(),
+        Some(&iv),
+    )
+    .map_err(|e| Error::Internal(e.to_string()))?;
     use base64::Engine;
     let iv = base64::engine::general_purpose::STANDARD.encode(iv);
-    Ok(Reply::json(200, &json!({"encrypt_data": encrypt_data, "iv": iv})))
+    Ok(Reply::json(
+        200,
+        &json!({"encrypt_data": encrypt_data, "iv": iv}),
+    ))
 }

@@ -10,12 +10,16 @@ use serde_json::{json, Map, Value};
 
 /// The body as a flat map of fields, from JSON or from a form.
 fn fields(rq: &Incoming) -> Result<Map<String, Value>, &'static str> {
-    let is_form = rq
-        .header("Content-Type")
-        .is_some_and(|c| c.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
+    let is_form = rq.header("Content-Type").is_some_and(|c| {
+        c.to_ascii_lowercase()
+            .starts_with("application/x-www-form-urlencoded")
+    });
     if is_form {
         let text = std::str::from_utf8(&rq.body).map_err(|_| "BODY_IS_NOT_UTF8")?;
-        return Ok(form_decode(text).into_iter().map(|(k, v)| (k, Value::String(v))).collect());
+        return Ok(form_decode(text)
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect());
     }
     match serde_json::from_slice::<Value>(&rq.body) {
         Ok(Value::Object(m)) => Ok(m),
@@ -56,13 +60,20 @@ pub fn login(w: &mut Worker, rq: &Incoming) -> Reply {
     let (Some(code), Some(app_id)) = (str_field(&m, "code"), app_id(&m)) else {
         return fail("PARA_ERR");
     };
-    let encrypted = str_field(&m, "encrypt_data").map(|data| Encrypted { data, iv: str_field(&m, "iv") });
+    let encrypted = str_field(&m, "encrypt_data").map(|data| Encrypted {
+        data,
+        iv: str_field(&m, "iv"),
+    });
     let now = crate::ids::now();
     let result = session::resolve_app_by_id(&w.db, app_id)
         .and_then(|app| session::login(&mut w.db, &w.shared.wechat, &app, code, encrypted, now));
     match result {
         Ok(l) => success(
-            if l.is_new_user { "NEW_SESSION_SUCCESS" } else { "UPDATE_SESSION_SUCCESS" },
+            if l.is_new_user {
+                "NEW_SESSION_SUCCESS"
+            } else {
+                "UPDATE_SESSION_SUCCESS"
+            },
             json!({"uuid": l.id, "skey": l.skey, "user_info": l.user_info, "duration": l.duration}),
         ),
         Err(e) => fail_from(e),
@@ -74,7 +85,9 @@ pub fn auth(w: &mut Worker, rq: &Incoming) -> Reply {
         Ok(m) => m,
         Err(reason) => return fail(reason),
     };
-    let (Some(uuid), Some(skey), Some(app_id)) = (str_field(&m, "uuid"), str_field(&m, "skey"), app_id(&m)) else {
+    let (Some(uuid), Some(skey), Some(app_id)) =
+        (str_field(&m, "uuid"), str_field(&m, "skey"), app_id(&m))
+    else {
         return fail("PARA_ERR");
     };
     let now = crate::ids::now();

@@ -10,6 +10,7 @@ mod v1;
 mod wafer;
 
 use crate::config::Config;
+use crate::credential::Broker;
 use crate::metrics::Metrics;
 use crate::store::{AppUpsert, Db};
 use crate::wechat::WeChat;
@@ -25,7 +26,8 @@ use std::time::{Duration, Instant};
 /// What every worker shares: configuration, the WeChat client, metrics.
 pub struct Shared {
     pub config: Config,
-    pub wechat: WeChat,
+    pub wechat: Arc<WeChat>,
+    pub broker: Arc<Broker>,
     pub metrics: Arc<Metrics>,
     /// `wafer dev`: enables the `/dev/*` routes.
     pub dev: bool,
@@ -57,7 +59,10 @@ pub struct Incoming {
 impl Incoming {
     /// A header by case-insensitive name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// The decoded query parameters.
@@ -66,7 +71,10 @@ impl Incoming {
     }
 
     pub fn query_param(&self, name: &str) -> Option<String> {
-        self.query_pairs().into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+        self.query_pairs()
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
     }
 }
 
@@ -82,13 +90,28 @@ pub const JSON: &str = "application/json; charset=utf-8";
 
 impl Reply {
     pub fn json(status: u16, v: &Value) -> Reply {
-        Reply { status, content_type: JSON, body: v.to_string().into_bytes(), headers: Vec::new() }
+        Reply {
+            status,
+            content_type: JSON,
+            body: v.to_string().into_bytes(),
+            headers: Vec::new(),
+        }
     }
     pub fn text(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Reply {
-        Reply { status, content_type, body: body.into(), headers: Vec::new() }
+        Reply {
+            status,
+            content_type,
+            body: body.into(),
+            headers: Vec::new(),
+        }
     }
     pub fn no_content() -> Reply {
-        Reply { status: 204, content_type: JSON, body: Vec::new(), headers: Vec::new() }
+        Reply {
+            status: 204,
+            content_type: JSON,
+            body: Vec::new(),
+            headers: Vec::new(),
+        }
     }
     /// The `/v1` error shape: `{"error":CODE,"message":STR,"errcode"?:N}`.
     pub fn error(status: u16, code: &str, message: &str, errcode: Option<i64>) -> Reply {
@@ -106,6 +129,7 @@ pub struct Handle {
     server: Arc<tiny_http::Server>,
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
+    refresher: Option<JoinHandle<()>>,
     pub shared: Arc<Shared>,
 }
 
@@ -122,6 +146,9 @@ impl Handle {
         }
         for w in self.workers.drain(..) {
             let _ = w.join();
+        }
+        if let Some(r) = self.refresher.take() {
+            let _ = r.join();
         }
     }
 }
@@ -163,15 +190,34 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
     });
     let server = tiny_http::Server::http(&config.server.listen)
         .map_err(|e| format!("server.listen {}: {e}", config.server.listen))?;
-    let addr = server.server_addr().to_ip().ok_or("server.listen: not an IP address")?;
+    let addr = server
+        .server_addr()
+        .to_ip()
+        .ok_or("server.listen: not an IP address")?;
     let server = Arc::new(server);
     let workers_n = config.server.workers;
-    let shared = Arc::new(Shared { config, wechat, metrics, dev, db_path: db_path.clone() });
+    let wechat = Arc::new(wechat);
+    let broker = Arc::new(Broker::new(wechat.clone(), metrics.clone(), &config.wechat));
+    let shared = Arc::new(Shared {
+        config,
+        wechat,
+        broker: broker.clone(),
+        metrics,
+        dev,
+        db_path: db_path.clone(),
+    });
     let stop = Arc::new(AtomicBool::new(false));
+    let refresher_db =
+        Db::open(&db_path).map_err(|e| format!("database {}: {e}", db_path.display()))?;
+    let refresher = crate::credential::spawn_refresher(broker, refresher_db, stop.clone())
+        .map_err(|e| format!("spawning the refresher: {e}"))?;
     let mut workers = Vec::with_capacity(workers_n);
     for i in 0..workers_n {
         let db = Db::open(&db_path).map_err(|e| format!("database {}: {e}", db_path.display()))?;
-        let mut worker = Worker { db, shared: shared.clone() };
+        let mut worker = Worker {
+            db,
+            shared: shared.clone(),
+        };
         let (server, stop) = (server.clone(), stop.clone());
         let t = std::thread::Builder::new()
             .name(format!("worker-{i}"))
@@ -184,7 +230,14 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         db_path.display(),
         if dev { ", dev mode" } else { "" }
     );
-    Ok(Handle { addr, server, stop, workers, shared })
+    Ok(Handle {
+        addr,
+        server,
+        stop,
+        workers,
+        refresher: Some(refresher),
+        shared,
+    })
 }
 
 fn worker_loop(worker: &mut Worker, server: &tiny_http::Server, stop: &AtomicBool) {
@@ -224,10 +277,23 @@ fn serve(worker: &mut Worker, mut rq: tiny_http::Request) {
             let headers = rq
                 .headers()
                 .iter()
-                .map(|h| (h.field.as_str().as_str().to_string(), h.value.as_str().to_string()))
+                .map(|h| {
+                    (
+                        h.field.as_str().as_str().to_string(),
+                        h.value.as_str().to_string(),
+                    )
+                })
                 .collect();
-            let incoming = Incoming { method, path: path.clone(), query, headers, body };
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| route(worker, &incoming))) {
+            let incoming = Incoming {
+                method,
+                path: path.clone(),
+                query,
+                headers,
+                body,
+            };
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                route(worker, &incoming)
+            })) {
                 Ok(r) => r,
                 Err(_) => ("-", Reply::error(500, "internal", "internal error", None)),
             }
@@ -235,7 +301,9 @@ fn serve(worker: &mut Worker, mut rq: tiny_http::Request) {
     };
     let status = reply.status;
     let mut resp = tiny_http::Response::from_data(reply.body).with_status_code(status);
-    if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], reply.content_type.as_bytes()) {
+    if let Ok(h) =
+        tiny_http::Header::from_bytes(&b"Content-Type"[..], reply.content_type.as_bytes())
+    {
         resp.add_header(h);
     }
     for (k, v) in reply.headers {
@@ -246,7 +314,13 @@ fn serve(worker: &mut Worker, mut rq: tiny_http::Request) {
     let _ = rq.respond(resp);
     let elapsed = started.elapsed();
     worker.shared.metrics.request(route, status, elapsed);
-    eprintln!("{} {} {} {}us", method_name(method), path, status, elapsed.as_micros());
+    eprintln!(
+        "{} {} {} {}us",
+        method_name(method),
+        path,
+        status,
+        elapsed.as_micros()
+    );
 }
 
 fn method_name(m: Method) -> &'static str {
@@ -272,7 +346,12 @@ fn read_body(rq: &mut tiny_http::Request, limit: usize) -> Result<Vec<u8>, Reply
     match rq.as_reader().take(limit as u64 + 1).read_to_end(&mut body) {
         Ok(_) if body.len() > limit => Err(too_large()),
         Ok(_) => Ok(body),
-        Err(_) => Err(Reply::error(400, "bad_request", "could not read the request body", None)),
+        Err(_) => Err(Reply::error(
+            400,
+            "bad_request",
+            "could not read the request body",
+            None,
+        )),
     }
 }
 
@@ -287,9 +366,11 @@ fn route(w: &mut Worker, rq: &Incoming) -> (&'static str, Reply) {
         (Method::Get, "/metrics") => ("/metrics", metrics(w)),
         _ if path.starts_with("/v1/") => v1::route(w, rq),
         _ if path.starts_with("/dev/") && w.shared.dev => dev::route(w, rq),
-        (_, "/mina_auth/" | "/mina_auth" | "/" | "/mina/login" | "/mina/auth" | "/healthz" | "/metrics") => {
-            ("-", method_not_allowed())
-        }
+        (
+            _,
+            "/mina_auth/" | "/mina_auth" | "/" | "/mina/login" | "/mina/auth" | "/healthz"
+            | "/metrics",
+        ) => ("-", method_not_allowed()),
         _ => ("-", not_found()),
     }
 }
@@ -299,7 +380,12 @@ pub fn not_found() -> Reply {
 }
 
 pub fn method_not_allowed() -> Reply {
-    Reply::error(405, "method_not_allowed", "method not allowed on this route", None)
+    Reply::error(
+        405,
+        "method_not_allowed",
+        "method not allowed on this route",
+        None,
+    )
 }
 
 fn healthz(w: &Worker) -> Reply {
@@ -311,7 +397,11 @@ fn healthz(w: &Worker) -> Reply {
 
 fn metrics(w: &Worker) -> Reply {
     let live = w.db.count_live_sessions(crate::ids::now()).ok();
-    Reply::text(200, "text/plain; version=0.0.4", w.shared.metrics.render(live))
+    Reply::text(
+        200,
+        "text/plain; version=0.0.4",
+        w.shared.metrics.render(live),
+    )
 }
 
 /// Does the request carry `Authorization: Bearer <server.api_key>`? True when no key is set.
@@ -320,7 +410,10 @@ pub fn api_key_ok(w: &Worker, rq: &Incoming) -> bool {
     if key.is_empty() {
         return true;
     }
-    let given = rq.header("Authorization").and_then(|h| h.strip_prefix("Bearer ")).unwrap_or("");
+    let given = rq
+        .header("Authorization")
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .unwrap_or("");
     crate::crypto::ct_eq(given.trim().as_bytes(), key.expose().as_bytes())
 }
 

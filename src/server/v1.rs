@@ -13,15 +13,29 @@ pub fn error_reply(e: Error) -> Reply {
     let (status, code, message): (u16, &str, String) = match &e {
         Error::BadRequest(m) => (400, "bad_request", m.clone()),
         Error::NoApp => (404, "unknown_app", "no such app".into()),
-        Error::AuthFail => (401, "invalid_session", "invalid, expired or unknown session".into()),
-        Error::DecryptFail => (400, "decrypt_failed", "encrypted data could not be decrypted".into()),
-        Error::Upstream(u) if u.is_transport() => (502, "wechat_unavailable", format!("WeChat: {u}")),
+        Error::AuthFail => (
+            401,
+            "invalid_session",
+            "invalid, expired or unknown session".into(),
+        ),
+        Error::DecryptFail => (
+            400,
+            "decrypt_failed",
+            "encrypted data could not be decrypted".into(),
+        ),
+        Error::Upstream(u) if u.is_transport() => {
+            (502, "wechat_unavailable", format!("WeChat: {u}"))
+        }
         Error::Upstream(_) => (502, "wechat_error", "WeChat answered an error".into()),
         Error::CodeRejected(_) => (400, "invalid_code", "WeChat rejected the login code".into()),
         Error::NotFound(what) => (404, "not_found", format!("no such {what}")),
         Error::Refused(m) => (429, "refused", m.clone()),
         Error::Db(_) => (500, "db_error", "database error".into()),
-        Error::SessionWrite(_) => (500, "session_write_failed", "the session could not be stored".into()),
+        Error::SessionWrite(_) => (
+            500,
+            "session_write_failed",
+            "the session could not be stored".into(),
+        ),
         Error::Internal(_) => (500, "internal", "internal error".into()),
     };
     if status >= 500 {
@@ -59,7 +73,10 @@ impl Body {
 
 pub fn route(w: &mut Worker, rq: &Incoming) -> (&'static str, Reply) {
     if !api_key_ok(w, rq) {
-        return ("/v1", Reply::error(401, "unauthorized", "missing or wrong api key", None));
+        return (
+            "/v1",
+            Reply::error(401, "unauthorized", "missing or wrong api key", None),
+        );
     }
     let segs: Vec<&str> = rq.path.trim_start_matches("/v1/").split('/').collect();
     let (label, result): (&'static str, Result<Reply, Error>) = match (rq.method, segs.as_slice()) {
@@ -77,11 +94,21 @@ fn create_session(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
     let appid = b.str("appid")?;
     let code = b.str("code")?;
     let encrypted = match b.opt_str("encrypted_data")?.filter(|s| !s.is_empty()) {
-        Some(data) => Some(Encrypted { data, iv: b.opt_str("iv")?.filter(|s| !s.is_empty()) }),
+        Some(data) => Some(Encrypted {
+            data,
+            iv: b.opt_str("iv")?.filter(|s| !s.is_empty()),
+        }),
         None => None,
     };
     let app = session::resolve_app(&w.db, Some(appid))?;
-    let l = session::login(&mut w.db, &w.shared.wechat, &app, code, encrypted, crate::ids::now())?;
+    let l = session::login(
+        &mut w.db,
+        &w.shared.wechat,
+        &app,
+        code,
+        encrypted,
+        crate::ids::now(),
+    )?;
     let mut v = json!({"id": l.id, "skey": l.skey, "openid": l.openid});
     if let Some(u) = l.unionid {
         v["unionid"] = json!(u);
@@ -104,7 +131,10 @@ fn check_session(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
 
 fn decrypt(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
     let b = Body::parse(rq)?;
-    let enc = Encrypted { data: b.str("encrypted_data")?, iv: Some(b.str("iv")?) };
+    let enc = Encrypted {
+        data: b.str("encrypted_data")?,
+        iv: Some(b.str("iv")?),
+    };
     let (_, data) = session::decrypt(&w.db, b.str("id")?, b.str("skey")?, enc, crate::ids::now())?;
     Ok(Reply::json(200, &json!({"data": data})))
 }

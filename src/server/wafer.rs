@@ -20,7 +20,10 @@ pub const AUTH_FAIL: Fail = Fail(60012, "AUTH_FAIL");
 
 impl From<Error> for Fail {
     fn from(e: Error) -> Fail {
-        if !matches!(e, Error::AuthFail | Error::DecryptFail | Error::BadRequest(_) | Error::NoApp) {
+        if !matches!(
+            e,
+            Error::AuthFail | Error::DecryptFail | Error::BadRequest(_) | Error::NoApp
+        ) {
             eprintln!("mina_auth: {e}");
         }
         match e {
@@ -89,7 +92,9 @@ impl<'a> Para<'a> {
 
     fn encrypted(&self) -> Result<Option<Encrypted<'a>>, Fail> {
         let iv = self.opt_str("iv")?;
-        Ok(self.opt_str("encrypt_data")?.map(|data| Encrypted { data, iv }))
+        Ok(self
+            .opt_str("encrypt_data")?
+            .map(|data| Encrypted { data, iv }))
     }
 }
 
@@ -102,7 +107,10 @@ fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Value), Fail
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
         .ok_or(NO_INTERFACENAME_PARA)?;
-    let para = interface.and_then(|i| i.get("para")).and_then(Value::as_object).ok_or(NO_PARA)?;
+    let para = interface
+        .and_then(|i| i.get("para"))
+        .and_then(Value::as_object)
+        .ok_or(NO_PARA)?;
     let p = Para(para);
     let now = crate::ids::now();
     match name {
@@ -121,7 +129,11 @@ fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Value), Fail
             if let Some(u) = login.unionid {
                 data["unionid"] = json!(u);
             }
-            let message = if login.is_new_user { "NEW_SESSION_SUCCESS" } else { "UPDATE_SESSION_SUCCESS" };
+            let message = if login.is_new_user {
+                "NEW_SESSION_SUCCESS"
+            } else {
+                "UPDATE_SESSION_SUCCESS"
+            };
             Ok((message, data))
         }
         "qcloud.cam.auth" => {
@@ -132,15 +144,24 @@ fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Value), Fail
         }
         "qcloud.cam.decrypt" => {
             let (id, skey) = (p.str("id")?, p.str("skey")?);
-            let enc = Encrypted { data: p.str("encrypt_data")?, iv: p.opt_str("iv")? };
+            let enc = Encrypted {
+                data: p.str("encrypt_data")?,
+                iv: p.opt_str("iv")?,
+            };
             let (_, value) = session::decrypt(&w.db, id, skey, enc, now)?;
             Ok(("DECRYPT_SUCCESS", value))
         }
         "qcloud.cam.userinfo" => {
             let (id, skey) = (p.str("id")?, p.str("skey")?);
-            let enc = Encrypted { data: p.str("encrypt_data")?, iv: Some(p.str("iv")?) };
+            let enc = Encrypted {
+                data: p.str("encrypt_data")?,
+                iv: Some(p.str("iv")?),
+            };
             let (s, value) = session::set_user_info(&w.db, id, skey, enc, now)?;
-            Ok(("UPDATE_USERINFO_SUCCESS", json!({"id": id, "skey": skey, "appid": s.row.appid, "user_info": value})))
+            Ok((
+                "UPDATE_USERINFO_SUCCESS",
+                json!({"id": id, "skey": skey, "appid": s.row.appid, "user_info": value}),
+            ))
         }
         _ => Err(INTERFACENAME_PARA_ERR),
     }

@@ -1,0 +1,620 @@
+//! The credential broker: the only code that calls WeChat's token and ticket endpoints.
+//!
+//! Every hosted credential has a `Key` (built here and nowhere else). Its value and expiry live
+//! in one SQLite row and, once asked for, in memory, from where callers are served. A key that
+//! is missing or expired is fetched by exactly one caller (single-flight): the others wait on the
+//! entry's condition variable for that result, bounded by the upstream timeout. A background
+//! thread renews keys that were asked for recently ahead of their expiry, so callers normally
+//! never wait on WeChat at all.
+//!
+//! Policy, from what the field learned the hard way (WECHAT.md): never auto-retry 40013, 40125,
+//! 40164, 45009 or 8950x; retry -1 at most 3 times with back-off; on 45009 stop calling that key
+//! until the next UTC day; `force` at most 20 times a day and 30 s apart; when WeChat fails and a
+//! still-valid value is cached, serve it; WeCom's 40001 is a bad secret, not a stale token.
+
+use crate::config::Secret;
+use crate::error::Error;
+use crate::ids;
+use crate::metrics::Metrics;
+use crate::store::{utc_day, Db};
+use crate::wechat::{Host, UpstreamError, WeChat};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Forced refreshes allowed per key per UTC day, and the least time between two.
+pub const FORCE_PER_DAY: i64 = 20;
+pub const FORCE_MIN_INTERVAL_SECS: i64 = 30;
+/// How often a -1 ("system busy") is retried, and the first back-off.
+const BUSY_RETRIES: u32 = 3;
+const BUSY_BACKOFF: Duration = Duration::from_millis(100);
+/// A credential unused for this long is no longer renewed in the background.
+const KEEP_WARM_SECS: i64 = 3600;
+
+/// What a credential is, and whose. The only place credential keys are formatted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Key {
+    AppToken {
+        appid: String,
+    },
+    AppTicket {
+        appid: String,
+    },
+    WorkToken {
+        corpid: String,
+        agentid: String,
+    },
+    /// The corp jsapi ticket (`wx.config`), fetched with this agent's token.
+    WorkCorpTicket {
+        corpid: String,
+        agentid: String,
+    },
+    /// The agent ticket (`wx.agentConfig`).
+    WorkAgentTicket {
+        corpid: String,
+        agentid: String,
+    },
+    ComponentToken {
+        component_appid: String,
+    },
+    AuthorizerToken {
+        component_appid: String,
+        authorizer_appid: String,
+    },
+}
+
+impl Key {
+    pub fn id(&self) -> String {
+        match self {
+            Key::AppToken { appid } => format!("app/{appid}/access_token"),
+            Key::AppTicket { appid } => format!("app/{appid}/jsapi_ticket"),
+            Key::WorkToken { corpid, agentid } => format!("work/{corpid}/{agentid}/access_token"),
+            Key::WorkCorpTicket { corpid, agentid } => {
+                format!("work/{corpid}/{agentid}/jsapi_ticket")
+            }
+            Key::WorkAgentTicket { corpid, agentid } => {
+                format!("work/{corpid}/{agentid}/agent_ticket")
+            }
+            Key::ComponentToken { component_appid } => {
+                format!("component/{component_appid}/access_token")
+            }
+            Key::AuthorizerToken {
+                component_appid,
+                authorizer_appid,
+            } => {
+                format!("component/{component_appid}/authorizer/{authorizer_appid}/access_token")
+            }
+        }
+    }
+
+    /// The metrics label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Key::AppToken { .. } => "access_token",
+            Key::AppTicket { .. } => "jsapi_ticket",
+            Key::WorkToken { .. } => "work_access_token",
+            Key::WorkCorpTicket { .. } => "work_jsapi_ticket",
+            Key::WorkAgentTicket { .. } => "work_agent_ticket",
+            Key::ComponentToken { .. } => "component_access_token",
+            Key::AuthorizerToken { .. } => "authorizer_access_token",
+        }
+    }
+
+    fn is_work(&self) -> bool {
+        matches!(
+            self,
+            Key::WorkToken { .. } | Key::WorkCorpTicket { .. } | Key::WorkAgentTicket { .. }
+        )
+    }
+
+    /// The token a ticket is fetched with.
+    fn parent(&self) -> Option<Key> {
+        match self {
+            Key::AppTicket { appid } => Some(Key::AppToken {
+                appid: appid.clone(),
+            }),
+            Key::WorkCorpTicket { corpid, agentid } | Key::WorkAgentTicket { corpid, agentid } => {
+                Some(Key::WorkToken {
+                    corpid: corpid.clone(),
+                    agentid: agentid.clone(),
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A credential as served.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    pub value: Secret,
+    pub expires_at: i64,
+    /// True when this call fetched it (or waited for the fetch), false when served from cache.
+    pub fresh: bool,
+}
+
+/// What a fetcher brings back from WeChat.
+pub struct Fetched {
+    pub value: String,
+    pub expires_in: i64,
+}
+
+#[derive(Default)]
+struct State {
+    /// Loaded from the database (once per process per key).
+    loaded: bool,
+    value: Option<Secret>,
+    expires_at: i64,
+    /// When the value was fetched; with `expires_at` it gives the lifetime.
+    fetched_at: i64,
+    /// When the background thread should renew it.
+    refresh_at: i64,
+    /// A fetch is under way; others wait on the condition variable.
+    refreshing: bool,
+    /// Bumped by each finished fetch, so waiters know theirs is done.
+    generation: u64,
+    last_error: Option<Error>,
+    last_used: i64,
+}
+
+#[derive(Default)]
+struct Entry {
+    state: Mutex<State>,
+    done: Condvar,
+}
+
+impl State {
+    /// Served to callers only with some validity left: a tenth of its life, at most 30 s.
+    fn usable(&self, now: i64) -> bool {
+        let margin = ((self.expires_at - self.fetched_at) / 10).clamp(0, 30);
+        self.value.is_some() && now < self.expires_at - margin
+    }
+
+    fn credential(&self, fresh: bool) -> Option<Credential> {
+        self.value.as_ref().map(|v| Credential {
+            value: v.clone(),
+            expires_at: self.expires_at,
+            fresh,
+        })
+    }
+}
+
+pub struct Broker {
+    entries: Mutex<HashMap<Key, Arc<Entry>>>,
+    wechat: Arc<WeChat>,
+    metrics: Arc<Metrics>,
+    stable_token: bool,
+    refresh_ahead_secs: i64,
+    /// The longest a caller waits for someone else's fetch.
+    wait_limit: Duration,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Broker {
+    pub fn new(
+        wechat: Arc<WeChat>,
+        metrics: Arc<Metrics>,
+        cfg: &crate::config::WeChatConfig,
+    ) -> Broker {
+        // A fetch is at most a ticket's token plus the ticket, each with its busy retries.
+        let per_call = Duration::from_millis(cfg.timeout_ms);
+        let wait_limit = (per_call + BUSY_BACKOFF * 8) * (2 * (BUSY_RETRIES + 1));
+        Broker {
+            entries: Mutex::new(HashMap::new()),
+            wechat,
+            metrics,
+            stable_token: cfg.stable_token,
+            refresh_ahead_secs: cfg.refresh_ahead_secs as i64,
+            wait_limit,
+        }
+    }
+
+    pub fn wechat(&self) -> &WeChat {
+        &self.wechat
+    }
+
+    fn entry(&self, key: &Key) -> Arc<Entry> {
+        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(key.clone()).or_default().clone()
+    }
+
+    /// Serve a credential: from memory when usable, else from one upstream fetch shared by every
+    /// caller that needs it at the same time. `force` asks for a new one within the limits.
+    pub fn get(&self, db: &Db, key: &Key, force: bool) -> Result<Credential, Error> {
+        let entry = self.entry(key);
+        let now = ids::now();
+        let mut st = lock(&entry.state);
+        st.last_used = now;
+        if !st.loaded {
+            st.loaded = true;
+            if let Some(row) = db.credential(&key.id())? {
+                st.value = Some(row.value);
+                st.expires_at = row.expires_at;
+                st.fetched_at = row.updated_at;
+                st.refresh_at = self.refresh_point(row.updated_at, row.expires_at);
+            }
+        }
+        if !force && st.usable(now) {
+            return Ok(st.credential(false).expect("usable implies a value"));
+        }
+        if st.refreshing {
+            // Someone else is fetching: wait for that result rather than calling again.
+            return self.wait_for(&entry, st, now);
+        }
+        if force {
+            self.check_force_allowed(db, key, now)?;
+        }
+        st.refreshing = true;
+        drop(st);
+        self.refresh_holding(db, key, &entry, force, now)
+    }
+
+    fn wait_for(
+        &self,
+        entry: &Entry,
+        mut st: MutexGuard<'_, State>,
+        now: i64,
+    ) -> Result<Credential, Error> {
+        let generation = st.generation;
+        let deadline = Instant::now() + self.wait_limit;
+        while st.refreshing && st.generation == generation {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Upstream(UpstreamError::Net(
+                    "timed out waiting for a refresh".into(),
+                )));
+            }
+            st = entry
+                .done
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        if st.value.is_some() && now < st.expires_at {
+            return Ok(st.credential(true).expect("checked"));
+        }
+        Err(match &st.last_error {
+            Some(e) => clone_error(e),
+            None => Error::Internal("refresh finished without a value".into()),
+        })
+    }
+
+    /// The caller has set `refreshing`; fetch, store, publish, wake the waiters.
+    fn refresh_holding(
+        &self,
+        db: &Db,
+        key: &Key,
+        entry: &Entry,
+        force: bool,
+        now: i64,
+    ) -> Result<Credential, Error> {
+        let outcome = self.fetch_and_store(db, key, force);
+        let mut st = lock(&entry.state);
+        st.refreshing = false;
+        st.generation += 1;
+        let result = match outcome {
+            Ok(f) => {
+                let done = ids::now();
+                let expires_at = done + f.expires_in;
+                let unchanged = st.value.as_ref().is_some_and(|v| v.expose() == f.value);
+                st.value = Some(Secret::new(f.value));
+                st.fetched_at = if unchanged { st.fetched_at } else { done };
+                st.expires_at = expires_at;
+                st.refresh_at = if unchanged {
+                    // WeChat handed back the same token (a stable token not yet renewable):
+                    // try again later, closer to expiry, rather than every tick.
+                    done + ((expires_at - done) / 3).max(1)
+                } else {
+                    self.refresh_point(done, expires_at)
+                };
+                st.last_error = None;
+                self.metrics.refresh(key.kind(), "ok");
+                Ok(st.credential(true).expect("just set"))
+            }
+            Err(e) => {
+                self.metrics.refresh(key.kind(), "error");
+                // Serve a still-valid cached value rather than fail the caller.
+                let fallback = (st.value.is_some() && now < st.expires_at)
+                    .then(|| st.credential(false))
+                    .flatten();
+                // Back off the background renewal a little so a dead WeChat is not hammered.
+                st.refresh_at = ids::now() + 5;
+                st.last_error = Some(clone_error(&e));
+                match fallback {
+                    Some(c) => Ok(c),
+                    None => Err(e),
+                }
+            }
+        };
+        drop(st);
+        entry.done.notify_all();
+        result
+    }
+
+    /// When to renew a value fetched at `fetched` expiring at `expires`: `refresh_ahead_secs`
+    /// before expiry (at most a third of its life), less up to 10% jitter so keys spread out.
+    fn refresh_point(&self, fetched: i64, expires: i64) -> i64 {
+        let life = (expires - fetched).max(1);
+        let ahead = self.refresh_ahead_secs.min(life / 3).max(1);
+        let jitter = ids::random_bytes::<2>()
+            .map(|b| u16::from_le_bytes(b) as i64)
+            .unwrap_or(0)
+            % (ahead / 10 + 1);
+        expires - ahead - jitter
+    }
+
+    fn check_force_allowed(&self, db: &Db, key: &Key, now: i64) -> Result<(), Error> {
+        let q = db.quota(&key.id(), &utc_day(now))?;
+        if q.forced >= FORCE_PER_DAY {
+            return Err(Error::Refused(format!(
+                "force refresh refused: at most {FORCE_PER_DAY} a day for one credential"
+            )));
+        }
+        if q.last_forced > 0 && now - q.last_forced < FORCE_MIN_INTERVAL_SECS {
+            return Err(Error::Refused(format!(
+                "force refresh refused: at most one every {FORCE_MIN_INTERVAL_SECS} s (next in {} s)",
+                FORCE_MIN_INTERVAL_SECS - (now - q.last_forced)
+            )));
+        }
+        Ok(())
+    }
+
+    /// One upstream fetch with the retry policy, counted against the quota, stored in SQLite.
+    fn fetch_and_store(&self, db: &Db, key: &Key, force: bool) -> Result<Fetched, Error> {
+        let id = key.id();
+        let now = ids::now();
+        let day = utc_day(now);
+        if db.quota(&id, &day)?.blocked_until > now {
+            return Err(Error::Refused(
+                "WeChat's daily quota for this credential is used up (45009)".into(),
+            ));
+        }
+        let mut attempt = 0;
+        let fetched = loop {
+            db.count_upstream(&id, &day, force && attempt == 0, now)?;
+            match self.fetch(db, key, force) {
+                Err(Error::Upstream(UpstreamError::WeChat { errcode: -1, .. }))
+                    if attempt < BUSY_RETRIES =>
+                {
+                    std::thread::sleep(BUSY_BACKOFF * 2u32.pow(attempt));
+                    attempt += 1;
+                }
+                Err(Error::Upstream(UpstreamError::WeChat {
+                    errcode: 45009,
+                    errmsg,
+                })) => {
+                    let midnight = (now.div_euclid(86400) + 1) * 86400;
+                    db.block_upstream(&id, &day, midnight)?;
+                    return Err(Error::Upstream(UpstreamError::WeChat {
+                        errcode: 45009,
+                        errmsg,
+                    }));
+                }
+                other => break other?,
+            }
+        };
+        if fetched.value.is_empty() || fetched.expires_in <= 0 {
+            return Err(Error::Upstream(UpstreamError::Garbage));
+        }
+        db.put_credential(
+            &id,
+            &fetched.value,
+            ids::now() + fetched.expires_in,
+            ids::now(),
+        )?;
+        Ok(fetched)
+    }
+
+    /// The upstream call for one key.
+    fn fetch(&self, db: &Db, key: &Key, force: bool) -> Result<Fetched, Error> {
+        match key {
+            Key::AppToken { appid } => {
+                let app = db.app_by_appid(appid)?.ok_or(Error::NoApp)?;
+                let v = if self.stable_token {
+                    self.wechat.post(
+                        Host::Api,
+                        "/cgi-bin/stable_token",
+                        &[],
+                        &json!({"grant_type": "client_credential", "appid": appid, "secret": app.secret.expose(), "force_refresh": force}),
+                    )?
+                } else {
+                    self.wechat.get(
+                        Host::Api,
+                        "/cgi-bin/token",
+                        &[
+                            ("grant_type", "client_credential"),
+                            ("appid", appid),
+                            ("secret", app.secret.expose()),
+                        ],
+                    )?
+                };
+                fetched(&v, "access_token")
+            }
+            Key::WorkToken { corpid, agentid } => {
+                let agent = db
+                    .work_agent(corpid, agentid)?
+                    .ok_or(Error::NotFound("WeCom agent"))?;
+                let v = self.wechat.get(
+                    Host::Work,
+                    "/cgi-bin/gettoken",
+                    &[("corpid", corpid), ("corpsecret", agent.secret.expose())],
+                )?;
+                fetched(&v, "access_token")
+            }
+            Key::AppTicket { .. } | Key::WorkCorpTicket { .. } | Key::WorkAgentTicket { .. } => {
+                self.fetch_ticket(db, key)
+            }
+            Key::ComponentToken { component_appid } => {
+                crate::component::fetch_component_token(self, db, component_appid)
+            }
+            Key::AuthorizerToken {
+                component_appid,
+                authorizer_appid,
+            } => crate::component::fetch_authorizer_token(
+                self,
+                db,
+                component_appid,
+                authorizer_appid,
+            ),
+        }
+    }
+
+    /// A ticket, fetched with its parent token. When WeChat says that token is stale, the token
+    /// is refreshed once (if it is still the current one) and the ticket asked for again.
+    fn fetch_ticket(&self, db: &Db, key: &Key) -> Result<Fetched, Error> {
+        let parent = key.parent().expect("tickets have a parent token");
+        let (host, path, extra): (Host, &str, &[(&str, &str)]) = match key {
+            Key::AppTicket { .. } => (Host::Api, "/cgi-bin/ticket/getticket", &[("type", "jsapi")]),
+            Key::WorkCorpTicket { .. } => (Host::Work, "/cgi-bin/get_jsapi_ticket", &[]),
+            _ => (
+                Host::Work,
+                "/cgi-bin/ticket/get",
+                &[("type", "agent_config")],
+            ),
+        };
+        let mut retried = false;
+        loop {
+            let token = self.get(db, &parent, false)?;
+            let mut query = vec![("access_token", token.value.expose())];
+            query.extend_from_slice(extra);
+            match self.wechat.get(host, path, &query) {
+                Ok(v) => return fetched(&v, "ticket"),
+                Err(UpstreamError::WeChat { errcode, .. })
+                    if !retried && stale_token(errcode, key.is_work()) =>
+                {
+                    retried = true;
+                    self.invalidate(db, &parent, token.value.expose())?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Invalidate-if-current: a caller got "token invalid" with `stale`. Refresh only if `stale`
+    /// is still the current value (else someone already did); answer the current credential.
+    pub fn invalidate(&self, db: &Db, key: &Key, stale: &str) -> Result<Credential, Error> {
+        let entry = self.entry(key);
+        let now = ids::now();
+        let mut st = lock(&entry.state);
+        if !st.loaded {
+            drop(st);
+            self.get(db, key, false)?;
+            st = lock(&entry.state);
+        }
+        let current = st
+            .value
+            .as_ref()
+            .is_some_and(|v| crate::crypto::ct_eq(v.expose().as_bytes(), stale.as_bytes()));
+        if !current {
+            if st.refreshing {
+                return self.wait_for(&entry, st, now);
+            }
+            drop(st);
+            return self.get(db, key, false);
+        }
+        if st.refreshing {
+            return self.wait_for(&entry, st, now);
+        }
+        st.refreshing = true;
+        // The value is known bad: forget it, so a failed refresh does not serve it again.
+        st.value = None;
+        drop(st);
+        self.refresh_holding(db, key, &entry, true, now)
+    }
+
+    /// Forget every credential whose key starts with `prefix` (a revoked authoriser, say).
+    pub fn forget(&self, db: &Db, prefix: &str) -> Result<(), Error> {
+        db.delete_credentials_with_prefix(prefix)?;
+        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|k, _| !k.id().starts_with(prefix));
+        Ok(())
+    }
+
+    /// One pass of the background renewal: every key used within the last hour whose refresh
+    /// point has passed and which nobody is fetching. Returns how many were renewed.
+    pub fn refresh_due(&self, db: &Db) -> usize {
+        let now = ids::now();
+        let due: Vec<(Key, Arc<Entry>)> = {
+            let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            map.iter()
+                .filter(|(_, e)| {
+                    let st = lock(&e.state);
+                    st.value.is_some()
+                        && !st.refreshing
+                        && now >= st.refresh_at
+                        && now - st.last_used < KEEP_WARM_SECS
+                })
+                .map(|(k, e)| (k.clone(), e.clone()))
+                .collect()
+        };
+        let mut renewed = 0;
+        for (key, entry) in due {
+            let mut st = lock(&entry.state);
+            if st.refreshing || now < st.refresh_at {
+                continue;
+            }
+            st.refreshing = true;
+            drop(st);
+            if self.refresh_holding(db, &key, &entry, false, now).is_ok() {
+                renewed += 1;
+            }
+        }
+        renewed
+    }
+}
+
+/// Start the background renewal thread; it stops when `stop` is set.
+pub fn spawn_refresher(
+    broker: Arc<Broker>,
+    db: Db,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("refresher".into())
+        .spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                broker.refresh_due(&db);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+}
+
+/// Errcodes that mean "the token you used is stale: refresh it". On WeCom 40001 is a bad secret.
+fn stale_token(errcode: i64, work: bool) -> bool {
+    matches!(errcode, 40014 | 42001) || (errcode == 40001 && !work)
+}
+
+/// `{FIELD, expires_in}` from a WeChat answer.
+pub fn fetched(v: &Value, field: &str) -> Result<Fetched, Error> {
+    match (
+        v.get(field).and_then(Value::as_str),
+        v.get("expires_in").and_then(Value::as_i64),
+    ) {
+        (Some(value), Some(expires_in)) if !value.is_empty() && expires_in > 0 => Ok(Fetched {
+            value: value.to_string(),
+            expires_in,
+        }),
+        _ => Err(Error::Upstream(UpstreamError::Garbage)),
+    }
+}
+
+/// Errors are handed to every waiter; this copies the parts that matter.
+fn clone_error(e: &Error) -> Error {
+    match e {
+        Error::BadRequest(m) => Error::BadRequest(m.clone()),
+        Error::NoApp => Error::NoApp,
+        Error::AuthFail => Error::AuthFail,
+        Error::DecryptFail => Error::DecryptFail,
+        Error::Upstream(u) => Error::Upstream(u.clone()),
+        Error::CodeRejected(c) => Error::CodeRejected(*c),
+        Error::Db(m) => Error::Db(m.clone()),
+        Error::SessionWrite(m) => Error::SessionWrite(m.clone()),
+        Error::NotFound(w) => Error::NotFound(w),
+        Error::Refused(m) => Error::Refused(m.clone()),
+        Error::Internal(m) => Error::Internal(m.clone()),
+    }
+}

@@ -1,0 +1,183 @@
+//! The real binary: data commands, config errors, `serve` on port 0 and SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+pub fn wafer() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_wafer"));
+    for k in [
+        "WAFER_CONFIG",
+        "WAFER_DB",
+        "WAFER_LISTEN",
+        "WAFER_API_KEY",
+        "WAFER_WORKERS",
+    ] {
+        c.env_remove(k);
+    }
+    c
+}
+
+/// Run to completion; (exit ok, stdout, stderr).
+pub fn run(c: &mut Command) -> (bool, String, String) {
+    let out = c.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A `wafer serve` child, and the address it printed.
+pub struct Served {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Served {
+    pub fn start(mut cmd: Command) -> Served {
+        let mut child = cmd
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("server exited before listening")
+                .unwrap();
+            if let Some(rest) = line.strip_prefix("wafer listening on http://") {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        // Keep draining stderr so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Served { child, addr }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        assert!(Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn app_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cli.db");
+    let db = db.to_str().unwrap();
+    let (ok, out, err) = run(wafer().args([
+        "app",
+        "add",
+        "--appid",
+        "wxcli00000000001",
+        "--secret",
+        "s3cr3t",
+        "--db",
+        db,
+    ]));
+    assert!(ok, "{err}");
+    assert!(out.contains("app_id 1"), "{out}");
+    let (ok, _, _) = run(wafer()
+        .args([
+            "app",
+            "add",
+            "--appid",
+            "wxcli00000000002",
+            "--secret",
+            "x",
+            "--kind",
+            "official",
+        ])
+        .env("WAFER_DB", db));
+    assert!(ok);
+    let (ok, out, _) = run(wafer().args(["app", "list", "--db", db]));
+    assert!(ok);
+    assert!(
+        out.contains("wxcli00000000001") && out.contains("official"),
+        "{out}"
+    );
+    let (ok, out, _) = run(wafer().args(["app", "show", "wxcli00000000001", "--db", db]));
+    assert!(ok && out.contains("login_days:   30"), "{out}");
+    assert!(!out.contains("s3cr3t"), "secrets are never shown");
+    let (ok, _, _) = run(wafer().args(["app", "remove", "wxcli00000000002", "--db", db]));
+    assert!(ok);
+    for args in [
+        vec!["app", "remove", "wxcli00000000002"],
+        vec!["app", "add", "--appid", "x"],
+        vec![
+            "app", "add", "--appid", "x", "--secret", "y", "--kind", "game",
+        ],
+        vec![
+            "app",
+            "add",
+            "--appid",
+            "x",
+            "--secret",
+            "y",
+            "--login-days",
+            "soon",
+        ],
+        vec!["app", "list", "--bogus", "1"],
+        vec!["frobnicate"],
+    ] {
+        let (ok, _, err) = run(wafer().args(&args).args(["--db", db]));
+        assert!(!ok, "{args:?} should fail");
+        assert_eq!(
+            err.trim().lines().next().map(|l| l.starts_with("wafer: ")),
+            Some(true),
+            "{args:?}: {err}"
+        );
+    }
+    let (ok, out, _) = run(wafer().args(["session", "purge", "--db", db]));
+    assert!(ok && out.contains("0 expired"), "{out}");
+}
+
+#[test]
+fn bad_config_stops_start_up_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, key) in [
+        ("[server]\nworkers = 0\n", "server.workers"),
+        ("[server]\nlisten = \"x\"\n", "server.listen"),
+        ("[wechat]\napi_base = \"ftp://x\"\n", "wechat.api_base"),
+        ("[server]\nlisen = \"127.0.0.1:1\"\n", "lisen"),
+    ] {
+        let p = dir.path().join("bad.toml");
+        std::fs::write(&p, text).unwrap();
+        let (ok, _, err) = run(wafer().args(["serve", "--config", p.to_str().unwrap()]));
+        assert!(!ok);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(key), "{text:?}: {err}");
+    }
+}
+
+#[test]
+fn serve_then_sigterm_exits_zero_and_purge_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let mut cmd = wafer();
+    cmd.args(["serve"])
+        .env("WAFER_LISTEN", "127.0.0.1:0")
+        .env("WAFER_DB", &db)
+        .current_dir(dir.path());
+    let mut served = Served::start(cmd);
+    let body = ureq::get(&format!("http://{}/healthz", served.addr))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert_eq!(body, r#"{"status":"ok"}"#);
+    served.signal("-TERM");
+    let status = served.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}

@@ -1,0 +1,220 @@
+//! The test harness: `Env` owns a temp dir, a fake WeChat and a running server, and offers one
+//! small helper per dialect. Nothing here is mocked but WeChat, which is our own fake on loopback.
+
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use wafer::config::{AppDecl, Config, Secret};
+
+pub const APPID: &str = "wxtestapp0000001";
+pub const SECRET: &str = "test-secret";
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub mock: wafer::mock::MockHandle,
+    pub server: Option<wafer::server::Handle>,
+    pub config: Config,
+    agent: ureq::Agent,
+}
+
+pub fn app(appid: &str) -> AppDecl {
+    AppDecl {
+        appid: appid.into(),
+        secret: Secret::new(SECRET),
+        kind: "miniprogram".into(),
+        title: String::new(),
+        login_days: 30,
+        session_secs: 2_592_000,
+        token: None,
+        aes_key: None,
+        prev_aes_key: None,
+        forward_url: None,
+    }
+}
+
+impl Env {
+    /// A server with one mini-program app (`APPID`).
+    pub fn new() -> Env {
+        Env::with(|_| {})
+    }
+
+    /// A server whose config the caller adjusts first (apps, timeouts, api key).
+    pub fn with(adjust: impl FnOnce(&mut Config)) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let mock = wafer::mock::start("127.0.0.1:0").unwrap();
+        let mut config = Config::default();
+        config.server.listen = "127.0.0.1:0".into();
+        config.server.workers = 4;
+        config.storage.path = dir.path().join("wafer.db").to_string_lossy().into_owned();
+        config.wechat.api_base = mock.base_url();
+        config.wechat.work_api_base = mock.base_url();
+        config.wechat.timeout_ms = 1500;
+        config.apps = vec![app(APPID)];
+        adjust(&mut config);
+        let server = Some(wafer::server::start(config.clone(), false).unwrap());
+        let agent = ureq::AgentBuilder::new()
+            .timeout(std::time::Duration::from_secs(20))
+            .build();
+        Env {
+            dir,
+            mock,
+            server,
+            config,
+            agent,
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        PathBuf::from(&self.config.storage.path)
+    }
+
+    /// Stop the server and start it again on the same database (a new port).
+    pub fn restart(&mut self) {
+        self.server.take().unwrap().shutdown();
+        self.server = Some(wafer::server::start(self.config.clone(), false).unwrap());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.server.as_ref().unwrap().addr(), path)
+    }
+
+    /// Any request; returns (status, body text). Never fails on a 4xx/5xx.
+    pub fn request(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> (u16, String) {
+        let mut rq = self.agent.request(method, url);
+        for (k, v) in headers {
+            rq = rq.set(k, v);
+        }
+        let res = match body {
+            Some(b) => rq.send_bytes(b),
+            None => rq.call(),
+        };
+        match res {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => {
+                let status = r.status();
+                (status, r.into_string().unwrap_or_default())
+            }
+            Err(e) => panic!("{method} {url}: {e}"),
+        }
+    }
+
+    pub fn post_raw(&self, path: &str, body: &[u8]) -> (u16, String) {
+        self.request("POST", &self.url(path), &[], Some(body))
+    }
+
+    /// A Wafer envelope call on `/mina_auth/`; asserts HTTP 200 and returns the parsed answer.
+    pub fn wafer(&self, name: &str, para: Value) -> Value {
+        let body = json!({"version": 1, "componentName": "MA", "interface": {"interfaceName": name, "para": para}});
+        let (status, text) = self.post_raw("/mina_auth/", body.to_string().as_bytes());
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// `/v1` call with an optional bearer key; returns (status, parsed body or Null).
+    pub fn v1(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        key: Option<&str>,
+    ) -> (u16, Value) {
+        let auth = key.map(|k| format!("Bearer {k}"));
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(a) = &auth {
+            headers.push(("Authorization", a));
+        }
+        let body = body.map(|b| b.to_string().into_bytes());
+        let (status, text) = self.request(method, &self.url(path), &headers, body.as_deref());
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub fn mock_post(&self, path: &str, body: Value) -> Value {
+        let (s, t) = self.request(
+            "POST",
+            &format!("{}{path}", self.mock.base_url()),
+            &[],
+            Some(body.to_string().as_bytes()),
+        );
+        assert_eq!(s, 200, "{t}");
+        serde_json::from_str(&t).unwrap()
+    }
+
+    pub fn mock_get(&self, path: &str) -> Value {
+        let (s, t) = self.request("GET", &format!("{}{path}", self.mock.base_url()), &[], None);
+        assert_eq!(s, 200, "{t}");
+        serde_json::from_str(&t).unwrap()
+    }
+
+    /// Upstream calls the fake WeChat has seen on `path`.
+    pub fn calls(&self, path: &str) -> i64 {
+        self.mock_get("/__mock__/calls")
+            .get(path)
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+    }
+
+    /// Inject a fault on the fake WeChat.
+    pub fn fail(&self, fault: Value) {
+        self.mock_post("/__mock__/fail", fault);
+    }
+
+    /// Log in through the Wafer protocol; returns (id, skey, whole answer).
+    pub fn login(&self, code: &str) -> (String, String, Value) {
+        let r = self.wafer("qcloud.cam.id_skey", json!({"code": code}));
+        assert_eq!(r["returnCode"], 0, "{r}");
+        let d = &r["returnData"];
+        (
+            d["id"].as_str().unwrap().into(),
+            d["skey"].as_str().unwrap().into(),
+            r,
+        )
+    }
+
+    /// The session_key the fake WeChat handed out for a code.
+    pub fn session_key(&self, appid: &str, code: &str) -> String {
+        self.mock_get(&format!(
+            "/__mock__/session_key?appid={appid}&js_code={code}"
+        ))["session_key"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Raw SQL on the server's own database file, for the tests that move a clock or count rows.
+    pub fn sql(&self) -> rusqlite::Connection {
+        let c = rusqlite::Connection::open(self.db_path()).unwrap();
+        c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+        c
+    }
+
+    pub fn count(&self, table: &str) -> i64 {
+        self.sql()
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown();
+        }
+    }
+}
+
+/// The envelope's (returnCode, returnMessage).
+pub fn code(r: &Value) -> (i64, &str) {
+    (
+        r["returnCode"].as_i64().unwrap(),
+        r["returnMessage"].as_str().unwrap(),
+    )
+}
+
+/// The keys of a JSON object in order, from the raw text (serde_json here preserves order).
+pub fn keys(v: &Value) -> Vec<&str> {
+    v.as_object().unwrap().keys().map(String::as_str).collect()
+}
