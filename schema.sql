@@ -31,16 +31,18 @@ CREATE TABLE users (
 );
 
 -- One row per live login (device). Only sha256(skey) is stored. Expiry limits are copied from the
--- app at login so that a session check is one indexed lookup with no join on settings.
+-- app at login so that a session check is one indexed lookup with no join on settings. `seq`
+-- (the rowid) orders a user's logins, so the oldest is evicted first even within one second.
 CREATE TABLE sessions (
-    skey_hash    BLOB    PRIMARY KEY,
+    seq          INTEGER PRIMARY KEY,
+    skey_hash    BLOB    NOT NULL UNIQUE,
     user_id      TEXT    NOT NULL REFERENCES users(id) ON DELETE CASCADE,
     created      INTEGER NOT NULL,
     expires_at   INTEGER NOT NULL,                    -- created + login_days * 86400 (absolute)
     idle_secs    INTEGER NOT NULL,                    -- session_secs (sliding)
     last_visit   INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX sessions_by_user ON sessions (user_id, created);
+);
+CREATE INDEX sessions_by_user ON sessions (user_id);
 CREATE INDEX sessions_by_expiry ON sessions (expires_at);
 
 -- Every hosted credential (access tokens, tickets, component and authoriser tokens): value and

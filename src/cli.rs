@@ -97,6 +97,9 @@ pub const USAGE: &str = "usage: wafer <command>
   app add --appid ID --secret S [--kind miniprogram|official] [--title T] [--login-days N]
           [--session-secs N] [--token T] [--aes-key K] [--forward-url URL]
   app list | app show ID | app remove ID
+  work add --corpid C --agentid A --secret S [--remark R] [--token T] [--aes-key K] [--forward-url URL]
+  work list | work remove --corpid C --agentid A
+  token get APPID [--force]             print the current access token
   session purge                         delete expired sessions now
 data commands take --db FILE (else $WAFER_DB, else the config's storage.path, else ./wafer.db)";
 
@@ -118,6 +121,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
         ("app", "show") => app_show(Opts::parse(&rest[1..])?),
         ("app", "remove") => app_remove(Opts::parse(&rest[1..])?),
         ("session", "purge") => session_purge(Opts::parse(&rest[1..])?),
+        ("work", "add") => work_add(Opts::parse(&rest[1..])?),
+        ("work", "list") => work_list(Opts::parse(&rest[1..])?),
+        ("work", "remove") => work_remove(Opts::parse(&rest[1..])?),
+        ("token", "get") => token_get(Opts::parse(&rest[1..])?),
         ("help" | "--help" | "-h", _) => {
             println!("{USAGE}");
             Ok(())
@@ -126,17 +133,20 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
 }
 
-/// The database a data command uses.
+/// The configuration and database a data command uses.
+fn open_config_db(o: &mut Opts) -> Result<(Config, Db), String> {
+    let config = o.take("config").map(PathBuf::from);
+    let c = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+    let path = o
+        .take("db")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(&c.storage.path));
+    let db = Db::open(&path).map_err(|e| format!("database {}: {e}", path.display()))?;
+    Ok((c, db))
+}
+
 fn open_db(o: &mut Opts) -> Result<Db, String> {
-    let path = match o.take("db") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let config = o.take("config").map(PathBuf::from);
-            let c = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
-            PathBuf::from(c.storage.path)
-        }
-    };
-    Db::open(&path).map_err(|e| format!("database {}: {e}", path.display()))
+    open_config_db(o).map(|(_, db)| db)
 }
 
 fn serve(mut o: Opts) -> Result<(), String> {
@@ -307,5 +317,86 @@ fn session_purge(mut o: Opts) -> Result<(), String> {
         .purge_expired_sessions(crate::ids::now())
         .map_err(|e| format!("session purge: {e}"))?;
     println!("{n} expired session(s) deleted");
+    Ok(())
+}
+
+fn work_add(mut o: Opts) -> Result<(), String> {
+    let agent = crate::store::WorkAgent {
+        corpid: o.need("corpid")?,
+        agentid: o.need("agentid")?,
+        secret: Secret::new(o.need("secret")?),
+        remark: o.take("remark").unwrap_or_default(),
+        token: o.take("token").map(Secret::new),
+        aes_key: o.take("aes-key").map(Secret::new),
+        prev_aes_key: None,
+        forward_url: o.take("forward-url"),
+    };
+    let db = open_db(&mut o)?;
+    o.done(0)?;
+    db.upsert_work_agent(&agent, crate::ids::now())
+        .map_err(|e| format!("work add: {e}"))?;
+    let prefix = crate::credential::Key::work_agent_prefix(&agent.corpid, &agent.agentid);
+    db.delete_credentials_with_prefix(&prefix)
+        .map_err(|e| format!("work add: {e}"))?;
+    println!("WeCom agent {}/{} saved", agent.corpid, agent.agentid);
+    Ok(())
+}
+
+fn work_list(mut o: Opts) -> Result<(), String> {
+    let db = open_db(&mut o)?;
+    o.done(0)?;
+    println!("{:<24} {:<12} remark", "corpid", "agentid");
+    for a in db
+        .list_work_agents()
+        .map_err(|e| format!("work list: {e}"))?
+    {
+        println!("{:<24} {:<12} {}", a.corpid, a.agentid, a.remark);
+    }
+    Ok(())
+}
+
+fn work_remove(mut o: Opts) -> Result<(), String> {
+    let (corpid, agentid) = (o.need("corpid")?, o.need("agentid")?);
+    let db = open_db(&mut o)?;
+    o.done(0)?;
+    if !db
+        .remove_work_agent(&corpid, &agentid)
+        .map_err(|e| format!("work remove: {e}"))?
+    {
+        return Err(format!("no WeCom agent {corpid}/{agentid}"));
+    }
+    let prefix = crate::credential::Key::work_agent_prefix(&corpid, &agentid);
+    db.delete_credentials_with_prefix(&prefix)
+        .map_err(|e| format!("work remove: {e}"))?;
+    println!("WeCom agent {corpid}/{agentid} removed");
+    Ok(())
+}
+
+/// Print an app's access token: the stored one while valid, else fetched through the same
+/// broker (and policy) the server uses.
+fn token_get(mut o: Opts) -> Result<(), String> {
+    let force = o.flag("force");
+    let (config, db) = open_config_db(&mut o)?;
+    let pos = o.done(1)?;
+    let appid = pos
+        .first()
+        .ok_or("token get: which app? (wafer token get APPID)")?;
+    let wechat = std::sync::Arc::new(crate::wechat::WeChat::new(&config.wechat));
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
+    let broker = crate::credential::Broker::new(wechat, metrics, &config.wechat);
+    db.app_by_appid(appid)
+        .map_err(|e| format!("token get: {e}"))?
+        .ok_or(format!("no app {appid}"))?;
+    let c = broker
+        .get(
+            &db,
+            &crate::credential::Key::AppToken {
+                appid: appid.clone(),
+            },
+            force,
+        )
+        .map_err(|e| format!("token get: {e}"))?;
+    println!("{}", c.value.expose());
+    eprintln!("expires_at {}", c.expires_at);
     Ok(())
 }

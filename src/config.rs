@@ -32,7 +32,7 @@ impl fmt::Debug for Secret {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -156,19 +156,6 @@ impl Default for WeChatConfig {
             timeout_ms: 5000,
             stable_token: true,
             refresh_ahead_secs: 600,
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            storage: StorageConfig::default(),
-            wechat: WeChatConfig::default(),
-            apps: Vec::new(),
-            work_agents: Vec::new(),
-            components: Vec::new(),
         }
     }
 }

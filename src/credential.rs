@@ -88,6 +88,16 @@ impl Key {
         }
     }
 
+    /// The prefix shared by every key of one WeCom agent (to forget them when its secret changes).
+    pub fn work_agent_prefix(corpid: &str, agentid: &str) -> String {
+        format!("work/{corpid}/{agentid}/")
+    }
+
+    /// The prefix shared by every key of one authoriser of a component.
+    pub fn authorizer_prefix(component_appid: &str, authorizer_appid: &str) -> String {
+        format!("component/{component_appid}/authorizer/{authorizer_appid}/")
+    }
+
     /// The metrics label.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -165,9 +175,10 @@ struct Entry {
 }
 
 impl State {
-    /// Served to callers only with some validity left: a tenth of its life, at most 30 s.
+    /// Served to callers only with some validity left: a tenth of its life, between 1 and 30 s
+    /// (expiry is kept in whole seconds, so less than a second could already be past).
     fn usable(&self, now: i64) -> bool {
-        let margin = ((self.expires_at - self.fetched_at) / 10).clamp(0, 30);
+        let margin = ((self.expires_at - self.fetched_at) / 10).clamp(1, 30);
         self.value.is_some() && now < self.expires_at - margin
     }
 
@@ -617,4 +628,23 @@ fn clone_error(e: &Error) -> Error {
         Error::Refused(m) => Error::Refused(m.clone()),
         Error::Internal(m) => Error::Internal(m.clone()),
     }
+}
+
+/// A JS-SDK signature over exactly the caller's `noncestr` and `timestamp` when given, else a
+/// fresh random nonce and the current time. Returns (nonceStr, timestamp, signature).
+pub fn js_signature(
+    ticket: &str,
+    url: &str,
+    noncestr: Option<&str>,
+    timestamp: Option<&str>,
+) -> Result<(String, String, String), Error> {
+    let nonce = match noncestr {
+        Some(n) => n.to_string(),
+        None => ids::hex(&ids::random_bytes::<8>()?),
+    };
+    let ts = timestamp
+        .map(str::to_string)
+        .unwrap_or_else(|| ids::now().to_string());
+    let sig = crate::crypto::jsapi_signature(ticket, &nonce, &ts, url);
+    Ok((nonce, ts, sig))
 }

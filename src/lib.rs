@@ -13,6 +13,7 @@
 pub mod cli;
 pub mod component;
 pub mod config;
+pub mod cos;
 pub mod credential;
 pub mod crypto;
 pub mod error;

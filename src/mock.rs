@@ -1,16 +1,1368 @@
-//! PLACEHOLDER until the mock lands.
+//! The fake WeChat: an in-process HTTP server that answers the upstream paths wafer calls on
+//! `api.weixin.qq.com` and `qyapi.weixin.qq.com` (both on one address) with WeChat's own shapes
+//! and errcodes, plus `/__mock__/*` control routes that let tests count calls, inject faults,
+//! shorten token lifetimes and drive the Open Platform authorisation dance. It exists for the
+//! integration tests, load tests, `wafer mock-wechat` and `wafer dev`. It must never be pointed
+//! at by a production deployment and never be exposed beyond a developer's machine: any
+//! `js_code` logs in, the control routes have no authentication, and nothing is persisted.
+//!
+//! Shape of the file: one route table (`ROUTES`) maps a path to a plain handler
+//! `fn(&mut State, &Input, Instant) -> Result<Value, WxErr>`; every token, ticket and code lives
+//! in one store (`Tokens`) keyed by value and by `(Family, owner)`, and a family's `Policy`
+//! decides whether a new fetch reuses, supersedes or sits beside the previous one. Eight worker
+//! threads share one `tiny_http::Server`; a request whose injected fault carries a delay is
+//! handed to its own thread so a slow answer never holds up the others. Handlers never panic on
+//! bad input (missing parameters and bad JSON become WeChat-style errcodes), and a panic that
+//! slips through anyway is caught per request and answered with a 500.
+//!
+//! Input conventions (all documented so tests can aim at them):
+//! - `js_code` prefixes: `bad…` → 40029, `used…` → 40163, `busy…` → -1, `risky…` → 40226,
+//!   `limit…` → 45011, `union…` → success with a `unionid`.
+//! - `appid`/`corpid`/`component_appid` starting `bad` → 40013; a secret starting `bad` → 40125
+//!   (WeCom: 40001, which is what WeCom answers for a wrong secret).
+//! - `component_verify_ticket` empty or `invalid…` → 61006, `expired…` → 61005.
+//! - `authorizer_refresh_token` unknown or not this authoriser's → 61023 "refresh_token is
+//!   invalid"; known but the authoriser revoked the platform → 61003 "component is not
+//!   authorized by this account".
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::{self, Read};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use serde_json::{json, Map, Value};
+use sha1::{Digest, Sha1};
+use sha2::Sha256;
+use tiny_http::{Header, Request, Response, Server, StatusCode};
+
+const WORKERS: usize = 8;
+const DEFAULT_LIFETIME_SECS: u64 = 7200;
+/// Ten years: longer lifetimes are surely a typo in a test.
+const MAX_LIFETIME_SECS: u64 = 10 * 365 * 24 * 3600;
+/// How long a superseded `/cgi-bin/token` token keeps working.
+const SUPERSEDE_GRACE: Duration = Duration::from_secs(300);
+const PRE_AUTH_CODE_SECS: u64 = 1800;
+const AUTH_CODE_SECS: u64 = 3600;
+const MAX_BODY: u64 = 1 << 20;
+/// Session keys handed out are remembered in two generations of this many entries each, so a
+/// load test of millions of logins does not grow the mock without bound.
+const HANDED_OUT_GENERATION: usize = 100_000;
+/// Above this many minted values, long-expired ones are dropped (at most once a minute).
+const PRUNE_ABOVE: usize = 100_000;
+const JSON_TYPE: &str = "application/json; charset=utf-8";
+const HTML_TYPE: &str = "text/html; charset=utf-8";
+
+/// A running fake WeChat. Dropping it (or calling [`MockHandle::shutdown`]) stops the workers.
 pub struct MockHandle {
-    pub addr: std::net::SocketAddr,
+    /// The address actually bound (the port is real even when `listen` asked for port 0).
+    pub addr: SocketAddr,
+    server: Arc<Server>,
+    stopping: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
 }
+
 impl MockHandle {
+    /// `http://IP:PORT`, usable as both the `api.weixin.qq.com` and `qyapi.weixin.qq.com` base
+    /// URL. An unspecified listen address (`0.0.0.0`, `::`) is reported as loopback.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        let mut addr = self.addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr.ip() {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            });
+        }
+        format!("http://{addr}")
     }
+
+    /// Stops the workers and closes the listening socket. Requests already handed to a delay
+    /// thread are still answered.
     pub fn shutdown(self) {}
 }
-pub fn start(_l: &str) -> std::io::Result<MockHandle> {
-    Err(std::io::Error::other("x"))
+
+impl Drop for MockHandle {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for _ in &self.workers {
+            self.server.unblock();
+        }
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+    }
 }
-pub fn run_forever(_l: &str) -> std::io::Result<()> {
+
+/// Starts the fake WeChat on `listen` (e.g. `127.0.0.1:0`) with a pool of worker threads.
+pub fn start(listen: &str) -> io::Result<MockHandle> {
+    let server = Server::http(listen).map_err(io::Error::other)?;
+    let addr = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| io::Error::other("mock-wechat: not listening on an IP address"))?;
+    let mut handle = MockHandle {
+        addr,
+        server: Arc::new(server),
+        stopping: Arc::new(AtomicBool::new(false)),
+        workers: Vec::with_capacity(WORKERS),
+    };
+    let state = Arc::new(Mutex::new(State::new()));
+    for n in 0..WORKERS {
+        let (server, stopping, state) = (
+            Arc::clone(&handle.server),
+            Arc::clone(&handle.stopping),
+            Arc::clone(&state),
+        );
+        // On failure `handle` is dropped here, which stops the workers already running.
+        let worker = thread::Builder::new()
+            .name(format!("mock-wechat-{n}"))
+            .spawn(move || work(&server, &state, &stopping))?;
+        handle.workers.push(worker);
+    }
+    Ok(handle)
+}
+
+/// `wafer mock-wechat`: starts the fake WeChat, prints where, and serves until killed.
+pub fn run_forever(listen: &str) -> io::Result<()> {
+    let handle = start(listen)?;
+    eprintln!("mock-wechat listening on {}", handle.base_url());
+    loop {
+        thread::park();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Serving
+
+fn work(server: &Server, state: &Arc<Mutex<State>>, stopping: &AtomicBool) {
+    loop {
+        match server.recv() {
+            // `serve` answers its own panics; this is a last line of defence that keeps the
+            // worker alive (a dropped request is answered by tiny_http with an empty 500).
+            Ok(rq) => {
+                let _ = catch_unwind(AssertUnwindSafe(|| serve(state, rq)));
+            }
+            Err(_) if stopping.load(Ordering::SeqCst) => return,
+            Err(_) => continue,
+        }
+    }
+}
+
+fn serve(state: &Arc<Mutex<State>>, mut rq: Request) {
+    let mut body = Vec::new();
+    let read = rq.as_reader().take(MAX_BODY + 1).read_to_end(&mut body);
+    if read.is_err() || body.len() as u64 > MAX_BODY {
+        // An unreadable or oversized body is answered like any other malformed JSON body.
+        body.clear();
+    }
+    let (path, query) = rq.url().split_once('?').unwrap_or((rq.url(), ""));
+    let Some(route) = find_route(rq.method().as_str(), path) else {
+        let reply = Reply::json(404, &json!({"errcode": -1, "errmsg": "mock: unknown path"}));
+        return respond(rq, reply);
+    };
+    let input = Input {
+        query: parse_query(query),
+        body,
+    };
+    let fault = if route.upstream {
+        lock(state).record_call(route.path)
+    } else {
+        None
+    };
+    match fault.as_ref().and_then(|f| f.delay) {
+        Some(delay) => {
+            let state = Arc::clone(state);
+            // If no thread can be spawned the request is dropped, which tiny_http answers
+            // with an empty 500: an acceptable fault for a fault-injection path.
+            let _ = thread::Builder::new()
+                .name("mock-wechat-delay".into())
+                .spawn(move || {
+                    thread::sleep(delay);
+                    respond(rq, answer(&state, route, &input, fault.as_ref()));
+                });
+        }
+        None => respond(rq, answer(state, route, &input, fault.as_ref())),
+    }
+}
+
+fn answer(state: &Mutex<State>, route: &Route, input: &Input, fault: Option<&Fault>) -> Reply {
+    if let Some(reply) = fault.and_then(Fault::reply) {
+        return reply;
+    }
+    let run = || (route.handler)(&mut lock(state), input, Instant::now());
+    match catch_unwind(AssertUnwindSafe(run)) {
+        Ok(Ok(body)) => Reply::json(200, &body),
+        Ok(Err(err)) => err.reply(),
+        Err(_) => Reply::json(
+            500,
+            &json!({"errcode": -1, "errmsg": "mock: internal error"}),
+        ),
+    }
+}
+
+fn respond(rq: Request, reply: Reply) {
+    let mut response = Response::from_string(reply.body).with_status_code(reply.status);
+    if let Ok(header) = Header::from_bytes("Content-Type", reply.content_type) {
+        response.add_header(header);
+    }
+    let _ = rq.respond(response);
+}
+
+/// A poisoned lock only means some handler panicked mid-request; the state is still usable.
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+struct Reply {
+    status: u16,
+    content_type: &'static str,
+    body: String,
+}
+
+impl Reply {
+    fn json(status: u16, body: &Value) -> Reply {
+        Reply {
+            status,
+            content_type: JSON_TYPE,
+            body: body.to_string(),
+        }
+    }
+
+    /// What a reverse proxy in front of WeChat says when WeChat is unwell.
+    fn html(status: u16) -> Reply {
+        let reason = StatusCode(status).default_reason_phrase();
+        let body = format!("<html><body>{status} {reason}</body></html>");
+        Reply {
+            status,
+            content_type: HTML_TYPE,
+            body,
+        }
+    }
+}
+
+/// A WeChat-style error: `{"errcode":E,"errmsg":M}`, HTTP 200 for upstream paths (as WeChat
+/// does) and 4xx for misuse of the control routes.
+#[derive(Debug)]
+struct WxErr {
+    status: u16,
+    errcode: i64,
+    errmsg: String,
+}
+
+impl WxErr {
+    fn reply(&self) -> Reply {
+        Reply::json(
+            self.status,
+            &json!({"errcode": self.errcode, "errmsg": self.errmsg}),
+        )
+    }
+}
+
+fn wx(errcode: i64, errmsg: &str) -> WxErr {
+    WxErr {
+        status: 200,
+        errcode,
+        errmsg: errmsg.to_owned(),
+    }
+}
+
+/// Misuse of a control route.
+fn bad(errmsg: impl std::fmt::Display) -> WxErr {
+    WxErr {
+        status: 400,
+        errcode: 40097,
+        errmsg: format!("mock: {errmsg}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests and parameters
+
+type Params = Map<String, Value>;
+
+struct Input {
+    query: Params,
+    body: Vec<u8>,
+}
+
+impl Input {
+    /// The body as a JSON object; anything else is WeChat's 47001.
+    fn json(&self) -> Result<Params, WxErr> {
+        match serde_json::from_slice(&self.body) {
+            Ok(Value::Object(map)) => Ok(map),
+            _ => Err(wx(47001, "data format error")),
+        }
+    }
+
+    /// The body of a control route: a JSON object, or a 400.
+    fn control_json(&self, allowed: &[&str]) -> Result<Params, WxErr> {
+        let map = self.json().map_err(|_| bad("body must be a JSON object"))?;
+        match map.keys().find(|key| !allowed.contains(&key.as_str())) {
+            Some(key) => Err(bad(format!(
+                "unknown field {key:?}; expected one of {allowed:?}"
+            ))),
+            None => Ok(map),
+        }
+    }
+}
+
+fn parse_query(query: &str) -> Params {
+    let mut params = Params::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        params
+            .entry(percent_decode(key))
+            .or_insert_with(|| Value::String(percent_decode(value)));
+    }
+    params
+}
+
+fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        char::from(b)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let escaped = match (b, bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&hi), Some(&lo)) => hex(hi).zip(hex(lo)).map(|(hi, lo)| hi << 4 | lo),
+            _ => None,
+        };
+        match (b, escaped) {
+            (_, Some(decoded)) => {
+                out.push(decoded);
+                i += 3;
+            }
+            (b'+', None) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (other, None) => {
+                out.push(other);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A non-empty string parameter.
+fn text<'a>(params: &'a Params, key: &str) -> Option<&'a str> {
+    params
+        .get(key)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+/// A required string parameter; its absence is answered with `errcode`.
+fn need<'a>(params: &'a Params, key: &str, errcode: i64, errmsg: &str) -> Result<&'a str, WxErr> {
+    text(params, key).ok_or_else(|| wx(errcode, errmsg))
+}
+
+/// A required string field of a control route.
+fn need_ctl<'a>(params: &'a Params, key: &str) -> Result<&'a str, WxErr> {
+    text(params, key).ok_or_else(|| bad(format!("{key} missing")))
+}
+
+fn opt_u64(params: &Params, key: &str) -> Result<Option<u64>, WxErr> {
+    match params.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => value
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| bad(format!("{key} must be a whole number"))),
+    }
+}
+
+fn flag(params: &Params, key: &str) -> bool {
+    matches!(params.get(key), Some(Value::Bool(true))) || text(params, key) == Some("true")
+}
+
+fn check_grant(params: &Params, expected: &str) -> Result<(), WxErr> {
+    match text(params, "grant_type") {
+        Some(grant) if grant == expected => Ok(()),
+        _ => Err(wx(40002, "invalid grant_type")),
+    }
+}
+
+/// WeChat's answers to a wrong appid or secret, simulated by the `bad` prefix.
+fn check_app(appid: &str, secret: &str) -> Result<(), WxErr> {
+    if appid.starts_with("bad") {
+        return Err(wx(40013, "invalid appid"));
+    }
+    if secret.starts_with("bad") {
+        return Err(wx(40125, "invalid appsecret"));
+    }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routes
+
+type Handler = fn(&mut State, &Input, Instant) -> Result<Value, WxErr>;
+
+struct Route {
+    /// `None` for upstream paths: WeChat does not care much, and neither does the mock.
+    method: Option<&'static str>,
+    path: &'static str,
+    /// Upstream routes are counted and can be faulted; control routes are neither.
+    upstream: bool,
+    handler: Handler,
+}
+
+const fn upstream(path: &'static str, handler: Handler) -> Route {
+    Route {
+        method: None,
+        path,
+        upstream: true,
+        handler,
+    }
+}
+
+const fn control(method: &'static str, path: &'static str, handler: Handler) -> Route {
+    Route {
+        method: Some(method),
+        path,
+        upstream: false,
+        handler,
+    }
+}
+
+const ROUTES: &[Route] = &[
+    upstream("/sns/jscode2session", jscode2session),
+    upstream("/cgi-bin/token", access_token),
+    upstream("/cgi-bin/stable_token", stable_token),
+    upstream("/cgi-bin/ticket/getticket", mp_ticket),
+    upstream("/cgi-bin/gettoken", wecom_token),
+    upstream("/cgi-bin/get_jsapi_ticket", wecom_corp_ticket),
+    upstream("/cgi-bin/ticket/get", wecom_agent_ticket),
+    upstream("/cgi-bin/component/api_component_token", component_token),
+    upstream(
+        "/cgi-bin/component/api_create_preauthcode",
+        create_preauthcode,
+    ),
+    upstream("/cgi-bin/component/api_query_auth", query_auth),
+    upstream("/cgi-bin/component/api_authorizer_token", authorizer_token),
+    control("GET", "/__mock__/calls", calls),
+    control("POST", "/__mock__/fail", fail),
+    control("POST", "/__mock__/reset", reset),
+    control("POST", "/__mock__/config", config),
+    control("POST", "/__mock__/session_key", pin_session_key),
+    control("GET", "/__mock__/session_key", handed_out_session_key),
+    control("GET", "/__mock__/token_status", token_status),
+    control("POST", "/__mock__/component/authorize", authorize),
+    control("POST", "/__mock__/component/revoke", revoke),
+];
+
+fn find_route(method: &str, path: &str) -> Option<&'static Route> {
+    ROUTES
+        .iter()
+        .find(|r| r.path == path && r.method.is_none_or(|m| m == method))
+}
+
+// --- Mini-program login -----------------------------------------------------------------------
+
+/// `js_code` prefixes that make WeChat refuse the login.
+const CODE_ERRORS: &[(&str, i64, &str)] = &[
+    ("bad", 40029, "invalid code"),
+    ("used", 40163, "code been used"),
+    ("busy", -1, "system error"),
+    ("risky", 40226, "high risk user"),
+    (
+        "limit",
+        45011,
+        "api minute-quota reach limit mustslower retry next minute",
+    ),
+];
+
+fn jscode2session(st: &mut State, input: &Input, _now: Instant) -> Result<Value, WxErr> {
+    let q = &input.query;
+    let appid = need(q, "appid", 41002, "appid missing")?;
+    let secret = need(q, "secret", 41004, "appsecret missing")?;
+    let code = need(q, "js_code", 41008, "missing code")?;
+    if text(q, "grant_type").is_some_and(|g| g != "authorization_code") {
+        return Err(wx(40002, "invalid grant_type"));
+    }
+    check_app(appid, secret)?;
+    if let Some(&(_, errcode, errmsg)) = CODE_ERRORS.iter().find(|(p, ..)| code.starts_with(p)) {
+        return Err(wx(errcode, errmsg));
+    }
+    let session_key = st.hand_out_session_key(appid, code);
+    let mut body = json!({
+        "session_key": session_key,
+        "openid": derived_id("o", &format!("{appid}:{code}")),
+    });
+    if code.starts_with("union") {
+        body["unionid"] = Value::String(derived_id("u", &format!("union:{code}")));
+    }
+    Ok(body)
+}
+
+/// A stable 28-character id: the same input always names the same user.
+fn derived_id(prefix: &str, seed: &str) -> String {
+    let digest = URL_SAFE_NO_PAD.encode(Sha1::digest(seed.as_bytes()));
+    format!("{prefix}{}", &digest[..27])
+}
+
+// --- Access tokens ----------------------------------------------------------------------------
+
+fn access_token(st: &mut State, input: &Input, now: Instant) -> Result<Value, WxErr> {
+    let q = &input.query;
+    check_grant(q, "client_credential")?;
+    let appid = need(q, "appid", 41002, "appid missing")?;
+    check_app(appid, need(q, "secret", 41004, "appsecret missing")?)?;
+    let token = st.issue(Family::AccessToken, appid, "", false, now);
+    Ok(json!({"access_token": token.value, "expires_in": token.expires_in}))
+}
+
+fn stable_token(st: &mut State, input: &Input, now: Instant) -> Result<Value, WxErr> {
+    let body = input.json()?;
+    check_grant(&body, "client_credential")?;
+    let appid = need(&body, "appid", 41002, "appid missing")?;
+    check_app(appid, need(&body, "secret", 41004, "appsecret missing")?)?;
+    let force = flag(&body, "force_refresh");
+    let token = st.issue(Family::StableToken, appid, "", force, now);
+    Ok(json!({"access_token": token.value, "expires_in": token.expires_in}))
+}
+
+fn wecom_token(st: &mut State, input: &Input, now: Instant) -> Result<Value, WxErr> {
+    let q = &input.query;
+    let corpid = need(q, "corpid", 41002, "corpid missing")?;
+    let secret = need(q, "corpsecret", 41004, "corpsecret missing")?;
+    if corpid.starts_with("bad") {
+        return Err(wx(40013, "invalid corpid"));
+    }
+    if secret.starts_with("bad") {
+        return Err(wx(40001, "invalid credential"));
+    }
+    let token = st.issue(
+        Family::WecomToken,
+        &wecom_owner(corpid, secret),
+        "",
+        false,
+        now,
+    );
+    Ok(json!({
+        "errcode": 0,
+        "errmsg": "ok",
+        "access_token": token.value,
+        "expires_in": token.expires_in,
+    }))
+}
+
+/// WeCom tokens belong to one application of one corp: the secret names the application.
+fn wecom_owner(corpid: &str, secret: &str) -> String {
+    format!("{corpid}\n{secret}")
+}
+
+// --- Tickets ----------------------------------------------------------------------------------
+
+struct TicketSpec {
+    /// The token families allowed as `access_token`.
+    accepts: &'static [Family],
+    /// The `type` parameter the endpoint insists on, if any.
+    kind: Option<&'static str>,
+    family: Family,
+    /// WeCom's corp ticket belongs to the corp, not to the application whose token asked.
+    per_corp: bool,
+}
+
+fn ticket(st: &mut State, input: &Input, now: Instant, spec: &TicketSpec) -> Result<Value, WxErr> {
+    let q = &input.query;
+    let grant = st
+        .tokens
+        .check_param(q, "access_token", spec.accepts, now)?;
+    if spec.kind.is_some_and(|kind| text(q, "type") != Some(kind)) {
+        return Err(wx(40097, "invalid args"));
+    }
+    let owner = if spec.per_corp {
+        grant.owner.split('\n').next().unwrap_or_default()
+    } else {
+        grant.owner.as_str()
+    };
+    let ticket = st.issue(spec.family, owner, "", false, now);
+    Ok(json!({
+        "errcode": 0,
+        "errmsg": "ok",
+        "ticket": ticket.value,
+        "expires_in": ticket.expires_in,
+    }))
+}
+
+const MP_TOKENS: &[Family] = &[
+    Family::AccessToken,
+    Family::StableToken,
+    Family::AuthorizerToken,
+];
+
+fn mp_ticket(st: &mut State, input: &Input, now: Instant) -> Result<Value, WxErr> {
+    let spec = TicketSpec {
+        accepts: MP_TOKENS,
+        kind: Some("jsapi"),
+        family: Family::JsapiTicket,
+        per_corp: false,
+    };
+    ticket(st, input, now, &spec)
+}
+
+fn wecom_corp_ticket(st: &mut State, input: &Input, now: Instant) -> Result<Value, WxErr> {
+    let spec = TicketSpec {
+        accepts: &[Family::WecomToken],
+        kind: None,
+        family: Family::WecomCorpTicket,
+        per_corp: true,
+    };
+    ticket(st, input, now, &spec)
+}
+
+fn wecom_agent_ticket(st: &mut State, input: &Input, now: Instant) -> Result<Value, WxErr> {
+    let spec = TicketSpec {
+        accepts: &[Family::WecomToken],
+        kind: Some("agent_config"),
+        family: Family::WecomAgentTicket,
+        per_corp: false,
+    };
+    ticket(st, input, now, &spec)
+}
+
+// --- Open Platform component ------------------------------------------------------------------
+
+fn component_token(st: &mut State, input: &Input, now: Instant) -> Result<Value, WxErr> {
+    let body = input.json()?;
+    let appid = need(&body, "component_appid", 41002, "component_appid missing")?;
+    let secret = need(
+        &body,
+        "component_appsecret",
+        41004,
+        "component_appsecret missing",
+    )?;
+    check_app(appid, secret)?;
+    match text(&body, "component_verify_ticket") {
+        None => return Err(wx(61006, "component ticket is invalid")),
+        Some(t) if t.starts_with("invalid") => {
+            return Err(wx(61006, "component ticket is invalid"))
+        }
+        Some(t) if t.starts_with("expired") => {
+            return Err(wx(61005, "component ticket is expired"))
+        }
+        Some(_) => {}
+    }
+    let token = st.issue(Family::ComponentToken, appid, "", false, now);
+    Ok(json!({"component_access_token": token.value, "expires_in": token.expires_in}))
+}
+
+/// Checks `component_access_token` and that the body's `component_appid` is its owner.
+fn component_call(st: &State, input: &Input, now: Instant) -> Result<(String, Params), WxErr> {
+    let grant = st.tokens.check_param(
+        &input.query,
+        "component_access_token",
+        &[Family::ComponentToken],
+        now,
+    )?;
+    let body = input.json()?;
+    let appid = need(&body, "component_appid", 41002, "component_appid missing")?;
+    if appid != grant.owner {
+        return Err(wx(
+            40013,
+            "invalid appid, component_appid does not own this token",
+        ));
+    }
+    Ok((grant.owner, body))
+}
+
+fn create_preauthcode(st: &mut State, input: &Input, now: Instant) -> Result<Value, WxErr> {
+    let (component, _) = component_call(st, input, now)?;
+    let code = st.tokens.mint(
+        Family::PreAuthCode,
+        &component,
+        "",
+        secs(PRE_AUTH_CODE_SECS),
+        now,
+    );
+    Ok(json!({"pre_auth_code": code.value, "expires_in": code.expires_in}))
+}
+
+fn query_auth(st: &mut State, input: &Input, now: Instant) -> Result<Value, WxErr> {
+    let (component, body) = component_call(st, input, now)?;
+    let code = need(
+        &body,
+        "authorization_code",
+        41008,
+        "missing authorization_code",
+    )?;
+    let authorizer = st.tokens.redeem(code, Family::AuthCode, &component, now)?;
+    let (access, refresh) = st.authorizer_tokens(&component, &authorizer, now);
+    Ok(json!({"authorization_info": {
+        "authorizer_appid": authorizer,
+        "authorizer_access_token": access.value,
+        "expires_in": access.expires_in,
+        "authorizer_refresh_token": refresh.value,
+        "func_info": [
+            {"funcscope_category": {"id": 1}},
+            {"funcscope_category": {"id": 17}},
+        ],
+    }}))
+}
+
+fn authorizer_token(st: &mut State, input: &Input, now: Instant) -> Result<Value, WxErr> {
+    let (component, body) = component_call(st, input, now)?;
+    let authorizer = need(&body, "authorizer_appid", 41002, "authorizer_appid missing")?;
+    let refresh = need(
+        &body,
+        "authorizer_refresh_token",
+        61023,
+        "refresh_token is invalid",
+    )?;
+    match st.tokens.by_value.get(refresh) {
+        Some(m)
+            if m.family == Family::RefreshToken
+                && m.owner == component
+                && m.subject == authorizer =>
+        {
+            if m.life == Life::Revoked {
+                return Err(wx(61003, "component is not authorized by this account"));
+            }
+        }
+        _ => return Err(wx(61023, "refresh_token is invalid")),
+    }
+    let (access, refresh) = st.authorizer_tokens(&component, authorizer, now);
+    Ok(json!({
+        "authorizer_access_token": access.value,
+        "expires_in": access.expires_in,
+        "authorizer_refresh_token": refresh.value,
+    }))
+}
+
+// --- Control routes ---------------------------------------------------------------------------
+
+fn calls(st: &mut State, _input: &Input, _now: Instant) -> Result<Value, WxErr> {
+    Ok(Value::Object(
+        st.calls
+            .iter()
+            .map(|(path, n)| (path.to_string(), json!(n)))
+            .collect(),
+    ))
+}
+
+fn fail(st: &mut State, input: &Input, _now: Instant) -> Result<Value, WxErr> {
+    let spec = input.control_json(&["path", "errcode", "status", "delay_ms", "times", "body"])?;
+    let path = need_ctl(&spec, "path")?;
+    let path = path.split('?').next().unwrap_or(path);
+    let route = ROUTES
+        .iter()
+        .find(|r| r.upstream && r.path == path)
+        .ok_or_else(|| bad(format!("{path:?} is not an upstream path")))?;
+    let errcode = match spec.get("errcode") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_i64()
+                .ok_or_else(|| bad("errcode must be an integer"))?,
+        ),
+    };
+    let status = match opt_u64(&spec, "status")? {
+        None => None,
+        Some(s @ 100..=599) => u16::try_from(s).ok(),
+        Some(_) => return Err(bad("status must be between 100 and 599")),
+    };
+    let times = opt_u64(&spec, "times")?.unwrap_or(1);
+    if times == 0 {
+        return Err(bad("times must be at least 1"));
+    }
+    let body = match spec.get("body") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(raw)) => Some(raw.clone()),
+        Some(other) => Some(other.to_string()),
+    };
+    let delay = opt_u64(&spec, "delay_ms")?.map(Duration::from_millis);
+    let fault = Fault {
+        delay,
+        status,
+        errcode,
+        body,
+        times,
+    };
+    st.faults.entry(route.path).or_default().push_back(fault);
+    Ok(json!({"ok": true}))
+}
+
+fn reset(st: &mut State, _input: &Input, _now: Instant) -> Result<Value, WxErr> {
+    *st = State::new();
+    Ok(json!({"ok": true}))
+}
+
+fn config(st: &mut State, input: &Input, _now: Instant) -> Result<Value, WxErr> {
+    let spec = input.control_json(&["token_lifetime_secs"])?;
+    if let Some(lifetime) = opt_u64(&spec, "token_lifetime_secs")? {
+        if lifetime > MAX_LIFETIME_SECS {
+            return Err(bad(format!(
+                "token_lifetime_secs must be at most {MAX_LIFETIME_SECS}"
+            )));
+        }
+        st.lifetime_secs = lifetime;
+    }
+    Ok(json!({"ok": true, "token_lifetime_secs": st.lifetime_secs}))
+}
+
+fn pin_session_key(st: &mut State, input: &Input, _now: Instant) -> Result<Value, WxErr> {
+    let spec = input.control_json(&["js_code", "session_key"])?;
+    let code = need_ctl(&spec, "js_code")?;
+    let key = need_ctl(&spec, "session_key")?;
+    st.pinned.insert(code.to_owned(), key.to_owned());
+    Ok(json!({"ok": true}))
+}
+
+fn handed_out_session_key(st: &mut State, input: &Input, _now: Instant) -> Result<Value, WxErr> {
+    let code = need_ctl(&input.query, "js_code")?;
+    let appid = text(&input.query, "appid").unwrap_or_default();
+    match st.handed_out.get(appid, code) {
+        Some(key) => Ok(json!({"session_key": key})),
+        None => Err(WxErr {
+            status: 404,
+            errcode: 40029,
+            errmsg: "mock: no session_key was handed out for that code".into(),
+        }),
+    }
+}
+
+fn token_status(st: &mut State, input: &Input, now: Instant) -> Result<Value, WxErr> {
+    let value = need_ctl(&input.query, "access_token")?;
+    let (valid, expires_in) = st.tokens.status(value, now);
+    Ok(json!({"valid": valid, "expires_in": expires_in}))
+}
+
+fn authorize(st: &mut State, input: &Input, now: Instant) -> Result<Value, WxErr> {
+    let spec = input.control_json(&["component_appid", "authorizer_appid", "pre_auth_code"])?;
+    let component = need_ctl(&spec, "component_appid")?;
+    let authorizer = need_ctl(&spec, "authorizer_appid")?;
+    if let Some(pre_auth_code) = text(&spec, "pre_auth_code") {
+        st.tokens
+            .redeem(pre_auth_code, Family::PreAuthCode, component, now)
+            .map_err(|e| WxErr { status: 400, ..e })?;
+    }
+    let code = st.tokens.mint(
+        Family::AuthCode,
+        component,
+        authorizer,
+        secs(AUTH_CODE_SECS),
+        now,
+    );
+    Ok(json!({"auth_code": code.value, "expires_in": code.expires_in}))
+}
+
+fn revoke(st: &mut State, input: &Input, _now: Instant) -> Result<Value, WxErr> {
+    let spec = input.control_json(&["component_appid", "authorizer_appid"])?;
+    let component = need_ctl(&spec, "component_appid")?;
+    let authorizer = need_ctl(&spec, "authorizer_appid")?;
+    st.tokens.revoke_authorizer(component, authorizer);
+    Ok(json!({"ok": true}))
+}
+
+// ---------------------------------------------------------------------------------------------
+// State
+
+struct State {
+    /// Calls per upstream path, faulted ones included (the client did make them).
+    calls: BTreeMap<&'static str, u64>,
+    faults: HashMap<&'static str, VecDeque<Fault>>,
+    tokens: Tokens,
+    lifetime_secs: u64,
+    /// Session keys pinned per `js_code` (any appid).
+    pinned: HashMap<String, String>,
+    handed_out: HandedOut,
+}
+
+impl State {
+    fn new() -> State {
+        State {
+            calls: BTreeMap::new(),
+            faults: HashMap::new(),
+            tokens: Tokens::default(),
+            lifetime_secs: DEFAULT_LIFETIME_SECS,
+            pinned: HashMap::new(),
+            handed_out: HandedOut::default(),
+        }
+    }
+
+    /// Counts a call and takes the next queued fault for its path, if any.
+    fn record_call(&mut self, path: &'static str) -> Option<Fault> {
+        *self.calls.entry(path).or_default() += 1;
+        let queue = self.faults.get_mut(path)?;
+        let front = queue.front_mut()?;
+        let fault = if front.times <= 1 {
+            queue.pop_front()
+        } else {
+            front.times -= 1;
+            Some(front.clone())
+        };
+        if queue.is_empty() {
+            self.faults.remove(path);
+        }
+        fault
+    }
+
+    /// Issues a token or ticket with the configured lifetime.
+    fn issue(
+        &mut self,
+        family: Family,
+        owner: &str,
+        subject: &str,
+        force: bool,
+        now: Instant,
+    ) -> Issued {
+        let lifetime = secs(self.lifetime_secs);
+        self.tokens
+            .issue(family, owner, subject, lifetime, force, now)
+    }
+
+    /// A fresh authorizer access token and a fresh refresh token (older ones stay valid).
+    fn authorizer_tokens(
+        &mut self,
+        component: &str,
+        authorizer: &str,
+        now: Instant,
+    ) -> (Issued, Issued) {
+        let access = self.issue(Family::AuthorizerToken, authorizer, component, false, now);
+        let refresh = self
+            .tokens
+            .mint(Family::RefreshToken, component, authorizer, None, now);
+        (access, refresh)
+    }
+
+    fn hand_out_session_key(&mut self, appid: &str, code: &str) -> String {
+        let key = match self.pinned.get(code) {
+            Some(pinned) => pinned.clone(),
+            None => STANDARD.encode(random_bytes::<16>()),
+        };
+        self.handed_out.remember(appid, code, &key);
+        key
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Fault {
+    delay: Option<Duration>,
+    status: Option<u16>,
+    errcode: Option<i64>,
+    body: Option<String>,
+    times: u64,
+}
+
+impl Fault {
+    /// The faulty answer, or `None` when the fault is only a delay.
+    fn reply(&self) -> Option<Reply> {
+        let raw = |status, body: &String| Reply {
+            status,
+            content_type: JSON_TYPE,
+            body: body.clone(),
+        };
+        match (self.status, self.errcode, &self.body) {
+            (Some(status), _, Some(body)) => Some(raw(status, body)),
+            (Some(status), _, None) => Some(Reply::html(status)),
+            (None, Some(errcode), _) => Some(Reply::json(
+                200,
+                &json!({"errcode": errcode, "errmsg": "mock fault"}),
+            )),
+            (None, None, Some(body)) => Some(raw(200, body)),
+            (None, None, None) => None,
+        }
+    }
+}
+
+/// The session keys last handed out, per `(appid, js_code)` and per `("", js_code)`.
+#[derive(Default)]
+struct HandedOut {
+    current: HashMap<(String, String), String>,
+    previous: HashMap<(String, String), String>,
+}
+
+impl HandedOut {
+    fn remember(&mut self, appid: &str, code: &str, key: &str) {
+        if self.current.len() >= HANDED_OUT_GENERATION {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current
+            .insert((appid.to_owned(), code.to_owned()), key.to_owned());
+        self.current
+            .insert((String::new(), code.to_owned()), key.to_owned());
+    }
+
+    fn get(&self, appid: &str, code: &str) -> Option<&String> {
+        let key = (appid.to_owned(), code.to_owned());
+        self.current.get(&key).or_else(|| self.previous.get(&key))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokens, tickets and codes
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Family {
+    /// `/cgi-bin/token`; owner = appid.
+    AccessToken,
+    /// `/cgi-bin/stable_token`; owner = appid.
+    StableToken,
+    /// `/cgi-bin/ticket/getticket`; owner = appid.
+    JsapiTicket,
+    /// `/cgi-bin/gettoken`; owner = corpid + "\n" + corpsecret.
+    WecomToken,
+    /// `/cgi-bin/get_jsapi_ticket`; owner = corpid.
+    WecomCorpTicket,
+    /// `/cgi-bin/ticket/get`; owner = corpid + "\n" + corpsecret.
+    WecomAgentTicket,
+    /// `api_component_token`; owner = component appid.
+    ComponentToken,
+    /// `api_create_preauthcode`; owner = component appid.
+    PreAuthCode,
+    /// `/__mock__/component/authorize`; owner = component appid, subject = authoriser appid.
+    AuthCode,
+    /// An authoriser's access token; owner = authoriser appid, subject = component appid.
+    AuthorizerToken,
+    /// An authoriser's refresh token; owner = component appid, subject = authoriser appid.
+    RefreshToken,
+}
+
+/// What a new fetch does to the previous value of the same `(family, owner)`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Policy {
+    /// Returns the previous value while it is valid; `force` revokes it and mints anew.
+    Reuse,
+    /// Mints anew; the previous value keeps working for at most `SUPERSEDE_GRACE`.
+    Supersede,
+    /// Mints anew and leaves every earlier value alone.
+    Independent,
+}
+
+impl Family {
+    fn prefix(self) -> &'static str {
+        match self {
+            Family::AccessToken => "mock_at_",
+            Family::StableToken => "mock_st_",
+            Family::JsapiTicket => "mock_jt_",
+            Family::WecomToken => "mock_wt_",
+            Family::WecomCorpTicket => "mock_wct_",
+            Family::WecomAgentTicket => "mock_wat_",
+            Family::ComponentToken => "mock_ct_",
+            Family::PreAuthCode => "preauthcode@@@",
+            Family::AuthCode => "queryauthcode@@@",
+            Family::AuthorizerToken => "mock_azt_",
+            Family::RefreshToken => "refreshtoken@@@",
+        }
+    }
+
+    fn policy(self) -> Policy {
+        match self {
+            // Stable tokens by design; WeCom answers the same token or ticket while it is valid.
+            Family::StableToken
+            | Family::WecomToken
+            | Family::WecomCorpTicket
+            | Family::WecomAgentTicket => Policy::Reuse,
+            Family::AccessToken
+            | Family::JsapiTicket
+            | Family::ComponentToken
+            | Family::AuthorizerToken => Policy::Supersede,
+            Family::PreAuthCode | Family::AuthCode | Family::RefreshToken => Policy::Independent,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Life {
+    Live,
+    /// A single-use code already redeemed.
+    Used,
+    /// Invalidated at once (forced stable refresh, revoked authoriser).
+    Revoked,
+}
+
+struct Minted {
+    family: Family,
+    owner: String,
+    subject: String,
+    /// `None`: never expires (refresh tokens).
+    expires_at: Option<Instant>,
+    life: Life,
+}
+
+impl Minted {
+    fn expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// Whole seconds left, or `None` for values that never expire.
+    fn remaining_secs(&self, now: Instant) -> Option<u64> {
+        self.expires_at
+            .map(|at| at.saturating_duration_since(now).as_secs())
+    }
+}
+
+/// What an endpoint learns from a valid token.
+struct Grant {
+    owner: String,
+}
+
+struct Issued {
+    value: String,
+    expires_in: u64,
+}
+
+#[derive(Default)]
+struct Tokens {
+    by_value: HashMap<String, Minted>,
+    /// The latest value per `(family, owner)` for the `Reuse` and `Supersede` families.
+    current: HashMap<(Family, String), String>,
+    last_prune: Option<Instant>,
+}
+
+impl Tokens {
+    fn issue(
+        &mut self,
+        family: Family,
+        owner: &str,
+        subject: &str,
+        lifetime: Option<Duration>,
+        force: bool,
+        now: Instant,
+    ) -> Issued {
+        let key = (family, owner.to_owned());
+        let previous = self
+            .current
+            .get(&key)
+            .and_then(|v| Some((v, self.by_value.get_mut(v)?)));
+        if let Some((value, prev)) = previous {
+            match family.policy() {
+                Policy::Reuse if force => prev.life = Life::Revoked,
+                Policy::Reuse => {
+                    // Less than a second left counts as expired, so a caller never receives
+                    // `expires_in: 0`.
+                    let left = prev.remaining_secs(now).unwrap_or(u64::MAX);
+                    // Like WeChat's stable token in normal mode: during the last five minutes
+                    // (a quarter of a short test lifetime) a call gets a new token, and the old
+                    // one stays valid until its own expiry. WeCom reuses until expiry.
+                    let renew_window = match family {
+                        Family::StableToken => lifetime.map_or(0, |l| (l.as_secs() / 4).min(300)),
+                        _ => 0,
+                    };
+                    if prev.life == Life::Live && left >= 1 && left > renew_window {
+                        return Issued {
+                            value: value.clone(),
+                            expires_in: left,
+                        };
+                    }
+                }
+                Policy::Supersede => {
+                    let cap = now + SUPERSEDE_GRACE;
+                    prev.expires_at = Some(prev.expires_at.map_or(cap, |at| at.min(cap)));
+                }
+                Policy::Independent => {}
+            }
+        }
+        let issued = self.mint(family, owner, subject, lifetime, now);
+        if family.policy() != Policy::Independent {
+            self.current.insert(key, issued.value.clone());
+        }
+        issued
+    }
+
+    /// Mints a new value without looking at earlier ones.
+    fn mint(
+        &mut self,
+        family: Family,
+        owner: &str,
+        subject: &str,
+        lifetime: Option<Duration>,
+        now: Instant,
+    ) -> Issued {
+        self.prune(now);
+        let value = format!(
+            "{}{}",
+            family.prefix(),
+            URL_SAFE_NO_PAD.encode(random_bytes::<24>())
+        );
+        let minted = Minted {
+            family,
+            owner: owner.to_owned(),
+            subject: subject.to_owned(),
+            expires_at: lifetime.and_then(|l| now.checked_add(l)),
+            life: Life::Live,
+        };
+        self.by_value.insert(value.clone(), minted);
+        Issued {
+            value,
+            expires_in: lifetime.map_or(0, |l| l.as_secs()),
+        }
+    }
+
+    /// Validates the token in query parameter `key` the way WeChat does.
+    fn check_param(
+        &self,
+        params: &Params,
+        key: &str,
+        accepts: &[Family],
+        now: Instant,
+    ) -> Result<Grant, WxErr> {
+        let value = need(params, key, 41001, &format!("{key} missing"))?;
+        match self.by_value.get(value) {
+            Some(m) if accepts.contains(&m.family) && m.life == Life::Live => {
+                if m.expired(now) {
+                    return Err(wx(42001, "access_token expired"));
+                }
+                Ok(Grant {
+                    owner: m.owner.clone(),
+                })
+            }
+            _ => Err(wx(
+                40001,
+                "invalid credential, access_token is invalid or not latest",
+            )),
+        }
+    }
+
+    /// Spends a single-use code of `family` issued to `owner`; returns its subject.
+    fn redeem(
+        &mut self,
+        value: &str,
+        family: Family,
+        owner: &str,
+        now: Instant,
+    ) -> Result<String, WxErr> {
+        match self.by_value.get_mut(value) {
+            Some(m) if m.family == family && m.owner == owner => {
+                if m.life != Life::Live || m.expired(now) {
+                    return Err(wx(61010, "code is expired"));
+                }
+                m.life = Life::Used;
+                Ok(m.subject.clone())
+            }
+            _ => Err(wx(40029, "invalid code")),
+        }
+    }
+
+    /// The authoriser withdrew from the component: its refresh and access tokens die at once.
+    fn revoke_authorizer(&mut self, component: &str, authorizer: &str) {
+        for m in self.by_value.values_mut() {
+            let refresh =
+                m.family == Family::RefreshToken && m.owner == component && m.subject == authorizer;
+            let access = m.family == Family::AuthorizerToken
+                && m.owner == authorizer
+                && m.subject == component;
+            if refresh || access {
+                m.life = Life::Revoked;
+            }
+        }
+    }
+
+    /// `(valid, expires_in)`; `expires_in` is -1 for values that never expire.
+    fn status(&self, value: &str, now: Instant) -> (bool, i64) {
+        match self.by_value.get(value) {
+            Some(m) if m.life == Life::Live && !m.expired(now) => {
+                let left = m
+                    .remaining_secs(now)
+                    .map_or(-1, |s| i64::try_from(s).unwrap_or(i64::MAX));
+                (true, left)
+            }
+            _ => (false, 0),
+        }
+    }
+
+    /// Drops values expired for over an hour once the store is large, so long load tests stay
+    /// bounded. Pruned values then read as unknown (40001) rather than expired (42001).
+    fn prune(&mut self, now: Instant) {
+        let recently = self
+            .last_prune
+            .is_some_and(|at| now.saturating_duration_since(at) < Duration::from_secs(60));
+        if self.by_value.len() <= PRUNE_ABOVE || recently {
+            return;
+        }
+        self.last_prune = Some(now);
+        let horizon = Duration::from_secs(3600);
+        self.by_value
+            .retain(|_, m| m.expires_at.is_none_or(|at| at + horizon > now));
+        let by_value = &self.by_value;
+        self.current.retain(|_, value| by_value.contains_key(value));
+    }
+}
+
+fn secs(n: u64) -> Option<Duration> {
+    Some(Duration::from_secs(n))
+}
+
+/// Random bytes from the OS; should that ever fail, a hash of the clock and a counter, which
+/// is unique if not secret (this is a mock).
+fn random_bytes<const N: usize>() -> [u8; N] {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut buf = [0u8; N];
+    if getrandom::getrandom(&mut buf).is_err() {
+        let seed = format!(
+            "{:?}/{:?}/{}",
+            SystemTime::now(),
+            thread::current().id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let digest = Sha256::digest(seed.as_bytes());
+        for (b, d) in buf.iter_mut().zip(digest.iter().cycle()) {
+            *b = *d;
+        }
+    }
+    buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        let cases = [
+            ("a%20b", "a b"),
+            ("a+b", "a b"),
+            ("%E4%BD%A0", "你"),
+            ("100%", "100%"),
+            ("%zz", "%zz"),
+            ("%4", "%4"),
+            ("", ""),
+        ];
+        for (raw, decoded) in cases {
+            assert_eq!(percent_decode(raw), decoded, "{raw}");
+        }
+    }
+
+    #[test]
+    fn derived_ids_are_stable_and_openid_sized() {
+        let a = derived_id("o", "wx1:code");
+        assert_eq!(a, derived_id("o", "wx1:code"));
+        assert_ne!(a, derived_id("o", "wx2:code"));
+        assert_eq!(a.len(), 28);
+    }
+
+    #[test]
+    fn faults_queue_in_order_and_count_down() {
+        let mut st = State::new();
+        let path = "/cgi-bin/token";
+        let fault = |errcode, times| Fault {
+            delay: None,
+            status: None,
+            errcode: Some(errcode),
+            body: None,
+            times,
+        };
+        st.faults
+            .entry(path)
+            .or_default()
+            .extend([fault(1, 2), fault(2, 1)]);
+        let seen: Vec<_> = (0..4)
+            .map(|_| st.record_call(path).and_then(|f| f.errcode))
+            .collect();
+        assert_eq!(seen, [Some(1), Some(1), Some(2), None]);
+        assert_eq!(st.calls[path], 4);
+    }
 }

@@ -271,8 +271,8 @@ impl Db {
             w.idle_secs
         ])?;
         tx.prepare_cached(
-            "DELETE FROM sessions WHERE user_id = ?1 AND skey_hash NOT IN
-               (SELECT skey_hash FROM sessions WHERE user_id = ?1 ORDER BY created DESC, skey_hash LIMIT ?2)",
+            "DELETE FROM sessions WHERE user_id = ?1 AND seq NOT IN
+               (SELECT seq FROM sessions WHERE user_id = ?1 ORDER BY seq DESC LIMIT ?2)",
         )?
         .execute(params![user_id, MAX_SESSIONS_PER_USER])?;
         tx.commit()?;

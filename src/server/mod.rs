@@ -126,7 +126,6 @@ impl Reply {
 /// A running server.
 pub struct Handle {
     addr: SocketAddr,
-    server: Arc<tiny_http::Server>,
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
     refresher: Option<JoinHandle<()>>,
@@ -141,9 +140,6 @@ impl Handle {
     /// Stop taking requests, let every worker finish the one in hand and drain the queue, join.
     pub fn shutdown(mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        for _ in &self.workers {
-            self.server.unblock();
-        }
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
@@ -232,7 +228,6 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
     );
     Ok(Handle {
         addr,
-        server,
         stop,
         workers,
         refresher: Some(refresher),
@@ -241,20 +236,19 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
 }
 
 fn worker_loop(worker: &mut Worker, server: &tiny_http::Server, stop: &AtomicBool) {
-    loop {
-        if stop.load(Ordering::SeqCst) {
-            // Drain what tiny_http already accepted, then leave.
-            while let Ok(Some(rq)) = server.try_recv() {
-                serve(worker, rq);
-            }
-            return;
-        }
-        match server.recv() {
-            Ok(rq) => serve(worker, rq),
-            Err(_) if stop.load(Ordering::SeqCst) => continue,
+    // A short receive timeout rather than `unblock()`: unblock tokens can be consumed by any
+    // worker (including one draining), so counting them does not reliably wake every worker.
+    while !stop.load(Ordering::SeqCst) {
+        match server.recv_timeout(Duration::from_millis(100)) {
+            Ok(Some(rq)) => serve(worker, rq),
+            Ok(None) => {}
             // An accept error: nothing to answer; do not spin.
             Err(_) => std::thread::sleep(Duration::from_millis(5)),
         }
+    }
+    // Drain what tiny_http already accepted, then leave.
+    while let Ok(Some(rq)) = server.try_recv() {
+        serve(worker, rq);
     }
 }
 

@@ -3,6 +3,7 @@
 //! a 4xx/5xx status; internal detail goes to the log only.
 
 use super::{api_key_ok, Incoming, Method, Reply, Worker};
+use crate::credential::{self, Credential, Key};
 use crate::error::Error;
 use crate::session::{self, Encrypted};
 use serde_json::{json, Map, Value};
@@ -84,6 +85,79 @@ pub fn route(w: &mut Worker, rq: &Incoming) -> (&'static str, Reply) {
         (Method::Post, ["sessions", "check"]) => ("/v1/sessions/check", check_session(w, rq)),
         (Method::Post, ["sessions", "decrypt"]) => ("/v1/sessions/decrypt", decrypt(w, rq)),
         (Method::Post, ["sessions", "revoke"]) => ("/v1/sessions/revoke", revoke(w, rq)),
+        (Method::Get, ["apps", appid, "access_token"]) => {
+            let force = matches!(rq.query_param("force").as_deref(), Some("1" | "true"));
+            (
+                "/v1/apps/{appid}/access_token",
+                app_credential(
+                    w,
+                    appid,
+                    Key::AppToken {
+                        appid: appid.to_string(),
+                    },
+                    force,
+                    "access_token",
+                ),
+            )
+        }
+        (Method::Post, ["apps", appid, "access_token", "invalidate"]) => (
+            "/v1/apps/{appid}/access_token/invalidate",
+            invalidate(w, rq, appid),
+        ),
+        (Method::Get, ["apps", appid, "jsapi_ticket"]) => (
+            "/v1/apps/{appid}/jsapi_ticket",
+            app_credential(
+                w,
+                appid,
+                Key::AppTicket {
+                    appid: appid.to_string(),
+                },
+                false,
+                "ticket",
+            ),
+        ),
+        (Method::Post, ["apps", appid, "jsapi_signature"]) => (
+            "/v1/apps/{appid}/jsapi_signature",
+            app_signature(w, rq, appid),
+        ),
+        (
+            Method::Get,
+            ["work", corpid, agentid, what @ ("access_token" | "jsapi_ticket" | "agent_ticket")],
+        ) => {
+            let (c, a) = (corpid.to_string(), agentid.to_string());
+            let (key, field, label) = match *what {
+                "access_token" => (
+                    Key::WorkToken {
+                        corpid: c,
+                        agentid: a,
+                    },
+                    "access_token",
+                    "/v1/work/{corpid}/{agentid}/access_token",
+                ),
+                "jsapi_ticket" => (
+                    Key::WorkCorpTicket {
+                        corpid: c,
+                        agentid: a,
+                    },
+                    "ticket",
+                    "/v1/work/{corpid}/{agentid}/jsapi_ticket",
+                ),
+                _ => (
+                    Key::WorkAgentTicket {
+                        corpid: c,
+                        agentid: a,
+                    },
+                    "ticket",
+                    "/v1/work/{corpid}/{agentid}/agent_ticket",
+                ),
+            };
+            (label, work_credential(w, corpid, agentid, &key, field))
+        }
+        (Method::Post, ["work", corpid, agentid, "jsapi_signature"]) => (
+            "/v1/work/{corpid}/{agentid}/jsapi_signature",
+            work_signature(w, rq, corpid, agentid),
+        ),
+        (Method::Post, ["cos", "sign"]) => ("/v1/cos/sign", cos_sign(rq)),
         _ => return ("-", super::not_found()),
     };
     (label, result.unwrap_or_else(error_reply))
@@ -143,4 +217,176 @@ fn revoke(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
     let b = Body::parse(rq)?;
     session::revoke(&w.db, b.str("id")?, b.str("skey")?, crate::ids::now())?;
     Ok(Reply::no_content())
+}
+
+fn credential_reply(c: &Credential, field: &str) -> Reply {
+    let mut v = json!({});
+    v[field] = json!(c.value.expose());
+    v["expires_at"] = json!(c.expires_at);
+    Reply::json(200, &v)
+}
+
+/// An app's token or ticket; unknown apps are 404 before anything is fetched.
+fn app_credential(
+    w: &mut Worker,
+    appid: &str,
+    key: Key,
+    force: bool,
+    field: &str,
+) -> Result<Reply, Error> {
+    session::resolve_app(&w.db, Some(appid))?;
+    let c = w.shared.broker.get(&w.db, &key, force)?;
+    Ok(credential_reply(&c, field))
+}
+
+fn invalidate(w: &mut Worker, rq: &Incoming, appid: &str) -> Result<Reply, Error> {
+    let b = Body::parse(rq)?;
+    let stale = b.str("access_token")?;
+    session::resolve_app(&w.db, Some(appid))?;
+    let c = w.shared.broker.invalidate(
+        &w.db,
+        &Key::AppToken {
+            appid: appid.to_string(),
+        },
+        stale,
+    )?;
+    Ok(credential_reply(&c, "access_token"))
+}
+
+/// `noncestr` and `timestamp` as the caller gave them (timestamp may be a number or a string).
+fn nonce_and_timestamp(b: &Body) -> Result<(Option<&str>, Option<String>), Error> {
+    let ts = match b.0.get("timestamp") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) if n.is_u64() => Some(n.to_string()),
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(_) => {
+            return Err(Error::BadRequest(
+                "timestamp must be a number or a string".into(),
+            ))
+        }
+    };
+    Ok((b.opt_str("noncestr")?.filter(|s| !s.is_empty()), ts))
+}
+
+/// The timestamp as JSON: a number when it is one, else the caller's string.
+fn timestamp_json(ts: &str) -> Value {
+    ts.parse::<u64>()
+        .map(Value::from)
+        .unwrap_or_else(|_| json!(ts))
+}
+
+fn app_signature(w: &mut Worker, rq: &Incoming, appid: &str) -> Result<Reply, Error> {
+    let b = Body::parse(rq)?;
+    let url = b.str("url")?;
+    let (nonce, ts) = nonce_and_timestamp(&b)?;
+    session::resolve_app(&w.db, Some(appid))?;
+    let ticket = w.shared.broker.get(
+        &w.db,
+        &Key::AppTicket {
+            appid: appid.to_string(),
+        },
+        false,
+    )?;
+    let (nonce, ts, sig) =
+        credential::js_signature(ticket.value.expose(), url, nonce, ts.as_deref())?;
+    Ok(Reply::json(
+        200,
+        &json!({"appId": appid, "timestamp": timestamp_json(&ts), "nonceStr": nonce, "signature": sig}),
+    ))
+}
+
+fn work_credential(
+    w: &mut Worker,
+    corpid: &str,
+    agentid: &str,
+    key: &Key,
+    field: &str,
+) -> Result<Reply, Error> {
+    w.db.work_agent(corpid, agentid)?
+        .ok_or(Error::NotFound("WeCom agent"))?;
+    let c = w.shared.broker.get(&w.db, key, false)?;
+    Ok(credential_reply(&c, field))
+}
+
+fn work_signature(
+    w: &mut Worker,
+    rq: &Incoming,
+    corpid: &str,
+    agentid: &str,
+) -> Result<Reply, Error> {
+    let b = Body::parse(rq)?;
+    let url = b.str("url")?;
+    let agent = match b.0.get("agent") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(a)) => *a,
+        Some(_) => return Err(Error::BadRequest("agent must be a boolean".into())),
+    };
+    let (nonce, ts) = nonce_and_timestamp(&b)?;
+    w.db.work_agent(corpid, agentid)?
+        .ok_or(Error::NotFound("WeCom agent"))?;
+    let (c, a) = (corpid.to_string(), agentid.to_string());
+    let key = if agent {
+        Key::WorkAgentTicket {
+            corpid: c,
+            agentid: a,
+        }
+    } else {
+        Key::WorkCorpTicket {
+            corpid: c,
+            agentid: a,
+        }
+    };
+    let ticket = w.shared.broker.get(&w.db, &key, false)?;
+    let (nonce, ts, sig) =
+        credential::js_signature(ticket.value.expose(), url, nonce, ts.as_deref())?;
+    let mut v = json!({"corpid": corpid});
+    if agent {
+        v["agentid"] = json!(agentid);
+    }
+    v["timestamp"] = timestamp_json(&ts);
+    v["nonceStr"] = json!(nonce);
+    v["signature"] = json!(sig);
+    Ok(Reply::json(200, &v))
+}
+
+/// `params` / `headers` as a JSON object of strings (numbers are accepted and printed).
+fn pairs(b: &Body, key: &str) -> Result<Vec<(String, String)>, Error> {
+    match b.0.get(key) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k.clone(), s.clone())),
+                Value::Number(n) => Ok((k.clone(), n.to_string())),
+                _ => Err(Error::BadRequest(format!("{key}.{k} must be a string"))),
+            })
+            .collect(),
+        Some(_) => Err(Error::BadRequest(format!("{key} must be an object"))),
+    }
+}
+
+fn cos_sign(rq: &Incoming) -> Result<Reply, Error> {
+    let b = Body::parse(rq)?;
+    let (id, key) = (b.str("secret_id")?, b.str("secret_key")?);
+    let (method, path) = (b.str("method")?, b.str("path")?);
+    let (params, headers) = (pairs(&b, "params")?, pairs(&b, "headers")?);
+    let expires =
+        match b.0.get("expires_secs") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_u64().ok_or_else(|| {
+                Error::BadRequest("expires_secs must be a positive integer".into())
+            })?),
+        };
+    let key_time =
+        crate::cos::v5_key_time(b.opt_str("key_time")?, expires, crate::ids::now() as u64)?;
+    let req = crate::crypto::CosV5Request {
+        method,
+        path,
+        params: &params,
+        headers: &headers,
+    };
+    Ok(Reply::json(
+        200,
+        &json!({"authorization": crate::cos::v5_authorization(id, key, &key_time, &req)}),
+    ))
 }

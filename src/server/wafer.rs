@@ -4,8 +4,12 @@
 //! Unmodified Wafer server SDKs depend on every name, type and order here.
 
 use super::{Incoming, Reply, Worker};
+use crate::config::Secret;
+use crate::cos;
+use crate::credential::{Credential, Key};
 use crate::error::Error;
 use crate::session::{self, Encrypted};
+use crate::store::WorkAgent;
 use serde_json::{json, Map, Value};
 
 /// A failure as the envelope reports it.
@@ -90,6 +94,23 @@ impl<'a> Para<'a> {
         }
     }
 
+    /// An identifier clients send as a string or a number (WeCom agentid, COS appid).
+    pub fn ident(&self, key: &str) -> Result<String, Fail> {
+        match self.0.get(key) {
+            Some(Value::Number(n)) if n.is_u64() => Ok(n.to_string()),
+            _ => self.str(key).map(str::to_string),
+        }
+    }
+
+    /// A non-negative integer sent as a number or a string of digits.
+    pub fn uint(&self, key: &str) -> Result<u64, Fail> {
+        match self.0.get(key) {
+            Some(Value::Number(n)) => n.as_u64().ok_or(PARA_ERR),
+            Some(Value::String(s)) => s.trim().parse().map_err(|_| PARA_ERR),
+            _ => Err(PARA_ERR),
+        }
+    }
+
     fn encrypted(&self) -> Result<Option<Encrypted<'a>>, Fail> {
         let iv = self.opt_str("iv")?;
         Ok(self
@@ -113,6 +134,12 @@ fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Value), Fail
         .ok_or(NO_PARA)?;
     let p = Para(para);
     let now = crate::ids::now();
+    if !SESSION_INTERFACES.contains(&name) && !CREDENTIAL_INTERFACES.contains(&name) {
+        return Err(INTERFACENAME_PARA_ERR);
+    }
+    if CREDENTIAL_INTERFACES.contains(&name) && !super::api_key_ok(w, rq) {
+        return Err(AUTH_FAIL);
+    }
     match name {
         "qcloud.cam.id_skey" => {
             let code = p.str("code")?;
@@ -163,6 +190,138 @@ fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Value), Fail
                 json!({"id": id, "skey": skey, "appid": s.row.appid, "user_info": value}),
             ))
         }
+        "qcloud.mimi.access_token" => {
+            let appid = p.str("appid")?;
+            let force = p.opt_bool("force")?;
+            let c = w.shared.broker.get(
+                &w.db,
+                &Key::AppToken {
+                    appid: appid.into(),
+                },
+                force,
+            )?;
+            Ok((
+                token_message(&c),
+                json!({"appid": appid, "access_token": c.value.expose(), "exp": c.expires_at}),
+            ))
+        }
+        "qcloud.work.initagent" => {
+            let (corpid, agentid) = (p.str("corpid")?, p.ident("agentid")?);
+            let agent = WorkAgent {
+                corpid: corpid.into(),
+                agentid: agentid.clone(),
+                secret: Secret::new(p.str("agentsecret")?),
+                remark: p.opt_str("remark")?.unwrap_or("").into(),
+                token: None,
+                aes_key: None,
+                prev_aes_key: None,
+                forward_url: None,
+            };
+            w.db.upsert_work_agent(&agent, now).map_err(Error::from)?;
+            // A new secret makes the agent's hosted tokens stale.
+            w.shared
+                .broker
+                .forget(&w.db, &Key::work_agent_prefix(corpid, &agentid))?;
+            Ok((
+                "INIT_AGENT_SUCCESS",
+                json!({"corpid": corpid, "agentid": agentid}),
+            ))
+        }
+        "qcloud.work.access_token" | "qcloud.work.ticket" | "qcloud.work.agent.ticket" => {
+            let (corpid, agentid) = (p.str("corpid")?.to_string(), p.ident("agentid")?);
+            let force = p.opt_bool("force")?;
+            if w.db
+                .work_agent(&corpid, &agentid)
+                .map_err(Error::from)?
+                .is_none()
+            {
+                return Err(Error::NotFound("WeCom agent").into());
+            }
+            let (key, field) = match name {
+                "qcloud.work.access_token" => (
+                    Key::WorkToken {
+                        corpid: corpid.clone(),
+                        agentid: agentid.clone(),
+                    },
+                    "access_token",
+                ),
+                "qcloud.work.ticket" => (
+                    Key::WorkCorpTicket {
+                        corpid: corpid.clone(),
+                        agentid: agentid.clone(),
+                    },
+                    "ticket",
+                ),
+                _ => (
+                    Key::WorkAgentTicket {
+                        corpid: corpid.clone(),
+                        agentid: agentid.clone(),
+                    },
+                    "agent_ticket",
+                ),
+            };
+            let c = w.shared.broker.get(&w.db, &key, force)?;
+            let mut data = json!({"corpid": corpid});
+            if field != "ticket" {
+                data["agentid"] = json!(agentid);
+            }
+            data[field] = json!(c.value.expose());
+            data["exp"] = json!(c.expires_at);
+            Ok((token_message(&c), data))
+        }
+        "qcloud.cos.auth.reusable" | "qcloud.cos.auth.nonreusable" => {
+            let (appid, bucket) = (p.ident("appid")?, p.str("bucket")?);
+            let (sid, skey) = (p.str("sid")?, p.str("skey")?);
+            let now = now as u64;
+            let sign = if name == "qcloud.cos.auth.reusable" {
+                cos::v4_reusable(
+                    &appid,
+                    bucket,
+                    sid,
+                    skey,
+                    p.uint("expiration")?,
+                    now,
+                    cos::v4_rand()?,
+                )?
+            } else {
+                cos::v4_nonreusable(
+                    &appid,
+                    bucket,
+                    sid,
+                    skey,
+                    p.str("filepath")?,
+                    now,
+                    cos::v4_rand()?,
+                )
+            };
+            Ok(("COS_SIGN_SUCCESS", json!(sign)))
+        }
         _ => Err(INTERFACENAME_PARA_ERR),
+    }
+}
+
+const SESSION_INTERFACES: &[&str] = &[
+    "qcloud.cam.id_skey",
+    "qcloud.cam.auth",
+    "qcloud.cam.decrypt",
+    "qcloud.cam.userinfo",
+];
+
+/// The interfaces that require the api key when one is set.
+const CREDENTIAL_INTERFACES: &[&str] = &[
+    "qcloud.mimi.access_token",
+    "qcloud.work.initagent",
+    "qcloud.work.access_token",
+    "qcloud.work.ticket",
+    "qcloud.work.agent.ticket",
+    "qcloud.cos.auth.reusable",
+    "qcloud.cos.auth.nonreusable",
+];
+
+fn token_message(c: &Credential) -> &'static str {
+    if c.fresh {
+        "NEW_TOKEN_SUCCESS"
+    } else {
+        "OLD_TOKEN_SUCCESS"
     }
 }

@@ -9,7 +9,8 @@ pub const APPID: &str = "wxtestapp0000001";
 pub const SECRET: &str = "test-secret";
 
 pub struct Env {
-    pub dir: tempfile::TempDir,
+    /// Holds the database file; removed when the test ends.
+    pub _dir: tempfile::TempDir,
     pub mock: wafer::mock::MockHandle,
     pub server: Option<wafer::server::Handle>,
     pub config: Config,
@@ -55,7 +56,7 @@ impl Env {
             .timeout(std::time::Duration::from_secs(20))
             .build();
         Env {
-            dir,
+            _dir: dir,
             mock,
             server,
             config,

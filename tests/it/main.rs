@@ -2,5 +2,6 @@
 //! in a temp dir, and the fake WeChat on loopback. Behaviour is tested at the HTTP boundary.
 
 mod cli;
+mod credentials;
 mod harness;
 mod sessions;

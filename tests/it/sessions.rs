@@ -118,12 +118,15 @@ fn lifecycle_second_device_auth_and_user_info() {
 fn login_with_encrypted_data_and_decrypt() {
     let env = Env::new();
     // The session_key is known to the fake WeChat before login, so the client can encrypt.
+    let key = "tiihtNczf5v6AKRyjwEUhQ==";
     env.mock_post(
         "/__mock__/session_key",
-        json!({"js_code": "dana", "session_key": "tiihtNczf5v6AKRyjwEUhQ=="}),
+        json!({"js_code": "dana", "session_key": key}),
     );
     let data = json!({"nickName": "Dana", "watermark": {"appid": APPID, "timestamp": 1}});
-    let (enc, iv) = encrypt_for(&env, APPID, "dana", &data);
+    let enc = wafer::crypto::encrypt_user_data(key, data.to_string().as_bytes(), Some(&[7u8; 16]))
+        .unwrap();
+    let iv = "BwcHBwcHBwcHBwcHBwcHBw==";
     let r = env.wafer(
         "qcloud.cam.id_skey",
         json!({"code": "dana", "encrypt_data": enc, "iv": iv}),
@@ -571,3 +574,30 @@ fn healthz_and_metrics() {
     );
     assert!(t.contains("wafer_live_sessions 1"), "{t}");
 }
+
+#[test]
+fn wechats_published_vector_end_to_end() {
+    // WeChat's WXBizDataCrypt demo: app wx4f4bc4dec97d474b, session_key tiihtNczf5v6AKRyjwEUhQ==.
+    let env = Env::with(|c| c.apps = vec![app("wx4f4bc4dec97d474b")]);
+    env.mock_post(
+        "/__mock__/session_key",
+        json!({"js_code": "demo", "session_key": "tiihtNczf5v6AKRyjwEUhQ=="}),
+    );
+    let r = env.wafer(
+        "qcloud.cam.id_skey",
+        json!({"code": "demo", "encrypt_data": DEMO_ENCRYPTED, "iv": "r7BXXKkLb8qrSNn05n0qiA=="}),
+    );
+    assert_eq!(code(&r), (0, "NEW_SESSION_SUCCESS"), "{r}");
+    let u = &r["returnData"]["user_info"];
+    assert_eq!(
+        (u["nickName"].as_str(), u["city"].as_str()),
+        (Some("Band"), Some("Guangzhou")),
+        "{u}"
+    );
+    assert_eq!(
+        u["watermark"],
+        json!({"timestamp": 1477314187, "appid": "wx4f4bc4dec97d474b"})
+    );
+}
+
+const DEMO_ENCRYPTED: &str = "CiyLU1Aw2KjvrjMdj8YKliAjtP4gsMZMQmRzooG2xrDcvSnxIMXFufNstNGTyaGS9uT5geRa0W4oTOb1WT7fJlAC+oNPdbB+3hVbJSRgv+4lGOETKUQz6OYStslQ142dNCuabNPGBzlooOmB231qMM85d2/fV6ChevvXvQP8Hkue1poOFtnEtpyxVLW1zAo6/1Xx1COxFvrc2d7UL/lmHInNlxuacJXwu0fjpXfz/YqYzBIBzD6WUfTIF9GRHpOn/Hz7saL8xz+W//FRAUid1OksQaQx4CMs8LOddcQhULW4ucetDf96JcR3g0gfRK4PC7E/r7Z6xNrXd2UIeorGj5Ef7b1pJAYB6Y5anaHqZ9J6nKEBvB4DnNLIVWSgARns/8wR2SiRS7MNACwTyrGvt9ts8p12PKFdlqYTopNHR1Vf7XjfhQlVsAJdNiKdYmYVoKlaRv85IfVunYzO0IKXsyl7JCUjCpoG20f0a04COwfneQAGGwd5oa+T8yO5hzuyDb/XcxxmK01EpqOyuxINew==";
