@@ -349,3 +349,37 @@ mod tests {
         assert!(!format!("{c:?}").contains("\"s\""));
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    #[test]
+    fn the_example_file_parses_and_validates() {
+        let c = super::Config::parse(include_str!("../wafer.toml.example")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:5757");
+        // With every commented-out key switched on, it still parses: the example names no key
+        // the loader would reject.
+        let all: String = include_str!("../wafer.toml.example")
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.starts_with("[[")
+                        || rest.split_once(" = ").is_some_and(|(k, _)| {
+                            k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                        }) =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = super::Config::parse(&all).unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            (c.apps.len(), c.work_agents.len(), c.components.len()),
+            (1, 1, 1)
+        );
+        assert_eq!(c.server.workers, 4);
+    }
+}
