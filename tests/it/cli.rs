@@ -181,3 +181,175 @@ fn serve_then_sigterm_exits_zero_and_purge_works() {
     let status = served.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+fn post(url: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    match ureq::post(url).send_json(body) {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => {
+            (r.status(), r.into_json().unwrap_or(serde_json::Value::Null))
+        }
+        Err(e) => panic!("{url}: {e}"),
+    }
+}
+
+#[test]
+fn dev_runs_everything_with_its_own_fake_wechat() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = wafer();
+    cmd.args([
+        "dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--db",
+        dir.path().join("dev.db").to_str().unwrap(),
+    ]);
+    let served = Served::start(cmd);
+    let base = format!("http://{}", served.addr);
+    let envelope = |name: &str, para: serde_json::Value| serde_json::json!({"version": 1, "componentName": "MA", "interface": {"interfaceName": name, "para": para}});
+    let (_, r) = post(
+        &format!("{base}/mina_auth/"),
+        envelope(
+            "qcloud.cam.id_skey",
+            serde_json::json!({"code": "demo-user-1"}),
+        ),
+    );
+    assert_eq!(r["returnCode"], 0, "{r}");
+    let (id, skey) = (
+        r["returnData"]["id"].clone(),
+        r["returnData"]["skey"].clone(),
+    );
+    let (s, e) = post(
+        &format!("{base}/dev/encrypted_data"),
+        serde_json::json!({"id": id, "skey": skey, "data": {"nickName": "Band"}}),
+    );
+    assert_eq!(s, 200, "{e}");
+    let para = serde_json::json!({"id": id, "skey": skey, "encrypt_data": e["encrypt_data"], "iv": e["iv"]});
+    let (_, r) = post(
+        &format!("{base}/mina_auth/"),
+        envelope("qcloud.cam.decrypt", para),
+    );
+    assert_eq!(r["returnMessage"], "DECRYPT_SUCCESS", "{r}");
+    assert_eq!(r["returnData"]["nickName"], "Band");
+    assert_eq!(r["returnData"]["watermark"]["appid"], wafer::cli::DEV_APPID);
+    let t: serde_json::Value = ureq::get(&format!(
+        "{base}/v1/apps/{}/access_token",
+        wafer::cli::DEV_APPID
+    ))
+    .call()
+    .unwrap()
+    .into_json()
+    .unwrap();
+    assert!(
+        t["access_token"].as_str().is_some_and(|t| !t.is_empty()),
+        "{t}"
+    );
+}
+
+#[test]
+fn serve_has_no_dev_routes_and_token_get_uses_the_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let db_s = db.to_str().unwrap();
+    let mock = wafer::mock::start("127.0.0.1:0").unwrap();
+    assert!(
+        run(wafer().args([
+            "app",
+            "add",
+            "--appid",
+            "wxtok0000000001",
+            "--secret",
+            "s",
+            "--db",
+            db_s
+        ]))
+        .0
+    );
+    let mut cmd = wafer();
+    cmd.args(["serve"])
+        .env("WAFER_LISTEN", "127.0.0.1:0")
+        .env("WAFER_DB", &db)
+        .env("WAFER_WECHAT_API_BASE", mock.base_url())
+        .current_dir(dir.path());
+    let served = Served::start(cmd);
+    let (s, _) = post(
+        &format!("http://{}/dev/encrypted_data", served.addr),
+        serde_json::json!({}),
+    );
+    assert_eq!(s, 404);
+    let t: serde_json::Value = ureq::get(&format!(
+        "http://{}/v1/apps/wxtok0000000001/access_token",
+        served.addr
+    ))
+    .call()
+    .unwrap()
+    .into_json()
+    .unwrap();
+    // The CLI reads the stored, still-valid token: same value, no new upstream call.
+    let calls = || -> i64 {
+        let c: serde_json::Value = ureq::get(&format!("{}/__mock__/calls", mock.base_url()))
+            .call()
+            .unwrap()
+            .into_json()
+            .unwrap();
+        c["/cgi-bin/stable_token"].as_i64().unwrap_or(0)
+    };
+    assert_eq!(calls(), 1);
+    let (ok, out, err) = run(wafer()
+        .args(["token", "get", "wxtok0000000001", "--db", db_s])
+        .env("WAFER_WECHAT_API_BASE", mock.base_url()));
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), t["access_token"].as_str().unwrap());
+    assert_eq!(calls(), 1);
+    let (ok, _, err) = run(wafer().args(["token", "get", "wxnope", "--db", db_s]));
+    assert!(!ok && err.contains("no app wxnope"), "{err}");
+}
+
+#[test]
+fn work_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("w.db");
+    let db = db.to_str().unwrap();
+    let (ok, _, err) = run(wafer().args([
+        "work",
+        "add",
+        "--corpid",
+        "wwc",
+        "--agentid",
+        "1000002",
+        "--secret",
+        "hush",
+        "--remark",
+        "HR",
+        "--db",
+        db,
+    ]));
+    assert!(ok, "{err}");
+    let (ok, out, _) = run(wafer().args(["work", "list", "--db", db]));
+    assert!(
+        ok && out.contains("1000002") && out.contains("HR") && !out.contains("hush"),
+        "{out}"
+    );
+    assert!(
+        run(wafer().args([
+            "work",
+            "remove",
+            "--corpid",
+            "wwc",
+            "--agentid",
+            "1000002",
+            "--db",
+            db
+        ]))
+        .0
+    );
+    let (ok, _, err) = run(wafer().args([
+        "work",
+        "remove",
+        "--corpid",
+        "wwc",
+        "--agentid",
+        "1000002",
+        "--db",
+        db,
+    ]));
+    assert!(!ok && err.starts_with("wafer: no WeCom agent"), "{err}");
+}
