@@ -193,6 +193,8 @@ fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Value), Fail
         "qcloud.mimi.access_token" => {
             let appid = p.str("appid")?;
             let force = p.opt_bool("force")?;
+            // Unknown apps stop here, so arbitrary appids never become broker entries.
+            session::resolve_app(&w.db, Some(appid))?;
             let c = w.shared.broker.get(
                 &w.db,
                 &Key::AppToken {

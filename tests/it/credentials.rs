@@ -156,6 +156,11 @@ fn force_is_honoured_within_wechats_limits() {
     assert_eq!(env.calls(STABLE), calls);
     let r = env.wafer("qcloud.mimi.access_token", json!({"appid": "wxnope"}));
     assert_eq!(code(&r), (1012, "NO_APPID"));
+    assert_eq!(
+        env.count("upstream_quota"),
+        1,
+        "an unknown app leaves no trace"
+    );
 }
 
 #[test]
