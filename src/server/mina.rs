@@ -8,23 +8,26 @@ use crate::error::Error;
 use crate::session::{self, Encrypted};
 use serde_json::{json, Map, Value};
 
-/// The body as a flat map of fields, from JSON or from a form.
+/// The body as a flat map of fields: a JSON object, or a form (by Content-Type, or when the body
+/// is not JSON but looks like `k=v&…`, as some old clients send forms without the header).
 fn fields(rq: &Incoming) -> Result<Map<String, Value>, &'static str> {
-    let is_form = rq.header("Content-Type").is_some_and(|c| {
+    let declared_form = rq.header("Content-Type").is_some_and(|c| {
         c.to_ascii_lowercase()
             .starts_with("application/x-www-form-urlencoded")
     });
-    if is_form {
-        let text = std::str::from_utf8(&rq.body).map_err(|_| "BODY_IS_NOT_UTF8")?;
-        return Ok(form_decode(text)
-            .into_iter()
-            .map(|(k, v)| (k, Value::String(v)))
-            .collect());
+    if !declared_form {
+        match serde_json::from_slice::<Value>(&rq.body) {
+            Ok(Value::Object(m)) => return Ok(m),
+            Ok(_) => return Err("REQUEST_IS_NOT_JSON"),
+            Err(_) if !rq.body.contains(&b'=') => return Err("REQUEST_IS_NOT_JSON"),
+            Err(_) => {}
+        }
     }
-    match serde_json::from_slice::<Value>(&rq.body) {
-        Ok(Value::Object(m)) => Ok(m),
-        _ => Err("REQUEST_IS_NOT_JSON"),
-    }
+    let text = std::str::from_utf8(&rq.body).map_err(|_| "PARA_ERR")?;
+    Ok(form_decode(text)
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect())
 }
 
 fn str_field<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a str> {

@@ -448,6 +448,17 @@ fn mina_dialect() {
         (Some("success"), true),
         "{r}"
     );
+    // A form without its Content-Type still works.
+    let (_, t) = env.post_raw(
+        "/mina/auth",
+        format!(
+            "uuid={}&skey={}&app_id={app_id}",
+            uuid.as_str().unwrap(),
+            skey.as_str().unwrap()
+        )
+        .as_bytes(),
+    );
+    assert!(t.contains("\"ok\":\"success\""), "{t}");
     for (body, msg) in [
         (
             json!({"uuid": uuid, "skey": skey, "app_id": app_id + 1}).to_string(),
