@@ -280,6 +280,15 @@ impl Config {
                 return bad("app.login_days / app.session_secs", "must be positive");
             }
         }
+        for c in &self.components {
+            if c.appid.is_empty() {
+                return bad("component.appid", "must not be empty");
+            }
+            let keys = [Some(&c.aes_key), c.prev_aes_key.as_ref()];
+            if keys.iter().flatten().any(|k| k.expose().len() != 43) {
+                return bad("component.aes_key", "an EncodingAESKey is 43 characters");
+            }
+        }
         Ok(())
     }
 }
