@@ -47,7 +47,7 @@ impl fmt::Display for Rejected {
 /// A verified (and, in safe mode, decrypted) message.
 #[derive(Debug, Clone)]
 pub struct Message {
-    /// The plaintext XML as WeChat sent it.
+    /// The plaintext as WeChat sent it (XML, or JSON for mini programs set to the JSON format).
     pub xml: String,
     /// Its fields as a JSON object (what is forwarded).
     pub fields: Map<String, Value>,
@@ -79,11 +79,24 @@ pub fn open_plain(
     if !plain_signature_ok(token, timestamp, nonce, signature) {
         return Err(Rejected::Signature);
     }
-    let xml = std::str::from_utf8(body).map_err(|_| Rejected::Malformed("body is not UTF-8"))?;
+    let text = std::str::from_utf8(body).map_err(|_| Rejected::Malformed("body is not UTF-8"))?;
     Ok(Message {
-        xml: xml.to_string(),
-        fields: parse_xml(xml)?,
+        xml: text.to_string(),
+        fields: parse_body(text)?,
     })
+}
+
+/// A message body: WeChat's XML, or the JSON a mini program configured for the JSON data
+/// format sends (a flat object).
+pub fn parse_body(text: &str) -> Result<Map<String, Value>, Rejected> {
+    if text.trim_start().starts_with('{') {
+        match serde_json::from_str(text) {
+            Ok(Value::Object(m)) => Ok(m),
+            _ => Err(Rejected::Malformed("body is not a JSON object")),
+        }
+    } else {
+        parse_xml(text)
+    }
 }
 
 /// A safe-mode POST: take `<Encrypt>` from the envelope, check `msg_signature` over it, decrypt
@@ -97,7 +110,7 @@ pub fn open_encrypted(
 ) -> Result<Message, Rejected> {
     let envelope =
         std::str::from_utf8(body).map_err(|_| Rejected::Malformed("body is not UTF-8"))?;
-    let fields = parse_xml(envelope)?;
+    let fields = parse_body(envelope)?;
     let encrypt = fields
         .get("Encrypt")
         .and_then(Value::as_str)
@@ -107,7 +120,7 @@ pub fn open_encrypted(
         return Err(Rejected::Signature);
     }
     let xml = crypt.decrypt(encrypt).map_err(Rejected::Crypto)?;
-    let fields = parse_xml(&xml)?;
+    let fields = parse_body(&xml)?;
     Ok(Message { xml, fields })
 }
 
@@ -267,6 +280,11 @@ mod tests {
         for (xml, want) in cases {
             assert_eq!(Value::Object(parse_xml(xml).unwrap()), want, "{xml}");
         }
+        assert_eq!(
+            Value::Object(parse_body(r#"{"MsgType":"event","Event":"x"}"#).unwrap()),
+            json!({"MsgType": "event", "Event": "x"})
+        );
+        assert!(parse_body("[1]").is_err());
         for bad in [
             "",
             "not xml",

@@ -361,3 +361,66 @@ fn a_configured_redirect_uri_is_used_and_unknown_components_are_404() {
         404
     );
 }
+
+/// Authorise `authorizer` through the browser flow; returns the callback page's status.
+fn authorise(env: &Env, authorizer: &str) -> u16 {
+    let (s, location) =
+        get_no_redirect(&env.url(&format!("/wechat/component/{COMPONENT}/authorize")));
+    assert_eq!(s, 302, "{location}");
+    let auth = env.mock_post(
+        "/__mock__/component/authorize",
+        json!({"component_appid": COMPONENT, "authorizer_appid": authorizer,
+               "pre_auth_code": query_value(&location, "pre_auth_code")}),
+    );
+    let code = auth["auth_code"].as_str().unwrap();
+    let redirect = query_value(&location, "redirect_uri");
+    env.request(
+        "GET",
+        &format!("{redirect}?auth_code={code}&expires_in=3600"),
+        &[],
+        None,
+    )
+    .0
+}
+
+#[test]
+fn busy_dependent_steps_are_retried() {
+    let env = component_env();
+    push_ticket(&env, None);
+    env.fail(
+        json!({"path": "/cgi-bin/component/api_create_preauthcode", "errcode": -1, "times": 2}),
+    );
+    env.fail(json!({"path": "/cgi-bin/component/api_query_auth", "errcode": -1, "times": 1}));
+    assert_eq!(authorise(&env, AUTHORIZER), 200);
+    assert_eq!(env.calls("/cgi-bin/component/api_create_preauthcode"), 3);
+    assert_eq!(env.calls("/cgi-bin/component/api_query_auth"), 2);
+    assert_eq!(authorizer_token(&env, AUTHORIZER).0, 200);
+}
+
+#[test]
+fn authoriser_tokens_are_renewed_ahead_of_expiry_with_a_rotated_refresh_token() {
+    let env = component_env();
+    env.mock_post("/__mock__/config", json!({"token_lifetime_secs": 6}));
+    push_ticket(&env, None);
+    assert_eq!(authorise(&env, AUTHORIZER), 200);
+    let first_refresh = refresh_token(&env, AUTHORIZER);
+    let (_, at) = authorizer_token(&env, AUTHORIZER);
+    let first = at["access_token"].as_str().unwrap().to_string();
+    // Six-second tokens are renewed in the background about two seconds before they expire.
+    let started = std::time::Instant::now();
+    while env.calls("/cgi-bin/component/api_authorizer_token") == 0 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "never renewed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (s, at) = authorizer_token(&env, AUTHORIZER);
+    assert_eq!(s, 200, "{at}");
+    let second = at["access_token"].as_str().unwrap();
+    assert_ne!(second, first);
+    assert!(
+        env.mock_get(&format!("/__mock__/token_status?access_token={second}"))["valid"] == true
+    );
+    assert_ne!(refresh_token(&env, AUTHORIZER), first_refresh);
+}
