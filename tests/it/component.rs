@@ -424,3 +424,44 @@ fn authoriser_tokens_are_renewed_ahead_of_expiry_with_a_rotated_refresh_token() 
     );
     assert_ne!(refresh_token(&env, AUTHORIZER), first_refresh);
 }
+
+#[test]
+fn component_add_and_list_never_print_secrets() {
+    use crate::cli::{run, wafer};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let db = db.to_str().unwrap();
+    let add = |key: &str| {
+        run(wafer().args([
+            "component",
+            "add",
+            "--appid",
+            COMPONENT,
+            "--secret",
+            "very-secret-value",
+            "--token",
+            "very-secret-token",
+            "--aes-key",
+            key,
+            "--redirect-uri",
+            "https://platform.example/cb",
+            "--db",
+            db,
+        ]))
+    };
+    let (ok, _, err) = add("too-short");
+    assert!(!ok && err.contains("--aes-key"), "{err}");
+    let (ok, out, err) = add(CKEY);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("/wechat/component/{COMPONENT}/events")),
+        "{out}"
+    );
+    let (ok, out, err) = run(wafer().args(["component", "list", "--db", db]));
+    assert!(ok, "{err}");
+    assert!(out.contains(COMPONENT) && out.contains("none yet"), "{out}");
+    assert!(out.contains("https://platform.example/cb"), "{out}");
+    for secret in ["very-secret-value", "very-secret-token", CKEY] {
+        assert!(!out.contains(secret), "{out}");
+    }
+}
