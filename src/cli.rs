@@ -390,8 +390,16 @@ fn component_add(mut o: Opts) -> Result<(), String> {
     }
     let db = open_db(&mut o)?;
     o.done(0)?;
-    db.upsert_component(&c, crate::ids::now())
+    let secret_changed = db
+        .upsert_component(&c, crate::ids::now())
         .map_err(|e| format!("component add: {e}"))?;
+    if secret_changed {
+        let key = crate::credential::Key::ComponentToken {
+            component_appid: c.appid.clone(),
+        };
+        db.delete_credentials_with_prefix(&key.id())
+            .map_err(|e| format!("component add: {e}"))?;
+    }
     println!("component {} saved", c.appid);
     println!(
         "event URL (授权事件接收URL): https://YOUR-HOST/wechat/component/{}/events",

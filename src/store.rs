@@ -600,7 +600,14 @@ fn authorizer_from_row(r: &rusqlite::Row) -> rusqlite::Result<Authorizer> {
 impl Db {
     // ---- Open Platform components ----
 
-    pub fn upsert_component(&self, c: &ComponentUpsert, now: i64) -> rusqlite::Result<()> {
+    /// Insert or update a component. Returns true when an existing component's secret changed,
+    /// so the caller can drop the token fetched with the old one.
+    pub fn upsert_component(&self, c: &ComponentUpsert, now: i64) -> rusqlite::Result<bool> {
+        let before: Option<String> = self
+            .conn
+            .prepare_cached("SELECT secret FROM components WHERE appid = ?1")?
+            .query_row([&c.appid], |r| r.get(0))
+            .optional()?;
         self.conn.execute(
             "INSERT INTO components (appid, secret, token, aes_key, prev_aes_key, redirect_uri, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -618,7 +625,7 @@ impl Db {
                 now
             ],
         )?;
-        Ok(())
+        Ok(before.is_some_and(|b| b != c.secret.expose()))
     }
 
     pub fn component(&self, appid: &str) -> rusqlite::Result<Option<Component>> {

@@ -174,20 +174,33 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         .map_err(|e| format!("config app {}: {e}", a.appid))?;
     }
     for c in &config.components {
-        db.upsert_component(
-            &ComponentUpsert {
-                appid: c.appid.clone(),
-                secret: c.secret.clone(),
-                token: c.token.clone(),
-                aes_key: c.aes_key.clone(),
-                prev_aes_key: c.prev_aes_key.clone(),
-                redirect_uri: c.redirect_uri.clone(),
-            },
-            now,
-        )
-        .map_err(|e| format!("config component {}: {e}", c.appid))?;
+        let secret_changed = db
+            .upsert_component(
+                &ComponentUpsert {
+                    appid: c.appid.clone(),
+                    secret: c.secret.clone(),
+                    token: c.token.clone(),
+                    aes_key: c.aes_key.clone(),
+                    prev_aes_key: c.prev_aes_key.clone(),
+                    redirect_uri: c.redirect_uri.clone(),
+                },
+                now,
+            )
+            .map_err(|e| format!("config component {}: {e}", c.appid))?;
+        if secret_changed {
+            let key = crate::credential::Key::ComponentToken {
+                component_appid: c.appid.clone(),
+            };
+            db.delete_credentials_with_prefix(&key.id())
+                .map_err(|e| format!("config component {}: {e}", c.appid))?;
+        }
     }
     for a in &config.work_agents {
+        // A changed secret means the cached tokens belong to the old one.
+        let secret_changed = db
+            .work_agent(&a.corpid, &a.agentid)
+            .map_err(|e| format!("database: {e}"))?
+            .is_some_and(|b| b.secret != a.secret);
         db.upsert_work_agent(
             &crate::store::WorkAgent {
                 corpid: a.corpid.clone(),
@@ -202,6 +215,11 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
             now,
         )
         .map_err(|e| format!("config work_agent {}/{}: {e}", a.corpid, a.agentid))?;
+        if secret_changed {
+            let prefix = crate::credential::Key::work_agent_prefix(&a.corpid, &a.agentid);
+            db.delete_credentials_with_prefix(&prefix)
+                .map_err(|e| format!("database: {e}"))?;
+        }
     }
     let apps = db.list_apps().map_err(|e| format!("database: {e}"))?.len();
     drop(db);
