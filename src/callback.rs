@@ -1,6 +1,7 @@
 //! WeChat-facing callbacks, as domain logic over parsed inputs: the plain server-URL signature,
 //! safe-mode (`encrypt_type=aes`) verify-then-decrypt of a POST body's `<Encrypt>`, WeCom's
-//! encrypted `echostr`, sealing a passive reply, reading WeChat's flat XML into JSON, and
+//! encrypted `echostr`, sealing a passive reply, reading WeChat's flat XML (or a mini program's
+//! JSON data format) into a JSON object, and
 //! relaying a verified message to the account's `forward_url`.
 //!
 //! Everything here is pure except [`forward`], which goes through the WeChat client (the only

@@ -465,3 +465,26 @@ fn component_add_and_list_never_print_secrets() {
         assert!(!out.contains(secret), "{out}");
     }
 }
+
+#[test]
+fn a_rotated_component_key_keeps_the_previous_one_and_a_new_secret_drops_the_token() {
+    let mut env = component_env();
+    push_ticket(&env, None);
+    let (_, first) = component_token(&env);
+    const NEW_KEY: &str = "GFEDCBA9876543210zyxwvutsrqponmlkjihgfedcba";
+    env.config.components[0].aes_key = Secret::new(NEW_KEY);
+    env.config.components[0].secret = Secret::new("rotated-secret");
+    env.restart();
+    // Tickets encrypted with either key are accepted while WeChat switches over.
+    for key in [CKEY, NEW_KEY] {
+        let r = env.mock_post(
+            "/__mock__/component/push_ticket",
+            json!({"url": events_url(&env), "component_appid": COMPONENT, "token": CTOKEN, "aes_key": key}),
+        );
+        assert_eq!(r["body"], "success", "{key}");
+    }
+    let (s, second) = component_token(&env);
+    assert_eq!(s, 200, "{second}");
+    assert_ne!(second["access_token"], first["access_token"]);
+    assert_eq!(env.calls("/cgi-bin/component/api_component_token"), 2);
+}
