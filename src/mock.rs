@@ -22,7 +22,7 @@
 //!   (WeCom: 40001, which is what WeCom answers for a wrong secret).
 //! - `component_verify_ticket` empty or `invalid…` → 61006, `expired…` → 61005.
 //! - `POST /__mock__/push` and `/__mock__/component/push_ticket` deliver signed (and
-//!   encrypted) callbacks to a URL the way WeChat does; see [`push`].
+//!   encrypted) callbacks to a URL the way WeChat does; see `push` below.
 //! - `authorizer_refresh_token` unknown or not this authoriser's → 61023 "refresh_token is
 //!   invalid"; known but the authoriser revoked the platform → 61003 "component is not
 //!   authorized by this account".
