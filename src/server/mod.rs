@@ -174,6 +174,15 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         .map_err(|e| format!("config app {}: {e}", a.appid))?;
     }
     for c in &config.components {
+        // Checked here rather than in `Config::validate`, so the example file's placeholders
+        // still validate; a real start-up refuses a key that could never decrypt anything.
+        let keys = [Some(&c.aes_key), c.prev_aes_key.as_ref()];
+        if keys.iter().flatten().any(|k| k.expose().len() != 43) {
+            return Err(format!(
+                "component.aes_key ({}): an EncodingAESKey is 43 characters",
+                c.appid
+            ));
+        }
         let secret_changed = db
             .upsert_component(
                 &ComponentUpsert {
