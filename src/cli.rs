@@ -99,6 +99,8 @@ pub const USAGE: &str = "usage: wafer <command>
   app list | app show ID | app remove ID
   work add --corpid C --agentid A --secret S [--remark R] [--token T] [--aes-key K] [--forward-url URL]
   work list | work remove --corpid C --agentid A
+  component add --appid ID --secret S --token T --aes-key K [--redirect-uri URL]
+  component list
   token get APPID [--force]             print the current access token
   session purge                         delete expired sessions now
 data commands take --db FILE (else $WAFER_DB, else the config's storage.path, else ./wafer.db)";
@@ -124,6 +126,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
         ("work", "add") => work_add(Opts::parse(&rest[1..])?),
         ("work", "list") => work_list(Opts::parse(&rest[1..])?),
         ("work", "remove") => work_remove(Opts::parse(&rest[1..])?),
+        ("component", "add") => component_add(Opts::parse(&rest[1..])?),
+        ("component", "list") => component_list(Opts::parse(&rest[1..])?),
         ("token", "get") => token_get(Opts::parse(&rest[1..])?),
         ("help" | "--help" | "-h", _) => {
             println!("{USAGE}");
@@ -369,6 +373,70 @@ fn work_remove(mut o: Opts) -> Result<(), String> {
     db.delete_credentials_with_prefix(&prefix)
         .map_err(|e| format!("work remove: {e}"))?;
     println!("WeCom agent {corpid}/{agentid} removed");
+    Ok(())
+}
+
+fn component_add(mut o: Opts) -> Result<(), String> {
+    let c = crate::store::ComponentUpsert {
+        appid: o.need("appid")?,
+        secret: Secret::new(o.need("secret")?),
+        token: Secret::new(o.need("token")?),
+        aes_key: Secret::new(o.need("aes-key")?),
+        prev_aes_key: None,
+        redirect_uri: o.take("redirect-uri"),
+    };
+    if c.aes_key.expose().len() != 43 {
+        return Err("--aes-key: an EncodingAESKey is 43 characters".into());
+    }
+    let db = open_db(&mut o)?;
+    o.done(0)?;
+    let secret_changed = db
+        .upsert_component(&c, crate::ids::now())
+        .map_err(|e| format!("component add: {e}"))?;
+    if secret_changed {
+        let key = crate::credential::Key::ComponentToken {
+            component_appid: c.appid.clone(),
+        };
+        db.delete_credentials_with_prefix(&key.id())
+            .map_err(|e| format!("component add: {e}"))?;
+    }
+    println!("component {} saved", c.appid);
+    println!(
+        "event URL (授权事件接收URL): https://YOUR-HOST/wechat/component/{}/events",
+        c.appid
+    );
+    Ok(())
+}
+
+/// Components with their ticket age and live authorisers; never a secret.
+fn component_list(mut o: Opts) -> Result<(), String> {
+    let db = open_db(&mut o)?;
+    o.done(0)?;
+    let now = crate::ids::now();
+    println!(
+        "{:<24} {:<14} {:<11} redirect_uri",
+        "appid", "ticket", "authorisers"
+    );
+    for c in db
+        .list_components()
+        .map_err(|e| format!("component list: {e}"))?
+    {
+        let ticket = match c.ticket_at {
+            Some(at) if c.verify_ticket.is_some() => format!("{}s ago", now - at),
+            _ => "none yet".into(),
+        };
+        let n = db
+            .list_authorizers(&c.appid)
+            .map_err(|e| format!("component list: {e}"))?
+            .len();
+        println!(
+            "{:<24} {:<14} {:<11} {}",
+            c.appid,
+            ticket,
+            n,
+            c.redirect_uri.as_deref().unwrap_or("-")
+        );
+    }
     Ok(())
 }
 

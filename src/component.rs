@@ -1,26 +1,362 @@
 //! The Open Platform component (third-party platform): the verify ticket WeChat pushes, the
-//! component token, pre-auth codes, authorisers and their tokens. The tokens themselves are
-//! hosted by `credential::Broker`; this module provides the fetchers it calls.
+//! component token, pre-auth codes, the authorisation page, the exchange of an `auth_code`, the
+//! authorisers and their tokens, and the events WeChat sends about them.
+//!
+//! Every parameter of the dance lives in SQLite (`components`, `authorizers`, `credentials`), so
+//! a restart resumes where it stopped. The refresh token is the one thing that cannot be got back
+//! without the merchant authorising again, so it is written before anything else is done with a
+//! `query_auth` answer, and a rotated one is written as soon as WeChat hands it out. The tokens
+//! themselves are hosted by `credential::Broker` (refresh ahead, single-flight); this module
+//! provides the fetchers it calls and never caches a token itself.
+//!
+//! Recovery: a component token that failed with 61005/61006 (ticket expired or invalid) is not
+//! remembered as a failure; the next request fetches again with whatever ticket is stored, so a
+//! fresh `component_verify_ticket` push is all it takes.
 
-use crate::credential::{Broker, Fetched};
+use crate::credential::{fetched, Broker, Fetched, Key};
 use crate::error::Error;
+use crate::ids;
 use crate::store::Db;
+use crate::wechat::{Host, UpstreamError};
+use serde_json::{json, Map, Value};
+use std::time::Duration;
+
+/// How often a -1 ("system busy") on a dependent step is retried, and the first back-off.
+const BUSY_RETRIES: u32 = 3;
+const BUSY_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Fetch a component access token with the stored verify ticket.
 pub fn fetch_component_token(
-    _broker: &Broker,
-    _db: &Db,
-    _component_appid: &str,
+    broker: &Broker,
+    db: &Db,
+    component_appid: &str,
 ) -> Result<Fetched, Error> {
-    Err(Error::NotFound("component"))
+    let c = db
+        .component(component_appid)?
+        .ok_or(Error::NotFound("component"))?;
+    let ticket = c.verify_ticket.ok_or_else(|| {
+        Error::Refused("no component_verify_ticket received yet (WeChat pushes one every 10 minutes to the event URL)".into())
+    })?;
+    let v = broker.wechat().post(
+        Host::Api,
+        "/cgi-bin/component/api_component_token",
+        &[],
+        &json!({
+            "component_appid": component_appid,
+            "component_appsecret": c.secret.expose(),
+            "component_verify_ticket": ticket.expose(),
+        }),
+    )?;
+    fetched(&v, "component_access_token")
 }
 
-/// Fetch an authoriser access token with the stored refresh token (and store a rotated one).
+/// Fetch an authoriser access token with the stored refresh token, and store a rotated refresh
+/// token before the new access token is handed to the broker. A revoked authoriser is NotFound.
 pub fn fetch_authorizer_token(
-    _broker: &Broker,
-    _db: &Db,
-    _component_appid: &str,
-    _authorizer_appid: &str,
+    broker: &Broker,
+    db: &Db,
+    component_appid: &str,
+    authorizer_appid: &str,
 ) -> Result<Fetched, Error> {
-    Err(Error::NotFound("authoriser"))
+    let a = live_authorizer(db, component_appid, authorizer_appid)?;
+    // The broker retries -1 around this whole fetch, so this call does not retry it again.
+    let v = with_component_token(
+        broker,
+        db,
+        component_appid,
+        "/cgi-bin/component/api_authorizer_token",
+        &json!({
+            "component_appid": component_appid,
+            "authorizer_appid": authorizer_appid,
+            "authorizer_refresh_token": a.refresh_token.expose(),
+        }),
+        false,
+    )?;
+    if let Some(rotated) = v
+        .get("authorizer_refresh_token")
+        .and_then(Value::as_str)
+        .filter(|r| !r.is_empty() && *r != a.refresh_token.expose())
+    {
+        db.set_refresh_token(component_appid, authorizer_appid, rotated)?;
+    }
+    fetched(&v, "authorizer_access_token")
+}
+
+fn live_authorizer(
+    db: &Db,
+    component_appid: &str,
+    authorizer_appid: &str,
+) -> Result<crate::store::Authorizer, Error> {
+    db.authorizer(component_appid, authorizer_appid)?
+        .filter(|a| a.revoked_at.is_none())
+        .ok_or(Error::NotFound("authoriser"))
+}
+
+/// A fresh pre-auth code (single use; WeChat says how long it lives).
+pub fn pre_auth_code(broker: &Broker, db: &Db, component_appid: &str) -> Result<String, Error> {
+    db.component(component_appid)?
+        .ok_or(Error::NotFound("component"))?;
+    let v = with_component_token(
+        broker,
+        db,
+        component_appid,
+        "/cgi-bin/component/api_create_preauthcode",
+        &json!({"component_appid": component_appid}),
+        true,
+    )?;
+    v.get("pre_auth_code")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .ok_or(Error::Upstream(UpstreamError::Garbage))
+}
+
+/// What an exchanged `auth_code` gave.
+#[derive(Debug, Clone)]
+pub struct Authorised {
+    pub authorizer_appid: String,
+    pub func_info: Value,
+}
+
+/// Exchange an `auth_code` (from the browser callback or an `authorized` event): persist the
+/// authoriser and its refresh token first, then seed its access token into the broker's store.
+pub fn exchange_auth_code(
+    broker: &Broker,
+    db: &Db,
+    component_appid: &str,
+    auth_code: &str,
+) -> Result<Authorised, Error> {
+    db.component(component_appid)?
+        .ok_or(Error::NotFound("component"))?;
+    let v = with_component_token(
+        broker,
+        db,
+        component_appid,
+        "/cgi-bin/component/api_query_auth",
+        &json!({"component_appid": component_appid, "authorization_code": auth_code}),
+        true,
+    )?;
+    let info = v
+        .get("authorization_info")
+        .ok_or(Error::Upstream(UpstreamError::Garbage))?;
+    let s = |k: &str| {
+        info.get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let (Some(authorizer_appid), Some(refresh)) =
+        (s("authorizer_appid"), s("authorizer_refresh_token"))
+    else {
+        return Err(Error::Upstream(UpstreamError::Garbage));
+    };
+    let func_info = info.get("func_info").cloned().unwrap_or(json!([]));
+    let now = ids::now();
+    db.upsert_authorizer(
+        component_appid,
+        authorizer_appid,
+        refresh,
+        &func_info.to_string(),
+        now,
+    )?;
+    // A re-authorisation replaces whatever the broker held for this authoriser.
+    broker.forget(
+        db,
+        &Key::authorizer_prefix(component_appid, authorizer_appid),
+    )?;
+    if let (Some(access), Some(expires_in)) = (
+        s("authorizer_access_token"),
+        info.get("expires_in").and_then(Value::as_i64),
+    ) {
+        if expires_in > 0 {
+            let key = Key::AuthorizerToken {
+                component_appid: component_appid.to_string(),
+                authorizer_appid: authorizer_appid.to_string(),
+            };
+            db.put_credential(&key.id(), access, now + expires_in, now)?;
+        }
+    }
+    Ok(Authorised {
+        authorizer_appid: authorizer_appid.to_string(),
+        func_info,
+    })
+}
+
+/// What an event did (for the log and the tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventOutcome {
+    TicketStored,
+    Authorised(String),
+    /// An `authorized` event for a code the browser callback already exchanged.
+    AlreadyAuthorised(String),
+    Revoked(String),
+    Ignored(String),
+}
+
+/// Handle one decrypted authorisation event (`InfoType`). An error means WeChat should retry
+/// (answer non-`success`): only a failure to reach WeChat or the database is one.
+pub fn handle_event(
+    broker: &Broker,
+    db: &Db,
+    component_appid: &str,
+    fields: &Map<String, Value>,
+) -> Result<EventOutcome, Error> {
+    let f = |k: &str| {
+        fields
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let info_type = f("InfoType").unwrap_or("");
+    match info_type {
+        "component_verify_ticket" => {
+            let ticket = f("ComponentVerifyTicket")
+                .ok_or_else(|| Error::BadRequest("ComponentVerifyTicket missing".into()))?;
+            if !db.set_verify_ticket(component_appid, ticket, ids::now())? {
+                return Err(Error::NotFound("component"));
+            }
+            Ok(EventOutcome::TicketStored)
+        }
+        "authorized" | "updateauthorized" => {
+            let code = f("AuthorizationCode")
+                .ok_or_else(|| Error::BadRequest("AuthorizationCode missing".into()))?;
+            match exchange_auth_code(broker, db, component_appid, code) {
+                Ok(a) => Ok(EventOutcome::Authorised(a.authorizer_appid)),
+                // The browser callback usually exchanges the same code first; WeChat then
+                // refuses it here, and that is fine as long as the authorisation is stored.
+                Err(Error::Upstream(UpstreamError::WeChat { errcode, .. })) => {
+                    let who = f("AuthorizerAppid").unwrap_or("");
+                    match db.authorizer(component_appid, who)? {
+                        Some(a) if a.revoked_at.is_none() => {
+                            Ok(EventOutcome::AlreadyAuthorised(who.to_string()))
+                        }
+                        _ => Err(Error::Upstream(UpstreamError::WeChat {
+                            errcode,
+                            errmsg: "api_query_auth refused the event's code".into(),
+                        })),
+                    }
+                }
+                Err(e) => Err(e),
+            }
+        }
+        "unauthorized" => {
+            let who = f("AuthorizerAppid")
+                .ok_or_else(|| Error::BadRequest("AuthorizerAppid missing".into()))?;
+            db.revoke_authorizer(component_appid, who, ids::now())?;
+            broker.forget(db, &Key::authorizer_prefix(component_appid, who))?;
+            Ok(EventOutcome::Revoked(who.to_string()))
+        }
+        other => Ok(EventOutcome::Ignored(other.to_string())),
+    }
+}
+
+/// A component-token call: `POST path?component_access_token=…`. A stale component token
+/// (40001, 40014, 42001) is invalidated once and the call made again; -1 is retried with
+/// back-off when `retry_busy`.
+fn with_component_token(
+    broker: &Broker,
+    db: &Db,
+    component_appid: &str,
+    path: &str,
+    body: &Value,
+    retry_busy: bool,
+) -> Result<Value, Error> {
+    let key = Key::ComponentToken {
+        component_appid: component_appid.to_string(),
+    };
+    let (mut refreshed, mut busy) = (false, 0);
+    loop {
+        let token = broker.get(db, &key, false)?;
+        let query = [("component_access_token", token.value.expose())];
+        match broker.wechat().post(Host::Api, path, &query, body) {
+            Ok(v) => return Ok(v),
+            Err(UpstreamError::WeChat { errcode, .. })
+                if !refreshed && matches!(errcode, 40001 | 40014 | 42001) =>
+            {
+                refreshed = true;
+                broker.invalidate(db, &key, token.value.expose())?;
+            }
+            Err(UpstreamError::WeChat { errcode: -1, .. }) if retry_busy && busy < BUSY_RETRIES => {
+                std::thread::sleep(BUSY_BACKOFF * 2u32.pow(busy));
+                busy += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Where to send the merchant: WeChat's PC authorisation page, or the mobile one.
+pub struct AuthorizeLink<'a> {
+    pub component_appid: &'a str,
+    pub pre_auth_code: &'a str,
+    pub redirect_uri: &'a str,
+    pub mobile: bool,
+    /// 1 official accounts, 2 mini programs, 3 both (WeChat's default when absent).
+    pub auth_type: Option<u8>,
+    pub biz_appid: Option<&'a str>,
+}
+
+impl AuthorizeLink<'_> {
+    pub fn url(&self) -> String {
+        let mut q = format!(
+            "component_appid={}&pre_auth_code={}&redirect_uri={}",
+            url_encode(self.component_appid),
+            url_encode(self.pre_auth_code),
+            url_encode(self.redirect_uri)
+        );
+        if let Some(t) = self.auth_type {
+            q.push_str(&format!("&auth_type={t}"));
+        }
+        if let Some(b) = self.biz_appid {
+            q.push_str(&format!("&biz_appid={}", url_encode(b)));
+        }
+        if self.mobile {
+            format!("https://open.weixin.qq.com/wxaopen/safe/bindcomponent?action=bindcomponent&no_scan=1&{q}#wechat_redirect")
+        } else {
+            format!("https://mp.weixin.qq.com/cgi-bin/componentloginpage?{q}")
+        }
+    }
+}
+
+/// Percent-encode everything but RFC 3986's unreserved characters.
+pub fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorize_links() {
+        let mut l = AuthorizeLink {
+            component_appid: "wxc1",
+            pre_auth_code: "preauthcode@@@x-y",
+            redirect_uri: "https://a.example/cb?x=1&y=2",
+            mobile: false,
+            auth_type: None,
+            biz_appid: None,
+        };
+        assert_eq!(
+            l.url(),
+            "https://mp.weixin.qq.com/cgi-bin/componentloginpage?component_appid=wxc1\
+             &pre_auth_code=preauthcode%40%40%40x-y&redirect_uri=https%3A%2F%2Fa.example%2Fcb%3Fx%3D1%26y%3D2"
+        );
+        l.mobile = true;
+        l.auth_type = Some(2);
+        l.biz_appid = Some("wxbiz");
+        assert_eq!(
+            l.url(),
+            "https://open.weixin.qq.com/wxaopen/safe/bindcomponent?action=bindcomponent&no_scan=1\
+             &component_appid=wxc1&pre_auth_code=preauthcode%40%40%40x-y\
+             &redirect_uri=https%3A%2F%2Fa.example%2Fcb%3Fx%3D1%26y%3D2&auth_type=2&biz_appid=wxbiz#wechat_redirect"
+        );
+    }
 }

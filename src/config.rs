@@ -280,6 +280,11 @@ impl Config {
                 return bad("app.login_days / app.session_secs", "must be positive");
             }
         }
+        for c in &self.components {
+            if c.appid.is_empty() {
+                return bad("component.appid", "must not be empty");
+            }
+        }
         Ok(())
     }
 }

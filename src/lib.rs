@@ -10,6 +10,7 @@
 //! touches ureq, only `store` touches rusqlite. `crypto` does no I/O at all.
 #![forbid(unsafe_code)]
 
+pub mod callback;
 pub mod cli;
 pub mod component;
 pub mod config;

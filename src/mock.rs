@@ -21,6 +21,8 @@
 //! - `appid`/`corpid`/`component_appid` starting `bad` → 40013; a secret starting `bad` → 40125
 //!   (WeCom: 40001, which is what WeCom answers for a wrong secret).
 //! - `component_verify_ticket` empty or `invalid…` → 61006, `expired…` → 61005.
+//! - `POST /__mock__/push` and `/__mock__/component/push_ticket` deliver signed (and
+//!   encrypted) callbacks to a URL the way WeChat does; see `push` below.
 //! - `authorizer_refresh_token` unknown or not this authoriser's → 61023 "refresh_token is
 //!   invalid"; known but the authoriser revoked the platform → 61003 "component is not
 //!   authorized by this account".
@@ -161,6 +163,23 @@ fn serve(state: &Arc<Mutex<State>>, mut rq: Request) {
         body.clear();
     }
     let (path, query) = rq.url().split_once('?').unwrap_or((rq.url(), ""));
+    if let Some(handler) = outgoing_route(rq.method().as_str(), path) {
+        // These call back into the server under test, which may call the mock in turn: they
+        // run without the state lock (they need no state).
+        let input = Input {
+            query: parse_query(query),
+            body,
+        };
+        let reply = match catch_unwind(AssertUnwindSafe(|| handler(&input))) {
+            Ok(Ok(v)) => Reply::json(200, &v),
+            Ok(Err(e)) => e.reply(),
+            Err(_) => Reply::json(
+                500,
+                &json!({"errcode": -1, "errmsg": "mock: internal error"}),
+            ),
+        };
+        return respond(rq, reply);
+    }
     let Some(route) = find_route(rq.method().as_str(), path) else {
         let reply = Reply::json(404, &json!({"errcode": -1, "errmsg": "mock: unknown path"}));
         return respond(rq, reply);
@@ -865,6 +884,157 @@ fn revoke(st: &mut State, input: &Input, _now: Instant) -> Result<Value, WxErr> 
     let authorizer = need_ctl(&spec, "authorizer_appid")?;
     st.tokens.revoke_authorizer(component, authorizer);
     Ok(json!({"ok": true}))
+}
+
+// --- Pushing callbacks the way WeChat does ----------------------------------------------------
+
+type Outgoing = fn(&Input) -> Result<Value, WxErr>;
+
+/// Control routes that POST to the server under test rather than answer from state.
+fn outgoing_route(method: &str, path: &str) -> Option<Outgoing> {
+    match (method, path) {
+        ("POST", "/__mock__/push") => Some(push),
+        ("POST", "/__mock__/component/push_ticket") => Some(push_ticket),
+        _ => None,
+    }
+}
+
+/// `POST /__mock__/push {url, token, xml, aes_key?, receive_id?, plain?, kind?, timestamp?,
+/// nonce?}`: deliver `xml` to `url` as WeChat would. Plain: `?signature=&timestamp=&nonce=` and
+/// the XML as the body. Otherwise encrypted with `aes_key` for `receive_id`, signed
+/// (`msg_signature`), in the envelope `<xml><ToUserName/><Encrypt/></xml>` (`kind: "component"`:
+/// `<AppId/>`), with `encrypt_type=aes`. Answers `{status, body}` of the server's reply.
+fn push(input: &Input) -> Result<Value, WxErr> {
+    let spec = input.control_json(&[
+        "url",
+        "token",
+        "xml",
+        "aes_key",
+        "receive_id",
+        "plain",
+        "kind",
+        "timestamp",
+        "nonce",
+    ])?;
+    deliver(&spec)
+}
+
+fn deliver(spec: &Params) -> Result<Value, WxErr> {
+    let url = need_ctl(spec, "url")?;
+    let token = need_ctl(spec, "token")?;
+    let xml = need_ctl(spec, "xml")?;
+    let timestamp = match text(spec, "timestamp") {
+        Some(t) => t.to_owned(),
+        None => SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            .to_string(),
+    };
+    let nonce = match text(spec, "nonce") {
+        Some(n) => n.to_owned(),
+        None => u32::from_le_bytes(random_bytes::<4>()).to_string(),
+    };
+    let signature = crate::crypto::sha1_sorted(&[token, &timestamp, &nonce]);
+    let mut query = vec![
+        ("signature", signature),
+        ("timestamp", timestamp.clone()),
+        ("nonce", nonce.clone()),
+    ];
+    let body = if flag(spec, "plain") {
+        xml.to_owned()
+    } else {
+        let aes_key = need_ctl(spec, "aes_key")?;
+        let receive_id = need_ctl(spec, "receive_id")?;
+        let crypt = crate::crypto::MsgCrypt::new(token, aes_key, None, receive_id)
+            .map_err(|e| bad(format!("aes_key: {e}")))?;
+        let encrypt = crypt.encrypt(xml, &random_bytes::<16>());
+        query.push(("encrypt_type", "aes".into()));
+        query.push((
+            "msg_signature",
+            crypt.signature(&timestamp, &nonce, &encrypt),
+        ));
+        let to = if text(spec, "kind") == Some("component") {
+            "AppId"
+        } else {
+            "ToUserName"
+        };
+        format!("<xml><{to}><![CDATA[{receive_id}]]></{to}><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>")
+    };
+    let query: Vec<String> = query
+        .iter()
+        .map(|(k, v)| format!("{k}={}", crate::component::url_encode(v)))
+        .collect();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let (status, answer) = http_post(&format!("{url}{sep}{}", query.join("&")), &body)?;
+    Ok(json!({"status": status, "body": answer}))
+}
+
+/// `POST /__mock__/component/push_ticket {url, component_appid, token, aes_key, ticket?}`: push
+/// an encrypted `component_verify_ticket` event (a fresh ticket `api_component_token` accepts,
+/// unless one is given). Answers `{status, body, ticket}`.
+fn push_ticket(input: &Input) -> Result<Value, WxErr> {
+    let spec = input.control_json(&["url", "component_appid", "token", "aes_key", "ticket"])?;
+    let appid = need_ctl(&spec, "component_appid")?;
+    let ticket = match text(&spec, "ticket") {
+        Some(t) => t.to_owned(),
+        None => format!("ticket@@@{}", URL_SAFE_NO_PAD.encode(random_bytes::<24>())),
+    };
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let xml = format!(
+        "<xml><AppId><![CDATA[{appid}]]></AppId><CreateTime>{now}</CreateTime>\
+         <InfoType><![CDATA[component_verify_ticket]]></InfoType>\
+         <ComponentVerifyTicket><![CDATA[{ticket}]]></ComponentVerifyTicket></xml>"
+    );
+    let mut push = spec.clone();
+    push.remove("component_appid");
+    push.remove("ticket");
+    push.insert("receive_id".into(), json!(appid));
+    push.insert("kind".into(), json!("component"));
+    push.insert("xml".into(), json!(xml));
+    let mut answer = deliver(&push)?;
+    answer["ticket"] = json!(ticket);
+    Ok(answer)
+}
+
+/// A minimal HTTP/1.1 POST over a plain socket (`http://` only): the mock stays free of an HTTP
+/// client, and the server under test answers with a Content-Length body.
+fn http_post(url: &str, body: &str) -> Result<(u16, String), WxErr> {
+    use std::io::Write;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| bad("url must start with http://"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, "/"),
+    };
+    let unreachable = |e: io::Error| WxErr {
+        status: 502,
+        errcode: -1,
+        errmsg: format!("mock: pushing to {authority}: {e}"),
+    };
+    let mut stream = std::net::TcpStream::connect(authority).map_err(unreachable)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(unreachable)?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: text/xml\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(unreachable)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(unreachable)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, answer) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("the server's answer is not HTTP"))?;
+    Ok((status, answer.to_owned()))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -528,6 +528,216 @@ impl Db {
     }
 }
 
+/// An Open Platform component as registered (`component add`, `[[component]]`).
+#[derive(Debug, Clone)]
+pub struct Component {
+    pub appid: String,
+    pub secret: Secret,
+    pub token: Secret,
+    pub aes_key: Secret,
+    pub prev_aes_key: Option<Secret>,
+    pub redirect_uri: Option<String>,
+    /// The last `component_verify_ticket` WeChat pushed, and when.
+    pub verify_ticket: Option<Secret>,
+    pub ticket_at: Option<i64>,
+}
+
+/// What `component add` and `[[component]]` write. A changed `aes_key` moves the stored one to
+/// `prev_aes_key` (unless one is given), so messages in flight during a rotation still open.
+#[derive(Debug, Clone)]
+pub struct ComponentUpsert {
+    pub appid: String,
+    pub secret: Secret,
+    pub token: Secret,
+    pub aes_key: Secret,
+    pub prev_aes_key: Option<Secret>,
+    pub redirect_uri: Option<String>,
+}
+
+/// An account that authorised a component.
+#[derive(Debug, Clone)]
+pub struct Authorizer {
+    pub component_appid: String,
+    pub authorizer_appid: String,
+    pub refresh_token: Secret,
+    /// JSON as WeChat sent it.
+    pub func_info: String,
+    pub authorized_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+const COMPONENT_COLUMNS: &str =
+    "appid, secret, token, aes_key, prev_aes_key, redirect_uri, verify_ticket, ticket_at";
+
+fn component_from_row(r: &rusqlite::Row) -> rusqlite::Result<Component> {
+    let secret = |i| r.get::<_, Option<String>>(i).map(|o| o.map(Secret::new));
+    Ok(Component {
+        appid: r.get(0)?,
+        secret: Secret::new(r.get::<_, String>(1)?),
+        token: Secret::new(r.get::<_, String>(2)?),
+        aes_key: Secret::new(r.get::<_, String>(3)?),
+        prev_aes_key: secret(4)?,
+        redirect_uri: r.get(5)?,
+        verify_ticket: secret(6)?,
+        ticket_at: r.get(7)?,
+    })
+}
+
+const AUTHORIZER_COLUMNS: &str =
+    "component_appid, authorizer_appid, refresh_token, func_info, authorized_at, revoked_at";
+
+fn authorizer_from_row(r: &rusqlite::Row) -> rusqlite::Result<Authorizer> {
+    Ok(Authorizer {
+        component_appid: r.get(0)?,
+        authorizer_appid: r.get(1)?,
+        refresh_token: Secret::new(r.get::<_, String>(2)?),
+        func_info: r.get(3)?,
+        authorized_at: r.get(4)?,
+        revoked_at: r.get(5)?,
+    })
+}
+
+impl Db {
+    // ---- Open Platform components ----
+
+    /// Insert or update a component. Returns true when an existing component's secret changed,
+    /// so the caller can drop the token fetched with the old one.
+    pub fn upsert_component(&self, c: &ComponentUpsert, now: i64) -> rusqlite::Result<bool> {
+        let before: Option<String> = self
+            .conn
+            .prepare_cached("SELECT secret FROM components WHERE appid = ?1")?
+            .query_row([&c.appid], |r| r.get(0))
+            .optional()?;
+        self.conn.execute(
+            "INSERT INTO components (appid, secret, token, aes_key, prev_aes_key, redirect_uri, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (appid) DO UPDATE SET secret = ?2, token = ?3,
+               prev_aes_key = COALESCE(?5, CASE WHEN aes_key != ?4 THEN aes_key ELSE prev_aes_key END),
+               aes_key = ?4,
+               redirect_uri = COALESCE(?6, redirect_uri)",
+            params![
+                c.appid,
+                c.secret.expose(),
+                c.token.expose(),
+                c.aes_key.expose(),
+                c.prev_aes_key.as_ref().map(Secret::expose),
+                c.redirect_uri,
+                now
+            ],
+        )?;
+        Ok(before.is_some_and(|b| b != c.secret.expose()))
+    }
+
+    pub fn component(&self, appid: &str) -> rusqlite::Result<Option<Component>> {
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {COMPONENT_COLUMNS} FROM components WHERE appid = ?1"
+            ))?
+            .query_row([appid], component_from_row)
+            .optional()
+    }
+
+    pub fn list_components(&self) -> rusqlite::Result<Vec<Component>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {COMPONENT_COLUMNS} FROM components ORDER BY appid"
+        ))?;
+        let components = stmt.query_map([], component_from_row)?.collect();
+        components
+    }
+
+    /// Keep the ticket WeChat just pushed. False when there is no such component.
+    pub fn set_verify_ticket(&self, appid: &str, ticket: &str, now: i64) -> rusqlite::Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "UPDATE components SET verify_ticket = ?2, ticket_at = ?3 WHERE appid = ?1",
+            )?
+            .execute(params![appid, ticket, now])?
+            > 0)
+    }
+
+    /// Record an authorisation (new, renewed or re-granted after a revocation): the refresh
+    /// token and the function scopes, in one statement.
+    pub fn upsert_authorizer(
+        &self,
+        component_appid: &str,
+        authorizer_appid: &str,
+        refresh_token: &str,
+        func_info: &str,
+        now: i64,
+    ) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO authorizers (component_appid, authorizer_appid, refresh_token, func_info, authorized_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (component_appid, authorizer_appid) DO UPDATE SET
+                   refresh_token = ?3, func_info = ?4, authorized_at = ?5, revoked_at = NULL",
+            )?
+            .execute(params![component_appid, authorizer_appid, refresh_token, func_info, now])?;
+        Ok(())
+    }
+
+    pub fn authorizer(
+        &self,
+        component_appid: &str,
+        authorizer_appid: &str,
+    ) -> rusqlite::Result<Option<Authorizer>> {
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {AUTHORIZER_COLUMNS} FROM authorizers
+                 WHERE component_appid = ?1 AND authorizer_appid = ?2"
+            ))?
+            .query_row([component_appid, authorizer_appid], authorizer_from_row)
+            .optional()
+    }
+
+    /// The authorisers of a component that have not revoked it, oldest first.
+    pub fn list_authorizers(&self, component_appid: &str) -> rusqlite::Result<Vec<Authorizer>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {AUTHORIZER_COLUMNS} FROM authorizers
+             WHERE component_appid = ?1 AND revoked_at IS NULL
+             ORDER BY authorized_at, authorizer_appid"
+        ))?;
+        let list = stmt
+            .query_map([component_appid], authorizer_from_row)?
+            .collect();
+        list
+    }
+
+    /// Store a rotated refresh token (only for a live authorisation).
+    pub fn set_refresh_token(
+        &self,
+        component_appid: &str,
+        authorizer_appid: &str,
+        refresh_token: &str,
+    ) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE authorizers SET refresh_token = ?3
+                 WHERE component_appid = ?1 AND authorizer_appid = ?2 AND revoked_at IS NULL",
+            )?
+            .execute(params![component_appid, authorizer_appid, refresh_token])?;
+        Ok(())
+    }
+
+    /// Mark an authorisation revoked. False when there was no live one.
+    pub fn revoke_authorizer(
+        &self,
+        component_appid: &str,
+        authorizer_appid: &str,
+        now: i64,
+    ) -> rusqlite::Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "UPDATE authorizers SET revoked_at = ?3
+                 WHERE component_appid = ?1 AND authorizer_appid = ?2 AND revoked_at IS NULL",
+            )?
+            .execute(params![component_appid, authorizer_appid, now])?
+            > 0)
+    }
+}
+
 /// The UTC calendar day of a unix time, `YYYY-MM-DD` (WeChat's quotas reset daily).
 pub fn utc_day(unix: i64) -> String {
     // Howard Hinnant's days-to-civil algorithm.

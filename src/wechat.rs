@@ -206,6 +206,44 @@ impl WeChat {
     }
 }
 
+/// What a business endpoint (an app's `forward_url`) answered.
+#[derive(Debug)]
+pub struct Forwarded {
+    pub status: u16,
+    pub body: String,
+}
+
+impl WeChat {
+    /// POST a JSON body to an operator's own URL (a callback `forward_url`), bounded by
+    /// `timeout` for the whole exchange. Not a WeChat call: it is not decoded as `{errcode}` and
+    /// not counted as upstream. Any status is returned; only transport failures are errors.
+    pub fn post_json_to(
+        &self,
+        url: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<Forwarded, UpstreamError> {
+        let started = Instant::now();
+        let sent = self.agent.post(url).timeout(timeout).send_json(body);
+        let outcome = match sent {
+            Ok(resp) | Err(ureq::Error::Status(_, resp)) => {
+                let status = resp.status();
+                read_body(resp).map(|body| Forwarded { status, body })
+            }
+            Err(ureq::Error::Transport(t)) => Err(UpstreamError::Net(transport_kind(&t))),
+        };
+        eprintln!(
+            "forward {} {}us",
+            match &outcome {
+                Ok(f) => f.status.to_string(),
+                Err(e) => e.to_string(),
+            },
+            started.elapsed().as_micros()
+        );
+        outcome
+    }
+}
+
 fn read_body(resp: ureq::Response) -> Result<String, UpstreamError> {
     use std::io::Read;
     let mut text = String::new();

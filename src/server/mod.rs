@@ -4,6 +4,7 @@
 //! (`wafer`, `mina`, `v1`, `dev`), and answered with a `Reply`. A panic in a handler becomes a 500
 //! and the worker goes on. Shutdown stops taking new work, finishes what is in hand, and joins.
 
+mod callbacks;
 mod dev;
 mod mina;
 mod v1;
@@ -12,7 +13,7 @@ mod wafer;
 use crate::config::Config;
 use crate::credential::Broker;
 use crate::metrics::Metrics;
-use crate::store::{AppUpsert, Db};
+use crate::store::{AppUpsert, ComponentUpsert, Db};
 use crate::wechat::WeChat;
 use serde_json::{json, Value};
 use std::io::Read;
@@ -149,7 +150,8 @@ impl Handle {
     }
 }
 
-/// Open the database, apply the apps declared in config, bind, and start the workers.
+/// Open the database, apply the apps, WeCom agents and components declared in config, bind, and
+/// start the workers.
 pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
     let db_path = PathBuf::from(&config.storage.path);
     let db = Db::open(&db_path).map_err(|e| format!("database {}: {e}", db_path.display()))?;
@@ -170,6 +172,63 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
             now,
         )
         .map_err(|e| format!("config app {}: {e}", a.appid))?;
+    }
+    for c in &config.components {
+        // Checked here rather than in `Config::validate`, so the example file's placeholders
+        // still validate; a real start-up refuses a key that could never decrypt anything.
+        let keys = [Some(&c.aes_key), c.prev_aes_key.as_ref()];
+        if keys.iter().flatten().any(|k| k.expose().len() != 43) {
+            return Err(format!(
+                "component.aes_key ({}): an EncodingAESKey is 43 characters",
+                c.appid
+            ));
+        }
+        let secret_changed = db
+            .upsert_component(
+                &ComponentUpsert {
+                    appid: c.appid.clone(),
+                    secret: c.secret.clone(),
+                    token: c.token.clone(),
+                    aes_key: c.aes_key.clone(),
+                    prev_aes_key: c.prev_aes_key.clone(),
+                    redirect_uri: c.redirect_uri.clone(),
+                },
+                now,
+            )
+            .map_err(|e| format!("config component {}: {e}", c.appid))?;
+        if secret_changed {
+            let key = crate::credential::Key::ComponentToken {
+                component_appid: c.appid.clone(),
+            };
+            db.delete_credentials_with_prefix(&key.id())
+                .map_err(|e| format!("config component {}: {e}", c.appid))?;
+        }
+    }
+    for a in &config.work_agents {
+        // A changed secret means the cached tokens belong to the old one.
+        let secret_changed = db
+            .work_agent(&a.corpid, &a.agentid)
+            .map_err(|e| format!("database: {e}"))?
+            .is_some_and(|b| b.secret != a.secret);
+        db.upsert_work_agent(
+            &crate::store::WorkAgent {
+                corpid: a.corpid.clone(),
+                agentid: a.agentid.clone(),
+                secret: a.secret.clone(),
+                remark: a.remark.clone(),
+                token: a.token.clone(),
+                aes_key: a.aes_key.clone(),
+                prev_aes_key: a.prev_aes_key.clone(),
+                forward_url: a.forward_url.clone(),
+            },
+            now,
+        )
+        .map_err(|e| format!("config work_agent {}/{}: {e}", a.corpid, a.agentid))?;
+        if secret_changed {
+            let prefix = crate::credential::Key::work_agent_prefix(&a.corpid, &a.agentid);
+            db.delete_credentials_with_prefix(&prefix)
+                .map_err(|e| format!("database: {e}"))?;
+        }
     }
     let apps = db.list_apps().map_err(|e| format!("database: {e}"))?.len();
     drop(db);
@@ -359,6 +418,7 @@ fn route(w: &mut Worker, rq: &Incoming) -> (&'static str, Reply) {
         (Method::Get, "/healthz") => ("/healthz", healthz(w)),
         (Method::Get, "/metrics") => ("/metrics", metrics(w)),
         _ if path.starts_with("/v1/") => v1::route(w, rq),
+        _ if path.starts_with("/wechat/") => callbacks::route(w, rq),
         _ if path.starts_with("/dev/") && w.shared.dev => dev::route(w, rq),
         (
             _,

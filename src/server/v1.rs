@@ -157,6 +157,17 @@ pub fn route(w: &mut Worker, rq: &Incoming) -> (&'static str, Reply) {
             "/v1/work/{corpid}/{agentid}/jsapi_signature",
             work_signature(w, rq, corpid, agentid),
         ),
+        (Method::Get, ["components", appid, "access_token"]) => (
+            "/v1/components/{appid}/access_token",
+            component_token(w, appid),
+        ),
+        (Method::Get, ["components", appid, "authorizers"]) => {
+            ("/v1/components/{appid}/authorizers", authorizers(w, appid))
+        }
+        (Method::Get, ["components", appid, "authorizers", authorizer, "access_token"]) => (
+            "/v1/components/{appid}/authorizers/{authorizer}/access_token",
+            authorizer_token(w, appid, authorizer),
+        ),
         (Method::Post, ["cos", "sign"]) => ("/v1/cos/sign", cos_sign(rq)),
         _ => return ("-", super::not_found()),
     };
@@ -347,6 +358,45 @@ fn work_signature(
     v["nonceStr"] = json!(nonce);
     v["signature"] = json!(sig);
     Ok(Reply::json(200, &v))
+}
+
+fn component_token(w: &mut Worker, appid: &str) -> Result<Reply, Error> {
+    w.db.component(appid)?.ok_or(Error::NotFound("component"))?;
+    let key = Key::ComponentToken {
+        component_appid: appid.to_string(),
+    };
+    let c = w.shared.broker.get(&w.db, &key, false)?;
+    Ok(credential_reply(&c, "access_token"))
+}
+
+/// The accounts that authorised a component and have not revoked it.
+fn authorizers(w: &mut Worker, appid: &str) -> Result<Reply, Error> {
+    w.db.component(appid)?.ok_or(Error::NotFound("component"))?;
+    let list: Vec<Value> =
+        w.db.list_authorizers(appid)?
+            .into_iter()
+            .map(|a| {
+                json!({
+                    "authorizer_appid": a.authorizer_appid,
+                    "authorized_at": a.authorized_at,
+                    "func_info": serde_json::from_str::<Value>(&a.func_info).unwrap_or(json!([])),
+                })
+            })
+            .collect();
+    Ok(Reply::json(200, &Value::Array(list)))
+}
+
+fn authorizer_token(w: &mut Worker, appid: &str, authorizer: &str) -> Result<Reply, Error> {
+    w.db.component(appid)?.ok_or(Error::NotFound("component"))?;
+    w.db.authorizer(appid, authorizer)?
+        .filter(|a| a.revoked_at.is_none())
+        .ok_or(Error::NotFound("authoriser"))?;
+    let key = Key::AuthorizerToken {
+        component_appid: appid.to_string(),
+        authorizer_appid: authorizer.to_string(),
+    };
+    let c = w.shared.broker.get(&w.db, &key, false)?;
+    Ok(credential_reply(&c, "access_token"))
 }
 
 /// `params` / `headers` as a JSON object of strings (numbers are accepted and printed).

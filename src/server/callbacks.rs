@@ -1,0 +1,342 @@
+//! The WeChat-facing routes (CONTRACT §6): official-account / mini-program server URLs, WeCom
+//! callbacks, and the Open Platform component's event URL, authorisation redirect and callback.
+//! They are authenticated by WeChat's signatures, never by `server.api_key`.
+//!
+//! Thin handlers: look up the account, hand the query and body to `callback` (verify, decrypt)
+//! or `component` (the dance), render. Any refusal (unknown account, account without a callback
+//! token, bad signature, a message that does not decrypt under the account's key with its own
+//! receive id) is a bare 401 with nothing stored; the reason goes to the log.
+
+use super::{Incoming, Method, Reply, Worker};
+use crate::callback::{self, Message, Rejected};
+use crate::component::{self, AuthorizeLink};
+use crate::crypto::MsgCrypt;
+use crate::error::Error;
+
+const TEXT: &str = "text/plain; charset=utf-8";
+const XML: &str = "application/xml; charset=utf-8";
+const HTML: &str = "text/html; charset=utf-8";
+
+pub fn route(w: &mut Worker, rq: &Incoming) -> (&'static str, Reply) {
+    let segs: Vec<&str> = rq.path.trim_start_matches("/wechat/").split('/').collect();
+    match (rq.method, segs.as_slice()) {
+        (Method::Get | Method::Post, ["mp", appid]) => ("/wechat/mp/{appid}", mp(w, rq, appid)),
+        (Method::Get | Method::Post, ["work", corpid, agentid]) => (
+            "/wechat/work/{corpid}/{agentid}",
+            work(w, rq, corpid, agentid),
+        ),
+        (Method::Post, ["component", appid, "events"]) => (
+            "/wechat/component/{appid}/events",
+            component_events(w, rq, appid),
+        ),
+        (Method::Get, ["component", appid, "authorize"]) => (
+            "/wechat/component/{appid}/authorize",
+            authorize(w, rq, appid),
+        ),
+        (Method::Get, ["component", appid, "callback"]) => (
+            "/wechat/component/{appid}/callback",
+            component_callback(w, rq, appid),
+        ),
+        (_, ["mp", _] | ["work", _, _] | ["component", _, "events" | "authorize" | "callback"]) => {
+            ("-", super::method_not_allowed())
+        }
+        _ => ("-", super::not_found()),
+    }
+}
+
+/// A refusal: 401, nothing stored, the reason in the log only.
+fn refuse(what: &str, why: &dyn std::fmt::Display) -> Reply {
+    eprintln!("callback {what} refused: {why}");
+    Reply::text(401, TEXT, "unauthorized")
+}
+
+fn success() -> Reply {
+    Reply::text(200, TEXT, "success")
+}
+
+/// The query parameters a callback is signed with (missing ones are empty, and fail the check).
+struct Signed {
+    signature: String,
+    msg_signature: String,
+    timestamp: String,
+    nonce: String,
+    echostr: Option<String>,
+    safe: bool,
+}
+
+impl Signed {
+    fn from(rq: &Incoming) -> Signed {
+        let p = |k| rq.query_param(k).unwrap_or_default();
+        Signed {
+            signature: p("signature"),
+            msg_signature: p("msg_signature"),
+            timestamp: p("timestamp"),
+            nonce: p("nonce"),
+            echostr: rq.query_param("echostr"),
+            safe: rq.query_param("encrypt_type").as_deref() == Some("aes"),
+        }
+    }
+}
+
+fn crypt(
+    token: &str,
+    aes_key: Option<&str>,
+    prev: Option<&str>,
+    receive_id: &str,
+) -> Result<MsgCrypt, Rejected> {
+    let key = aes_key.ok_or(Rejected::Malformed("no EncodingAESKey is configured"))?;
+    MsgCrypt::new(token, key, prev, receive_id).map_err(Rejected::Crypto)
+}
+
+/// `/wechat/mp/{appid}`: plain GET verification; POST plain or safe mode.
+fn mp(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
+    let app = match w.db.app_by_appid(appid) {
+        Ok(Some(a)) => a,
+        Ok(None) => return refuse("mp", &"unknown app"),
+        Err(e) => return db_error(e),
+    };
+    let Some(token) = app.token.as_ref().map(|t| t.expose().to_string()) else {
+        return refuse("mp", &"the app has no callback token");
+    };
+    let s = Signed::from(rq);
+    if rq.method == Method::Get {
+        if !callback::plain_signature_ok(&token, &s.timestamp, &s.nonce, &s.signature) {
+            return refuse("mp", &Rejected::Signature);
+        }
+        return Reply::text(200, TEXT, s.echostr.unwrap_or_default());
+    }
+    let opened = if s.safe {
+        crypt(
+            &token,
+            app.aes_key.as_ref().map(|k| k.expose()),
+            app.prev_aes_key.as_ref().map(|k| k.expose()),
+            appid,
+        )
+        .and_then(|c| {
+            callback::open_encrypted(&c, &s.msg_signature, &s.timestamp, &s.nonce, &rq.body)
+                .map(|m| (m, Some(c)))
+        })
+    } else {
+        callback::open_plain(&token, &s.signature, &s.timestamp, &s.nonce, &rq.body)
+            .map(|m| (m, None))
+    };
+    match opened {
+        Ok((m, c)) => relay(w, &m, app.forward_url.as_deref(), c.as_ref(), &s),
+        Err(e) => refuse("mp", &e),
+    }
+}
+
+/// `/wechat/work/{corpid}/{agentid}`: encrypted echostr on GET; verify+decrypt on POST.
+fn work(w: &mut Worker, rq: &Incoming, corpid: &str, agentid: &str) -> Reply {
+    let agent = match w.db.work_agent(corpid, agentid) {
+        Ok(Some(a)) => a,
+        Ok(None) => return refuse("work", &"unknown agent"),
+        Err(e) => return db_error(e),
+    };
+    let Some(token) = agent.token.as_ref() else {
+        return refuse("work", &"the agent has no callback token");
+    };
+    let c = match crypt(
+        token.expose(),
+        agent.aes_key.as_ref().map(|k| k.expose()),
+        agent.prev_aes_key.as_ref().map(|k| k.expose()),
+        corpid,
+    ) {
+        Ok(c) => c,
+        Err(e) => return refuse("work", &e),
+    };
+    let s = Signed::from(rq);
+    if rq.method == Method::Get {
+        let echostr = s.echostr.clone().unwrap_or_default();
+        return match callback::wecom_echo(&c, &s.msg_signature, &s.timestamp, &s.nonce, &echostr) {
+            Ok(plain) => Reply::text(200, TEXT, plain),
+            Err(e) => refuse("work", &e),
+        };
+    }
+    match callback::open_encrypted(&c, &s.msg_signature, &s.timestamp, &s.nonce, &rq.body) {
+        Ok(m) => relay(w, &m, agent.forward_url.as_deref(), Some(&c), &s),
+        Err(e) => refuse("work", &e),
+    }
+}
+
+/// Forward a verified message when the account has a `forward_url`, and answer WeChat: the
+/// business reply (sealed in safe mode), or `success`.
+fn relay(
+    w: &Worker,
+    m: &Message,
+    forward_url: Option<&str>,
+    c: Option<&MsgCrypt>,
+    s: &Signed,
+) -> Reply {
+    let reply = forward_url
+        .filter(|u| !u.is_empty())
+        .and_then(|url| callback::forward(&w.shared.wechat, url, m));
+    match (reply, c) {
+        (None, _) => success(),
+        (Some(r), None) => Reply::text(200, XML, r),
+        (Some(r), Some(c)) => match crate::ids::random_bytes::<16>() {
+            Ok(random) => {
+                let ts = if s.timestamp.is_empty() {
+                    crate::ids::now().to_string()
+                } else {
+                    s.timestamp.clone()
+                };
+                Reply::text(200, XML, callback::seal(c, &r, &random, &ts, &s.nonce))
+            }
+            // No randomness: answering in clear text would leak, so say `success` instead.
+            Err(_) => success(),
+        },
+    }
+}
+
+/// `POST /wechat/component/{appid}/events`: always encrypted, receive id = the component appid.
+fn component_events(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
+    let comp = match w.db.component(appid) {
+        Ok(Some(c)) => c,
+        Ok(None) => return refuse("component", &"unknown component"),
+        Err(e) => return db_error(e),
+    };
+    let s = Signed::from(rq);
+    let opened = MsgCrypt::new(
+        comp.token.expose(),
+        comp.aes_key.expose(),
+        comp.prev_aes_key.as_ref().map(|k| k.expose()),
+        appid,
+    )
+    .map_err(Rejected::Crypto)
+    .and_then(|c| callback::open_encrypted(&c, &s.msg_signature, &s.timestamp, &s.nonce, &rq.body));
+    let m = match opened {
+        Ok(m) => m,
+        Err(e) => return refuse("component", &e),
+    };
+    match component::handle_event(&w.shared.broker, &w.db, appid, &m.fields) {
+        Ok(outcome) => {
+            eprintln!("component {appid} event: {outcome:?}");
+            success()
+        }
+        // Malformed events will not improve on a retry: acknowledge them.
+        Err(e @ (Error::BadRequest(_) | Error::NotFound(_))) => {
+            eprintln!("component {appid} event ignored: {e}");
+            success()
+        }
+        // WeChat or the database failed: a non-success answer makes WeChat push it again.
+        Err(e) => {
+            eprintln!("component {appid} event failed: {e}");
+            Reply::text(503, TEXT, "retry")
+        }
+    }
+}
+
+/// `GET /wechat/component/{appid}/authorize[?mobile=1&auth_type=N&biz_appid=ID]`.
+fn authorize(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
+    let comp = match w.db.component(appid) {
+        Ok(Some(c)) => c,
+        Ok(None) => return page(404, "Unknown platform", "No such third-party platform."),
+        Err(e) => return db_error(e),
+    };
+    let auth_type = match rq.query_param("auth_type").as_deref() {
+        None | Some("") => None,
+        Some(t @ ("1" | "2" | "3")) => t.parse().ok(),
+        Some(_) => return page(400, "Bad request", "auth_type must be 1, 2 or 3."),
+    };
+    let pre_auth_code = match component::pre_auth_code(&w.shared.broker, &w.db, appid) {
+        Ok(c) => c,
+        Err(e) => return error_page(e),
+    };
+    let redirect_uri = comp
+        .redirect_uri
+        .clone()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| own_callback(rq, appid));
+    let biz_appid = rq.query_param("biz_appid").filter(|b| !b.is_empty());
+    let link = AuthorizeLink {
+        component_appid: appid,
+        pre_auth_code: &pre_auth_code,
+        redirect_uri: &redirect_uri,
+        mobile: matches!(rq.query_param("mobile").as_deref(), Some("1" | "true")),
+        auth_type,
+        biz_appid: biz_appid.as_deref(),
+    };
+    let mut r = Reply::text(302, HTML, "");
+    r.headers.push(("Location", link.url()));
+    r.headers.push(("Cache-Control", "no-store".into()));
+    r
+}
+
+/// This server's own callback URL, from the Host header (and `X-Forwarded-Proto` behind a
+/// TLS-terminating proxy).
+fn own_callback(rq: &Incoming, appid: &str) -> String {
+    let host = rq.header("Host").unwrap_or("localhost");
+    let scheme = match rq.header("X-Forwarded-Proto") {
+        Some(p) if p.eq_ignore_ascii_case("https") => "https",
+        _ => "http",
+    };
+    format!("{scheme}://{host}/wechat/component/{appid}/callback")
+}
+
+/// `GET /wechat/component/{appid}/callback?auth_code=..&expires_in=..`.
+fn component_callback(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
+    let Some(code) = rq.query_param("auth_code").filter(|c| !c.is_empty()) else {
+        return page(400, "Bad request", "The authorisation code is missing.");
+    };
+    match component::exchange_auth_code(&w.shared.broker, &w.db, appid, &code) {
+        Ok(a) => page(
+            200,
+            "Authorised",
+            &format!(
+                "Account {} has authorised this platform. You may close this page.",
+                html_escape(&a.authorizer_appid)
+            ),
+        ),
+        Err(e) => error_page(e),
+    }
+}
+
+fn error_page(e: Error) -> Reply {
+    eprintln!("component: {e}");
+    match e {
+        Error::NotFound(what) => page(404, "Not found", &format!("No such {what}.")),
+        Error::Upstream(u) if !u.is_transport() => page(
+            502,
+            "WeChat refused",
+            &format!(
+                "WeChat answered an error (errcode {}). Please start the authorisation again.",
+                u.errcode().unwrap_or(0)
+            ),
+        ),
+        Error::Upstream(_) => page(
+            502,
+            "WeChat unavailable",
+            "WeChat could not be reached. Please try again.",
+        ),
+        Error::Refused(_) => page(
+            503,
+            "Not ready",
+            "The platform has not received its verify ticket from WeChat yet. Please try again in a few minutes.",
+        ),
+        _ => page(500, "Error", "Something went wrong."),
+    }
+}
+
+fn page(status: u16, title: &str, text: &str) -> Reply {
+    Reply::text(
+        status,
+        HTML,
+        format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+             <body><h1>{title}</h1><p>{text}</p></body></html>"
+        ),
+    )
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn db_error(e: impl std::fmt::Display) -> Reply {
+    eprintln!("callback: database: {e}");
+    Reply::text(500, TEXT, "error")
+}

@@ -1,0 +1,460 @@
+//! WeChat-facing callbacks at the HTTP boundary: URL verification (official accounts with the
+//! plain signature, WeCom with WeCom's published example), safe-mode messages decrypted and
+//! relayed to a `forward_url` whose reply goes back encrypted, a slow business endpoint still
+//! answered in time, and every kind of forgery refused with 401 and nothing stored.
+
+use crate::component::{component_env, CKEY, COMPONENT, CTOKEN};
+use crate::harness::*;
+use base64::Engine;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use wafer::config::{Secret, WorkAgentDecl};
+use wafer::crypto::{sha1_sorted, MsgCrypt};
+
+const MP_TOKEN: &str = "mp-callback-token";
+const MP_KEY: &str = "ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210zyxwvut";
+
+// WeCom's published example (its encryption-scheme page), also pinned in src/crypto.rs.
+const WECOM_TOKEN: &str = "QDG6eK";
+const WECOM_KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
+const WECOM_CORPID: &str = "wx5823bf96d3bd56c7";
+const WECOM_AGENT: &str = "1000002";
+
+/// A business endpoint on loopback: records every body it is sent, waits `delay`, answers
+/// `reply`. Returns its URL and the bodies seen.
+fn forward_target(reply: &'static str, delay: Duration) -> (String, Arc<Mutex<Vec<Value>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let record = record.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut len = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let line = line.trim_end();
+                    if line.is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = line.split_once(':') {
+                        if k.eq_ignore_ascii_case("content-length") {
+                            len = v.trim().parse().unwrap();
+                        }
+                    }
+                }
+                let mut body = vec![0; len];
+                reader.read_exact(&mut body).unwrap();
+                record
+                    .lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                std::thread::sleep(delay);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+                    reply.len()
+                );
+            });
+        }
+    });
+    (url, seen)
+}
+
+fn mp_env(forward_url: Option<String>) -> Env {
+    Env::with(|c| {
+        c.apps[0].token = Some(Secret::new(MP_TOKEN));
+        c.apps[0].aes_key = Some(Secret::new(MP_KEY));
+        c.apps[0].forward_url = forward_url;
+        c.work_agents = vec![WorkAgentDecl {
+            corpid: WECOM_CORPID.into(),
+            agentid: WECOM_AGENT.into(),
+            secret: Secret::new("agent-secret"),
+            remark: String::new(),
+            token: Some(Secret::new(WECOM_TOKEN)),
+            aes_key: Some(Secret::new(WECOM_KEY)),
+            prev_aes_key: None,
+            forward_url: None,
+        }];
+    })
+}
+
+fn text_message(content: &str) -> String {
+    format!(
+        "<xml><ToUserName><![CDATA[gh_0123456789ab]]></ToUserName>\
+         <FromUserName><![CDATA[oUser1]]></FromUserName><CreateTime>1700000000</CreateTime>\
+         <MsgType><![CDATA[text]]></MsgType><Content><![CDATA[{content}]]></Content>\
+         <MsgId>1234567890123456</MsgId></xml>"
+    )
+}
+
+/// Deliver a message through the fake WeChat's push; returns (status, body).
+fn push(env: &Env, spec: Value) -> (i64, String) {
+    let r = env.mock_post("/__mock__/push", spec);
+    (
+        r["status"].as_i64().unwrap(),
+        r["body"].as_str().unwrap().to_string(),
+    )
+}
+
+fn mp_url(env: &Env) -> String {
+    env.url(&format!("/wechat/mp/{APPID}"))
+}
+
+#[test]
+fn official_account_url_verification() {
+    let env = mp_env(None);
+    let sig = sha1_sorted(&[MP_TOKEN, "1700000000", "nonce1"]);
+    let q = |sig: &str| {
+        format!("?signature={sig}&timestamp=1700000000&nonce=nonce1&echostr=5838479218127813673")
+    };
+    let (s, body) = env.request("GET", &format!("{}{}", mp_url(&env), q(&sig)), &[], None);
+    assert_eq!((s, body.as_str()), (200, "5838479218127813673"));
+    for url in [
+        format!(
+            "{}{}",
+            mp_url(&env),
+            q("0000000000000000000000000000000000000000")
+        ),
+        format!(
+            "{}?timestamp=1700000000&nonce=nonce1&echostr=x",
+            mp_url(&env)
+        ),
+        format!("{}{}", env.url("/wechat/mp/wxunknownapp0001"), q(&sig)),
+    ] {
+        let (s, body) = env.request("GET", &url, &[], None);
+        assert_eq!(s, 401, "{url}: {body}");
+        assert!(!body.contains("5838479218127813673"));
+    }
+}
+
+#[test]
+fn wecom_url_verification_with_the_published_example() {
+    let env = mp_env(None);
+    let echostr = "P9nAzCzyDtyTWESHep1vC5X9xho%2FqYX3Zpb4yKa9SKld1DsH3Iyt3tP3zNdtp%2B4RPcs8TgAE7OaBO%2BFZXvnaqQ%3D%3D";
+    let url = |sig: &str, nonce: &str| {
+        env.url(&format!(
+            "/wechat/work/{WECOM_CORPID}/{WECOM_AGENT}?msg_signature={sig}&timestamp=1409659589&nonce={nonce}&echostr={echostr}"
+        ))
+    };
+    let good = "5c45ff5e21c57e6ad56bac8758b79b1d9ac89fd3";
+    let (s, body) = env.request("GET", &url(good, "263014780"), &[], None);
+    assert_eq!((s, body.as_str()), (200, "1616140317555161061"));
+    let (s, _) = env.request("GET", &url(good, "263014781"), &[], None);
+    assert_eq!(s, 401);
+    let other = env.url(&format!(
+        "/wechat/work/{WECOM_CORPID}/9999?msg_signature={good}&timestamp=1409659589&nonce=263014780&echostr={echostr}"
+    ));
+    assert_eq!(env.request("GET", &other, &[], None).0, 401);
+}
+
+#[test]
+fn plain_and_safe_messages_without_forwarding_answer_success() {
+    let env = mp_env(None);
+    let plain = push(
+        &env,
+        json!({"url": mp_url(&env), "token": MP_TOKEN, "xml": text_message("hi"), "plain": true}),
+    );
+    assert_eq!(plain, (200, "success".into()));
+    let safe = push(
+        &env,
+        json!({"url": mp_url(&env), "token": MP_TOKEN, "aes_key": MP_KEY, "receive_id": APPID, "xml": text_message("hi")}),
+    );
+    assert_eq!(safe, (200, "success".into()));
+    let work = push(
+        &env,
+        json!({"url": env.url(&format!("/wechat/work/{WECOM_CORPID}/{WECOM_AGENT}")),
+               "token": WECOM_TOKEN, "aes_key": WECOM_KEY, "receive_id": WECOM_CORPID, "xml": text_message("hi")}),
+    );
+    assert_eq!(work, (200, "success".into()));
+}
+
+#[test]
+fn a_safe_mode_message_is_relayed_and_the_reply_encrypted() {
+    let reply = "<xml><ToUserName><![CDATA[oUser1]]></ToUserName><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[pong]]></Content></xml>";
+    let (url, seen) = forward_target(reply, Duration::ZERO);
+    let env = mp_env(Some(url));
+    let (s, body) = push(
+        &env,
+        json!({"url": mp_url(&env), "token": MP_TOKEN, "aes_key": MP_KEY, "receive_id": APPID,
+               "xml": text_message("ping"), "timestamp": "1700000001", "nonce": "n42"}),
+    );
+    assert_eq!(s, 200, "{body}");
+    // The business endpoint got the decrypted message as JSON.
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0]["Content"], "ping");
+    assert_eq!(seen[0]["MsgType"], "text");
+    assert_eq!(seen[0]["FromUserName"], "oUser1");
+    // WeChat gets the reply encrypted and signed for this app.
+    let envelope = wafer::callback::parse_xml(&body).unwrap();
+    let encrypt = envelope["Encrypt"].as_str().unwrap();
+    assert_eq!(envelope["TimeStamp"], "1700000001");
+    assert_eq!(envelope["Nonce"], "n42");
+    let c = MsgCrypt::new(MP_TOKEN, MP_KEY, None, APPID).unwrap();
+    assert!(c.verify(
+        envelope["MsgSignature"].as_str().unwrap(),
+        "1700000001",
+        "n42",
+        encrypt
+    ));
+    assert_eq!(c.decrypt(encrypt).unwrap(), reply);
+    // Plain mode: the reply goes back as it came.
+    let (s, body) = push(
+        &env,
+        json!({"url": mp_url(&env), "token": MP_TOKEN, "xml": text_message("ping"), "plain": true}),
+    );
+    assert_eq!((s, body.as_str()), (200, reply));
+}
+
+#[test]
+fn a_slow_business_endpoint_still_gets_wechat_an_answer_in_time() {
+    let (url, seen) = forward_target("<xml>late</xml>", Duration::from_secs(8));
+    let env = mp_env(Some(url));
+    let started = Instant::now();
+    let (s, body) = push(
+        &env,
+        json!({"url": mp_url(&env), "token": MP_TOKEN, "aes_key": MP_KEY, "receive_id": APPID, "xml": text_message("slow")}),
+    );
+    let took = started.elapsed();
+    assert_eq!((s, body.as_str()), (200, "success"));
+    assert!(took < Duration::from_millis(4500), "took {took:?}");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    // A dead endpoint is the same.
+    let env = mp_env(Some("http://127.0.0.1:9/hook".into()));
+    let (s, body) = push(
+        &env,
+        json!({"url": mp_url(&env), "token": MP_TOKEN, "aes_key": MP_KEY, "receive_id": APPID, "xml": text_message("dead")}),
+    );
+    assert_eq!((s, body.as_str()), (200, "success"));
+}
+
+/// AES-256-CBC of an already padded frame, with the account's key (IV = the key's first half).
+fn raw_encrypt(encoding_key: &str, padded: &[u8]) -> String {
+    use aes::cipher::{block_padding::NoPadding, BlockEncryptMut, KeyIvInit};
+    // An EncodingAESKey's last character usually has trailing bits set; WeChat ignores them.
+    let lenient = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+    );
+    let key = lenient.decode(format!("{encoding_key}=")).unwrap();
+    let ct = cbc::Encryptor::<aes::Aes256>::new_from_slices(&key, &key[..16])
+        .unwrap()
+        .encrypt_padded_vec_mut::<NoPadding>(padded);
+    base64::engine::general_purpose::STANDARD.encode(ct)
+}
+
+/// random(16) ‖ u32 BE length ‖ msg ‖ receive_id, and the pad length PKCS#7 to 32 would add.
+fn frame(msg: &str, receive_id: &str) -> (Vec<u8>, usize) {
+    let mut f = vec![7u8; 16];
+    f.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    f.extend_from_slice(msg.as_bytes());
+    f.extend_from_slice(receive_id.as_bytes());
+    let pad = 32 - f.len() % 32;
+    (f, pad)
+}
+
+#[test]
+fn forgeries_are_refused_with_401_and_nothing_stored() {
+    let (url, seen) = forward_target("<xml>should not be asked</xml>", Duration::ZERO);
+    let env = mp_env(Some(url));
+    let c = MsgCrypt::new(MP_TOKEN, MP_KEY, None, APPID).unwrap();
+    // A correctly signed POST of an arbitrary Encrypt value.
+    let post_signed = |path: &str, encrypt: &str| {
+        let sig = c.signature("1700000000", "n", encrypt);
+        let url = env.url(&format!(
+            "{path}?timestamp=1700000000&nonce=n&encrypt_type=aes&msg_signature={sig}"
+        ));
+        let body = format!(
+            "<xml><ToUserName>gh_x</ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>"
+        );
+        env.request("POST", &url, &[], Some(body.as_bytes()))
+    };
+    let mp_path = format!("/wechat/mp/{APPID}");
+    let good = c.encrypt(&text_message("x"), &[1; 16]);
+
+    // Each (name, status) of one forgery.
+    let mut cases: Vec<(&str, i64)> = Vec::new();
+    let wrong_token = push(
+        &env,
+        json!({"url": mp_url(&env), "token": "not-the-token", "aes_key": MP_KEY, "receive_id": APPID, "xml": text_message("x")}),
+    );
+    cases.push(("bad signature", wrong_token.0));
+    let wrong_rid = push(
+        &env,
+        json!({"url": mp_url(&env), "token": MP_TOKEN, "aes_key": MP_KEY, "receive_id": "wxsomeoneelse001", "xml": text_message("x")}),
+    );
+    cases.push(("wrong receive id", wrong_rid.0));
+    let wrong_key = push(
+        &env,
+        json!({"url": mp_url(&env), "token": MP_TOKEN, "aes_key": CKEY, "receive_id": APPID, "xml": text_message("x")}),
+    );
+    cases.push(("wrong key", wrong_key.0));
+    let plain_bad = push(
+        &env,
+        json!({"url": mp_url(&env), "token": "not-the-token", "xml": text_message("x"), "plain": true}),
+    );
+    cases.push(("plain bad signature", plain_bad.0));
+    let unknown = push(
+        &env,
+        json!({"url": env.url("/wechat/mp/wxunknownapp0001"), "token": MP_TOKEN, "aes_key": MP_KEY, "receive_id": "wxunknownapp0001", "xml": text_message("x")}),
+    );
+    cases.push(("unknown app", unknown.0));
+    let unknown_agent = push(
+        &env,
+        json!({"url": env.url(&format!("/wechat/work/{WECOM_CORPID}/42")), "token": WECOM_TOKEN, "aes_key": WECOM_KEY, "receive_id": WECOM_CORPID, "xml": text_message("x")}),
+    );
+    cases.push(("unknown WeCom agent", unknown_agent.0));
+    cases.push((
+        "truncated by 4 characters",
+        post_signed(&mp_path, &good[..good.len() - 4]).0 as i64,
+    ));
+    cases.push((
+        "truncated by a block",
+        post_signed(&mp_path, &{
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(&good)
+                .unwrap();
+            base64::engine::general_purpose::STANDARD.encode(&raw[..raw.len() - 16])
+        })
+        .0 as i64,
+    ));
+    let (mut f, pad) = frame(&text_message("x"), APPID);
+    let mut over = f.clone();
+    over.extend(std::iter::repeat_n((pad + 32) as u8, pad));
+    cases.push((
+        "re-padded beyond 32",
+        post_signed(&mp_path, &raw_encrypt(MP_KEY, &over)).0 as i64,
+    ));
+    let (mut f2, mut pad2) = (f.clone(), pad);
+    if pad2 < 2 {
+        f2.push(b' ');
+        pad2 = 32 - f2.len() % 32;
+    }
+    f2.extend(std::iter::repeat_n(0u8, pad2 - 1));
+    f2.push(pad2 as u8);
+    cases.push((
+        "re-padded inconsistently",
+        post_signed(&mp_path, &raw_encrypt(MP_KEY, &f2)).0 as i64,
+    ));
+    // AES's own 16-byte padding instead of WeChat's 32.
+    let pad16 = 16 - f.len() % 16;
+    f.extend(std::iter::repeat_n(pad16 as u8, pad16));
+    if f.len() % 32 != 0 {
+        cases.push((
+            "padded to 16-byte blocks",
+            post_signed(&mp_path, &raw_encrypt(MP_KEY, &f)).0 as i64,
+        ));
+    }
+    cases.push(("not base64", post_signed(&mp_path, "!!!!").0 as i64));
+    let (s, _) = env.request(
+        "POST",
+        &env.url(&format!(
+            "{mp_path}?timestamp=1&nonce=n&encrypt_type=aes&msg_signature=x"
+        )),
+        &[],
+        Some(b"<xml><Encrypt>abc</Encrypt></xml>"),
+    );
+    cases.push(("missing signature", s as i64));
+
+    for (name, status) in &cases {
+        assert_eq!(*status, 401, "{name}");
+    }
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "a refused message was forwarded"
+    );
+    // The server is still up and a genuine message still goes through.
+    assert_eq!(env.request("GET", &env.url("/healthz"), &[], None).0, 200);
+    let ok = push(
+        &env,
+        json!({"url": mp_url(&env), "token": MP_TOKEN, "aes_key": MP_KEY, "receive_id": APPID, "xml": text_message("x")}),
+    );
+    assert_eq!(ok.0, 200);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn forged_component_events_store_nothing() {
+    let env = component_env();
+    let events = env.url(&format!("/wechat/component/{COMPONENT}/events"));
+    let ticket_xml = format!(
+        "<xml><AppId>{COMPONENT}</AppId><InfoType>component_verify_ticket</InfoType>\
+         <ComponentVerifyTicket>ticket@@@forged</ComponentVerifyTicket></xml>"
+    );
+    for (name, spec) in [
+        (
+            "bad signature",
+            json!({"url": events, "token": "nope", "aes_key": CKEY, "receive_id": COMPONENT, "kind": "component", "xml": ticket_xml}),
+        ),
+        (
+            "wrong receive id",
+            json!({"url": events, "token": CTOKEN, "aes_key": CKEY, "receive_id": "wxothercomponent", "kind": "component", "xml": ticket_xml}),
+        ),
+        (
+            "wrong key",
+            json!({"url": events, "token": CTOKEN, "aes_key": MP_KEY, "receive_id": COMPONENT, "kind": "component", "xml": ticket_xml}),
+        ),
+        (
+            "plain",
+            json!({"url": events, "token": CTOKEN, "xml": ticket_xml, "plain": true}),
+        ),
+        (
+            "unknown component",
+            json!({"url": env.url("/wechat/component/wxnosuchcomponent/events"), "token": CTOKEN, "aes_key": CKEY, "receive_id": "wxnosuchcomponent", "kind": "component", "xml": ticket_xml}),
+        ),
+    ] {
+        assert_eq!(push(&env, spec).0, 401, "{name}");
+    }
+    let stored: Option<String> = env
+        .sql()
+        .query_row(
+            "SELECT verify_ticket FROM components WHERE appid = ?1",
+            [COMPONENT],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stored, None);
+    assert_eq!(env.count("authorizers"), 0);
+    // An `unauthorized` forgery revokes nothing either.
+    let revoke = format!(
+        "<xml><AppId>{COMPONENT}</AppId><InfoType>unauthorized</InfoType><AuthorizerAppid>wxa</AuthorizerAppid></xml>"
+    );
+    assert_eq!(
+        push(
+            &env,
+            json!({"url": events, "token": "nope", "aes_key": CKEY, "receive_id": COMPONENT, "kind": "component", "xml": revoke})
+        )
+        .0,
+        401
+    );
+    assert_eq!(env.request("GET", &env.url("/healthz"), &[], None).0, 200);
+}
+
+#[test]
+fn the_previous_aes_key_still_opens_messages_after_a_rotation() {
+    let mut env = mp_env(None);
+    const NEW_KEY: &str = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFG";
+    env.config.apps[0].aes_key = Some(Secret::new(NEW_KEY));
+    env.restart();
+    for key in [NEW_KEY, MP_KEY] {
+        let r = push(
+            &env,
+            json!({"url": mp_url(&env), "token": MP_TOKEN, "aes_key": key, "receive_id": APPID, "xml": text_message("x")}),
+        );
+        assert_eq!(r, (200, "success".into()), "{key}");
+    }
+    let r = push(
+        &env,
+        json!({"url": mp_url(&env), "token": MP_TOKEN, "aes_key": CKEY, "receive_id": APPID, "xml": text_message("x")}),
+    );
+    assert_eq!(r.0, 401);
+}

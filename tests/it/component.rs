@@ -1,0 +1,490 @@
+//! The Open Platform component at the HTTP boundary: tickets pushed by the fake WeChat, the
+//! component token, the authorisation redirect and callback, authoriser tokens refreshed with a
+//! rotated refresh token, revocation, restarts, and recovery after 61005.
+
+use crate::harness::*;
+use serde_json::{json, Value};
+use wafer::config::{ComponentDecl, Secret};
+
+pub const COMPONENT: &str = "wxcomponent00001";
+pub const CTOKEN: &str = "component-token";
+pub const CKEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+const AUTHORIZER: &str = "wxauthorizer0001";
+
+pub fn component_env() -> Env {
+    Env::with(|c| {
+        c.components = vec![ComponentDecl {
+            appid: COMPONENT.into(),
+            secret: Secret::new("component-secret"),
+            token: Secret::new(CTOKEN),
+            aes_key: Secret::new(CKEY),
+            prev_aes_key: None,
+            redirect_uri: None,
+        }]
+    })
+}
+
+fn events_url(env: &Env) -> String {
+    env.url(&format!("/wechat/component/{COMPONENT}/events"))
+}
+
+/// Push a fresh (or the given) verify ticket; returns the server's (status, body).
+fn push_ticket(env: &Env, ticket: Option<&str>) -> (i64, String) {
+    let mut body = json!({"url": events_url(env), "component_appid": COMPONENT, "token": CTOKEN, "aes_key": CKEY});
+    if let Some(t) = ticket {
+        body["ticket"] = json!(t);
+    }
+    let r = env.mock_post("/__mock__/component/push_ticket", body);
+    (
+        r["status"].as_i64().unwrap(),
+        r["body"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Push an encrypted authorisation event with these inner fields.
+fn push_event(env: &Env, info_type: &str, extra: &str) -> (i64, String) {
+    let xml = format!(
+        "<xml><AppId><![CDATA[{COMPONENT}]]></AppId><CreateTime>{}</CreateTime>\
+         <InfoType><![CDATA[{info_type}]]></InfoType>{extra}</xml>",
+        wafer::ids::now()
+    );
+    let r = env.mock_post(
+        "/__mock__/push",
+        json!({"url": events_url(env), "token": CTOKEN, "aes_key": CKEY,
+               "receive_id": COMPONENT, "kind": "component", "xml": xml}),
+    );
+    (
+        r["status"].as_i64().unwrap(),
+        r["body"].as_str().unwrap().to_string(),
+    )
+}
+
+fn component_token(env: &Env) -> (u16, Value) {
+    env.v1(
+        "GET",
+        &format!("/v1/components/{COMPONENT}/access_token"),
+        None,
+        None,
+    )
+}
+
+fn authorizer_token(env: &Env, authorizer: &str) -> (u16, Value) {
+    env.v1(
+        "GET",
+        &format!("/v1/components/{COMPONENT}/authorizers/{authorizer}/access_token"),
+        None,
+        None,
+    )
+}
+
+fn refresh_token(env: &Env, authorizer: &str) -> String {
+    env.sql()
+        .query_row(
+            "SELECT refresh_token FROM authorizers WHERE component_appid = ?1 AND authorizer_appid = ?2",
+            [COMPONENT, authorizer],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+/// A GET that does not follow redirects; returns (status, Location).
+fn get_no_redirect(url: &str) -> (u16, String) {
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    let r = match agent.get(url).call() {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("GET {url}: {e}"),
+    };
+    (r.status(), r.header("Location").unwrap_or("").to_string())
+}
+
+fn query_value(url: &str, key: &str) -> String {
+    let q = url.split_once('?').unwrap().1;
+    let q = q.split('#').next().unwrap();
+    q.split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| percent_decode(v))
+        .unwrap_or_else(|| panic!("{key} not in {url}"))
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn a_full_component_life_survives_restarts() {
+    let mut env = component_env();
+
+    // No ticket yet: a clear refusal, and nothing asked of WeChat.
+    let (s, v) = component_token(&env);
+    assert_eq!((s, v["error"].as_str()), (429, Some("refused")), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("ticket"), "{v}");
+    assert_eq!(env.calls("/cgi-bin/component/api_component_token"), 0);
+
+    // WeChat pushes the ticket; the component token follows from it.
+    assert_eq!(push_ticket(&env, None), (200, "success".into()));
+    let (s, ct) = component_token(&env);
+    assert_eq!(s, 200, "{ct}");
+    assert!(ct["access_token"].as_str().unwrap().starts_with("mock_ct_"));
+
+    // The ticket and the token survive a restart: no new upstream call.
+    env.restart();
+    let (s, again) = component_token(&env);
+    assert_eq!((s, &again["access_token"]), (200, &ct["access_token"]));
+    assert_eq!(env.calls("/cgi-bin/component/api_component_token"), 1);
+
+    // The authorisation redirect carries a fresh pre-auth code and our own callback.
+    let (s, location) = get_no_redirect(&env.url(&format!(
+        "/wechat/component/{COMPONENT}/authorize?auth_type=3"
+    )));
+    assert_eq!(s, 302);
+    assert!(
+        location.starts_with("https://mp.weixin.qq.com/cgi-bin/componentloginpage?"),
+        "{location}"
+    );
+    assert_eq!(query_value(&location, "component_appid"), COMPONENT);
+    assert_eq!(query_value(&location, "auth_type"), "3");
+    let redirect = query_value(&location, "redirect_uri");
+    assert_eq!(
+        redirect,
+        env.url(&format!("/wechat/component/{COMPONENT}/callback"))
+    );
+    let (_, mobile) = get_no_redirect(&env.url(&format!(
+        "/wechat/component/{COMPONENT}/authorize?mobile=1&biz_appid={AUTHORIZER}"
+    )));
+    assert!(
+        mobile.starts_with(
+            "https://open.weixin.qq.com/wxaopen/safe/bindcomponent?action=bindcomponent&no_scan=1&"
+        ) && mobile.ends_with("#wechat_redirect")
+            && query_value(&mobile, "biz_appid") == AUTHORIZER,
+        "{mobile}"
+    );
+
+    // The merchant authorises on WeChat's page (the fake WeChat spends the pre-auth code) and
+    // is sent back to the callback with an auth code.
+    let pre_auth_code = query_value(&location, "pre_auth_code");
+    let auth = env.mock_post(
+        "/__mock__/component/authorize",
+        json!({"component_appid": COMPONENT, "authorizer_appid": AUTHORIZER, "pre_auth_code": pre_auth_code}),
+    );
+    let code = auth["auth_code"].as_str().unwrap();
+    let (s, page) = env.request(
+        "GET",
+        &format!("{redirect}?auth_code={code}&expires_in=3600"),
+        &[],
+        None,
+    );
+    assert_eq!(s, 200, "{page}");
+    assert!(page.contains(AUTHORIZER), "{page}");
+
+    // The same code also arrives as an `authorized` event: acknowledged, nothing broken.
+    let (s, body) = push_event(
+        &env,
+        "authorized",
+        &format!("<AuthorizerAppid>{AUTHORIZER}</AuthorizerAppid><AuthorizationCode>{code}</AuthorizationCode>"),
+    );
+    assert_eq!((s, body.as_str()), (200, "success"));
+
+    let (s, list) = env.v1(
+        "GET",
+        &format!("/v1/components/{COMPONENT}/authorizers"),
+        None,
+        None,
+    );
+    assert_eq!(s, 200, "{list}");
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["authorizer_appid"], AUTHORIZER);
+    assert!(list[0]["authorized_at"].as_i64().unwrap() > 0);
+    assert!(list[0]["func_info"].is_array());
+
+    // The authoriser token from query_auth was seeded: served without another call.
+    let (s, at) = authorizer_token(&env, AUTHORIZER);
+    assert_eq!(s, 200, "{at}");
+    assert_eq!(env.calls("/cgi-bin/component/api_authorizer_token"), 0);
+    let first = at["access_token"].as_str().unwrap().to_string();
+    let first_refresh = refresh_token(&env, AUTHORIZER);
+
+    // Restart in the middle: the same token, still no call.
+    env.restart();
+    let (s, at) = authorizer_token(&env, AUTHORIZER);
+    assert_eq!(
+        (s, at["access_token"].as_str()),
+        (200, Some(first.as_str()))
+    );
+    assert_eq!(env.calls("/cgi-bin/component/api_authorizer_token"), 0);
+
+    // Expire it (move its clock) and restart: it is refreshed with the stored refresh token,
+    // and the rotated refresh token is stored.
+    let key = format!("component/{COMPONENT}/authorizer/{AUTHORIZER}/access_token");
+    env.sql()
+        .execute(
+            "UPDATE credentials SET expires_at = ?2 WHERE key = ?1",
+            rusqlite::params![key, wafer::ids::now() - 1],
+        )
+        .unwrap();
+    env.restart();
+    let (s, at) = authorizer_token(&env, AUTHORIZER);
+    assert_eq!(s, 200, "{at}");
+    let second = at["access_token"].as_str().unwrap().to_string();
+    assert_ne!(second, first);
+    assert_eq!(env.calls("/cgi-bin/component/api_authorizer_token"), 1);
+    let rotated = refresh_token(&env, AUTHORIZER);
+    assert_ne!(
+        rotated, first_refresh,
+        "the rotated refresh token is stored"
+    );
+    assert!(
+        env.mock_get(&format!("/__mock__/token_status?access_token={second}"))["valid"] == true
+    );
+
+    // The merchant revokes: WeChat says `unauthorized`; the token is gone and not refetched.
+    env.mock_post(
+        "/__mock__/component/revoke",
+        json!({"component_appid": COMPONENT, "authorizer_appid": AUTHORIZER}),
+    );
+    let (s, body) = push_event(
+        &env,
+        "unauthorized",
+        &format!("<AuthorizerAppid>{AUTHORIZER}</AuthorizerAppid>"),
+    );
+    assert_eq!((s, body.as_str()), (200, "success"));
+    let (s, v) = authorizer_token(&env, AUTHORIZER);
+    assert_eq!(s, 404, "{v}");
+    let (_, list) = env.v1(
+        "GET",
+        &format!("/v1/components/{COMPONENT}/authorizers"),
+        None,
+        None,
+    );
+    assert_eq!(list, json!([]));
+    let left: i64 = env
+        .sql()
+        .query_row(
+            "SELECT count(*) FROM credentials WHERE key LIKE 'component/%/authorizer/%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(left, 0);
+    assert_eq!(env.calls("/cgi-bin/component/api_authorizer_token"), 1);
+    env.restart();
+    assert_eq!(authorizer_token(&env, AUTHORIZER).0, 404);
+}
+
+#[test]
+fn an_authorized_event_alone_stores_the_authoriser() {
+    let env = component_env();
+    push_ticket(&env, None);
+    let auth = env.mock_post(
+        "/__mock__/component/authorize",
+        json!({"component_appid": COMPONENT, "authorizer_appid": "wxviaevent000001"}),
+    );
+    let code = auth["auth_code"].as_str().unwrap();
+    let (s, body) = push_event(
+        &env,
+        "authorized",
+        &format!("<AuthorizerAppid>wxviaevent000001</AuthorizerAppid><AuthorizationCode>{code}</AuthorizationCode><PreAuthCode>x</PreAuthCode>"),
+    );
+    assert_eq!((s, body.as_str()), (200, "success"));
+    let (s, v) = authorizer_token(&env, "wxviaevent000001");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(env.calls("/cgi-bin/component/api_query_auth"), 1);
+    // A code WeChat refuses for an unknown authoriser is worth a retry from WeChat.
+    let (s, _) = push_event(
+        &env,
+        "authorized",
+        "<AuthorizerAppid>wxnobody00000001</AuthorizerAppid><AuthorizationCode>queryauthcode@@@nope</AuthorizationCode>",
+    );
+    assert_eq!(s, 503);
+}
+
+#[test]
+fn a_new_ticket_recovers_from_61005() {
+    let env = component_env();
+    assert_eq!(
+        push_ticket(&env, Some("expired-ticket")),
+        (200, "success".into())
+    );
+    let (s, v) = component_token(&env);
+    assert_eq!((s, v["errcode"].as_i64()), (502, Some(61005)), "{v}");
+    // The callback routes say so in words rather than failing obscurely.
+    let (s, _) = get_no_redirect(&env.url(&format!("/wechat/component/{COMPONENT}/authorize")));
+    assert_eq!(s, 502);
+    push_ticket(&env, None);
+    let (s, v) = component_token(&env);
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = get_no_redirect(&env.url(&format!("/wechat/component/{COMPONENT}/authorize")));
+    assert_eq!(s, 302);
+}
+
+#[test]
+fn a_configured_redirect_uri_is_used_and_unknown_components_are_404() {
+    let env = Env::with(|c| {
+        c.components = vec![ComponentDecl {
+            appid: COMPONENT.into(),
+            secret: Secret::new("component-secret"),
+            token: Secret::new(CTOKEN),
+            aes_key: Secret::new(CKEY),
+            prev_aes_key: None,
+            redirect_uri: Some("https://platform.example/wx/done".into()),
+        }]
+    });
+    push_ticket(&env, None);
+    let (s, location) =
+        get_no_redirect(&env.url(&format!("/wechat/component/{COMPONENT}/authorize")));
+    assert_eq!(s, 302);
+    assert_eq!(
+        query_value(&location, "redirect_uri"),
+        "https://platform.example/wx/done"
+    );
+    for path in [
+        "/v1/components/wxnosuchcomponent/access_token".to_string(),
+        "/v1/components/wxnosuchcomponent/authorizers".to_string(),
+        format!("/v1/components/{COMPONENT}/authorizers/wxnobody/access_token"),
+    ] {
+        assert_eq!(env.v1("GET", &path, None, None).0, 404, "{path}");
+    }
+    assert_eq!(
+        get_no_redirect(&env.url("/wechat/component/wxnosuchcomponent/authorize")).0,
+        404
+    );
+}
+
+/// Authorise `authorizer` through the browser flow; returns the callback page's status.
+fn authorise(env: &Env, authorizer: &str) -> u16 {
+    let (s, location) =
+        get_no_redirect(&env.url(&format!("/wechat/component/{COMPONENT}/authorize")));
+    assert_eq!(s, 302, "{location}");
+    let auth = env.mock_post(
+        "/__mock__/component/authorize",
+        json!({"component_appid": COMPONENT, "authorizer_appid": authorizer,
+               "pre_auth_code": query_value(&location, "pre_auth_code")}),
+    );
+    let code = auth["auth_code"].as_str().unwrap();
+    let redirect = query_value(&location, "redirect_uri");
+    env.request(
+        "GET",
+        &format!("{redirect}?auth_code={code}&expires_in=3600"),
+        &[],
+        None,
+    )
+    .0
+}
+
+#[test]
+fn busy_dependent_steps_are_retried() {
+    let env = component_env();
+    push_ticket(&env, None);
+    env.fail(
+        json!({"path": "/cgi-bin/component/api_create_preauthcode", "errcode": -1, "times": 2}),
+    );
+    env.fail(json!({"path": "/cgi-bin/component/api_query_auth", "errcode": -1, "times": 1}));
+    assert_eq!(authorise(&env, AUTHORIZER), 200);
+    assert_eq!(env.calls("/cgi-bin/component/api_create_preauthcode"), 3);
+    assert_eq!(env.calls("/cgi-bin/component/api_query_auth"), 2);
+    assert_eq!(authorizer_token(&env, AUTHORIZER).0, 200);
+}
+
+#[test]
+fn authoriser_tokens_are_renewed_ahead_of_expiry_with_a_rotated_refresh_token() {
+    let env = component_env();
+    env.mock_post("/__mock__/config", json!({"token_lifetime_secs": 6}));
+    push_ticket(&env, None);
+    assert_eq!(authorise(&env, AUTHORIZER), 200);
+    let first_refresh = refresh_token(&env, AUTHORIZER);
+    let (_, at) = authorizer_token(&env, AUTHORIZER);
+    let first = at["access_token"].as_str().unwrap().to_string();
+    // Six-second tokens are renewed in the background about two seconds before they expire.
+    let started = std::time::Instant::now();
+    while env.calls("/cgi-bin/component/api_authorizer_token") == 0 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "never renewed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (s, at) = authorizer_token(&env, AUTHORIZER);
+    assert_eq!(s, 200, "{at}");
+    let second = at["access_token"].as_str().unwrap();
+    assert_ne!(second, first);
+    assert!(
+        env.mock_get(&format!("/__mock__/token_status?access_token={second}"))["valid"] == true
+    );
+    assert_ne!(refresh_token(&env, AUTHORIZER), first_refresh);
+}
+
+#[test]
+fn component_add_and_list_never_print_secrets() {
+    use crate::cli::{run, wafer};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let db = db.to_str().unwrap();
+    let add = |key: &str| {
+        run(wafer().args([
+            "component",
+            "add",
+            "--appid",
+            COMPONENT,
+            "--secret",
+            "very-secret-value",
+            "--token",
+            "very-secret-token",
+            "--aes-key",
+            key,
+            "--redirect-uri",
+            "https://platform.example/cb",
+            "--db",
+            db,
+        ]))
+    };
+    let (ok, _, err) = add("too-short");
+    assert!(!ok && err.contains("--aes-key"), "{err}");
+    let (ok, out, err) = add(CKEY);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("/wechat/component/{COMPONENT}/events")),
+        "{out}"
+    );
+    let (ok, out, err) = run(wafer().args(["component", "list", "--db", db]));
+    assert!(ok, "{err}");
+    assert!(out.contains(COMPONENT) && out.contains("none yet"), "{out}");
+    assert!(out.contains("https://platform.example/cb"), "{out}");
+    for secret in ["very-secret-value", "very-secret-token", CKEY] {
+        assert!(!out.contains(secret), "{out}");
+    }
+}
+
+#[test]
+fn a_rotated_component_key_keeps_the_previous_one_and_a_new_secret_drops_the_token() {
+    let mut env = component_env();
+    push_ticket(&env, None);
+    let (_, first) = component_token(&env);
+    const NEW_KEY: &str = "GFEDCBA9876543210zyxwvutsrqponmlkjihgfedcba";
+    env.config.components[0].aes_key = Secret::new(NEW_KEY);
+    env.config.components[0].secret = Secret::new("rotated-secret");
+    env.restart();
+    // Tickets encrypted with either key are accepted while WeChat switches over.
+    for key in [CKEY, NEW_KEY] {
+        let r = env.mock_post(
+            "/__mock__/component/push_ticket",
+            json!({"url": events_url(&env), "component_appid": COMPONENT, "token": CTOKEN, "aes_key": key}),
+        );
+        assert_eq!(r["body"], "success", "{key}");
+    }
+    let (s, second) = component_token(&env);
+    assert_eq!(s, 200, "{second}");
+    assert_ne!(second["access_token"], first["access_token"]);
+    assert_eq!(env.calls("/cgi-bin/component/api_component_token"), 2);
+}
