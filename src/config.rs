@@ -53,6 +53,9 @@ pub struct ServerConfig {
     pub workers: usize,
     pub max_body_bytes: usize,
     pub api_key: Secret,
+    /// How long one read or write on a client connection may make no progress, and how long a
+    /// whole request body may take (see `server::listen`).
+    pub io_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -136,6 +139,7 @@ impl Default for ServerConfig {
             workers: (2 * cores).max(4),
             max_body_bytes: 65536,
             api_key: Secret::default(),
+            io_timeout_ms: 10_000,
         }
     }
 }
@@ -251,6 +255,9 @@ impl Config {
         }
         if self.server.max_body_bytes < 1024 || self.server.max_body_bytes > 64 << 20 {
             return bad("server.max_body_bytes", "must be between 1024 and 67108864");
+        }
+        if self.server.io_timeout_ms < 100 || self.server.io_timeout_ms > 600_000 {
+            return bad("server.io_timeout_ms", "must be between 100 and 600000");
         }
         if self.storage.path.is_empty() {
             return bad("storage.path", "must not be empty");

@@ -1,0 +1,187 @@
+//! The listening socket and the limits that keep slow, idle or oversized clients from tying the
+//! server up. This is the only place that decides how long a client may take.
+//!
+//! Why it is built this way: tiny_http accepts on its own thread and gives every connection a
+//! thread of its own that reads the request line and headers, with no read timeout and no size
+//! limit; only then does one of our workers get the request and read the body. Three bounds
+//! close the gaps without touching tiny_http:
+//!
+//! 1. **Socket timeouts, inherited.** The listening socket is made here with socket2 and given
+//!    `SO_RCVTIMEO` and `SO_SNDTIMEO` (`server.io_timeout_ms`, default 10 s) before it is handed
+//!    to `tiny_http::Server::from_listener`. On Linux an accepted socket inherits these options
+//!    from its listener (the unit test below checks it on the machine it runs on). So every read
+//!    and write on every connection — tiny_http's header reads, our workers' body reads, the
+//!    response write — fails after that long without progress (Linux reports `EAGAIN`). An idle
+//!    client, or an idle keep-alive connection, is closed by tiny_http and its thread ends; a
+//!    client that stops reading its response frees the worker after one timeout.
+//!    The catch, found by trying it: `accept()` on a listener obeys `SO_RCVTIMEO` too, and
+//!    tiny_http's accept thread stops for good on its first accept error. So a **keeper** thread
+//!    connects to the listener over loopback every quarter timeout and closes at once; accept
+//!    never waits a whole timeout, and the empty connection costs tiny_http one EOF read. If the
+//!    accept thread ever stops anyway, the workers log it loudly (see `server::worker_loop`).
+//! 2. **A body deadline.** A worker reads the body in chunks and gives up with 408 once the whole
+//!    body has taken longer than the same timeout, so a byte-at-a-time body holds a worker for at
+//!    most about twice `io_timeout_ms`, never `max_body_bytes` times it.
+//! 3. **Head limits.** A URL over `MAX_URL_BYTES` is answered 414 and headers over
+//!    `MAX_HEADER_BYTES` in total 431, before any handler runs.
+//!
+//! What remains, and why it is acceptable: slow *headers* cost a tiny_http thread (a small
+//! stack, no worker) each until the per-read timeout fires, and tiny_http buffers a request head
+//! without a size cap while it arrives, so a fast client can make one connection's head large
+//! before the 431. Production deployments put wafer behind a reverse proxy (docs/operations.md),
+//! which caps head size and buffers bodies; the limits here make a directly exposed wafer
+//! degrade gracefully rather than stall.
+
+use super::Reply;
+use socket2::{Domain, Socket, Type};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The longest request target (path and query) accepted; WeChat's own callbacks are far shorter.
+pub const MAX_URL_BYTES: usize = 8 * 1024;
+/// The largest total size of request headers (names and values) accepted.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Bind `addr` with the socket timeouts set, and start tiny_http on it.
+pub fn bind(addr: SocketAddr, io_timeout: Duration) -> std::io::Result<tiny_http::Server> {
+    let listener = timed_listener(addr, io_timeout)?;
+    tiny_http::Server::from_listener(listener, None).map_err(std::io::Error::other)
+}
+
+/// A listening socket whose accepted connections inherit `io_timeout` on reads and writes.
+fn timed_listener(
+    addr: SocketAddr,
+    io_timeout: Duration,
+) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_read_timeout(Some(io_timeout))?;
+    socket.set_write_timeout(Some(io_timeout))?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// Start the keeper: a loopback connection to `addr` every quarter of `io_timeout`, so that
+/// tiny_http's accept (which inherits the timeout) always has something to accept in time.
+pub fn spawn_keeper(
+    addr: SocketAddr,
+    io_timeout: Duration,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<JoinHandle<()>> {
+    let target = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    };
+    let every = io_timeout / 4;
+    std::thread::Builder::new()
+        .name("accept-keeper".into())
+        .spawn(move || {
+            let mut next = Instant::now();
+            while !stop.load(Ordering::SeqCst) {
+                if Instant::now() >= next {
+                    // The connection is closed unused; tiny_http reads EOF and drops it.
+                    let _ = TcpStream::connect_timeout(&target, every);
+                    next = Instant::now() + every;
+                }
+                std::thread::sleep(every.min(Duration::from_millis(50)));
+            }
+        })
+}
+
+/// A ready 414 or 431 when the request head is over the limits.
+pub fn head_too_large(rq: &tiny_http::Request) -> Option<Reply> {
+    if rq.url().len() > MAX_URL_BYTES {
+        return Some(closing(Reply::error(
+            414,
+            "uri_too_long",
+            "request target is too long",
+            None,
+        )));
+    }
+    let total: usize = rq
+        .headers()
+        .iter()
+        .map(|h| h.field.as_str().as_str().len() + h.value.as_str().len() + 4)
+        .sum();
+    if total > MAX_HEADER_BYTES {
+        return Some(closing(Reply::error(
+            431,
+            "headers_too_large",
+            "request headers are too large",
+            None,
+        )));
+    }
+    None
+}
+
+/// The same reply, asking the client to close the connection.
+pub fn closing(mut r: Reply) -> Reply {
+    r.headers.push(("Connection", "close".into()));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// The design rests on accepted sockets inheriting the listener's timeouts: check it here.
+    #[test]
+    fn accepted_sockets_inherit_the_timeouts() {
+        let t = Duration::from_millis(300);
+        let l = timed_listener("127.0.0.1:0".parse().unwrap(), t).unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        let (mut accepted, _) = l.accept().unwrap();
+        assert_eq!(accepted.read_timeout().unwrap(), Some(t));
+        assert_eq!(accepted.write_timeout().unwrap(), Some(t));
+        // And the kernel really applies it: a read with nothing sent times out.
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 1];
+        let e = accepted.read(&mut buf).unwrap_err();
+        assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{e:?}"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        client.write_all(b"x").unwrap();
+        assert_eq!(accepted.read(&mut buf).unwrap(), 1);
+    }
+
+    /// Why the keeper exists: without a connection, accept itself times out.
+    #[test]
+    fn accept_obeys_the_timeout_too() {
+        let l = timed_listener("127.0.0.1:0".parse().unwrap(), Duration::from_millis(100)).unwrap();
+        let e = l.accept().unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e:?}");
+    }
+
+    /// With the keeper running, tiny_http keeps accepting long after several timeouts.
+    #[test]
+    fn server_outlives_idle_periods() {
+        let t = Duration::from_millis(200);
+        let stop = Arc::new(AtomicBool::new(false));
+        let server = bind("127.0.0.1:0".parse().unwrap(), t).unwrap();
+        let addr = server.server_addr().to_ip().unwrap();
+        let keeper = spawn_keeper(addr, t, stop.clone()).unwrap();
+        std::thread::sleep(t * 5);
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        let rq = server.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(rq.map(|r| r.url().to_string()).as_deref(), Some("/x"));
+        stop.store(true, Ordering::SeqCst);
+        keeper.join().unwrap();
+    }
+}
