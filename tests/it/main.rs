@@ -4,4 +4,5 @@
 mod cli;
 mod credentials;
 mod harness;
+mod robustness;
 mod sessions;
