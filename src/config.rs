@@ -301,6 +301,7 @@ mod tests {
         assert_eq!(c.server.listen, "127.0.0.1:5757");
         assert!(c.server.workers >= 4);
         assert_eq!(c.server.max_body_bytes, 65536);
+        assert_eq!(c.server.io_timeout_ms, 10_000);
         assert!(c.server.api_key.is_empty());
         assert_eq!(c.storage.path, "wafer.db");
         assert_eq!(c.wechat.api_base, "https://api.weixin.qq.com");
@@ -321,6 +322,12 @@ mod tests {
             let e = Config::parse(text).unwrap_err().0;
             assert!(e.contains(needle), "{text:?} gave {e:?}");
         }
+        let c = Config::parse("[server]\nio_timeout_ms = 5").unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .0
+            .starts_with("server.io_timeout_ms"));
         let mut c = Config::parse("[server]\nlisten = \"nowhere\"").unwrap();
         assert!(c.validate().unwrap_err().0.starts_with("server.listen"));
         c.server.listen = "127.0.0.1:1".into();
