@@ -25,10 +25,11 @@
 //! 3. **Head limits.** A URL over `MAX_URL_BYTES` is answered 414 and headers over
 //!    `MAX_HEADER_BYTES` in total 431, before any handler runs.
 //!
-//! What remains, and why it is acceptable: slow *headers* cost a tiny_http thread (a small
-//! stack, no worker) each until the per-read timeout fires, and tiny_http buffers a request head
-//! without a size cap while it arrives, so a fast client can make one connection's head large
-//! before the 431. Production deployments put wafer behind a reverse proxy (docs/operations.md),
+//! What remains, and why it is acceptable: a slow *head* costs a tiny_http thread (a small
+//! stack, never a worker) for as long as its client sends at least a byte per timeout, since the
+//! timeout bounds each read, not the whole head; and tiny_http buffers a request head without a
+//! size cap while it arrives, so a fast client can make one connection's head large before the
+//! 431. Neither can be bounded from outside tiny_http. Production deployments put wafer behind a reverse proxy (docs/operations.md),
 //! which caps head size and buffers bodies; the limits here make a directly exposed wafer
 //! degrade gracefully rather than stall.
 

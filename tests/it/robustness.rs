@@ -390,6 +390,10 @@ fn hundreds_of_idle_and_trickling_connections_do_not_stall_the_server() {
             s
         })
         .collect();
+    // tiny_http accepts the backlog one thread spawn at a time; on a loaded two-core CI box
+    // that takes a moment. Timing starts once it has caught up.
+    let (s, _) = env.request("GET", &env.url("/healthz"), &[], None);
+    assert_eq!(s, 200);
     let head = b"POST /mina_auth/ HTTP/1.1\r\nHost: a\r\nX-Slow: ";
     let started = Instant::now();
     let mut answered = 0;
@@ -413,7 +417,7 @@ fn hundreds_of_idle_and_trickling_connections_do_not_stall_the_server() {
     }
     assert!(answered >= 40, "only {answered} requests answered");
     assert!(
-        slowest < Duration::from_millis(500),
+        slowest < Duration::from_millis(io_timeout_ms / 2),
         "a request took {slowest:?}"
     );
     // The idle connections and the slow bodies were cut off by the timeouts: the server closed
