@@ -17,8 +17,11 @@
 //!    The catch, found by trying it: `accept()` on a listener obeys `SO_RCVTIMEO` too, and
 //!    tiny_http's accept thread stops for good on its first accept error. So a **keeper** thread
 //!    connects to the listener over loopback every quarter timeout and closes at once; accept
-//!    never waits a whole timeout, and the empty connection costs tiny_http one EOF read. If the
-//!    accept thread ever stops anyway, the workers log it loudly (see `server::worker_loop`).
+//!    never waits a whole timeout, and the empty connection costs tiny_http one EOF read. Should
+//!    the keeper ever be starved for that long, `Front` notices the stopped accept thread (its
+//!    error reaches a worker), logs it, and starts a new tiny_http server on a duplicate of the
+//!    same listening socket; the old one is kept for a few timeouts so that requests already
+//!    read on its connections are still answered.
 //! 2. **A body deadline.** A worker reads the body in chunks and gives up with 408 once the whole
 //!    body has taken longer than the same timeout, so a byte-at-a-time body holds a worker for at
 //!    most about twice `io_timeout_ms`, never `max_body_bytes` times it.
@@ -37,7 +40,7 @@ use super::Reply;
 use socket2::{Domain, Socket, Type};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -46,10 +49,108 @@ pub const MAX_URL_BYTES: usize = 8 * 1024;
 /// The largest total size of request headers (names and values) accepted.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
-/// Bind `addr` with the socket timeouts set, and start tiny_http on it.
-pub fn bind(addr: SocketAddr, io_timeout: Duration) -> std::io::Result<tiny_http::Server> {
-    let listener = timed_listener(addr, io_timeout)?;
-    tiny_http::Server::from_listener(listener, None).map_err(std::io::Error::other)
+/// tiny_http on a listening socket with timeouts, restarted if its accept thread ever stops.
+pub struct Front {
+    /// A duplicate of the socket handed to tiny_http, for restarts.
+    listener: std::net::TcpListener,
+    addr: SocketAddr,
+    /// How long a replaced server is still drained.
+    retire_after: Duration,
+    servers: Mutex<Servers>,
+}
+
+struct Servers {
+    current: Arc<tiny_http::Server>,
+    /// Replaced servers whose open connections may still deliver requests, and since when.
+    retired: Vec<(Arc<tiny_http::Server>, Instant)>,
+}
+
+impl Front {
+    /// Bind `addr` with the socket timeouts set, and start tiny_http on it.
+    pub fn bind(addr: SocketAddr, io_timeout: Duration) -> std::io::Result<Front> {
+        let listener = timed_listener(addr, io_timeout)?;
+        let addr = listener.local_addr()?;
+        let current = Arc::new(start_tiny_http(&listener)?);
+        Ok(Front {
+            listener,
+            addr,
+            retire_after: io_timeout * 3,
+            servers: Mutex::new(Servers {
+                current,
+                retired: Vec::new(),
+            }),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The next request, waiting up to `wait`: first anything a retired server still holds,
+    /// then the current server.
+    pub fn recv(&self, wait: Duration) -> Option<tiny_http::Request> {
+        let (current, any_retired) = {
+            let s = self.lock();
+            (s.current.clone(), !s.retired.is_empty())
+        };
+        if any_retired {
+            if let Some(rq) = self.try_recv_retired() {
+                return Some(rq);
+            }
+        }
+        match current.recv_timeout(wait) {
+            Ok(rq) => rq,
+            Err(e) => {
+                self.restart(&current, &e);
+                None
+            }
+        }
+    }
+
+    /// A request already waiting anywhere, without blocking (for the drain at shutdown).
+    pub fn try_recv(&self) -> Option<tiny_http::Request> {
+        let current = self.lock().current.clone();
+        match current.try_recv() {
+            Ok(Some(rq)) => Some(rq),
+            _ => self.try_recv_retired(),
+        }
+    }
+
+    fn try_recv_retired(&self) -> Option<tiny_http::Request> {
+        let retired: Vec<_> = self.lock().retired.iter().map(|(s, _)| s.clone()).collect();
+        retired.iter().find_map(|s| s.try_recv().ok().flatten())
+    }
+
+    /// Replace a server whose accept thread has stopped (once, whichever worker sees it).
+    fn restart(&self, dead: &Arc<tiny_http::Server>, e: &std::io::Error) {
+        let mut s = self.lock();
+        let retire_after = self.retire_after;
+        s.retired
+            .retain(|(_, since)| since.elapsed() < retire_after);
+        if !Arc::ptr_eq(&s.current, dead) {
+            return;
+        }
+        eprintln!("wafer: the accept loop stopped ({e}); starting a new one");
+        match start_tiny_http(&self.listener) {
+            Ok(new) => {
+                let old = std::mem::replace(&mut s.current, Arc::new(new));
+                s.retired.push((old, Instant::now()));
+            }
+            Err(e) => {
+                eprintln!("wafer: could not restart the accept loop: {e}");
+                drop(s);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Servers> {
+        self.servers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn start_tiny_http(listener: &std::net::TcpListener) -> std::io::Result<tiny_http::Server> {
+    tiny_http::Server::from_listener(listener.try_clone()?, None).map_err(std::io::Error::other)
 }
 
 /// A listening socket whose accepted connections inherit `io_timeout` on reads and writes.
@@ -174,15 +275,34 @@ mod tests {
     fn server_outlives_idle_periods() {
         let t = Duration::from_millis(200);
         let stop = Arc::new(AtomicBool::new(false));
-        let server = bind("127.0.0.1:0".parse().unwrap(), t).unwrap();
-        let addr = server.server_addr().to_ip().unwrap();
-        let keeper = spawn_keeper(addr, t, stop.clone()).unwrap();
+        let front = Front::bind("127.0.0.1:0".parse().unwrap(), t).unwrap();
+        let keeper = spawn_keeper(front.addr(), t, stop.clone()).unwrap();
         std::thread::sleep(t * 5);
-        let mut c = TcpStream::connect(addr).unwrap();
-        c.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
-        let rq = server.recv_timeout(Duration::from_secs(5)).unwrap();
-        assert_eq!(rq.map(|r| r.url().to_string()).as_deref(), Some("/x"));
+        assert_eq!(get(&front, "/x").as_deref(), Some("/x"));
         stop.store(true, Ordering::SeqCst);
         keeper.join().unwrap();
+    }
+
+    /// Without the keeper the accept thread stops; the front starts a new one.
+    #[test]
+    fn a_stopped_accept_loop_is_restarted() {
+        let t = Duration::from_millis(100);
+        let front = Front::bind("127.0.0.1:0".parse().unwrap(), t).unwrap();
+        std::thread::sleep(t * 4);
+        assert!(front.recv(Duration::from_millis(10)).is_none());
+        assert_eq!(get(&front, "/after").as_deref(), Some("/after"));
+    }
+
+    /// Send a GET and receive it through the front.
+    fn get(front: &Front, path: &str) -> Option<String> {
+        let mut c = TcpStream::connect(front.addr()).unwrap();
+        write!(c, "GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until {
+            if let Some(rq) = front.recv(Duration::from_millis(50)) {
+                return Some(rq.url().to_string());
+            }
+        }
+        None
     }
 }

@@ -1,4 +1,4 @@
-//! The HTTP server: the only module that touches tiny_http. An `Arc<tiny_http::Server>` shared
+//! The HTTP server: the only module that touches tiny_http. A `listen::Front` (tiny_http) shared
 //! by N worker threads, each with its own SQLite connection, each looping on `recv`. A request is
 //! read once into an `Incoming` (body bounded by `server.max_body_bytes`), routed to a dialect
 //! (`wafer`, `mina`, `v1`, `dev`), and answered with a `Reply`. A panic in a handler becomes a 500
@@ -199,12 +199,9 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         .parse()
         .map_err(|_| format!("server.listen {}: not HOST:PORT", config.server.listen))?;
     let io_timeout = Duration::from_millis(config.server.io_timeout_ms);
-    let server = listen::bind(listen, io_timeout)
+    let server = listen::Front::bind(listen, io_timeout)
         .map_err(|e| format!("server.listen {}: {e}", config.server.listen))?;
-    let addr = server
-        .server_addr()
-        .to_ip()
-        .ok_or("server.listen: not an IP address")?;
+    let addr = server.addr();
     let server = Arc::new(server);
     let workers_n = config.server.workers;
     let wechat = Arc::new(wechat);
@@ -257,23 +254,16 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
     })
 }
 
-fn worker_loop(worker: &mut Worker, server: &tiny_http::Server, stop: &AtomicBool) {
+fn worker_loop(worker: &mut Worker, server: &listen::Front, stop: &AtomicBool) {
     // A short receive timeout rather than `unblock()`: unblock tokens can be consumed by any
     // worker (including one draining), so counting them does not reliably wake every worker.
     while !stop.load(Ordering::SeqCst) {
-        match server.recv_timeout(Duration::from_millis(100)) {
-            Ok(Some(rq)) => serve(worker, rq),
-            Ok(None) => {}
-            // tiny_http's accept thread has stopped (it ends on its first accept error): say so
-            // loudly, since no new connection will be taken from here on.
-            Err(e) => {
-                eprintln!("wafer: the accept loop stopped: {e}");
-                std::thread::sleep(Duration::from_millis(5));
-            }
+        if let Some(rq) = server.recv(Duration::from_millis(100)) {
+            serve(worker, rq);
         }
     }
     // Drain what tiny_http already accepted, then leave.
-    while let Ok(Some(rq)) = server.try_recv() {
+    while let Some(rq) = server.try_recv() {
         serve(worker, rq);
     }
 }
