@@ -193,13 +193,13 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         };
         m.upstream(rec.path, code);
     });
-    let listen: SocketAddr = config
+    let listen_addr: SocketAddr = config
         .server
         .listen
         .parse()
         .map_err(|_| format!("server.listen {}: not HOST:PORT", config.server.listen))?;
     let io_timeout = Duration::from_millis(config.server.io_timeout_ms);
-    let server = listen::Front::bind(listen, io_timeout)
+    let server = listen::Front::bind(listen_addr, io_timeout)
         .map_err(|e| format!("server.listen {}: {e}", config.server.listen))?;
     let addr = server.addr();
     let server = Arc::new(server);
