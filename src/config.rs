@@ -53,6 +53,9 @@ pub struct ServerConfig {
     pub workers: usize,
     pub max_body_bytes: usize,
     pub api_key: Secret,
+    /// How long one read or write on a client connection may make no progress, and how long a
+    /// whole request body may take (see `server::listen`).
+    pub io_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -136,6 +139,7 @@ impl Default for ServerConfig {
             workers: (2 * cores).max(4),
             max_body_bytes: 65536,
             api_key: Secret::default(),
+            io_timeout_ms: 10_000,
         }
     }
 }
@@ -252,6 +256,9 @@ impl Config {
         if self.server.max_body_bytes < 1024 || self.server.max_body_bytes > 64 << 20 {
             return bad("server.max_body_bytes", "must be between 1024 and 67108864");
         }
+        if self.server.io_timeout_ms < 100 || self.server.io_timeout_ms > 600_000 {
+            return bad("server.io_timeout_ms", "must be between 100 and 600000");
+        }
         if self.storage.path.is_empty() {
             return bad("storage.path", "must not be empty");
         }
@@ -299,6 +306,7 @@ mod tests {
         assert_eq!(c.server.listen, "127.0.0.1:5757");
         assert!(c.server.workers >= 4);
         assert_eq!(c.server.max_body_bytes, 65536);
+        assert_eq!(c.server.io_timeout_ms, 10_000);
         assert!(c.server.api_key.is_empty());
         assert_eq!(c.storage.path, "wafer.db");
         assert_eq!(c.wechat.api_base, "https://api.weixin.qq.com");
@@ -319,6 +327,12 @@ mod tests {
             let e = Config::parse(text).unwrap_err().0;
             assert!(e.contains(needle), "{text:?} gave {e:?}");
         }
+        let c = Config::parse("[server]\nio_timeout_ms = 5").unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .0
+            .starts_with("server.io_timeout_ms"));
         let mut c = Config::parse("[server]\nlisten = \"nowhere\"").unwrap();
         assert!(c.validate().unwrap_err().0.starts_with("server.listen"));
         c.server.listen = "127.0.0.1:1".into();

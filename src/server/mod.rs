@@ -1,4 +1,4 @@
-//! The HTTP server: the only module that touches tiny_http. An `Arc<tiny_http::Server>` shared
+//! The HTTP server: the only module that touches tiny_http. A `listen::Front` (tiny_http) shared
 //! by N worker threads, each with its own SQLite connection, each looping on `recv`. A request is
 //! read once into an `Incoming` (body bounded by `server.max_body_bytes`), routed to a dialect
 //! (`wafer`, `mina`, `v1`, `dev`), and answered with a `Reply`. A panic in a handler becomes a 500
@@ -6,9 +6,13 @@
 
 mod callbacks;
 mod dev;
+mod listen;
 mod mina;
+mod purge;
 mod v1;
 mod wafer;
+
+pub use wafer::{parse_envelope, Fail};
 
 use crate::config::Config;
 use crate::credential::Broker;
@@ -130,6 +134,8 @@ pub struct Handle {
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
     refresher: Option<JoinHandle<()>>,
+    /// The session purger and the accept keeper (`purge`, `listen`).
+    background: Vec<JoinHandle<()>>,
     pub shared: Arc<Shared>,
 }
 
@@ -146,6 +152,9 @@ impl Handle {
         }
         if let Some(r) = self.refresher.take() {
             let _ = r.join();
+        }
+        for b in self.background.drain(..) {
+            let _ = b.join();
         }
     }
 }
@@ -243,12 +252,15 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         };
         m.upstream(rec.path, code);
     });
-    let server = tiny_http::Server::http(&config.server.listen)
+    let listen_addr: SocketAddr = config
+        .server
+        .listen
+        .parse()
+        .map_err(|_| format!("server.listen {}: not HOST:PORT", config.server.listen))?;
+    let io_timeout = Duration::from_millis(config.server.io_timeout_ms);
+    let server = listen::Front::bind(listen_addr, io_timeout)
         .map_err(|e| format!("server.listen {}: {e}", config.server.listen))?;
-    let addr = server
-        .server_addr()
-        .to_ip()
-        .ok_or("server.listen: not an IP address")?;
+    let addr = server.addr();
     let server = Arc::new(server);
     let workers_n = config.server.workers;
     let wechat = Arc::new(wechat);
@@ -266,6 +278,12 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         Db::open(&db_path).map_err(|e| format!("database {}: {e}", db_path.display()))?;
     let refresher = crate::credential::spawn_refresher(broker, refresher_db, stop.clone())
         .map_err(|e| format!("spawning the refresher: {e}"))?;
+    let purger_db =
+        Db::open(&db_path).map_err(|e| format!("database {}: {e}", db_path.display()))?;
+    let purger = purge::spawn(purger_db, stop.clone(), purge::PURGE_EVERY)
+        .map_err(|e| format!("spawning the purger: {e}"))?;
+    let keeper = listen::spawn_keeper(addr, io_timeout, stop.clone())
+        .map_err(|e| format!("spawning the accept keeper: {e}"))?;
     let mut workers = Vec::with_capacity(workers_n);
     for i in 0..workers_n {
         let db = Db::open(&db_path).map_err(|e| format!("database {}: {e}", db_path.display()))?;
@@ -290,23 +308,21 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         stop,
         workers,
         refresher: Some(refresher),
+        background: vec![purger, keeper],
         shared,
     })
 }
 
-fn worker_loop(worker: &mut Worker, server: &tiny_http::Server, stop: &AtomicBool) {
+fn worker_loop(worker: &mut Worker, server: &listen::Front, stop: &AtomicBool) {
     // A short receive timeout rather than `unblock()`: unblock tokens can be consumed by any
     // worker (including one draining), so counting them does not reliably wake every worker.
     while !stop.load(Ordering::SeqCst) {
-        match server.recv_timeout(Duration::from_millis(100)) {
-            Ok(Some(rq)) => serve(worker, rq),
-            Ok(None) => {}
-            // An accept error: nothing to answer; do not spin.
-            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        if let Some(rq) = server.recv(Duration::from_millis(100)) {
+            serve(worker, rq);
         }
     }
     // Drain what tiny_http already accepted, then leave.
-    while let Ok(Some(rq)) = server.try_recv() {
+    while let Some(rq) = server.try_recv() {
         serve(worker, rq);
     }
 }
@@ -324,7 +340,12 @@ fn serve(worker: &mut Worker, mut rq: tiny_http::Request) {
         None => (rq.url().to_string(), String::new()),
     };
     let limit = worker.shared.config.server.max_body_bytes;
-    let (route, reply) = match read_body(&mut rq, limit) {
+    let deadline = Duration::from_millis(worker.shared.config.server.io_timeout_ms);
+    let body = match listen::head_too_large(&rq) {
+        Some(reply) => Err(reply),
+        None => read_body(&mut rq, limit, deadline),
+    };
+    let (route, reply) = match body {
         Err(reply) => ("-", reply),
         Ok(body) => {
             let headers = rq
@@ -385,27 +406,66 @@ fn method_name(m: Method) -> &'static str {
 }
 
 /// The body, or a ready 413 when it is over the limit (checked on the declared length first,
-/// so an oversized upload is refused without being read).
-fn read_body(rq: &mut tiny_http::Request, limit: usize) -> Result<Vec<u8>, Reply> {
+/// so an oversized upload is refused without being read), or a ready 408 when it does not
+/// arrive within `deadline` (each read is also bounded by the socket timeout: `listen`).
+fn read_body(
+    rq: &mut tiny_http::Request,
+    limit: usize,
+    deadline: Duration,
+) -> Result<Vec<u8>, Reply> {
     let too_large = || {
-        let mut r = Reply::error(413, "payload_too_large", "request body is too large", None);
-        r.headers.push(("Connection", "close".into()));
-        r
+        listen::closing(Reply::error(
+            413,
+            "payload_too_large",
+            "request body is too large",
+            None,
+        ))
+    };
+    let too_slow = || {
+        listen::closing(Reply::error(
+            408,
+            "request_timeout",
+            "the request body did not arrive in time",
+            None,
+        ))
     };
     if rq.body_length().is_some_and(|n| n > limit) {
         return Err(too_large());
     }
+    let started = Instant::now();
+    let mut reader = rq.as_reader().take(limit as u64 + 1);
     let mut body = Vec::new();
-    match rq.as_reader().take(limit as u64 + 1).read_to_end(&mut body) {
-        Ok(_) if body.len() > limit => Err(too_large()),
-        Ok(_) => Ok(body),
-        Err(_) => Err(Reply::error(
-            400,
-            "bad_request",
-            "could not read the request body",
-            None,
-        )),
+    let mut chunk = [0u8; 8192];
+    loop {
+        match reader.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(too_slow())
+            }
+            Err(_) => {
+                return Err(listen::closing(Reply::error(
+                    400,
+                    "bad_request",
+                    "could not read the request body",
+                    None,
+                )))
+            }
+        }
+        if body.len() > limit {
+            return Err(too_large());
+        }
+        if started.elapsed() > deadline {
+            return Err(too_slow());
+        }
     }
+    Ok(body)
 }
 
 /// Route to a dialect. Returns the route pattern (the metrics label) and the reply.

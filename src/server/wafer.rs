@@ -119,20 +119,31 @@ impl<'a> Para<'a> {
     }
 }
 
+/// The envelope checks of CONTRACT §3, in their order (not JSON, no `interfaceName`, no `para`):
+/// the interface name and its `para` object. Pure, so the fuzz target calls it directly.
+pub fn parse_envelope(body: &[u8]) -> Result<(String, Map<String, Value>), Fail> {
+    let body: Value = serde_json::from_slice(body).map_err(|_| REQUEST_IS_NOT_JSON)?;
+    let Value::Object(mut body) = body else {
+        return Err(REQUEST_IS_NOT_JSON);
+    };
+    let mut interface = match body.remove("interface") {
+        Some(Value::Object(i)) => i,
+        _ => Map::new(),
+    };
+    let name = match interface.remove("interfaceName") {
+        Some(Value::String(n)) if !n.is_empty() => n,
+        _ => return Err(NO_INTERFACENAME_PARA),
+    };
+    match interface.remove("para") {
+        Some(Value::Object(para)) => Ok((name, para)),
+        _ => Err(NO_PARA),
+    }
+}
+
 fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Value), Fail> {
-    let body: Value = serde_json::from_slice(&rq.body).map_err(|_| REQUEST_IS_NOT_JSON)?;
-    let body = body.as_object().ok_or(REQUEST_IS_NOT_JSON)?;
-    let interface = body.get("interface").and_then(Value::as_object);
-    let name = interface
-        .and_then(|i| i.get("interfaceName"))
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-        .ok_or(NO_INTERFACENAME_PARA)?;
-    let para = interface
-        .and_then(|i| i.get("para"))
-        .and_then(Value::as_object)
-        .ok_or(NO_PARA)?;
-    let p = Para(para);
+    let (name, para) = parse_envelope(&rq.body)?;
+    let name = name.as_str();
+    let p = Para(&para);
     let now = crate::ids::now();
     if !SESSION_INTERFACES.contains(&name) && !CREDENTIAL_INTERFACES.contains(&name) {
         return Err(INTERFACENAME_PARA_ERR);

@@ -6,4 +6,5 @@ mod cli;
 mod component;
 mod credentials;
 mod harness;
+mod robustness;
 mod sessions;

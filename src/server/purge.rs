@@ -1,0 +1,34 @@
+//! The periodic purge of expired sessions inside `wafer serve`: one background thread with its
+//! own database connection, which deletes sessions past either clock once at start-up and then
+//! every `PURGE_EVERY`, and stops promptly when the server shuts down. Expired sessions already
+//! fail every check; purging only keeps the table (and `/metrics`' live count query) small.
+//! `wafer session purge` does the same once, by hand.
+
+use crate::store::Db;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How often expired sessions are deleted.
+pub const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Start the purge thread; it returns soon after `stop` is set.
+pub fn spawn(db: Db, stop: Arc<AtomicBool>, every: Duration) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("purger".into())
+        .spawn(move || {
+            let mut next = Instant::now();
+            while !stop.load(Ordering::SeqCst) {
+                if Instant::now() >= next {
+                    match db.purge_expired_sessions(crate::ids::now()) {
+                        Ok(0) => {}
+                        Ok(n) => eprintln!("purge: {n} expired session(s) deleted"),
+                        Err(e) => eprintln!("purge: {e}"),
+                    }
+                    next = Instant::now() + every;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+}
