@@ -85,7 +85,8 @@ fn a_corpus_of_malformed_requests_gets_defined_errors() {
         b"\"string\"".to_vec(),
         b"{\"a\":".to_vec(),
         b"\xff\xfe\x00garbage".to_vec(),
-        b"code=abc&app_id=1".to_vec(),
+        // A well-formed /mina form, but for an app that does not exist.
+        b"code=abc&app_id=999".to_vec(),
         b"<xml><a>1</a></xml>".to_vec(),
         "{\"interface\":{\"interfaceName\":\"qcloud.cam.id_skey\",\"para\":{\"code\":\"\u{0}\"}}}"
             .as_bytes()
