@@ -238,8 +238,17 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
 fn worker_loop(worker: &mut Worker, server: &tiny_http::Server, stop: &AtomicBool) {
     // A short receive timeout rather than `unblock()`: unblock tokens can be consumed by any
     // worker (including one draining), so counting them does not reliably wake every worker.
+    // Request log lines are batched while requests are queued, and written before waiting.
+    crate::log::batch_this_thread();
     while !stop.load(Ordering::SeqCst) {
-        match server.recv_timeout(Duration::from_millis(100)) {
+        let next = match server.try_recv() {
+            Ok(Some(rq)) => Ok(Some(rq)),
+            _ => {
+                crate::log::flush();
+                server.recv_timeout(Duration::from_millis(100))
+            }
+        };
+        match next {
             Ok(Some(rq)) => serve(worker, rq),
             Ok(None) => {}
             // An accept error: nothing to answer; do not spin.
@@ -250,6 +259,7 @@ fn worker_loop(worker: &mut Worker, server: &tiny_http::Server, stop: &AtomicBoo
     while let Ok(Some(rq)) = server.try_recv() {
         serve(worker, rq);
     }
+    crate::log::flush();
 }
 
 /// Read, route, answer, log, count. Never panics out: a handler panic is answered with a 500.
@@ -308,13 +318,13 @@ fn serve(worker: &mut Worker, mut rq: tiny_http::Request) {
     let _ = rq.respond(resp);
     let elapsed = started.elapsed();
     worker.shared.metrics.request(route, status, elapsed);
-    eprintln!(
+    crate::log::line(format_args!(
         "{} {} {} {}us",
         method_name(method),
         path,
         status,
         elapsed.as_micros()
-    );
+    ));
 }
 
 fn method_name(m: Method) -> &'static str {
