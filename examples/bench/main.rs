@@ -9,7 +9,9 @@
 //!
 //! Options: `--secs S` per scenario (default 5), `--conns N` (32), `--small N` (10000) and
 //! `--large N` (1000000) sessions, `--workers N` (wafer's default: 2 × cores, at least 4),
-//! `--wafer PATH` (default: the `wafer` next to this example's directory).
+//! `--wafer PATH` (default: the `wafer` next to this example's directory), `--data DIR` (keep the
+//! large database there and reuse it next time), `--only TEXT` (of the 10k-session scenarios, run
+//! only those whose name contains TEXT; for profiling).
 
 mod loadgen;
 
@@ -32,6 +34,10 @@ struct Opts {
     large: u64,
     workers: usize,
     wafer: PathBuf,
+    /// Keep the large database here and reuse it on the next run (seeding 1M takes a while).
+    data: Option<PathBuf>,
+    /// Run only the 10k-session scenarios whose name contains this (for profiling).
+    only: Option<String>,
 }
 
 fn parse_opts() -> Opts {
@@ -48,6 +54,8 @@ fn parse_opts() -> Opts {
             .and_then(Path::parent)
             .map(|d| d.join("wafer"))
             .unwrap_or_else(|| PathBuf::from("wafer")),
+        data: None,
+        only: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -64,6 +72,8 @@ fn parse_opts() -> Opts {
             "--large" => o.large = v().parse().unwrap_or_else(|_| die("--large")),
             "--workers" => o.workers = v().parse().unwrap_or_else(|_| die("--workers")),
             "--wafer" => o.wafer = PathBuf::from(v()),
+            "--data" => o.data = Some(PathBuf::from(v())),
+            "--only" => o.only = Some(v()),
             _ => die(&format!("unknown option {a}")),
         }
     }
@@ -103,13 +113,24 @@ fn main() {
     );
 
     let t = Instant::now();
+    let large_db = match &o.data {
+        Some(d) => {
+            std::fs::create_dir_all(d).expect("--data directory");
+            d.join(format!("large-{}.db", o.large))
+        }
+        None => dir.path().join("large.db"),
+    };
+    if large_db.exists() {
+        eprintln!("reusing {}", large_db.display());
+    } else {
+        seed(&large_db, o.large);
+        eprintln!("seeded {} sessions in {:.1?}", o.large, t.elapsed());
+    }
+    // Seeded last: its sessions were visited just now, as the large one's are made to be below.
+    let t = Instant::now();
     let small_db = dir.path().join("small.db");
     seed(&small_db, o.small);
     eprintln!("seeded {} sessions in {:.1?}", o.small, t.elapsed());
-    let t = Instant::now();
-    let large_db = dir.path().join("large.db");
-    seed(&large_db, o.large);
-    eprintln!("seeded {} sessions in {:.1?}", o.large, t.elapsed());
 
     let mock = Proc::spawn(
         {
@@ -167,6 +188,12 @@ fn main() {
 
     let n = o.small;
     let run = |name: &str, make: Arc<MakeRequest>, check: Arc<Check>, rows: &mut Vec<Row>| {
+        if o.only
+            .as_ref()
+            .is_some_and(|only| !name.contains(only.as_str()))
+        {
+            return;
+        }
         let r = loadgen::run(server.addr, o.conns, warm, secs, make, check);
         rows.push(Row::new(name, r, server.hwm_kb()));
     };
@@ -215,6 +242,9 @@ fn main() {
         .expect("free port")
         .port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Sessions last visited two minutes ago: the first check of each slides `last_visit` (a
+    // write), as it does for a user back after a pause.
+    set_last_visit(&large_db, wafer::ids::now() - 120);
     let started = Instant::now();
     let server = serve(
         &o,
@@ -238,6 +268,21 @@ fn main() {
         std::thread::sleep(Duration::from_millis(1));
     };
     let big = o.large;
+    let r = loadgen::run(
+        server.addr,
+        o.conns,
+        warm,
+        secs,
+        Arc::new(move |c, s| check_rq(pick(c, s, big), big)),
+        Arc::new(|s, _| s == 200),
+    );
+    rows.push(Row::new(
+        &format!("check, {big} sessions, each slides last_visit (a write)"),
+        r,
+        server.hwm_kb(),
+    ));
+    // Now every session visited just now, like the small database: checks only read.
+    set_last_visit(&large_db, wafer::ids::now());
     let r = loadgen::run(
         server.addr,
         o.conns,
@@ -478,6 +523,17 @@ fn seed(path: &Path, n: u64) {
     c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
 }
 
+/// Set every session's `last_visit` (a whole-table update, then a checkpoint).
+fn set_last_visit(path: &Path, at: i64) {
+    let t = Instant::now();
+    let c = rusqlite::Connection::open(path).expect("open");
+    c.busy_timeout(Duration::from_secs(30)).unwrap();
+    c.execute("UPDATE sessions SET last_visit = ?1", [at])
+        .expect("update");
+    c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+    eprintln!("set last_visit of every session in {:.1?}", t.elapsed());
+}
+
 // ---- child processes ----
 
 struct Proc {
@@ -532,7 +588,18 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// SIGTERM (wafer then closes its database cleanly), SIGKILL after 5 s.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
