@@ -164,7 +164,7 @@ fn main() {
     );
     let body_size = body.len();
 
-    // The ceiling, with wafer idle beside it.
+    // The ceiling, with wafer idle beside it (and left running: see below).
     let ceiling = Proc::spawn(
         {
             let mut c = Command::new(std::env::current_exe().unwrap());
@@ -174,17 +174,23 @@ fn main() {
         &dir.path().join("ceiling.log"),
         "ceiling listening on http://",
     );
+    // The ceiling is measured right before each scenario, and each ratio is to that run: the
+    // machine's other load drifts over a run of minutes, and a pair seconds apart shares it.
     let get = request("GET", "/", b"");
-    let r = loadgen::run(
-        ceiling.addr,
-        o.conns,
-        warm,
-        secs,
-        Arc::new(move |_, _| get.clone()),
-        Arc::new(|s, _| s == 200),
-    );
-    rows.push(Row::new("ceiling (fixed JSON)", r, ceiling.hwm_kb()));
-    drop(ceiling);
+    let ceiling_run = || {
+        let get = get.clone();
+        loadgen::run(
+            ceiling.addr,
+            o.conns,
+            warm,
+            secs,
+            Arc::new(move |_, _| get.clone()),
+            Arc::new(|s, _| s == 200),
+        )
+    };
+    let r = ceiling_run();
+    let first = r.rps();
+    rows.push(Row::new("ceiling (fixed JSON)", r, ceiling.hwm_kb(), first));
 
     let n = o.small;
     let run = |name: &str, make: Arc<MakeRequest>, check: Arc<Check>, rows: &mut Vec<Row>| {
@@ -194,8 +200,9 @@ fn main() {
         {
             return;
         }
+        let c = ceiling_run().rps();
         let r = loadgen::run(server.addr, o.conns, warm, secs, make, check);
-        rows.push(Row::new(name, r, server.hwm_kb()));
+        rows.push(Row::new(name, r, server.hwm_kb(), c));
     };
     run(
         &format!("POST /v1/sessions/check ({n} sessions)"),
@@ -268,6 +275,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(1));
     };
     let big = o.large;
+    let c = ceiling_run().rps();
     let r = loadgen::run(
         server.addr,
         o.conns,
@@ -280,9 +288,11 @@ fn main() {
         &format!("check, {big} sessions, each slides last_visit (a write)"),
         r,
         server.hwm_kb(),
+        c,
     ));
     // Now every session visited just now, like the small database: checks only read.
     set_last_visit(&large_db, wafer::ids::now());
+    let c = ceiling_run().rps();
     let r = loadgen::run(
         server.addr,
         o.conns,
@@ -295,9 +305,11 @@ fn main() {
         &format!("POST /v1/sessions/check ({big} sessions)"),
         r,
         server.hwm_kb(),
+        c,
     ));
     drop(server);
     drop(mock);
+    drop(ceiling);
 
     print_table(&rows);
     println!();
@@ -322,13 +334,17 @@ struct Row {
     name: String,
     report: Report,
     hwm_kb: u64,
+    /// The ceiling's rate in the run just before this one.
+    ceiling_rps: f64,
 }
 
 impl Row {
-    fn new(name: &str, report: Report, hwm_kb: u64) -> Row {
+    fn new(name: &str, report: Report, hwm_kb: u64, ceiling_rps: f64) -> Row {
         eprintln!(
-            "{name}: {:.0} req/s, p99 {:.2} ms, {} errors",
+            "{name}: {:.0} req/s ({:.0}% of the ceiling's {:.0}), p99 {:.2} ms, {} errors",
             report.rps(),
+            100.0 * report.rps() / ceiling_rps,
+            ceiling_rps,
             report.quantile_ms(0.99),
             report.errors
         );
@@ -336,23 +352,24 @@ impl Row {
             name: name.to_string(),
             report,
             hwm_kb,
+            ceiling_rps,
         }
     }
 }
 
 fn print_table(rows: &[Row]) {
-    let ceiling = rows[0].report.rps();
     println!();
     println!(
-        "| scenario | req/s | vs ceiling | p50 ms | p99 ms | p99.9 ms | errors | peak RSS MB |"
+        "| scenario | req/s | ceiling req/s (paired) | vs ceiling | p50 ms | p99 ms | p99.9 ms | errors | peak RSS MB |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {:.0} | {:.0}% | {:.3} | {:.3} | {:.3} | {} | {:.1} |",
+            "| {} | {:.0} | {:.0} | {:.0}% | {:.3} | {:.3} | {:.3} | {} | {:.1} |",
             r.name,
             r.report.rps(),
-            100.0 * r.report.rps() / ceiling,
+            r.ceiling_rps,
+            100.0 * r.report.rps() / r.ceiling_rps,
             r.report.quantile_ms(0.5),
             r.report.quantile_ms(0.99),
             r.report.quantile_ms(0.999),
