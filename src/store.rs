@@ -142,6 +142,19 @@ impl Db {
         tx.commit()
     }
 
+    /// Leave checkpoints to someone else ([`Db::checkpoint`] on another connection): a
+    /// connection that commits otherwise copies the WAL back into the database itself every
+    /// thousand pages, and stalls the request it is serving (and every writer behind it).
+    pub fn no_autocheckpoint(&self) -> rusqlite::Result<()> {
+        self.conn.pragma_update(None, "wal_autocheckpoint", 0)
+    }
+
+    /// Copy what the WAL holds back into the database, without waiting for readers or writers.
+    pub fn checkpoint(&self) -> rusqlite::Result<()> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+    }
+
     /// `SELECT 1`: what `/healthz` asks.
     pub fn ping(&self) -> rusqlite::Result<()> {
         self.conn

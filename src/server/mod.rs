@@ -210,6 +210,7 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
     let mut workers = Vec::with_capacity(workers_n);
     for i in 0..workers_n {
         let db = Db::open(&db_path).map_err(|e| format!("database {}: {e}", db_path.display()))?;
+        let _ = db.no_autocheckpoint(); // the refresher thread checkpoints
         let mut worker = Worker {
             db,
             shared: shared.clone(),
