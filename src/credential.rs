@@ -589,6 +589,8 @@ pub fn spawn_refresher(
         .spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 broker.refresh_due(&db);
+                // The workers do not checkpoint (Db::no_autocheckpoint): this thread does.
+                let _ = db.checkpoint();
                 std::thread::sleep(Duration::from_millis(200));
             }
         })

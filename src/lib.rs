@@ -19,6 +19,7 @@ pub mod credential;
 pub mod crypto;
 pub mod error;
 pub mod ids;
+pub mod log;
 pub mod metrics;
 pub mod mock;
 pub mod server;

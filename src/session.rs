@@ -128,6 +128,33 @@ pub fn check(db: &Db, id: &str, skey: &str, app: Option<&App>, now: i64) -> Resu
     if app.is_some_and(|a| a.id != row.app_pk) {
         return Err(Error::AuthFail);
     }
+    within_clocks(db, row, &hash, now)
+}
+
+/// `resolve_app(db, Some(appid))` then `check(.., Some(&app), ..)`, with the same answers, but
+/// the app is looked up only on the way to a failure: a session of that app, found by the
+/// session query (which joins the app), proves that the app exists. One read instead of two.
+pub fn check_for_appid(
+    db: &Db,
+    id: &str,
+    skey: &str,
+    appid: &str,
+    now: i64,
+) -> Result<Session, Error> {
+    if ids::is_hex32(id) && ids::is_hex32(skey) {
+        let hash = ids::skey_hash(skey);
+        if let Some(row) = db.session(id, &hash)? {
+            if row.appid == appid {
+                return within_clocks(db, row, &hash, now);
+            }
+        }
+    }
+    let app = resolve_app(db, Some(appid))?;
+    check(db, id, skey, Some(&app), now)
+}
+
+/// The rest of a check once the row is found: both clocks, then the sliding write.
+fn within_clocks(db: &Db, row: SessionRow, hash: &[u8; 32], now: i64) -> Result<Session, Error> {
     if now > row.expires_at || now - row.last_visit > row.idle_secs {
         return Err(Error::AuthFail);
     }
@@ -135,7 +162,7 @@ pub fn check(db: &Db, id: &str, skey: &str, app: Option<&App>, now: i64) -> Resu
     // steps of a tenth of the window (at most a minute) keeps the expiry exact to that step.
     let step = (row.idle_secs / 10).min(60);
     if now - row.last_visit >= step.max(1) {
-        db.touch_session(&hash, now)
+        db.touch_session(hash, now)
             .map_err(|e| Error::SessionWrite(e.to_string()))?;
     }
     Ok(Session { row })

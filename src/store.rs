@@ -20,6 +20,16 @@ pub struct Db {
     conn: Connection,
 }
 
+/// Session writes in this process take turns here before asking SQLite for its write lock. SQLite
+/// waits for a busy lock by sleeping (1, 2, 5, 10 … 100 ms), so workers contending on it lose
+/// whole milliseconds; a mutex hands the turn over at once. Other processes (the CLI) are still
+/// handled by the busy timeout.
+static SESSION_WRITES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn session_write_turn() -> std::sync::MutexGuard<'static, ()> {
+    SESSION_WRITES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[derive(Debug, Clone)]
 pub struct App {
     pub id: i64,
@@ -132,6 +142,19 @@ impl Db {
         tx.commit()
     }
 
+    /// Leave checkpoints to someone else ([`Db::checkpoint`] on another connection): a
+    /// connection that commits otherwise copies the WAL back into the database itself every
+    /// thousand pages, and stalls the request it is serving (and every writer behind it).
+    pub fn no_autocheckpoint(&self) -> rusqlite::Result<()> {
+        self.conn.pragma_update(None, "wal_autocheckpoint", 0)
+    }
+
+    /// Copy what the WAL holds back into the database, without waiting for readers or writers.
+    pub fn checkpoint(&self) -> rusqlite::Result<()> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+    }
+
     /// `SELECT 1`: what `/healthz` asks.
     pub fn ping(&self) -> rusqlite::Result<()> {
         self.conn
@@ -227,6 +250,7 @@ impl Db {
     /// Record a login: upsert the user, insert the session, evict the oldest sessions beyond
     /// the cap. One transaction: either all of it is stored or none.
     pub fn record_login(&mut self, w: &LoginWrite) -> rusqlite::Result<LoginResult> {
+        let _turn = session_write_turn();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -312,6 +336,7 @@ impl Db {
 
     /// Slide a session's `last_visit`.
     pub fn touch_session(&self, skey_hash: &[u8; 32], now: i64) -> rusqlite::Result<()> {
+        let _turn = session_write_turn();
         self.conn
             .prepare_cached(
                 "UPDATE sessions SET last_visit = ?2 WHERE skey_hash = ?1 AND last_visit < ?2",
@@ -321,6 +346,7 @@ impl Db {
     }
 
     pub fn revoke_session(&self, skey_hash: &[u8; 32]) -> rusqlite::Result<bool> {
+        let _turn = session_write_turn();
         Ok(self
             .conn
             .prepare_cached("DELETE FROM sessions WHERE skey_hash = ?1")?
@@ -329,6 +355,7 @@ impl Db {
     }
 
     pub fn set_user_info(&self, user_id: &str, user_info: &str, now: i64) -> rusqlite::Result<()> {
+        let _turn = session_write_turn();
         self.conn
             .prepare_cached("UPDATE users SET user_info = ?2, updated_at = ?3 WHERE id = ?1")?
             .execute(params![user_id, user_info, now])?;

@@ -269,12 +269,12 @@ pub fn log_call(rec: &CallRecord) {
         Ok(_) => "ok".to_string(),
         Err(e) => e.to_string(),
     };
-    eprintln!(
+    crate::log::line(format_args!(
         "upstream {} {} {}us",
         rec.path,
         result,
         rec.elapsed.as_micros()
-    );
+    ));
 }
 
 #[cfg(test)]

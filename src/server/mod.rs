@@ -287,6 +287,7 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
     let mut workers = Vec::with_capacity(workers_n);
     for i in 0..workers_n {
         let db = Db::open(&db_path).map_err(|e| format!("database {}: {e}", db_path.display()))?;
+        let _ = db.no_autocheckpoint(); // the refresher thread checkpoints
         let mut worker = Worker {
             db,
             shared: shared.clone(),
@@ -316,8 +317,17 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
 fn worker_loop(worker: &mut Worker, server: &listen::Front, stop: &AtomicBool) {
     // A short receive timeout rather than `unblock()`: unblock tokens can be consumed by any
     // worker (including one draining), so counting them does not reliably wake every worker.
+    // Request log lines are batched while requests are queued, and written before waiting.
+    crate::log::batch_this_thread();
     while !stop.load(Ordering::SeqCst) {
-        if let Some(rq) = server.recv(Duration::from_millis(100)) {
+        let next = match server.try_recv() {
+            Some(rq) => Some(rq),
+            None => {
+                crate::log::flush();
+                server.recv(Duration::from_millis(100))
+            }
+        };
+        if let Some(rq) = next {
             serve(worker, rq);
         }
     }
@@ -325,6 +335,7 @@ fn worker_loop(worker: &mut Worker, server: &listen::Front, stop: &AtomicBool) {
     while let Some(rq) = server.try_recv() {
         serve(worker, rq);
     }
+    crate::log::flush();
 }
 
 /// Read, route, answer, log, count. Never panics out: a handler panic is answered with a 500.
@@ -388,13 +399,13 @@ fn serve(worker: &mut Worker, mut rq: tiny_http::Request) {
     let _ = rq.respond(resp);
     let elapsed = started.elapsed();
     worker.shared.metrics.request(route, status, elapsed);
-    eprintln!(
+    crate::log::line(format_args!(
         "{} {} {} {}us",
         method_name(method),
         path,
         status,
         elapsed.as_micros()
-    );
+    ));
 }
 
 fn method_name(m: Method) -> &'static str {

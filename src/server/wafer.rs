@@ -176,8 +176,13 @@ fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Value), Fail
         }
         "qcloud.cam.auth" => {
             let (id, skey) = (p.str("id")?, p.str("skey")?);
-            let app = session::resolve_app(&w.db, p.opt_str("appid")?)?;
-            let s = session::check(&w.db, id, skey, Some(&app), now)?;
+            let s = match p.opt_str("appid")? {
+                Some(appid) => session::check_for_appid(&w.db, id, skey, appid, now)?,
+                None => {
+                    let app = session::resolve_app(&w.db, None)?;
+                    session::check(&w.db, id, skey, Some(&app), now)?
+                }
+            };
             Ok(("AUTH_SUCCESS", json!({"user_info": s.user_info()})))
         }
         "qcloud.cam.decrypt" => {

@@ -301,6 +301,15 @@ fn appid_picks_the_app_and_the_fallback_needs_exactly_one() {
         json!({"id": id, "skey": skey, "appid": APPID}),
     );
     assert_eq!(code(&r), (60012, "AUTH_FAIL"), "a session of another app");
+    let r = env.wafer(
+        "qcloud.cam.auth",
+        json!({"id": id, "skey": skey, "appid": "wxnosuchapp00003"}),
+    );
+    assert_eq!(
+        code(&r),
+        (1012, "NO_APPID"),
+        "a valid session, an unknown app"
+    );
     let r = env.wafer("qcloud.cam.auth", json!({"id": id, "skey": skey}));
     assert_eq!(code(&r), (1012, "NO_APPID"));
     // An official account does not count for the single-app fallback.
