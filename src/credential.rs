@@ -289,7 +289,7 @@ impl Broker {
             return Ok(st.credential(true).expect("checked"));
         }
         Err(match &st.last_error {
-            Some(e) => clone_error(e),
+            Some(e) => e.clone(),
             None => Error::Internal("refresh finished without a value".into()),
         })
     }
@@ -334,7 +334,7 @@ impl Broker {
                     .flatten();
                 // Back off the background renewal a little so a dead WeChat is not hammered.
                 st.refresh_at = ids::now() + 5;
-                st.last_error = Some(clone_error(&e));
+                st.last_error = Some(e.clone());
                 match fallback {
                     Some(c) => Ok(c),
                     None => Err(e),
@@ -530,6 +530,9 @@ impl Broker {
         if st.refreshing {
             return self.wait_for(&entry, st, now);
         }
+        // A refresh of the current token is a forced one (a stable token only changes with
+        // force_refresh), so it is held to the same limits as `get(.., force)`.
+        self.check_force_allowed(db, key, now)?;
         st.refreshing = true;
         // The value is known bad: forget it, so a failed refresh does not serve it again.
         st.value = None;
@@ -612,23 +615,6 @@ pub fn fetched(v: &Value, field: &str) -> Result<Fetched, Error> {
             expires_in,
         }),
         _ => Err(Error::Upstream(UpstreamError::Garbage)),
-    }
-}
-
-/// Errors are handed to every waiter; this copies the parts that matter.
-fn clone_error(e: &Error) -> Error {
-    match e {
-        Error::BadRequest(m) => Error::BadRequest(m.clone()),
-        Error::NoApp => Error::NoApp,
-        Error::AuthFail => Error::AuthFail,
-        Error::DecryptFail => Error::DecryptFail,
-        Error::Upstream(u) => Error::Upstream(u.clone()),
-        Error::CodeRejected(c) => Error::CodeRejected(*c),
-        Error::Db(m) => Error::Db(m.clone()),
-        Error::SessionWrite(m) => Error::SessionWrite(m.clone()),
-        Error::NotFound(w) => Error::NotFound(w),
-        Error::Refused(m) => Error::Refused(m.clone()),
-        Error::Internal(m) => Error::Internal(m.clone()),
     }
 }
 

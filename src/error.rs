@@ -5,7 +5,8 @@
 use crate::wechat::UpstreamError;
 use std::fmt;
 
-#[derive(Debug)]
+/// `Clone`: a refresh's error is handed to every caller that waited for it.
+#[derive(Debug, Clone)]
 pub enum Error {
     /// A required field is missing or of the wrong type; the text names the field.
     BadRequest(String),

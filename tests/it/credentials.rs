@@ -124,6 +124,13 @@ fn invalidate_refreshes_only_the_current_token() {
     );
     let (_, v) = token(&env);
     assert_eq!(v["access_token"], t2);
+    // Handing back the new current token at once is a second forced refresh within 30 s:
+    // refused like `force`, WeChat not called, and the current token still served.
+    let (s, v) = env.v1("POST", &path, Some(json!({"access_token": t2})), None);
+    assert_eq!((s, v["error"].as_str()), (429, Some("refused")), "{v}");
+    assert_eq!(env.calls(STABLE), 2);
+    let (_, v) = token(&env);
+    assert_eq!(v["access_token"], t2);
     let (s, v) = env.v1("POST", &path, Some(json!({})), None);
     assert_eq!((s, v["error"].as_str()), (400, Some("bad_request")));
 }
