@@ -621,3 +621,54 @@ fn wechats_published_vector_end_to_end() {
 }
 
 const DEMO_ENCRYPTED: &str = "CiyLU1Aw2KjvrjMdj8YKliAjtP4gsMZMQmRzooG2xrDcvSnxIMXFufNstNGTyaGS9uT5geRa0W4oTOb1WT7fJlAC+oNPdbB+3hVbJSRgv+4lGOETKUQz6OYStslQ142dNCuabNPGBzlooOmB231qMM85d2/fV6ChevvXvQP8Hkue1poOFtnEtpyxVLW1zAo6/1Xx1COxFvrc2d7UL/lmHInNlxuacJXwu0fjpXfz/YqYzBIBzD6WUfTIF9GRHpOn/Hz7saL8xz+W//FRAUid1OksQaQx4CMs8LOddcQhULW4ucetDf96JcR3g0gfRK4PC7E/r7Z6xNrXd2UIeorGj5Ef7b1pJAYB6Y5anaHqZ9J6nKEBvB4DnNLIVWSgARns/8wR2SiRS7MNACwTyrGvt9ts8p12PKFdlqYTopNHR1Vf7XjfhQlVsAJdNiKdYmYVoKlaRv85IfVunYzO0IKXsyl7JCUjCpoG20f0a04COwfneQAGGwd5oa+T8yO5hzuyDb/XcxxmK01EpqOyuxINew==";
+
+#[test]
+fn expired_sessions_are_purged_by_hand_and_at_start_up() {
+    let mut env = Env::new();
+    let (id, live, _) = env.login("pam");
+    env.login("quinn");
+    env.login("rosa");
+    // Users are stored in login order: quinn's session is past the absolute clock, rosa's idle
+    // past the sliding one, pam's live.
+    let user = |n: i64| format!("(SELECT id FROM users ORDER BY rowid LIMIT 1 OFFSET {n})");
+    let sql = env.sql();
+    let expire = format!(
+        "UPDATE sessions SET expires_at = strftime('%s','now') - 1 WHERE user_id = {}",
+        user(1)
+    );
+    sql.execute(&expire, []).unwrap();
+    let idle = format!(
+        "UPDATE sessions SET last_visit = last_visit - idle_secs - 10 WHERE user_id = {}",
+        user(2)
+    );
+    sql.execute(&idle, []).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wafer"))
+        .args(["session", "purge", "--db", env.db_path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "2 expired session(s) deleted"
+    );
+    assert_eq!(env.count("sessions"), 1);
+    let r = env.wafer("qcloud.cam.auth", json!({"id": id, "skey": live}));
+    assert_eq!(code(&r).0, 0, "the live session survives");
+
+    // The server's own purger runs at start-up.
+    env.sql()
+        .execute(
+            "UPDATE sessions SET expires_at = strftime('%s','now') - 1",
+            [],
+        )
+        .unwrap();
+    env.restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while env.count("sessions") > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the start-up purge did not run"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
