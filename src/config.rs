@@ -94,6 +94,24 @@ pub struct AppDecl {
     pub forward_url: Option<String>,
 }
 
+impl AppDecl {
+    /// A mini-program app with the same defaults a `[[app]]` table gets.
+    pub fn new(appid: &str, secret: &str) -> AppDecl {
+        AppDecl {
+            appid: appid.into(),
+            secret: Secret::new(secret),
+            kind: default_kind(),
+            title: String::new(),
+            login_days: default_login_days(),
+            session_secs: default_session_secs(),
+            token: None,
+            aes_key: None,
+            prev_aes_key: None,
+            forward_url: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkAgentDecl {

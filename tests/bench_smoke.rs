@@ -20,18 +20,7 @@ fn the_load_generator_produces_figures() {
     config.storage.path = dir.path().join("b.db").to_string_lossy().into_owned();
     config.wechat.api_base = mock.base_url();
     config.wechat.work_api_base = mock.base_url();
-    config.apps = vec![wafer::config::AppDecl {
-        appid: "wxbenchsmoke0001".into(),
-        secret: wafer::config::Secret::new("s"),
-        kind: "miniprogram".into(),
-        title: String::new(),
-        login_days: 30,
-        session_secs: 2_592_000,
-        token: None,
-        aes_key: None,
-        prev_aes_key: None,
-        forward_url: None,
-    }];
+    config.apps = vec![wafer::config::AppDecl::new("wxbenchsmoke0001", "s")];
     let server = wafer::server::start(config, false).unwrap();
     let addr = server.addr();
 

@@ -193,25 +193,29 @@ fn main() {
     rows.push(Row::new("ceiling (fixed JSON)", r, ceiling.hwm_kb(), first));
 
     let n = o.small;
-    let run = |name: &str, make: Arc<MakeRequest>, check: Arc<Check>, rows: &mut Vec<Row>| {
-        if o.only
-            .as_ref()
-            .is_some_and(|only| !name.contains(only.as_str()))
-        {
-            return;
-        }
-        let c = ceiling_run().rps();
-        let r = loadgen::run(server.addr, o.conns, warm, secs, make, check);
-        rows.push(Row::new(name, r, server.hwm_kb(), c));
-    };
+    // One scenario against `srv`, beside a fresh ceiling run (skipped when `--only` excludes it).
+    let run =
+        |name: &str, srv: &Proc, make: Arc<MakeRequest>, check: Arc<Check>, rows: &mut Vec<Row>| {
+            if o.only
+                .as_ref()
+                .is_some_and(|only| !name.contains(only.as_str()))
+            {
+                return;
+            }
+            let c = ceiling_run().rps();
+            let r = loadgen::run(srv.addr, o.conns, warm, secs, make, check);
+            rows.push(Row::new(name, r, srv.hwm_kb(), c));
+        };
     run(
         &format!("POST /v1/sessions/check ({n} sessions)"),
+        &server,
         Arc::new(move |c, s| check_rq(pick(c, s, n), n)),
         Arc::new(|s, _| s == 200),
         &mut rows,
     );
     run(
         "qcloud.cam.auth",
+        &server,
         Arc::new(move |c, s| auth_rq(pick(c, s, n))),
         Arc::new(envelope_ok),
         &mut rows,
@@ -220,18 +224,21 @@ fn main() {
     assert_eq!(status, 200, "token: {}", String::from_utf8_lossy(&body));
     run(
         "GET /v1/apps/{appid}/access_token (warm)",
+        &server,
         Arc::new(|_, _| token_rq()),
         Arc::new(|s, _| s == 200),
         &mut rows,
     );
     run(
         "qcloud.cam.id_skey (login via fake WeChat)",
+        &server,
         Arc::new(login_rq),
         Arc::new(envelope_ok),
         &mut rows,
     );
     run(
         "mixed (60% auth, 25% check, 10% token, 5% login)",
+        &server,
         Arc::new(move |c, s| match pick(c, s, 100) {
             0..=59 => auth_rq(pick(c, s + 1, n)),
             60..=84 => check_rq(pick(c, s + 1, n), n),
@@ -275,38 +282,22 @@ fn main() {
         std::thread::sleep(Duration::from_millis(1));
     };
     let big = o.large;
-    let c = ceiling_run().rps();
-    let r = loadgen::run(
-        server.addr,
-        o.conns,
-        warm,
-        secs,
+    run(
+        &format!("check, {big} sessions, each slides last_visit (a write)"),
+        &server,
         Arc::new(move |c, s| check_rq(pick(c, s, big), big)),
         Arc::new(|s, _| s == 200),
+        &mut rows,
     );
-    rows.push(Row::new(
-        &format!("check, {big} sessions, each slides last_visit (a write)"),
-        r,
-        server.hwm_kb(),
-        c,
-    ));
     // Now every session visited just now, like the small database: checks only read.
     set_last_visit(&large_db, wafer::ids::now());
-    let c = ceiling_run().rps();
-    let r = loadgen::run(
-        server.addr,
-        o.conns,
-        warm,
-        secs,
+    run(
+        &format!("POST /v1/sessions/check ({big} sessions)"),
+        &server,
         Arc::new(move |c, s| check_rq(pick(c, s, big), big)),
         Arc::new(|s, _| s == 200),
+        &mut rows,
     );
-    rows.push(Row::new(
-        &format!("POST /v1/sessions/check ({big} sessions)"),
-        r,
-        server.hwm_kb(),
-        c,
-    ));
     drop(server);
     drop(mock);
     drop(ceiling);

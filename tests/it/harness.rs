@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 use std::path::PathBuf;
-use wafer::config::{AppDecl, Config, Secret};
+use wafer::config::{AppDecl, Config};
 
 pub const APPID: &str = "wxtestapp0000001";
 pub const SECRET: &str = "test-secret";
@@ -18,18 +18,7 @@ pub struct Env {
 }
 
 pub fn app(appid: &str) -> AppDecl {
-    AppDecl {
-        appid: appid.into(),
-        secret: Secret::new(SECRET),
-        kind: "miniprogram".into(),
-        title: String::new(),
-        login_days: 30,
-        session_secs: 2_592_000,
-        token: None,
-        aes_key: None,
-        prev_aes_key: None,
-        forward_url: None,
-    }
+    AppDecl::new(appid, SECRET)
 }
 
 impl Env {
@@ -206,6 +195,15 @@ impl Drop for Env {
         }
     }
 }
+
+/// The keys of every Wafer answer, in the order clients depend on.
+pub const ENVELOPE_KEYS: [&str; 5] = [
+    "returnCode",
+    "returnMessage",
+    "returnData",
+    "version",
+    "componentName",
+];
 
 /// The envelope's (returnCode, returnMessage).
 pub fn code(r: &Value) -> (i64, &str) {

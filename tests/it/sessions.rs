@@ -23,16 +23,7 @@ fn login_answers_the_wafer_shape_byte_for_byte() {
     );
     assert_eq!(status, 200);
     let r: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(
-        keys(&r),
-        [
-            "returnCode",
-            "returnMessage",
-            "returnData",
-            "version",
-            "componentName"
-        ]
-    );
+    assert_eq!(keys(&r), ENVELOPE_KEYS);
     assert_eq!(code(&r), (0, "NEW_SESSION_SUCCESS"));
     assert_eq!(r["version"], 1);
     assert_eq!(r["componentName"], "MA");
@@ -239,17 +230,7 @@ fn envelope_errors_in_contract_order() {
         let (status, text) = env.post_raw("/mina_auth/", body);
         assert_eq!(status, 200, "{what}");
         let r: Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(
-            keys(&r),
-            [
-                "returnCode",
-                "returnMessage",
-                "returnData",
-                "version",
-                "componentName"
-            ],
-            "{what}"
-        );
+        assert_eq!(keys(&r), ENVELOPE_KEYS, "{what}");
         assert_eq!(code(&r), (*want_code, *want_msg), "{what}");
         assert_eq!(r["returnData"], "", "{what}");
     }
