@@ -147,7 +147,6 @@ fn main() {
     let secs = Duration::from_secs_f64(o.secs);
     let warm = Duration::from_millis(500);
 
-    // The session check's answer size, for the ceiling's body.
     let server = serve(
         &o,
         &small_db,
@@ -162,38 +161,48 @@ fn main() {
         "session check: {}",
         String::from_utf8_lossy(&body)
     );
-    let body_size = body.len();
 
-    // The ceiling, with wafer idle beside it (and left running: see below).
-    let ceiling = Proc::spawn(
-        {
-            let mut c = Command::new(std::env::current_exe().unwrap());
-            c.args(["ceiling", &o.workers.to_string(), &body_size.to_string()]);
-            c
-        },
-        &dir.path().join("ceiling.log"),
-        "ceiling listening on http://",
-    );
-    // The ceiling is measured right before each scenario, and each ratio is to that run: the
-    // machine's other load drifts over a run of minutes, and a pair seconds apart shares it.
-    let get = request("GET", "/", b"");
-    let ceiling_run = || {
-        let get = get.clone();
-        loadgen::run(
-            ceiling.addr,
+    // The ceiling is measured right before each scenario, with the very same requests and an
+    // answer of the same size as wafer's, and each ratio is to that run: the machine's other
+    // load drifts over a run of minutes, and a pair seconds apart shares it.
+    let ceiling_log = dir.path().join("ceiling.log");
+    let ceiling_run = |size: usize, make: &Arc<MakeRequest>| {
+        let ceiling = Proc::spawn(
+            {
+                let mut c = Command::new(std::env::current_exe().unwrap());
+                c.args(["ceiling", &o.workers.to_string(), &size.to_string()]);
+                c
+            },
+            &ceiling_log,
+            "ceiling listening on http://",
+        );
+        measure(
+            &ceiling,
             o.conns,
             warm,
             secs,
-            Arc::new(move |_, _| get.clone()),
+            make.clone(),
             Arc::new(|s, _| s == 200),
         )
     };
-    let r = ceiling_run();
-    let first = r.rps();
-    rows.push(Row::new("ceiling (fixed JSON)", r, ceiling.hwm_kb(), first));
+    let get: Arc<MakeRequest> = {
+        let get = request("GET", "/", b"");
+        Arc::new(move |_, _| get.clone())
+    };
+    let (r, cpu) = ceiling_run(body.len(), &get);
+    let (rps, hwm) = (r.rps(), 0);
+    rows.push(Row::new(
+        "ceiling (fixed JSON, GET /)",
+        r,
+        cpu,
+        hwm,
+        rps,
+        cpu,
+    ));
 
     let n = o.small;
-    // One scenario against `srv`, beside a fresh ceiling run (skipped when `--only` excludes it).
+    // One scenario against `srv`, right after the ceiling given the same requests (skipped when
+    // `--only` excludes it).
     let run =
         |name: &str, srv: &Proc, make: Arc<MakeRequest>, check: Arc<Check>, rows: &mut Vec<Row>| {
             if o.only
@@ -202,9 +211,11 @@ fn main() {
             {
                 return;
             }
-            let c = ceiling_run().rps();
-            let r = loadgen::run(srv.addr, o.conns, warm, secs, make, check);
-            rows.push(Row::new(name, r, srv.hwm_kb(), c));
+            // wafer's answer to this scenario, for the size of the ceiling's body.
+            let (_, answer) = one(srv.addr, &make(0, 1 << 50));
+            let (c, c_cpu) = ceiling_run(answer.len(), &make);
+            let (r, cpu) = measure(srv, o.conns, warm, secs, make, check);
+            rows.push(Row::new(name, r, cpu, srv.hwm_kb(), c.rps(), c_cpu));
         };
     run(
         &format!("POST /v1/sessions/check ({n} sessions)"),
@@ -250,60 +261,64 @@ fn main() {
     );
     drop(server);
 
-    // Scale: start-up to a healthy /healthz, then the same session check, at `large` sessions.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    // Sessions last visited two minutes ago: the first check of each slides `last_visit` (a
-    // write), as it does for a user back after a pause.
-    set_last_visit(&large_db, wafer::ids::now() - 120);
-    let started = Instant::now();
-    let server = serve(
-        &o,
-        &large_db,
-        &mock_base,
-        &dir.path().join("wafer-large.log"),
-        Some(port),
-    );
-    let healthy = loop {
-        if let Ok(mut s) = TcpStream::connect(addr) {
-            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n");
-            let mut out = Vec::new();
-            let _ = s.read_to_end(&mut out);
-            if out.starts_with(b"HTTP/1.1 200") {
-                break started.elapsed();
-            }
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            die("the server did not become healthy within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    };
+    // Scale (skipped with `--large 0`): start-up to a healthy /healthz, then the same session
+    // check, at `large` sessions.
     let big = o.large;
-    run(
-        &format!("check, {big} sessions, each slides last_visit (a write)"),
-        &server,
-        Arc::new(move |c, s| check_rq(pick(c, s, big), big)),
-        Arc::new(|s, _| s == 200),
-        &mut rows,
-    );
-    // Now every session visited just now, like the small database: checks only read.
-    set_last_visit(&large_db, wafer::ids::now());
-    run(
-        &format!("POST /v1/sessions/check ({big} sessions)"),
-        &server,
-        Arc::new(move |c, s| check_rq(pick(c, s, big), big)),
-        Arc::new(|s, _| s == 200),
-        &mut rows,
-    );
-    drop(server);
+    let mut healthy = None;
+    if big > 0 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        // Sessions last visited two minutes ago: the first check of each slides `last_visit` (a
+        // write), as it does for a user back after a pause.
+        set_last_visit(&large_db, wafer::ids::now() - 120);
+        let started = Instant::now();
+        let server = serve(
+            &o,
+            &large_db,
+            &mock_base,
+            &dir.path().join("wafer-large.log"),
+            Some(port),
+        );
+        healthy = Some(loop {
+            if let Ok(mut s) = TcpStream::connect(addr) {
+                let _ =
+                    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n");
+                let mut out = Vec::new();
+                let _ = s.read_to_end(&mut out);
+                if out.starts_with(b"HTTP/1.1 200") {
+                    break started.elapsed();
+                }
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                die("the server did not become healthy within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        });
+        run(
+            &format!("check, {big} sessions, each slides last_visit (a write)"),
+            &server,
+            Arc::new(move |c, s| check_rq(pick(c, s, big), big)),
+            Arc::new(|s, _| s == 200),
+            &mut rows,
+        );
+        // Now every session visited just now, like the small database: checks only read.
+        set_last_visit(&large_db, wafer::ids::now());
+        run(
+            &format!("POST /v1/sessions/check ({big} sessions)"),
+            &server,
+            Arc::new(move |c, s| check_rq(pick(c, s, big), big)),
+            Arc::new(|s, _| s == 200),
+            &mut rows,
+        );
+    }
     drop(mock);
-    drop(ceiling);
 
     print_table(&rows);
     println!();
+    let Some(healthy) = healthy else { return };
     println!(
         "start-up to a healthy /healthz with {big} sessions: {:.1} ms",
         healthy.as_secs_f64() * 1000.0
@@ -324,15 +339,26 @@ fn main() {
 struct Row {
     name: String,
     report: Report,
+    /// The server's CPU time (user + system) per counted request, in microseconds.
+    cpu_us: f64,
     hwm_kb: u64,
-    /// The ceiling's rate in the run just before this one.
+    /// The ceiling's rate and CPU per request in the run just before this one.
     ceiling_rps: f64,
+    ceiling_cpu_us: f64,
 }
 
 impl Row {
-    fn new(name: &str, report: Report, hwm_kb: u64, ceiling_rps: f64) -> Row {
+    fn new(
+        name: &str,
+        report: Report,
+        cpu_us: f64,
+        hwm_kb: u64,
+        ceiling_rps: f64,
+        ceiling_cpu_us: f64,
+    ) -> Row {
         eprintln!(
-            "{name}: {:.0} req/s ({:.0}% of the ceiling's {:.0}), p99 {:.2} ms, {} errors",
+            "{name}: {:.0} req/s ({:.0}% of the ceiling's {:.0}), p99 {:.2} ms, {} errors, \
+             {cpu_us:.1} µs CPU/request (ceiling {ceiling_cpu_us:.1})",
             report.rps(),
             100.0 * report.rps() / ceiling_rps,
             ceiling_rps,
@@ -342,8 +368,10 @@ impl Row {
         Row {
             name: name.to_string(),
             report,
+            cpu_us,
             hwm_kb,
             ceiling_rps,
+            ceiling_cpu_us,
         }
     }
 }
@@ -351,12 +379,12 @@ impl Row {
 fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "| scenario | req/s | ceiling req/s (paired) | vs ceiling | p50 ms | p99 ms | p99.9 ms | errors | peak RSS MB |"
+        "| scenario | req/s | ceiling req/s (paired) | vs ceiling | p50 ms | p99 ms | p99.9 ms | errors | CPU µs/req (ceiling) | peak RSS MB |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {:.0} | {:.0} | {:.0}% | {:.3} | {:.3} | {:.3} | {} | {:.1} |",
+            "| {} | {:.0} | {:.0} | {:.0}% | {:.3} | {:.3} | {:.3} | {} | {:.1} ({:.1}) | {:.1} |",
             r.name,
             r.report.rps(),
             r.ceiling_rps,
@@ -365,9 +393,47 @@ fn print_table(rows: &[Row]) {
             r.report.quantile_ms(0.99),
             r.report.quantile_ms(0.999),
             r.report.errors,
+            r.cpu_us,
+            r.ceiling_cpu_us,
             r.hwm_kb as f64 / 1024.0
         );
     }
+}
+
+/// Load `p` as `loadgen::run` does, and also take the CPU time `p` spent over the counted part
+/// of the run: (report, server CPU µs per counted request).
+fn measure(
+    p: &Proc,
+    conns: usize,
+    warm: Duration,
+    secs: Duration,
+    make: Arc<MakeRequest>,
+    check: Arc<Check>,
+) -> (Report, f64) {
+    let pid = p.child.id();
+    let at_start = std::thread::spawn(move || {
+        std::thread::sleep(warm);
+        cpu_ticks(pid)
+    });
+    let r = loadgen::run(p.addr, conns, warm, secs, make, check);
+    let end = cpu_ticks(pid);
+    let start = at_start.join().expect("cpu sampler");
+    let ticks_per_sec = 100.0; // USER_HZ on Linux
+    let cpu_us = (end - start) as f64 / ticks_per_sec * 1e6 / r.requests.max(1) as f64;
+    (r, cpu_us)
+}
+
+/// utime + stime of a process, in clock ticks (0 if it cannot be read).
+fn cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces) in parentheses.
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split(' ').collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
 }
 
 fn machine() -> String {
@@ -566,7 +632,9 @@ impl Proc {
         let t = Instant::now();
         loop {
             let text = std::fs::read_to_string(log).unwrap_or_default();
-            if let Some(line) = text.lines().find(|l| l.starts_with(prefix)) {
+            // Only a whole line: the child may be part-way through writing it.
+            let whole = text.split_inclusive('\n').filter(|l| l.ends_with('\n'));
+            if let Some(line) = whole.map(str::trim_end).find(|l| l.starts_with(prefix)) {
                 let a = line[prefix.len()..].split_whitespace().next().unwrap_or("");
                 p.addr = a
                     .parse()
