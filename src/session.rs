@@ -42,6 +42,20 @@ impl Session {
     pub fn user_info(&self) -> Value {
         parse_stored(self.row.user_info.as_deref())
     }
+
+    /// The same as [`Session::user_info`], as JSON text: the stored object as it is (this
+    /// server wrote it from a parsed value), or `null` when it is missing or not a valid JSON
+    /// object. Validated without building a tree, for the replies on the hot path.
+    pub fn user_info_json(&self) -> &str {
+        match self.row.user_info.as_deref() {
+            Some(s) if is_json_object(s) => s.trim(),
+            _ => "null",
+        }
+    }
+}
+
+fn is_json_object(s: &str) -> bool {
+    s.trim_start().starts_with('{') && serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok()
 }
 
 /// Pick the app: by appid when given, else the only mini-program app. `NoApp` otherwise.
@@ -218,4 +232,28 @@ fn parse_stored(s: Option<&str>) -> Value {
     s.and_then(|s| serde_json::from_str::<Value>(s).ok())
         .filter(Value::is_object)
         .unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_user_info_passes_through_only_as_a_valid_object() {
+        assert!(is_json_object(r#"{"nickName":"中文","a":[1,{"b":null}]}"#));
+        assert!(is_json_object(" {} "));
+        for bad in [
+            "",
+            "null",
+            "[1]",
+            "\"x\"",
+            "{",
+            r#"{"a":1} trailing"#,
+            r#"{"a":"\x"}"#,
+            "{}{}",
+        ] {
+            assert!(!is_json_object(bad), "{bad:?}");
+            assert_eq!(parse_stored(Some(bad)), Value::Null, "{bad:?}");
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! <server.api_key>` when a key is set. Errors are `{"error":CODE,"message":STR,"errcode"?}` with
 //! a 4xx/5xx status; internal detail goes to the log only.
 
-use super::{api_key_ok, Incoming, Method, Reply, Worker};
+use super::{api_key_ok, Incoming, Method, Obj, Reply, Worker};
 use crate::credential::{self, Credential, Key};
 use crate::error::Error;
 use crate::session::{self, Encrypted};
@@ -206,12 +206,12 @@ fn create_session(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
 fn check_session(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
     let b = Body::parse(rq)?;
     let s = session::check(&w.db, b.str("id")?, b.str("skey")?, None, crate::ids::now())?;
-    let mut v = json!({"appid": s.row.appid, "openid": s.row.openid});
-    if let Some(u) = &s.row.unionid {
-        v["unionid"] = json!(u);
-    }
-    v["user_info"] = s.user_info();
-    Ok(Reply::json(200, &v))
+    Ok(Obj::new()
+        .str("appid", &s.row.appid)
+        .str("openid", &s.row.openid)
+        .opt_str("unionid", s.row.unionid.as_deref())
+        .raw("user_info", s.user_info_json().as_bytes())
+        .reply(200))
 }
 
 fn decrypt(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
@@ -231,10 +231,10 @@ fn revoke(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
 }
 
 fn credential_reply(c: &Credential, field: &str) -> Reply {
-    let mut v = json!({});
-    v[field] = json!(c.value.expose());
-    v["expires_at"] = json!(c.expires_at);
-    Reply::json(200, &v)
+    Obj::new()
+        .str(field, c.value.expose())
+        .int("expires_at", c.expires_at)
+        .reply(200)
 }
 
 /// An app's token or ticket; unknown apps are 404 before anything is fetched.

@@ -3,7 +3,7 @@
 //! `{returnCode, returnMessage, returnData, version, componentName}` in that key order.
 //! Unmodified Wafer server SDKs depend on every name, type and order here.
 
-use super::{Incoming, Reply, Worker};
+use super::{Incoming, Obj, Reply, Worker};
 use crate::config::Secret;
 use crate::cos;
 use crate::credential::{Credential, Key};
@@ -44,21 +44,34 @@ impl From<Error> for Fail {
     }
 }
 
+/// `returnData`: a value, or JSON text already written (the hot path, `qcloud.cam.auth`).
+pub enum Data {
+    Tree(Value),
+    Text(Vec<u8>),
+}
+
+impl From<Value> for Data {
+    fn from(v: Value) -> Data {
+        Data::Tree(v)
+    }
+}
+
 pub fn handle(w: &mut Worker, rq: &Incoming) -> Reply {
     let (code, message, data) = match dispatch(w, rq) {
         Ok((message, data)) => (0, message, data),
-        Err(Fail(code, message)) => (code, message, json!("")),
+        Err(Fail(code, message)) => (code, message, Data::Text(b"\"\"".to_vec())),
     };
-    Reply::json(
-        200,
-        &json!({
-            "returnCode": code,
-            "returnMessage": message,
-            "returnData": data,
-            "version": 1,
-            "componentName": "MA",
-        }),
-    )
+    let envelope = Obj::new()
+        .int("returnCode", code)
+        .str("returnMessage", message);
+    let envelope = match &data {
+        Data::Tree(v) => envelope.value("returnData", v),
+        Data::Text(t) => envelope.raw("returnData", t),
+    };
+    envelope
+        .int("version", 1)
+        .str("componentName", "MA")
+        .reply(200)
 }
 
 /// The `para` object with typed accessors. Optional fields that are `null` or `""` count as
@@ -140,7 +153,7 @@ pub fn parse_envelope(body: &[u8]) -> Result<(String, Map<String, Value>), Fail>
     }
 }
 
-fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Value), Fail> {
+fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Data), Fail> {
     let (name, para) = parse_envelope(&rq.body)?;
     let name = name.as_str();
     let p = Para(&para);
@@ -172,7 +185,7 @@ fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Value), Fail
             } else {
                 "UPDATE_SESSION_SUCCESS"
             };
-            Ok((message, data))
+            Ok((message, data.into()))
         }
         "qcloud.cam.auth" => {
             let (id, skey) = (p.str("id")?, p.str("skey")?);
@@ -183,7 +196,8 @@ fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Value), Fail
                     session::check(&w.db, id, skey, Some(&app), now)?
                 }
             };
-            Ok(("AUTH_SUCCESS", json!({"user_info": s.user_info()})))
+            let data = Obj::new().raw("user_info", s.user_info_json().as_bytes());
+            Ok(("AUTH_SUCCESS", Data::Text(data.into_bytes())))
         }
         "qcloud.cam.decrypt" => {
             let (id, skey) = (p.str("id")?, p.str("skey")?);
@@ -192,7 +206,7 @@ fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Value), Fail
                 iv: p.opt_str("iv")?,
             };
             let (_, value) = session::decrypt(&w.db, id, skey, enc, now)?;
-            Ok(("DECRYPT_SUCCESS", value))
+            Ok(("DECRYPT_SUCCESS", value.into()))
         }
         "qcloud.cam.userinfo" => {
             let (id, skey) = (p.str("id")?, p.str("skey")?);
@@ -203,7 +217,7 @@ fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Value), Fail
             let (s, value) = session::set_user_info(&w.db, id, skey, enc, now)?;
             Ok((
                 "UPDATE_USERINFO_SUCCESS",
-                json!({"id": id, "skey": skey, "appid": s.row.appid, "user_info": value}),
+                json!({"id": id, "skey": skey, "appid": s.row.appid, "user_info": value}).into(),
             ))
         }
         "qcloud.mimi.access_token" => {
@@ -220,7 +234,8 @@ fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Value), Fail
             )?;
             Ok((
                 token_message(&c),
-                json!({"appid": appid, "access_token": c.value.expose(), "exp": c.expires_at}),
+                json!({"appid": appid, "access_token": c.value.expose(), "exp": c.expires_at})
+                    .into(),
             ))
         }
         "qcloud.work.initagent" => {
@@ -242,7 +257,7 @@ fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Value), Fail
                 .forget(&w.db, &Key::work_agent_prefix(corpid, &agentid))?;
             Ok((
                 "INIT_AGENT_SUCCESS",
-                json!({"corpid": corpid, "agentid": agentid}),
+                json!({"corpid": corpid, "agentid": agentid}).into(),
             ))
         }
         "qcloud.work.access_token" | "qcloud.work.ticket" | "qcloud.work.agent.ticket" => {
@@ -285,7 +300,7 @@ fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Value), Fail
             }
             data[field] = json!(c.value.expose());
             data["exp"] = json!(c.expires_at);
-            Ok((token_message(&c), data))
+            Ok((token_message(&c), data.into()))
         }
         "qcloud.cos.auth.reusable" | "qcloud.cos.auth.nonreusable" => {
             let (appid, bucket) = (p.ident("appid")?, p.str("bucket")?);
@@ -312,7 +327,7 @@ fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Value), Fail
                     cos::v4_rand()?,
                 )
             };
-            Ok(("COS_SIGN_SUCCESS", json!(sign)))
+            Ok(("COS_SIGN_SUCCESS", json!(sign).into()))
         }
         _ => Err(INTERFACENAME_PARA_ERR),
     }
