@@ -67,6 +67,42 @@ pub fn resolve_app(db: &Db, appid: Option<&str>) -> Result<App, Error> {
     app.ok_or(Error::NoApp)
 }
 
+/// Apps known to exist, for the credential routes, which need only that (the broker holds the
+/// token itself in memory): a hit skips a read transaction. An app is remembered for `ttl` after
+/// it was last read, so an app removed with the CLI (another process) stops being served within
+/// `ttl`; unknown appids are never remembered, so they cannot grow the map.
+pub struct KnownApps {
+    ttl: std::time::Duration,
+    seen: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+impl KnownApps {
+    pub fn new(ttl: std::time::Duration) -> KnownApps {
+        KnownApps {
+            ttl,
+            seen: Default::default(),
+        }
+    }
+
+    /// `Ok` when `appid` is a registered app (read from `db` at most once per `ttl`), else `NoApp`.
+    pub fn check(&self, db: &Db, appid: &str) -> Result<(), Error> {
+        let lock = || self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if lock().get(appid).is_some_and(|at| at.elapsed() < self.ttl) {
+            return Ok(());
+        }
+        match db.app_by_appid(appid)? {
+            Some(_) => {
+                lock().insert(appid.to_string(), std::time::Instant::now());
+                Ok(())
+            }
+            None => {
+                lock().remove(appid);
+                Err(Error::NoApp)
+            }
+        }
+    }
+}
+
 /// Pick the app by the numeric id of the `/mina` dialect.
 pub fn resolve_app_by_id(db: &Db, id: i64) -> Result<App, Error> {
     db.app_by_id(id)?.ok_or(Error::NoApp)

@@ -34,10 +34,17 @@ pub struct Shared {
     pub wechat: Arc<WeChat>,
     pub broker: Arc<Broker>,
     pub metrics: Arc<Metrics>,
+    /// Apps known to exist, for the credential routes (re-read at most once per
+    /// [`KNOWN_APP_TTL`]).
+    pub known_apps: crate::session::KnownApps,
     /// `wafer dev`: enables the `/dev/*` routes.
     pub dev: bool,
     pub db_path: PathBuf,
 }
+
+/// How long the credential routes trust that an app exists before reading it again: an app
+/// removed with the CLI while the server runs is still served tokens for at most this long.
+pub const KNOWN_APP_TTL: Duration = Duration::from_secs(1);
 
 /// One worker's own state: its database connection and the shared parts.
 pub struct Worker {
@@ -349,6 +356,7 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         wechat,
         broker: broker.clone(),
         metrics,
+        known_apps: crate::session::KnownApps::new(KNOWN_APP_TTL),
         dev,
         db_path: db_path.clone(),
     });

@@ -245,7 +245,7 @@ fn app_credential(
     force: bool,
     field: &str,
 ) -> Result<Reply, Error> {
-    session::resolve_app(&w.db, Some(appid))?;
+    w.shared.known_apps.check(&w.db, appid)?;
     let c = w.shared.broker.get(&w.db, &key, force)?;
     Ok(credential_reply(&c, field))
 }
@@ -253,7 +253,7 @@ fn app_credential(
 fn invalidate(w: &mut Worker, rq: &Incoming, appid: &str) -> Result<Reply, Error> {
     let b = Body::parse(rq)?;
     let stale = b.str("access_token")?;
-    session::resolve_app(&w.db, Some(appid))?;
+    w.shared.known_apps.check(&w.db, appid)?;
     let c = w.shared.broker.invalidate(
         &w.db,
         &Key::AppToken {
@@ -290,7 +290,7 @@ fn app_signature(w: &mut Worker, rq: &Incoming, appid: &str) -> Result<Reply, Er
     let b = Body::parse(rq)?;
     let url = b.str("url")?;
     let (nonce, ts) = nonce_and_timestamp(&b)?;
-    session::resolve_app(&w.db, Some(appid))?;
+    w.shared.known_apps.check(&w.db, appid)?;
     let ticket = w.shared.broker.get(
         &w.db,
         &Key::AppTicket {

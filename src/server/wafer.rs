@@ -224,7 +224,7 @@ fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Data), Fail>
             let appid = p.str("appid")?;
             let force = p.opt_bool("force")?;
             // Unknown apps stop here, so arbitrary appids never become broker entries.
-            session::resolve_app(&w.db, Some(appid))?;
+            w.shared.known_apps.check(&w.db, appid)?;
             let c = w.shared.broker.get(
                 &w.db,
                 &Key::AppToken {

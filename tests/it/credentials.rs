@@ -543,3 +543,29 @@ fn the_api_key_guards_credential_interfaces() {
     let (s, _) = env.v1("GET", &format!("/v1/apps/{APPID}/access_token"), None, None);
     assert_eq!(s, 401);
 }
+
+#[test]
+fn an_app_removed_with_the_cli_stops_being_served_within_a_second() {
+    let env = Env::new();
+    assert_eq!(token(&env).0, 200);
+    let db = env.db_path();
+    let (ok, _, err) = crate::cli::run(crate::cli::wafer().args([
+        "app",
+        "remove",
+        APPID,
+        "--db",
+        db.to_str().unwrap(),
+    ]));
+    assert!(ok, "{err}");
+    // Within the known-app window the token may still be served; past it, never.
+    std::thread::sleep(wafer::server::KNOWN_APP_TTL + Duration::from_millis(100));
+    let (s, v) = token(&env);
+    assert_eq!((s, v["error"].as_str()), (404, Some("unknown_app")), "{v}");
+    let r = env.wafer("qcloud.mimi.access_token", json!({"appid": APPID}));
+    assert_eq!(code(&r), (1012, "NO_APPID"));
+    // Unknown appids are answered from the database every time, and never remembered.
+    for _ in 0..3 {
+        let (s, _) = env.v1("GET", "/v1/apps/wxnosuchapp000001/access_token", None, None);
+        assert_eq!(s, 404);
+    }
+}
