@@ -9,7 +9,7 @@ use crate::session;
 use serde_json::{json, Value};
 
 pub fn route(w: &mut Worker, rq: &Incoming) -> (&'static str, Reply) {
-    match (rq.method, rq.path.as_str()) {
+    match (rq.method, rq.path) {
         (Method::Post, "/dev/encrypted_data") => (
             "/dev/encrypted_data",
             encrypted_data(w, rq).unwrap_or_else(error_reply),

@@ -79,7 +79,12 @@ pub fn route(w: &mut Worker, rq: &Incoming) -> (&'static str, Reply) {
             Reply::error(401, "unauthorized", "missing or wrong api key", None),
         );
     }
-    let segs: Vec<&str> = rq.path.trim_start_matches("/v1/").split('/').collect();
+    let segs: Vec<&str> = rq
+        .path
+        .strip_prefix("/v1/")
+        .unwrap_or(rq.path)
+        .split('/')
+        .collect();
     let (label, result): (&'static str, Result<Reply, Error>) = match (rq.method, segs.as_slice()) {
         (Method::Post, ["sessions"]) => ("/v1/sessions", create_session(w, rq)),
         (Method::Post, ["sessions", "check"]) => ("/v1/sessions/check", check_session(w, rq)),
