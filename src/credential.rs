@@ -230,6 +230,9 @@ impl Broker {
 
     fn entry(&self, key: &Key) -> Arc<Entry> {
         let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = map.get(key) {
+            return e.clone();
+        }
         map.entry(key.clone()).or_default().clone()
     }
 
