@@ -1,7 +1,9 @@
 //! The periodic purge of expired sessions inside `wafer serve`: one background thread with its
 //! own database connection, which deletes sessions past either clock once at start-up and then
 //! every `PURGE_EVERY`, and stops promptly when the server shuts down. Expired sessions already
-//! fail every check; purging only keeps the table (and `/metrics`' live count query) small.
+//! fail every check; purging only keeps the table (and `/metrics`' live count query) small. It
+//! never holds the write lock for long: the scan is a read, the deletions go in slices of
+//! `store::PURGE_SLICE` (see `Db::purge_expired_sessions`).
 //! `wafer session purge` does the same once, by hand.
 
 use crate::store::Db;
