@@ -176,21 +176,22 @@ fn main() {
             &ceiling_log,
             "ceiling listening on http://",
         );
-        measure(
+        let (r, cpu) = measure(
             &ceiling,
             o.conns,
             warm,
             secs,
             make.clone(),
             Arc::new(|s, _| s == 200),
-        )
+        );
+        (r, cpu, ceiling.hwm_kb())
     };
     let get: Arc<MakeRequest> = {
         let get = request("GET", "/", b"");
         Arc::new(move |_, _| get.clone())
     };
-    let (r, cpu) = ceiling_run(body.len(), &get);
-    let (rps, hwm) = (r.rps(), 0);
+    let (r, cpu, hwm) = ceiling_run(body.len(), &get);
+    let rps = r.rps();
     rows.push(Row::new(
         "ceiling (fixed JSON, GET /)",
         r,
@@ -213,7 +214,7 @@ fn main() {
             }
             // wafer's answer to this scenario, for the size of the ceiling's body.
             let (_, answer) = one(srv.addr, &make(0, 1 << 50));
-            let (c, c_cpu) = ceiling_run(answer.len(), &make);
+            let (c, c_cpu, _) = ceiling_run(answer.len(), &make);
             let (r, cpu) = measure(srv, o.conns, warm, secs, make, check);
             rows.push(Row::new(name, r, cpu, srv.hwm_kb(), c.rps(), c_cpu));
         };
