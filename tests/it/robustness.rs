@@ -813,3 +813,61 @@ fn no_secret_reaches_the_log_or_a_response() {
         }
     }
 }
+
+/// The body reader sizes its buffer from `Content-Length` and grows it for a chunked body: each
+/// framing is read whole, and the limit holds for both.
+#[test]
+fn bodies_are_read_whole_however_they_are_framed() {
+    let env = Env::with(|c| c.server.max_body_bytes = 8192);
+    let addr = env.server.as_ref().unwrap().addr();
+    let (id, skey, _) = env.login("framing");
+    // A valid check body padded with spaces to `len` bytes.
+    let body = |len: usize| {
+        let mut b = format!(r#"{{"id":"{id}","skey":"{skey}""#);
+        b.push_str(&" ".repeat(len - b.len() - 1));
+        b.push('}');
+        b
+    };
+    let sized = |b: &str| {
+        format!(
+            "POST /v1/sessions/check HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+            b.len()
+        )
+    };
+    let chunked = |b: &str, pieces: usize| {
+        let mut r = String::from(
+            "POST /v1/sessions/check HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        );
+        let step = b.len().div_ceil(pieces);
+        for part in b.as_bytes().chunks(step) {
+            r.push_str(&format!(
+                "{:x}\r\n{}\r\n",
+                part.len(),
+                std::str::from_utf8(part).unwrap()
+            ));
+        }
+        r.push_str("0\r\n\r\n");
+        r
+    };
+    let ok = |what: &str, rq: String| {
+        let (s, b) = raw(addr, rq.as_bytes()).unwrap_or_else(|| panic!("{what}: no answer"));
+        assert_eq!(s, 200, "{what}: {b}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&b).unwrap()["appid"],
+            APPID,
+            "{what}"
+        );
+    };
+    ok("small, read whole by tiny_http", sized(&body(200)));
+    ok("over 1 KiB, read through to its length", sized(&body(5000)));
+    ok("exactly the limit", sized(&body(8192)));
+    ok("chunked, three pieces", chunked(&body(300), 3));
+    ok("chunked, past one growth step", chunked(&body(6000), 7));
+    for (what, rq) in [
+        ("declared over the limit", sized(&body(8193))),
+        ("chunked over the limit", chunked(&body(9000), 5)),
+    ] {
+        let (s, b) = raw(addr, rq.as_bytes()).unwrap_or_else(|| panic!("{what}: no answer"));
+        assert_eq!(s, 413, "{what}: {b}");
+    }
+}
