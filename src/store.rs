@@ -832,6 +832,10 @@ pub fn utc_day(unix: i64) -> String {
 mod tests {
     use super::*;
 
+    fn count(db: &Db, sql: &str) -> i64 {
+        db.conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
     fn db() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("t.db")).unwrap();
@@ -902,10 +906,7 @@ mod tests {
             .conn
             .query_row("SELECT count(*) FROM sessions WHERE expires_at > ?1 AND last_visit + idle_secs >= ?1", [now], |r| r.get(0))
             .unwrap();
-        let all: i64 = db
-            .conn
-            .query_row("SELECT count(*) FROM sessions", [], |r| r.get(0))
-            .unwrap();
+        let all = count(&db, "SELECT count(*) FROM sessions");
         assert_eq!((left, all), (live as i64, live as i64));
         assert_eq!(db.purge_expired_sessions(now).unwrap(), 0);
     }
@@ -954,10 +955,7 @@ mod tests {
             assert_eq!(&r.user_id, id);
         }
         let id = first_id.unwrap();
-        let n: i64 = db
-            .conn
-            .query_row("SELECT count(*) FROM sessions", [], |r| r.get(0))
-            .unwrap();
+        let n = count(&db, "SELECT count(*) FROM sessions");
         assert_eq!(n, MAX_SESSIONS_PER_USER);
         assert!(db
             .session(&id, &crate::ids::skey_hash("skey0"))
@@ -968,10 +966,7 @@ mod tests {
             .unwrap()
             .is_some());
         assert!(db.remove_app("wx1").unwrap());
-        let n: i64 = db
-            .conn
-            .query_row("SELECT count(*) FROM sessions", [], |r| r.get(0))
-            .unwrap();
+        let n = count(&db, "SELECT count(*) FROM sessions");
         assert_eq!(n, 0);
     }
 }

@@ -200,12 +200,7 @@ impl Obj {
     }
 
     pub fn reply(self, status: u16) -> Reply {
-        Reply {
-            status,
-            content_type: JSON,
-            body: self.into_bytes(),
-            headers: Vec::new(),
-        }
+        Reply::text(status, JSON, self.into_bytes())
     }
 }
 
@@ -434,7 +429,8 @@ fn serve(worker: &mut Worker, mut rq: tiny_http::Request) {
         tiny_http::Method::Post => Method::Post,
         _ => Method::Other,
     };
-    // Owned: the log line needs the path after the request has been answered.
+    // Owned: the log line needs the path after the request has been answered. The query is what
+    // follows it (after the '?'), borrowed below.
     let path = rq
         .url()
         .split_once('?')
@@ -452,7 +448,7 @@ fn serve(worker: &mut Worker, mut rq: tiny_http::Request) {
             let incoming = Incoming {
                 method,
                 path: &path,
-                query: rq.url().split_once('?').map_or("", |(_, q)| q),
+                query: rq.url().get(path.len() + 1..).unwrap_or(""),
                 headers: rq.headers(),
                 body,
             };

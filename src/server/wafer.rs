@@ -45,7 +45,7 @@ impl From<Error> for Fail {
 }
 
 /// `returnData`: a value, or JSON text already written (the hot path, `qcloud.cam.auth`).
-pub enum Data {
+enum Data {
     Tree(Value),
     Text(Vec<u8>),
 }
