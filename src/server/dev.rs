@@ -22,9 +22,13 @@ fn encrypted_data(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
     let b = Body::parse(rq)?;
     let now = crate::ids::now();
     let s = session::check(&w.db, b.str("id")?, b.str("skey")?, None, now)?;
-    let mut data = match b.0.get("data") {
-        Some(Value::Object(m)) => Value::Object(m.clone()),
-        _ => return Err(Error::BadRequest("data must be a JSON object".into())),
+    // `data` is re-encrypted whole (arrays included), so it is read as a tree.
+    let mut data = match serde_json::from_slice::<Value>(&rq.body) {
+        Ok(Value::Object(mut m)) => match m.remove("data") {
+            Some(Value::Object(d)) => Value::Object(d),
+            _ => return Err(Error::BadRequest("data must be a JSON object".into())),
+        },
+        _ => return Err(Error::BadRequest("the body must be a JSON object".into())),
     };
     if data.get("watermark").is_none() {
         data["watermark"] = json!({"appid": s.row.appid, "timestamp": now});

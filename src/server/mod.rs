@@ -6,6 +6,7 @@
 
 mod callbacks;
 mod dev;
+mod json;
 mod listen;
 mod mina;
 mod purge;

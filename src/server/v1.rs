@@ -2,11 +2,13 @@
 //! <server.api_key>` when a key is set. Errors are `{"error":CODE,"message":STR,"errcode"?}` with
 //! a 4xx/5xx status; internal detail goes to the log only.
 
+use super::json::{Json, Members};
 use super::{api_key_ok, Incoming, Method, Obj, Reply, Worker};
 use crate::credential::{self, Credential, Key};
 use crate::error::Error;
 use crate::session::{self, Encrypted};
-use serde_json::{json, Map, Value};
+use serde::de::IgnoredAny;
+use serde_json::{json, Value};
 
 /// Render a domain error in the `/v1` shape.
 pub fn error_reply(e: Error) -> Reply {
@@ -46,12 +48,14 @@ pub fn error_reply(e: Error) -> Reply {
 }
 
 /// A JSON object body with typed accessors that fail as `bad_request` naming the field.
-pub struct Body(pub Map<String, Value>);
+pub struct Body<'a>(pub Members<'a>);
 
-impl Body {
-    pub fn parse(rq: &Incoming) -> Result<Body, Error> {
-        match serde_json::from_slice::<Value>(&rq.body) {
-            Ok(Value::Object(m)) => Ok(Body(m)),
+impl<'a> Body<'a> {
+    pub fn parse(rq: &'a Incoming) -> Result<Body<'a>, Error> {
+        if let Some(m) = Members::parse(&rq.body) {
+            return Ok(Body(m));
+        }
+        match serde_json::from_slice::<IgnoredAny>(&rq.body) {
             Ok(_) => Err(Error::BadRequest("the body must be a JSON object".into())),
             Err(_) => Err(Error::BadRequest("the body is not valid JSON".into())),
         }
@@ -59,8 +63,8 @@ impl Body {
 
     pub fn opt_str(&self, key: &str) -> Result<Option<&str>, Error> {
         match self.0.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
+            None | Some(Json::Null) => Ok(None),
+            Some(Json::Str(s)) => Ok(Some(s)),
             Some(_) => Err(Error::BadRequest(format!("{key} must be a string"))),
         }
     }
@@ -270,11 +274,11 @@ fn invalidate(w: &mut Worker, rq: &Incoming, appid: &str) -> Result<Reply, Error
 }
 
 /// `noncestr` and `timestamp` as the caller gave them (timestamp may be a number or a string).
-fn nonce_and_timestamp(b: &Body) -> Result<(Option<&str>, Option<String>), Error> {
+fn nonce_and_timestamp<'b>(b: &'b Body) -> Result<(Option<&'b str>, Option<String>), Error> {
     let ts = match b.0.get("timestamp") {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) if n.is_u64() => Some(n.to_string()),
-        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        None | Some(Json::Null) => None,
+        Some(Json::Number(n)) if n.is_u64() => Some(n.to_string()),
+        Some(Json::Str(s)) if !s.is_empty() => Some(s.to_string()),
         Some(_) => {
             return Err(Error::BadRequest(
                 "timestamp must be a number or a string".into(),
@@ -333,8 +337,8 @@ fn work_signature(
     let b = Body::parse(rq)?;
     let url = b.str("url")?;
     let agent = match b.0.get("agent") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(a)) => *a,
+        None | Some(Json::Null) => false,
+        Some(Json::Bool(a)) => *a,
         Some(_) => return Err(Error::BadRequest("agent must be a boolean".into())),
     };
     let (nonce, ts) = nonce_and_timestamp(&b)?;
@@ -407,12 +411,13 @@ fn authorizer_token(w: &mut Worker, appid: &str, authorizer: &str) -> Result<Rep
 /// `params` / `headers` as a JSON object of strings (numbers are accepted and printed).
 fn pairs(b: &Body, key: &str) -> Result<Vec<(String, String)>, Error> {
     match b.0.get(key) {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Object(m)) => m
-            .iter()
+        None | Some(Json::Null) => Ok(Vec::new()),
+        Some(Json::Object(m)) => m
+            .unique()
+            .into_iter()
             .map(|(k, v)| match v {
-                Value::String(s) => Ok((k.clone(), s.clone())),
-                Value::Number(n) => Ok((k.clone(), n.to_string())),
+                Json::Str(s) => Ok((k.to_string(), s.to_string())),
+                Json::Number(n) => Ok((k.to_string(), n.to_string())),
                 _ => Err(Error::BadRequest(format!("{key}.{k} must be a string"))),
             })
             .collect(),
@@ -427,7 +432,7 @@ fn cos_sign(rq: &Incoming) -> Result<Reply, Error> {
     let (params, headers) = (pairs(&b, "params")?, pairs(&b, "headers")?);
     let expires =
         match b.0.get("expires_secs") {
-            None | Some(Value::Null) => None,
+            None | Some(Json::Null) => None,
             Some(v) => Some(v.as_u64().ok_or_else(|| {
                 Error::BadRequest("expires_secs must be a positive integer".into())
             })?),

@@ -3,6 +3,7 @@
 //! `{returnCode, returnMessage, returnData, version, componentName}` in that key order.
 //! Unmodified Wafer server SDKs depend on every name, type and order here.
 
+use super::json::{Json, Members};
 use super::{Incoming, Obj, Reply, Worker};
 use crate::config::Secret;
 use crate::cos;
@@ -10,7 +11,8 @@ use crate::credential::{Credential, Key};
 use crate::error::Error;
 use crate::session::{self, Encrypted};
 use crate::store::WorkAgent;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
+use std::borrow::Cow;
 
 /// A failure as the envelope reports it.
 pub struct Fail(pub i64, pub &'static str);
@@ -76,29 +78,29 @@ pub fn handle(w: &mut Worker, rq: &Incoming) -> Reply {
 
 /// The `para` object with typed accessors. Optional fields that are `null` or `""` count as
 /// absent (SDKs send both when the mini program gave no encrypted data).
-pub struct Para<'a>(pub &'a Map<String, Value>);
+pub struct Para<'a>(pub Members<'a>);
 
-impl<'a> Para<'a> {
-    pub fn opt_str(&self, key: &str) -> Result<Option<&'a str>, Fail> {
+impl Para<'_> {
+    pub fn opt_str(&self, key: &str) -> Result<Option<&str>, Fail> {
         match self.0.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) if s.is_empty() => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
+            None | Some(Json::Null) => Ok(None),
+            Some(Json::Str(s)) if s.is_empty() => Ok(None),
+            Some(Json::Str(s)) => Ok(Some(s)),
             Some(_) => Err(PARA_ERR),
         }
     }
 
-    pub fn str(&self, key: &str) -> Result<&'a str, Fail> {
+    pub fn str(&self, key: &str) -> Result<&str, Fail> {
         self.opt_str(key)?.ok_or(PARA_ERR)
     }
 
     /// `force`: a boolean, 0/1, or "0"/"1"/"true"/"false".
     pub fn opt_bool(&self, key: &str) -> Result<bool, Fail> {
         match self.0.get(key) {
-            None | Some(Value::Null) => Ok(false),
-            Some(Value::Bool(b)) => Ok(*b),
-            Some(Value::Number(n)) => Ok(n.as_i64().is_some_and(|n| n != 0)),
-            Some(Value::String(s)) => match s.as_str() {
+            None | Some(Json::Null) => Ok(false),
+            Some(Json::Bool(b)) => Ok(*b),
+            Some(Json::Number(n)) => Ok(n.as_i64().is_some_and(|n| n != 0)),
+            Some(Json::Str(s)) => match s.as_ref() {
                 "" | "0" | "false" => Ok(false),
                 "1" | "true" => Ok(true),
                 _ => Err(PARA_ERR),
@@ -110,7 +112,7 @@ impl<'a> Para<'a> {
     /// An identifier clients send as a string or a number (WeCom agentid, COS appid).
     pub fn ident(&self, key: &str) -> Result<String, Fail> {
         match self.0.get(key) {
-            Some(Value::Number(n)) if n.is_u64() => Ok(n.to_string()),
+            Some(Json::Number(n)) if n.is_u64() => Ok(n.to_string()),
             _ => self.str(key).map(str::to_string),
         }
     }
@@ -118,13 +120,13 @@ impl<'a> Para<'a> {
     /// A non-negative integer sent as a number or a string of digits.
     pub fn uint(&self, key: &str) -> Result<u64, Fail> {
         match self.0.get(key) {
-            Some(Value::Number(n)) => n.as_u64().ok_or(PARA_ERR),
-            Some(Value::String(s)) => s.trim().parse().map_err(|_| PARA_ERR),
+            Some(Json::Number(n)) => n.as_u64().ok_or(PARA_ERR),
+            Some(Json::Str(s)) => s.trim().parse().map_err(|_| PARA_ERR),
             _ => Err(PARA_ERR),
         }
     }
 
-    fn encrypted(&self) -> Result<Option<Encrypted<'a>>, Fail> {
+    fn encrypted(&self) -> Result<Option<Encrypted<'_>>, Fail> {
         let iv = self.opt_str("iv")?;
         Ok(self
             .opt_str("encrypt_data")?
@@ -134,29 +136,25 @@ impl<'a> Para<'a> {
 
 /// The envelope checks of CONTRACT §3, in their order (not JSON, no `interfaceName`, no `para`):
 /// the interface name and its `para` object. Pure, so the fuzz target calls it directly.
-pub fn parse_envelope(body: &[u8]) -> Result<(String, Map<String, Value>), Fail> {
-    let body: Value = serde_json::from_slice(body).map_err(|_| REQUEST_IS_NOT_JSON)?;
-    let Value::Object(mut body) = body else {
-        return Err(REQUEST_IS_NOT_JSON);
+pub fn parse_envelope(body: &[u8]) -> Result<(Cow<'_, str>, Para<'_>), Fail> {
+    let mut body = Members::parse(body).ok_or(REQUEST_IS_NOT_JSON)?;
+    let mut interface = match body.take("interface") {
+        Some(Json::Object(i)) => i,
+        _ => Members::default(),
     };
-    let mut interface = match body.remove("interface") {
-        Some(Value::Object(i)) => i,
-        _ => Map::new(),
-    };
-    let name = match interface.remove("interfaceName") {
-        Some(Value::String(n)) if !n.is_empty() => n,
+    let name = match interface.take("interfaceName") {
+        Some(Json::Str(n)) if !n.is_empty() => n,
         _ => return Err(NO_INTERFACENAME_PARA),
     };
-    match interface.remove("para") {
-        Some(Value::Object(para)) => Ok((name, para)),
+    match interface.take("para") {
+        Some(Json::Object(para)) => Ok((name, Para(para))),
         _ => Err(NO_PARA),
     }
 }
 
 fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Data), Fail> {
-    let (name, para) = parse_envelope(&rq.body)?;
-    let name = name.as_str();
-    let p = Para(&para);
+    let (name, p) = parse_envelope(&rq.body)?;
+    let name = name.as_ref();
     let now = crate::ids::now();
     if !SESSION_INTERFACES.contains(&name) && !CREDENTIAL_INTERFACES.contains(&name) {
         return Err(INTERFACENAME_PARA_ERR);
