@@ -242,6 +242,7 @@ fn app_add(mut o: Opts) -> Result<(), String> {
         session_secs: o.number("session-secs")?,
         token: o.take("token").map(Secret::new),
         aes_key: o.take("aes-key").map(Secret::new),
+        prev_aes_key: None,
         forward_url: o.take("forward-url"),
     };
     if let Some(k) = &upsert.aes_key {

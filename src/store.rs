@@ -59,6 +59,9 @@ pub struct AppUpsert {
     pub session_secs: Option<i64>,
     pub token: Option<Secret>,
     pub aes_key: Option<Secret>,
+    /// The previous EncodingAESKey, set explicitly (`[[app]] prev_aes_key`). Without it, a
+    /// changed `aes_key` makes the stored one the previous key.
+    pub prev_aes_key: Option<Secret>,
     pub forward_url: Option<String>,
 }
 
@@ -182,8 +185,8 @@ impl Db {
 
     pub fn upsert_app(&self, a: &AppUpsert, now: i64) -> rusqlite::Result<App> {
         self.conn.execute(
-            "INSERT INTO apps (appid, secret, kind, title, login_days, session_secs, token, aes_key, forward_url, created_at)
-             VALUES (?1, ?2, COALESCE(?3, 'miniprogram'), COALESCE(?4, ''), COALESCE(?5, 30), COALESCE(?6, 2592000), ?7, ?8, ?9, ?10)
+            "INSERT INTO apps (appid, secret, kind, title, login_days, session_secs, token, aes_key, forward_url, created_at, prev_aes_key)
+             VALUES (?1, ?2, COALESCE(?3, 'miniprogram'), COALESCE(?4, ''), COALESCE(?5, 30), COALESCE(?6, 2592000), ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT (appid) DO UPDATE SET
                secret = excluded.secret,
                kind = COALESCE(?3, kind),
@@ -191,7 +194,7 @@ impl Db {
                login_days = COALESCE(?5, login_days),
                session_secs = COALESCE(?6, session_secs),
                token = COALESCE(?7, token),
-               prev_aes_key = CASE WHEN ?8 IS NOT NULL AND aes_key IS NOT NULL AND aes_key != ?8 THEN aes_key ELSE prev_aes_key END,
+               prev_aes_key = COALESCE(?11, CASE WHEN ?8 IS NOT NULL AND aes_key IS NOT NULL AND aes_key != ?8 THEN aes_key ELSE prev_aes_key END),
                aes_key = COALESCE(?8, aes_key),
                forward_url = COALESCE(?9, forward_url)",
             params![
@@ -204,7 +207,8 @@ impl Db {
                 a.token.as_ref().map(Secret::expose),
                 a.aes_key.as_ref().map(Secret::expose),
                 a.forward_url,
-                now
+                now,
+                a.prev_aes_key.as_ref().map(Secret::expose),
             ],
         )?;
         self.app_by_appid(&a.appid)?
@@ -557,11 +561,11 @@ impl Db {
 
     pub fn upsert_work_agent(&self, a: &WorkAgent, now: i64) -> rusqlite::Result<()> {
         self.conn.execute(
-            "INSERT INTO work_agents (corpid, agentid, secret, remark, token, aes_key, forward_url, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+            "INSERT INTO work_agents (corpid, agentid, secret, remark, token, aes_key, forward_url, created_at, prev_aes_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
              ON CONFLICT (corpid, agentid) DO UPDATE SET secret = ?3, remark = ?4,
                token = COALESCE(?5, token),
-               prev_aes_key = CASE WHEN ?6 IS NOT NULL AND aes_key IS NOT NULL AND aes_key != ?6 THEN aes_key ELSE prev_aes_key END,
+               prev_aes_key = COALESCE(?9, CASE WHEN ?6 IS NOT NULL AND aes_key IS NOT NULL AND aes_key != ?6 THEN aes_key ELSE prev_aes_key END),
                aes_key = COALESCE(?6, aes_key),
                forward_url = COALESCE(?7, forward_url)",
             params![
@@ -572,7 +576,8 @@ impl Db {
                 a.token.as_ref().map(Secret::expose),
                 a.aes_key.as_ref().map(Secret::expose),
                 a.forward_url,
-                now
+                now,
+                a.prev_aes_key.as_ref().map(Secret::expose),
             ],
         )?;
         Ok(())

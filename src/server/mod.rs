@@ -259,6 +259,7 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
                 session_secs: Some(a.session_secs),
                 token: a.token.clone(),
                 aes_key: a.aes_key.clone(),
+                prev_aes_key: a.prev_aes_key.clone(),
                 forward_url: a.forward_url.clone(),
             },
             now,

@@ -458,3 +458,56 @@ fn the_previous_aes_key_still_opens_messages_after_a_rotation() {
     );
     assert_eq!(r.0, 401);
 }
+
+#[test]
+fn a_declared_previous_aes_key_opens_messages_from_the_first_start() {
+    // `prev_aes_key` in [[app]] and [[work_agent]] is applied as declared, on a fresh database
+    // (no rotation seen by this server) and again when it changes on a restart.
+    const NEW_KEY: &str = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFG";
+    const OLDER_KEY: &str = "abcdefghijklmnopqrstuvwxyzABCDEFG0123456789";
+    let open = |env: &Env, key: &str| {
+        let mp = push(
+            env,
+            json!({"url": mp_url(env), "token": MP_TOKEN, "aes_key": key, "receive_id": APPID, "xml": text_message("x")}),
+        );
+        let work = push(
+            env,
+            json!({"url": env.url(&format!("/wechat/work/{WECOM_CORPID}/{WECOM_AGENT}")),
+                   "token": WECOM_TOKEN, "aes_key": key, "receive_id": WECOM_CORPID, "xml": text_message("x")}),
+        );
+        (mp.0, work.0)
+    };
+    let mut env = Env::with(|c| {
+        c.apps[0].token = Some(Secret::new(MP_TOKEN));
+        c.apps[0].aes_key = Some(Secret::new(NEW_KEY));
+        c.apps[0].prev_aes_key = Some(Secret::new(MP_KEY));
+        c.work_agents = vec![WorkAgentDecl {
+            corpid: WECOM_CORPID.into(),
+            agentid: WECOM_AGENT.into(),
+            secret: Secret::new("agent-secret"),
+            remark: String::new(),
+            token: Some(Secret::new(WECOM_TOKEN)),
+            aes_key: Some(Secret::new(NEW_KEY)),
+            prev_aes_key: Some(Secret::new(MP_KEY)),
+            forward_url: None,
+        }];
+    });
+    assert_eq!(open(&env, NEW_KEY), (200, 200));
+    assert_eq!(open(&env, MP_KEY), (200, 200), "the declared previous key");
+    assert_eq!(open(&env, OLDER_KEY), (401, 401));
+
+    env.config.apps[0].prev_aes_key = Some(Secret::new(OLDER_KEY));
+    env.config.work_agents[0].prev_aes_key = Some(Secret::new(OLDER_KEY));
+    env.restart();
+    assert_eq!(
+        open(&env, OLDER_KEY),
+        (200, 200),
+        "a changed declaration is applied"
+    );
+    assert_eq!(
+        open(&env, MP_KEY),
+        (401, 401),
+        "and replaces the one before"
+    );
+    assert_eq!(open(&env, NEW_KEY), (200, 200));
+}
