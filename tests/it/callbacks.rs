@@ -74,17 +74,22 @@ fn mp_env(forward_url: Option<String>) -> Env {
         c.apps[0].token = Some(Secret::new(MP_TOKEN));
         c.apps[0].aes_key = Some(Secret::new(MP_KEY));
         c.apps[0].forward_url = forward_url;
-        c.work_agents = vec![WorkAgentDecl {
-            corpid: WECOM_CORPID.into(),
-            agentid: WECOM_AGENT.into(),
-            secret: Secret::new("agent-secret"),
-            remark: String::new(),
-            token: Some(Secret::new(WECOM_TOKEN)),
-            aes_key: Some(Secret::new(WECOM_KEY)),
-            prev_aes_key: None,
-            forward_url: None,
-        }];
+        c.work_agents = vec![wecom_agent(WECOM_KEY, None)];
     })
+}
+
+/// The WeCom agent the callback tests use, with its EncodingAESKey (and a declared previous one).
+fn wecom_agent(aes_key: &str, prev_aes_key: Option<&str>) -> WorkAgentDecl {
+    WorkAgentDecl {
+        corpid: WECOM_CORPID.into(),
+        agentid: WECOM_AGENT.into(),
+        secret: Secret::new("agent-secret"),
+        remark: String::new(),
+        token: Some(Secret::new(WECOM_TOKEN)),
+        aes_key: Some(Secret::new(aes_key)),
+        prev_aes_key: prev_aes_key.map(Secret::new),
+        forward_url: None,
+    }
 }
 
 fn text_message(content: &str) -> String {
@@ -481,16 +486,7 @@ fn a_declared_previous_aes_key_opens_messages_from_the_first_start() {
         c.apps[0].token = Some(Secret::new(MP_TOKEN));
         c.apps[0].aes_key = Some(Secret::new(NEW_KEY));
         c.apps[0].prev_aes_key = Some(Secret::new(MP_KEY));
-        c.work_agents = vec![WorkAgentDecl {
-            corpid: WECOM_CORPID.into(),
-            agentid: WECOM_AGENT.into(),
-            secret: Secret::new("agent-secret"),
-            remark: String::new(),
-            token: Some(Secret::new(WECOM_TOKEN)),
-            aes_key: Some(Secret::new(NEW_KEY)),
-            prev_aes_key: Some(Secret::new(MP_KEY)),
-            forward_url: None,
-        }];
+        c.work_agents = vec![wecom_agent(NEW_KEY, Some(MP_KEY))];
     });
     assert_eq!(open(&env, NEW_KEY), (200, 200));
     assert_eq!(open(&env, MP_KEY), (200, 200), "the declared previous key");
