@@ -163,6 +163,11 @@ impl Db {
         self.conn.pragma_update(None, "wal_autocheckpoint", 0)
     }
 
+    /// Bound this connection's page cache (SQLite's default is 2 MiB).
+    pub fn set_cache_kib(&self, kib: i64) -> rusqlite::Result<()> {
+        self.conn.pragma_update(None, "cache_size", -kib)
+    }
+
     /// Copy what the WAL holds back into the database, without waiting for readers or writers.
     pub fn checkpoint(&self) -> rusqlite::Result<()> {
         self.conn

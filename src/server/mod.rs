@@ -7,6 +7,7 @@
 mod callbacks;
 mod dev;
 mod json;
+mod lane;
 mod listen;
 mod mina;
 mod purge;
@@ -51,6 +52,8 @@ pub const KNOWN_APP_TTL: Duration = Duration::from_secs(1);
 pub struct Worker {
     pub db: Db,
     pub shared: Arc<Shared>,
+    /// Where requests that may wait on an upstream go; `None` on the lane's own threads.
+    lane: Option<lane::Lane>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,6 +219,8 @@ pub struct Handle {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
+    /// The lane's threads (`lane`): they end after the workers, once its queue is empty.
+    lane: Vec<JoinHandle<()>>,
     refresher: Option<JoinHandle<()>>,
     /// The session purger and the accept keeper (`purge`, `listen`).
     background: Vec<JoinHandle<()>>,
@@ -232,6 +237,9 @@ impl Handle {
         self.stop.store(true, Ordering::SeqCst);
         for w in self.workers.drain(..) {
             let _ = w.join();
+        }
+        for l in self.lane.drain(..) {
+            let _ = l.join();
         }
         if let Some(r) = self.refresher.take() {
             let _ = r.join();
@@ -369,6 +377,8 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         .map_err(|e| format!("spawning the purger: {e}"))?;
     let keeper = listen::spawn_keeper(addr, io_timeout, stop.clone())
         .map_err(|e| format!("spawning the accept keeper: {e}"))?;
+    let (lane, lane_threads) =
+        lane::spawn(workers_n * lane::THREADS_PER_WORKER, &shared, &db_path)?;
     let mut workers = Vec::with_capacity(workers_n);
     for i in 0..workers_n {
         let db = Db::open(&db_path).map_err(|e| format!("database {}: {e}", db_path.display()))?;
@@ -376,6 +386,7 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         let mut worker = Worker {
             db,
             shared: shared.clone(),
+            lane: Some(lane.clone()),
         };
         let (server, stop) = (server.clone(), stop.clone());
         let t = std::thread::Builder::new()
@@ -384,15 +395,19 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
             .map_err(|e| format!("spawning worker: {e}"))?;
         workers.push(t);
     }
+    // The workers hold the only handles now: the lane ends when they have.
+    drop(lane);
     eprintln!(
-        "wafer listening on http://{addr} (database {}, {apps} app(s), {workers_n} workers{})",
+        "wafer listening on http://{addr} (database {}, {apps} app(s), {workers_n} workers, {} lane threads{})",
         db_path.display(),
+        lane_threads.len(),
         if dev { ", dev mode" } else { "" }
     );
     Ok(Handle {
         addr,
         stop,
         workers,
+        lane: lane_threads,
         refresher: Some(refresher),
         background: vec![purger, keeper],
         shared,
@@ -424,6 +439,7 @@ fn worker_loop(worker: &mut Worker, server: &listen::Front, stop: &AtomicBool) {
 }
 
 /// Read, route, answer, log, count. Never panics out: a handler panic is answered with a 500.
+/// A request that may wait on an upstream is handed to the lane instead (`lane`), once read.
 fn serve(worker: &mut Worker, mut rq: tiny_http::Request) {
     let started = Instant::now();
     let method = match rq.method() {
@@ -432,7 +448,7 @@ fn serve(worker: &mut Worker, mut rq: tiny_http::Request) {
         _ => Method::Other,
     };
     // Owned: the log line needs the path after the request has been answered. The query is what
-    // follows it (after the '?'), borrowed below.
+    // follows it (after the '?'), borrowed in `answer`.
     let path = rq
         .url()
         .split_once('?')
@@ -444,6 +460,32 @@ fn serve(worker: &mut Worker, mut rq: tiny_http::Request) {
         Some(reply) => Err(reply),
         None => read_body(&mut rq, limit, deadline),
     };
+    let job = lane::Job {
+        rq,
+        method,
+        path,
+        body,
+        started,
+    };
+    let job = match &worker.lane {
+        Some(lane) => match lane.offer(job) {
+            None => return,
+            Some(job) => job,
+        },
+        None => job,
+    };
+    answer(worker, job);
+}
+
+/// Route a read request, answer it, log it and count it (on a worker or a lane thread).
+fn answer(worker: &mut Worker, job: lane::Job) {
+    let lane::Job {
+        rq,
+        method,
+        path,
+        body,
+        started,
+    } = job;
     let (route, reply) = match body {
         Err(reply) => ("-", reply),
         Ok(body) => {

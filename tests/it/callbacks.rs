@@ -507,3 +507,35 @@ fn a_declared_previous_aes_key_opens_messages_from_the_first_start() {
     );
     assert_eq!(open(&env, NEW_KEY), (200, 200));
 }
+
+#[test]
+fn callbacks_waiting_on_a_slow_business_endpoint_do_not_hold_up_checks() {
+    // Eight messages forwarded at once to an endpoint that never answers in time, twice the
+    // worker count: session checks go on while WeChat gets `success` at the 3 s budget.
+    let (url, seen) = forward_target("<xml>late</xml>", Duration::from_secs(8));
+    let env = Arc::new(mp_env(Some(url)));
+    let (id, skey, _) = env.login("checker");
+    let n = 8;
+    let pushes: Vec<_> = (0..n)
+        .map(|i| {
+            let env = env.clone();
+            std::thread::spawn(move || {
+                push(
+                    &env,
+                    json!({"url": mp_url(&env), "token": MP_TOKEN, "aes_key": MP_KEY, "receive_id": APPID, "xml": text_message(&format!("m{i}"))}),
+                )
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let (checks, slowest) = env.checks_for(&id, &skey, Duration::from_millis(1500));
+    for p in pushes {
+        assert_eq!(p.join().unwrap(), (200, "success".to_string()));
+    }
+    assert_eq!(seen.lock().unwrap().len(), n);
+    assert!(checks >= 10, "only {checks} checks");
+    assert!(
+        slowest < Duration::from_millis(750),
+        "a check took {slowest:?}"
+    );
+}

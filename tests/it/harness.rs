@@ -152,6 +152,26 @@ impl Env {
         self.mock_post("/__mock__/fail", fault);
     }
 
+    /// `qcloud.cam.auth` on one session, one call after another for `d`, each asserted to
+    /// succeed: (how many, the slowest).
+    pub fn checks_for(
+        &self,
+        id: &str,
+        skey: &str,
+        d: std::time::Duration,
+    ) -> (usize, std::time::Duration) {
+        let until = std::time::Instant::now() + d;
+        let (mut checks, mut slowest) = (0, std::time::Duration::ZERO);
+        while std::time::Instant::now() < until {
+            let started = std::time::Instant::now();
+            let r = self.wafer("qcloud.cam.auth", json!({"id": id, "skey": skey}));
+            assert_eq!(code(&r), (0, "AUTH_SUCCESS"));
+            slowest = slowest.max(started.elapsed());
+            checks += 1;
+        }
+        (checks, slowest)
+    }
+
     /// Log in through the Wafer protocol; returns (id, skey, whole answer).
     pub fn login(&self, code: &str) -> (String, String, Value) {
         let r = self.wafer("qcloud.cam.id_skey", json!({"code": code}));

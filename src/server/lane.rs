@@ -1,0 +1,158 @@
+//! The upstream lane: requests that may wait on someone else (WeChat for a login, a business
+//! endpoint for a forwarded callback, WeChat again for the component's authorisation) are
+//! answered on threads of their own, so that however many of them wait, the workers stay free
+//! for session checks and token reads.
+//!
+//! Before the lane, a login held its worker for WeChat's whole round trip (up to
+//! `wechat.timeout_ms`), and a callback for its forward target (up to 3 s): as many slow logins
+//! as workers, and every session check queued behind them.
+//!
+//! How: a worker reads the request and its body as always; if [`waits_upstream`] says the
+//! request may wait on an upstream, the worker offers it to the lane (a bounded queue,
+//! `try_send`) and takes the next request. A lane thread answers it with the same
+//! `server::answer` a worker uses, on its own database connection (a small page cache: a login
+//! touches a few pages). When the queue is full, the worker answers the request itself, exactly
+//! as without a lane, so the lane can only take waiting off the workers, never add a failure.
+//!
+//! Which requests: logins in every dialect (`qcloud.cam.id_skey`, `POST /v1/sessions`,
+//! `POST /mina/login`) and every `/wechat/` route. Token reads stay on the workers: the
+//! refresher keeps tokens warm, and a cold one is fetched once for all callers. The test is a
+//! hint, not a contract: a request sent the wrong way is still answered right, only on the
+//! other kind of thread.
+
+use super::{answer, Method, Reply, Shared, Worker};
+use crate::store::Db;
+use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+/// Lane threads per worker: a waiting login costs a thread a small stack and nothing else.
+pub const THREADS_PER_WORKER: usize = 4;
+/// Requests that may wait in the lane's queue per lane thread before workers answer them.
+const QUEUE_PER_THREAD: usize = 4;
+/// A lane connection's page cache, KiB (a worker's is SQLite's default, 2 MiB).
+const LANE_CACHE_KIB: i64 = 256;
+
+/// A request read whole (or its ready refusal), with what the log line needs.
+pub struct Job {
+    pub rq: tiny_http::Request,
+    pub method: Method,
+    pub path: String,
+    pub body: Result<Vec<u8>, Reply>,
+    pub started: Instant,
+}
+
+/// A worker's handle on the lane.
+#[derive(Clone)]
+pub struct Lane {
+    tx: SyncSender<Job>,
+}
+
+impl Lane {
+    /// Take `job` if it may wait on an upstream and the lane has room; otherwise give it back
+    /// for the worker to answer.
+    pub fn offer(&self, job: Job) -> Option<Job> {
+        match &job.body {
+            Ok(body) if waits_upstream(job.method, &job.path, body) => {}
+            _ => return Some(job),
+        }
+        match self.tx.try_send(job) {
+            Ok(()) => None,
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => Some(job),
+        }
+    }
+}
+
+/// May answering this request wait on WeChat or a forward target?
+pub fn waits_upstream(method: Method, path: &str, body: &[u8]) -> bool {
+    match (method, path) {
+        // The envelope is parsed by its handler; a plain search is enough to pick the lane.
+        (Method::Post, "/mina_auth/" | "/mina_auth" | "/") => {
+            contains(body, b"\"qcloud.cam.id_skey\"")
+        }
+        (Method::Post, "/v1/sessions" | "/mina/login") => true,
+        _ => path.starts_with("/wechat/"),
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Start `threads` lane threads, each with its own database connection. The threads end once
+/// every [`Lane`] handle is dropped and the queue is empty.
+pub fn spawn(
+    threads: usize,
+    shared: &Arc<Shared>,
+    db_path: &Path,
+) -> Result<(Lane, Vec<JoinHandle<()>>), String> {
+    let (tx, rx) = sync_channel::<Job>(threads * QUEUE_PER_THREAD);
+    let rx = Arc::new(Mutex::new(rx));
+    let mut handles = Vec::with_capacity(threads);
+    for i in 0..threads {
+        let db = Db::open(db_path).map_err(|e| format!("database {}: {e}", db_path.display()))?;
+        let _ = db.no_autocheckpoint(); // the refresher thread checkpoints
+        let _ = db.set_cache_kib(LANE_CACHE_KIB);
+        let mut worker = Worker {
+            db,
+            shared: shared.clone(),
+            lane: None,
+        };
+        let rx = rx.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("lane-{i}"))
+            .spawn(move || run(&mut worker, &rx))
+            .map_err(|e| format!("spawning a lane thread: {e}"))?;
+        handles.push(t);
+    }
+    Ok((Lane { tx }, handles))
+}
+
+fn run(worker: &mut Worker, rx: &Mutex<Receiver<Job>>) {
+    loop {
+        // One thread waits inside the lock, the others for it: whoever holds it takes the next.
+        let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        match next {
+            Ok(job) => answer(worker, job),
+            Err(_) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logins_and_callbacks_take_the_lane_checks_and_tokens_do_not() {
+        let env = |name: &str| {
+            format!(
+                r#"{{"version":1,"componentName":"MA","interface":{{"interfaceName":"{name}","para":{{}}}}}}"#
+            )
+        };
+        let lane = |m, p: &str, b: &str| waits_upstream(m, p, b.as_bytes());
+        assert!(lane(
+            Method::Post,
+            "/mina_auth/",
+            &env("qcloud.cam.id_skey")
+        ));
+        assert!(lane(Method::Post, "/", &env("qcloud.cam.id_skey")));
+        assert!(!lane(Method::Post, "/mina_auth/", &env("qcloud.cam.auth")));
+        assert!(!lane(
+            Method::Post,
+            "/mina_auth/",
+            &env("qcloud.mimi.access_token")
+        ));
+        assert!(lane(Method::Post, "/v1/sessions", "{}"));
+        assert!(!lane(Method::Post, "/v1/sessions/check", "{}"));
+        assert!(!lane(Method::Get, "/v1/apps/wx1/access_token", ""));
+        assert!(lane(Method::Post, "/mina/login", "code=a&app_id=1"));
+        assert!(!lane(Method::Post, "/mina/auth", "uuid=a&skey=b&app_id=1"));
+        assert!(lane(Method::Post, "/wechat/mp/wx1", "<xml/>"));
+        assert!(lane(Method::Get, "/wechat/component/wx1/authorize", ""));
+        assert!(!lane(Method::Get, "/healthz", ""));
+        assert!(!contains(b"", b"\"x\""));
+    }
+}
