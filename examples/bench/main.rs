@@ -260,6 +260,62 @@ fn main() {
         Arc::new(|s, b| s == 200 && (!b.starts_with(b"{\"returnCode\"") || envelope_ok(s, b))),
         &mut rows,
     );
+    // Logins while WeChat takes 100 ms over each, with session checks on a few connections
+    // beside them: the workers must not be the ones waiting (`server::lane`). Not paired with a
+    // ceiling: the figure is the checks' latency next to the logins' rate.
+    let slow_name = "logins with WeChat answering in 100 ms, checks beside them";
+    let slow = if o
+        .only
+        .as_ref()
+        .is_some_and(|only| !slow_name.contains(only.as_str()))
+    {
+        None
+    } else {
+        let fault = r#"{"path":"/sns/jscode2session","delay_ms":100,"times":1000000000}"#;
+        let (status, body) = one(
+            mock.addr,
+            &request("POST", "/__mock__/fail", fault.as_bytes()),
+        );
+        assert_eq!(
+            status,
+            200,
+            "mock fault: {}",
+            String::from_utf8_lossy(&body)
+        );
+        let (addr, conns) = (server.addr, o.conns);
+        let logins = std::thread::spawn(move || {
+            loadgen::run(
+                addr,
+                conns,
+                warm,
+                secs,
+                Arc::new(|c, s| login_rq(c, s + (1 << 41))),
+                Arc::new(envelope_ok),
+            )
+        });
+        let checks = loadgen::run(
+            server.addr,
+            SLOW_CHECK_CONNS,
+            warm,
+            secs,
+            Arc::new(move |c, s| check_rq(pick(c, s, n), n)),
+            Arc::new(|s, _| s == 200),
+        );
+        let logins = logins.join().expect("login load");
+        let line = format!(
+            "{slow_name}: {:.0} logins/s on {conns} connections ({} errors); {:.0} checks/s on \
+             {SLOW_CHECK_CONNS} connections, p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({} errors)",
+            logins.rps(),
+            logins.errors,
+            checks.rps(),
+            checks.quantile_ms(0.5),
+            checks.quantile_ms(0.99),
+            checks.quantile_ms(1.0),
+            checks.errors,
+        );
+        eprintln!("{line}");
+        Some(line)
+    };
     drop(server);
 
     // Scale (skipped with `--large 0`): start-up to a healthy /healthz, then the same session
@@ -319,6 +375,9 @@ fn main() {
 
     print_table(&rows);
     println!();
+    if let Some(line) = slow {
+        println!("{line}");
+    }
     let Some(healthy) = healthy else { return };
     println!(
         "start-up to a healthy /healthz with {big} sessions: {:.1} ms",
@@ -480,6 +539,9 @@ fn skey(i: u64) -> String {
 fn pick(conn: usize, seq: u64, n: u64) -> u64 {
     Rng::new(((conn as u64) << 40) ^ seq ^ 0x5EED).next() % n
 }
+
+/// Connections making session checks while logins wait on a slow WeChat.
+const SLOW_CHECK_CONNS: usize = 4;
 
 fn check_rq(i: u64, _n: u64) -> Vec<u8> {
     let body = format!(r#"{{"id":"{}","skey":"{}"}}"#, user_id(i), skey(i));
