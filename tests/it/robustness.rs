@@ -924,3 +924,32 @@ fn more_logins_waiting_on_wechat_than_workers_do_not_hold_up_checks() {
 fn code_of(r: &Value) -> i64 {
     code(r).0
 }
+
+#[test]
+fn a_full_lane_gives_logins_back_to_the_workers_and_every_one_is_answered() {
+    // A hundred logins wait on a hung WeChat at once: more than the lane's 16 threads and its
+    // 64 queued places together. The rest are answered by the workers, as before the lane:
+    // every login gets its 1005, none is dropped or refused.
+    let timeout_ms = 300;
+    let env = Arc::new(Env::with(|c| {
+        c.wechat.timeout_ms = timeout_ms;
+        c.server.workers = 4;
+    }));
+    let n = 100;
+    env.fail(json!({"path": "/sns/jscode2session", "delay_ms": 2000, "times": n}));
+    let started = Instant::now();
+    let logins: Vec<_> = (0..n)
+        .map(|i| {
+            let env = env.clone();
+            std::thread::spawn(move || {
+                code_of(&env.wafer("qcloud.cam.id_skey", json!({"code": format!("flood-{i}")})))
+            })
+        })
+        .collect();
+    let codes: Vec<i64> = logins.into_iter().map(|l| l.join().unwrap()).collect();
+    assert!(codes.iter().all(|&c| c == 1005), "{codes:?}");
+    eprintln!(
+        "robustness: {n} hung logins all answered in {:?}",
+        started.elapsed()
+    );
+}
