@@ -8,10 +8,11 @@
 //!
 //! The answers are the same as with a tree: a name given twice counts by its last value (as in
 //! `serde_json::Value` and PHP's `json_decode`); numbers are the `serde_json::Number` a tree would
-//! hold; arrays are skipped unread, since no field is an array. Nesting is bounded by
+//! hold; arrays are read (so that what a tree refuses is refused) but not kept, since no field is
+//! an array. Nesting is bounded by
 //! serde_json's recursion limit (128), size by the body limit.
 
-use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Number;
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -133,7 +134,9 @@ impl<'de> Visitor<'de> for JsonVisitor {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json<'de>, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        // Read, not skipped: serde_json's skipping (`IgnoredAny`) checks neither the nesting
+        // limit, nor UTF-8, nor numbers out of range, and a tree refuses all three.
+        while seq.next_element::<Json<'de>>()?.is_some() {}
         Ok(Json::Array)
     }
 
@@ -251,8 +254,21 @@ mod tests {
                 "{body:?}"
             );
         }
-        let deep = format!("{}{}", "{\"a\":".repeat(200), "}".repeat(200));
-        assert!(Members::parse(deep.as_bytes()).is_none());
+        // Inside arrays too (serde_json's skipping checks none of these; found in review).
+        for body in [
+            r#"{"x":[1e400]}"#,
+            r#"{"x":["\ud800"]}"#,
+            r#"{"x":[[1,{"a":1e999}]]}"#,
+        ] {
+            assert!(Members::parse(body.as_bytes()).is_none(), "{body}");
+            assert!(serde_json::from_str::<Value>(body).is_err(), "{body}");
+        }
+        assert!(Members::parse(b"{\"x\":[\"\xff\"]}").is_none());
+        for (open, close) in [("{\"a\":", "}"), ("[", "]")] {
+            let deep = format!("{{\"d\":{}1{}}}", open.repeat(200), close.repeat(200));
+            assert!(Members::parse(deep.as_bytes()).is_none(), "{deep}");
+            assert!(serde_json::from_str::<Value>(&deep).is_err());
+        }
     }
 
     #[test]
