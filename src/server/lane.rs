@@ -68,9 +68,12 @@ impl Lane {
 /// May answering this request wait on WeChat or a forward target?
 pub fn waits_upstream(method: Method, path: &str, body: &[u8]) -> bool {
     match (method, path) {
-        // The envelope is parsed by its handler; a plain search is enough to pick the lane.
+        // A plain search picks the lane for what SDKs send; only a body with `\u` escapes (which
+        // could spell the name another way) pays for parsing the envelope here.
         (Method::Post, "/mina_auth/" | "/mina_auth" | "/") => {
             contains(body, b"\"qcloud.cam.id_skey\"")
+                || (contains(body, b"\\u")
+                    && super::parse_envelope(body).is_ok_and(|(n, _)| n == "qcloud.cam.id_skey"))
         }
         (Method::Post, "/v1/sessions" | "/mina/login") => true,
         _ => path.starts_with("/wechat/"),
@@ -154,5 +157,16 @@ mod tests {
         assert!(lane(Method::Get, "/wechat/component/wx1/authorize", ""));
         assert!(!lane(Method::Get, "/healthz", ""));
         assert!(!contains(b"", b"\"x\""));
+        // The name spelled with an escape is still a login (found in review).
+        assert!(lane(
+            Method::Post,
+            "/mina_auth/",
+            &env("qcloud.cam.id\\u005fskey")
+        ));
+        assert!(!lane(
+            Method::Post,
+            "/mina_auth/",
+            &env("qcloud.cam.\\u0061uth")
+        ));
     }
 }
