@@ -336,6 +336,13 @@ fn work_add(mut o: Opts) -> Result<(), String> {
         prev_aes_key: None,
         forward_url: o.take("forward-url"),
     };
+    if agent
+        .aes_key
+        .as_ref()
+        .is_some_and(|k| k.expose().len() != 43)
+    {
+        return Err("--aes-key: an EncodingAESKey is 43 characters".into());
+    }
     let db = open_db(&mut o)?;
     o.done(0)?;
     db.upsert_work_agent(&agent, crate::ids::now())

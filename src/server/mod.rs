@@ -16,7 +16,7 @@ mod wafer;
 
 pub use wafer::{parse_envelope, Fail};
 
-use crate::config::Config;
+use crate::config::{Config, Secret};
 use crate::credential::Broker;
 use crate::metrics::Metrics;
 use crate::store::{AppUpsert, ComponentUpsert, Db};
@@ -250,6 +250,19 @@ impl Handle {
     }
 }
 
+/// Declared EncodingAESKeys (current and previous) must be 43 characters. Checked at start-up
+/// rather than in `Config::validate`, so the example file's placeholders still validate; a real
+/// start-up refuses a key that could never decrypt anything (a malformed previous key would
+/// otherwise make every safe-mode message fail, the current key's included).
+fn encoding_keys_ok(kind: &str, id: &str, keys: &[Option<&Secret>]) -> Result<(), String> {
+    if keys.iter().flatten().any(|k| k.expose().len() != 43) {
+        return Err(format!(
+            "{kind}.aes_key ({id}): an EncodingAESKey is 43 characters"
+        ));
+    }
+    Ok(())
+}
+
 /// Open the database, apply the apps, WeCom agents and components declared in config, bind, and
 /// start the workers.
 pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
@@ -257,6 +270,11 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
     let db = Db::open(&db_path).map_err(|e| format!("database {}: {e}", db_path.display()))?;
     let now = crate::ids::now();
     for a in &config.apps {
+        encoding_keys_ok(
+            "app",
+            &a.appid,
+            &[a.aes_key.as_ref(), a.prev_aes_key.as_ref()],
+        )?;
         db.upsert_app(
             &AppUpsert {
                 appid: a.appid.clone(),
@@ -275,15 +293,11 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         .map_err(|e| format!("config app {}: {e}", a.appid))?;
     }
     for c in &config.components {
-        // Checked here rather than in `Config::validate`, so the example file's placeholders
-        // still validate; a real start-up refuses a key that could never decrypt anything.
-        let keys = [Some(&c.aes_key), c.prev_aes_key.as_ref()];
-        if keys.iter().flatten().any(|k| k.expose().len() != 43) {
-            return Err(format!(
-                "component.aes_key ({}): an EncodingAESKey is 43 characters",
-                c.appid
-            ));
-        }
+        encoding_keys_ok(
+            "component",
+            &c.appid,
+            &[Some(&c.aes_key), c.prev_aes_key.as_ref()],
+        )?;
         let secret_changed = db
             .upsert_component(
                 &ComponentUpsert {
@@ -306,6 +320,12 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         }
     }
     for a in &config.work_agents {
+        let id = format!("{}/{}", a.corpid, a.agentid);
+        encoding_keys_ok(
+            "work_agent",
+            &id,
+            &[a.aes_key.as_ref(), a.prev_aes_key.as_ref()],
+        )?;
         // A changed secret means the cached tokens belong to the old one.
         let secret_changed = db
             .work_agent(&a.corpid, &a.agentid)

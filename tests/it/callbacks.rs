@@ -539,3 +539,20 @@ fn callbacks_waiting_on_a_slow_business_endpoint_do_not_hold_up_checks() {
         "a check took {slowest:?}"
     );
 }
+
+#[test]
+fn a_malformed_declared_encoding_key_is_refused_at_start_up() {
+    // A previous key that could never decrypt would make every safe-mode message fail, the
+    // current key's included: refused with a clear line instead (found in review).
+    let env = mp_env(None);
+    let mut bad_prev = env.config.clone();
+    bad_prev.apps[0].prev_aes_key = Some(Secret::new("oops-not-a-key"));
+    let mut bad_agent = env.config.clone();
+    bad_agent.work_agents = vec![wecom_agent("short", None)];
+    for (config, what) in [(bad_prev, "app.aes_key"), (bad_agent, "work_agent.aes_key")] {
+        match wafer::server::start(config, false) {
+            Ok(_) => panic!("{what}: started"),
+            Err(e) => assert!(e.contains(what) && e.contains("43 characters"), "{e}"),
+        }
+    }
+}
