@@ -30,6 +30,9 @@ pub enum Error {
     Refused(String),
     /// Something that should not happen; logged, answered as a 500.
     Internal(String),
+    /// The answer would wait on WeChat and this thread must not: the server hands the request
+    /// to a thread that may (`credential::defer_waits_on_this_thread`). Never sent to a client.
+    Deferred,
 }
 
 impl Error {
@@ -57,6 +60,7 @@ impl fmt::Display for Error {
             Error::NotFound(what) => write!(f, "no such {what}"),
             Error::Refused(m) => f.write_str(m),
             Error::Internal(m) => write!(f, "internal: {m}"),
+            Error::Deferred => f.write_str("deferred to a thread that may wait on WeChat"),
         }
     }
 }

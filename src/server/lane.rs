@@ -15,10 +15,14 @@
 //! as without a lane, so the lane can only take waiting off the workers, never add a failure.
 //!
 //! Which requests: logins in every dialect (`qcloud.cam.id_skey`, `POST /v1/sessions`,
-//! `POST /mina/login`) and every `/wechat/` route. Token reads stay on the workers: the
-//! refresher keeps tokens warm, and a cold one is fetched once for all callers. The test is a
-//! hint, not a contract: a request sent the wrong way is still answered right, only on the
-//! other kind of thread.
+//! `POST /mina/login`) and every `/wechat/` route, by [`waits_upstream`] before routing. Token
+//! and ticket reads are answered on the workers while the credential is usable from memory (the
+//! refresher keeps it so); when it is not, the broker answers the worker `Error::Deferred`
+//! instead of fetching or waiting (`credential::defer_waits_on_this_thread`), and
+//! `server::answer` hands the request over with [`Lane::hand_over`], where it is routed again from
+//! the start (nothing a handler does before asking the broker is a write). The test is a hint,
+//! not a contract: a request sent the wrong way is still answered right, only on the other kind
+//! of thread.
 
 use super::{answer, Method, Reply, Shared, Worker};
 use crate::store::Db;
@@ -58,6 +62,14 @@ impl Lane {
             Ok(body) if waits_upstream(job.method, &job.path, body) => {}
             _ => return Some(job),
         }
+        self.hand_over(job)
+    }
+}
+
+impl Lane {
+    /// Take `job` whatever it is (a handler found it must wait on WeChat: `Error::Deferred`) if
+    /// the lane has room; otherwise give it back.
+    pub fn hand_over(&self, job: Job) -> Option<Job> {
         match self.tx.try_send(job) {
             Ok(()) => None,
             Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => Some(job),

@@ -439,6 +439,8 @@ fn worker_loop(worker: &mut Worker, server: &listen::Front, stop: &AtomicBool) {
     // worker (including one draining), so counting them does not reliably wake every worker.
     // Request log lines are batched while requests are queued, and written before waiting.
     crate::log::batch_this_thread();
+    // A credential that would wait on WeChat sends its request to the lane (`answer`).
+    crate::credential::defer_waits_on_this_thread(worker.lane.is_some());
     while !stop.load(Ordering::SeqCst) {
         let next = match server.try_recv() {
             Some(rq) => Some(rq),
@@ -497,7 +499,9 @@ fn serve(worker: &mut Worker, mut rq: tiny_http::Request) {
     answer(worker, job);
 }
 
-/// Route a read request, answer it, log it and count it (on a worker or a lane thread).
+/// Route a read request, answer it, log it and count it (on a worker or a lane thread). A worker
+/// whose handler found it would have to wait on WeChat for a credential (`Error::Deferred`)
+/// hands the request to the lane instead, or, with the lane full, answers it waiting after all.
 fn answer(worker: &mut Worker, job: lane::Job) {
     let lane::Job {
         rq,
@@ -506,23 +510,41 @@ fn answer(worker: &mut Worker, job: lane::Job) {
         body,
         started,
     } = job;
-    let (route, reply) = match body {
-        Err(reply) => ("-", reply),
-        Ok(body) => {
-            let incoming = Incoming {
-                method,
-                path: &path,
-                query: rq.url().get(path.len() + 1..).unwrap_or(""),
-                headers: rq.headers(),
-                body,
-            };
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                route(worker, &incoming)
-            })) {
-                Ok(r) => r,
-                Err(_) => ("-", Reply::error(500, "internal", "internal error", None)),
+    let (route, reply, rq, path) = match body {
+        Err(reply) => ("-", reply, rq, path),
+        Ok(body) => match route_once(worker, &rq, method, &path, body) {
+            Routed::Done(route, reply) => (route, reply, rq, path),
+            Routed::Deferred(body) => {
+                let job = lane::Job {
+                    rq,
+                    method,
+                    path,
+                    body: Ok(body),
+                    started,
+                };
+                let job = match &worker.lane {
+                    Some(lane) => match lane.hand_over(job) {
+                        None => return,
+                        Some(job) => job,
+                    },
+                    None => job,
+                };
+                let lane::Job { rq, path, body, .. } = job;
+                let body = body.unwrap_or_default();
+                crate::credential::defer_waits_on_this_thread(false);
+                let routed = route_once(worker, &rq, method, &path, body);
+                crate::credential::defer_waits_on_this_thread(worker.lane.is_some());
+                match routed {
+                    Routed::Done(route, reply) => (route, reply, rq, path),
+                    Routed::Deferred(_) => (
+                        "-",
+                        Reply::error(500, "internal", "internal error", None),
+                        rq,
+                        path,
+                    ),
+                }
             }
-        }
+        },
     };
     let status = reply.status;
     let mut resp = tiny_http::Response::from_data(reply.body).with_status_code(status);
@@ -546,6 +568,38 @@ fn answer(worker: &mut Worker, job: lane::Job) {
         status,
         elapsed.as_micros()
     ));
+}
+
+enum Routed {
+    Done(&'static str, Reply),
+    /// A handler deferred (`Error::Deferred`); the body, to hand the request on.
+    Deferred(Vec<u8>),
+}
+
+/// Run the router on one request, inside `catch_unwind`: a panic becomes a 500.
+fn route_once(
+    worker: &mut Worker,
+    rq: &tiny_http::Request,
+    method: Method,
+    path: &str,
+    body: Vec<u8>,
+) -> Routed {
+    let incoming = Incoming {
+        method,
+        path,
+        query: rq.url().get(path.len() + 1..).unwrap_or(""),
+        headers: rq.headers(),
+        body,
+    };
+    let routed =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| route(worker, &incoming)));
+    if crate::credential::take_deferred() {
+        return Routed::Deferred(incoming.body);
+    }
+    match routed {
+        Ok((route, reply)) => Routed::Done(route, reply),
+        Err(_) => Routed::Done("-", Reply::error(500, "internal", "internal error", None)),
+    }
 }
 
 fn method_name(m: Method) -> &'static str {

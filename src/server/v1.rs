@@ -39,8 +39,10 @@ pub fn error_reply(e: Error) -> Reply {
             "the session could not be stored".into(),
         ),
         Error::Internal(_) => (500, "internal", "internal error".into()),
+        // Replaced by the answer from the lane (`server::answer`); never sent.
+        Error::Deferred => (503, "busy", "try again".into()),
     };
-    if status >= 500 {
+    if status >= 500 && !matches!(e, Error::Deferred) {
         eprintln!("v1: {e}");
     }
     Reply::error(status, code, &message, errcode)

@@ -28,7 +28,11 @@ impl From<Error> for Fail {
     fn from(e: Error) -> Fail {
         if !matches!(
             e,
-            Error::AuthFail | Error::DecryptFail | Error::BadRequest(_) | Error::NoApp
+            Error::AuthFail
+                | Error::DecryptFail
+                | Error::BadRequest(_)
+                | Error::NoApp
+                | Error::Deferred
         ) {
             eprintln!("mina_auth: {e}");
         }
@@ -41,7 +45,8 @@ impl From<Error> for Fail {
             Error::Upstream(_) | Error::Refused(_) => Fail(1007, "WEIXIN_RETURN_ERR"),
             Error::CodeRejected(_) => Fail(40029, "WEIXIN_CODE_ERR"),
             Error::SessionWrite(_) => Fail(1006, "CHANGE_SESSION_ERR"),
-            Error::Db(_) | Error::Internal(_) => Fail(1001, "DB_ERR"),
+            // Deferred: replaced by the answer from the lane (`server::answer`); never sent.
+            Error::Db(_) | Error::Internal(_) | Error::Deferred => Fail(1001, "DB_ERR"),
         }
     }
 }

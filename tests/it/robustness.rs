@@ -953,3 +953,46 @@ fn a_full_lane_gives_logins_back_to_the_workers_and_every_one_is_answered() {
         started.elapsed()
     );
 }
+
+#[test]
+fn token_reads_waiting_on_wechat_do_not_hold_up_checks() {
+    // Eight reads of a token that is not in memory while WeChat's token endpoints hang, twice
+    // the worker count: the reads wait on the lane, the workers go on checking sessions (found
+    // in review: before, only three checks got through in a second).
+    let timeout_ms = 1000;
+    let env = Arc::new(Env::with(|c| {
+        c.wechat.timeout_ms = timeout_ms;
+        c.server.workers = 4;
+    }));
+    let (id, skey, _) = env.login("checker");
+    for path in ["/cgi-bin/stable_token", "/cgi-bin/token"] {
+        env.fail(json!({"path": path, "delay_ms": 3000, "times": 50}));
+    }
+    let reads: Vec<_> = (0..8)
+        .map(|_| {
+            let env = env.clone();
+            std::thread::spawn(move || {
+                env.v1("GET", &format!("/v1/apps/{APPID}/access_token"), None, None)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let (checks, slowest) = env.checks_for(&id, &skey, Duration::from_millis(timeout_ms));
+    for r in reads {
+        let (status, body) = r.join().unwrap();
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (502, Some("wechat_unavailable")),
+            "{body}"
+        );
+    }
+    assert!(checks >= 10, "only {checks} checks");
+    assert!(
+        slowest < Duration::from_millis(timeout_ms / 2),
+        "a check took {slowest:?}"
+    );
+    // Once WeChat answers again, a read on a worker fetches nothing itself and still succeeds.
+    env.mock_post("/__mock__/reset", json!({}));
+    let (status, body) = env.v1("GET", &format!("/v1/apps/{APPID}/access_token"), None, None);
+    assert_eq!(status, 200, "{body}");
+}
