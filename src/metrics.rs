@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -25,6 +26,8 @@ struct Inner {
 #[derive(Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
+    /// Requests the lane (`server::lane`) was full for, answered on a worker instead.
+    lane_full: AtomicU64,
 }
 
 impl Metrics {
@@ -37,6 +40,11 @@ impl Metrics {
         }
         m.latency_sum += secs;
         m.latency_total += 1;
+    }
+
+    /// One request the lane had no room for (its worker answered it).
+    pub fn lane_full(&self) {
+        self.lane_full.fetch_add(1, Ordering::Relaxed);
     }
 
     /// One upstream call; `errcode` 0 for success, -2 for a transport failure or garbage.
@@ -95,6 +103,12 @@ impl Metrics {
                 "wafer_token_refreshes_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}"
             );
         }
+        out.push_str("# TYPE wafer_lane_full_total counter\n");
+        let _ = writeln!(
+            out,
+            "wafer_lane_full_total {}",
+            self.lane_full.load(Ordering::Relaxed)
+        );
         if let Some(n) = live_sessions {
             out.push_str("# TYPE wafer_live_sessions gauge\n");
             let _ = writeln!(out, "wafer_live_sessions {n}");

@@ -25,6 +25,7 @@
 //! of thread.
 
 use super::{answer, Method, Reply, Shared, Worker};
+use crate::metrics::Metrics;
 use crate::store::Db;
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -34,6 +35,9 @@ use std::time::Instant;
 
 /// Lane threads per worker: a waiting login costs a thread a small stack and nothing else.
 pub const THREADS_PER_WORKER: usize = 4;
+/// At most this many lane threads however many workers (each holds a database connection and
+/// two file descriptors; `server.workers` may be up to 1024).
+pub const MAX_THREADS: usize = 64;
 /// Requests that may wait in the lane's queue per lane thread before workers answer them.
 const QUEUE_PER_THREAD: usize = 4;
 /// A lane connection's page cache, KiB (a worker's is SQLite's default, 2 MiB).
@@ -52,6 +56,7 @@ pub struct Job {
 #[derive(Clone)]
 pub struct Lane {
     tx: SyncSender<Job>,
+    metrics: Arc<Metrics>,
 }
 
 impl Lane {
@@ -72,7 +77,10 @@ impl Lane {
     pub fn hand_over(&self, job: Job) -> Option<Job> {
         match self.tx.try_send(job) {
             Ok(()) => None,
-            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => Some(job),
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                self.metrics.lane_full();
+                Some(job)
+            }
         }
     }
 }
@@ -122,7 +130,8 @@ pub fn spawn(
             .map_err(|e| format!("spawning a lane thread: {e}"))?;
         handles.push(t);
     }
-    Ok((Lane { tx }, handles))
+    let metrics = shared.metrics.clone();
+    Ok((Lane { tx, metrics }, handles))
 }
 
 fn run(worker: &mut Worker, rx: &Mutex<Receiver<Job>>) {
@@ -139,6 +148,48 @@ fn run(worker: &mut Worker, rx: &Mutex<Receiver<Job>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+
+    /// A real request, read by a real tiny_http server on loopback.
+    fn request(server: &tiny_http::Server, path: &str) -> Job {
+        let mut c = std::net::TcpStream::connect(server.server_addr().to_ip().unwrap()).unwrap();
+        write!(
+            c,
+            "POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{{}}"
+        )
+        .unwrap();
+        let rq = server.recv().unwrap();
+        Job {
+            rq,
+            method: Method::Post,
+            path: path.to_string(),
+            body: Ok(b"{}".to_vec()),
+            started: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_full_lane_gives_requests_back_and_counts_them() {
+        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let (tx, rx) = sync_channel(1);
+        let lane = Lane {
+            tx,
+            metrics: metrics.clone(),
+        };
+        // Not a login: given back at once, not counted.
+        assert!(lane.offer(request(&server, "/v1/sessions/check")).is_some());
+        // A login: taken while there is room, then given back (and counted).
+        assert!(lane.offer(request(&server, "/v1/sessions")).is_none());
+        assert!(lane.offer(request(&server, "/v1/sessions")).is_some());
+        assert!(lane
+            .hand_over(request(&server, "/v1/apps/wx1/access_token"))
+            .is_some());
+        assert!(metrics.render(None).contains("wafer_lane_full_total 2\n"));
+        // With the lane gone, everything comes back.
+        drop(rx);
+        assert!(lane.offer(request(&server, "/mina/login")).is_some());
+    }
 
     #[test]
     fn logins_and_callbacks_take_the_lane_checks_and_tokens_do_not() {

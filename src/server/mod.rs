@@ -397,8 +397,11 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         .map_err(|e| format!("spawning the purger: {e}"))?;
     let keeper = listen::spawn_keeper(addr, io_timeout, stop.clone())
         .map_err(|e| format!("spawning the accept keeper: {e}"))?;
-    let (lane, lane_threads) =
-        lane::spawn(workers_n * lane::THREADS_PER_WORKER, &shared, &db_path)?;
+    let (lane, lane_threads) = lane::spawn(
+        (workers_n * lane::THREADS_PER_WORKER).min(lane::MAX_THREADS),
+        &shared,
+        &db_path,
+    )?;
     let mut workers = Vec::with_capacity(workers_n);
     for i in 0..workers_n {
         let db = Db::open(&db_path).map_err(|e| format!("database {}: {e}", db_path.display()))?;
