@@ -897,8 +897,11 @@ fn more_logins_waiting_on_wechat_than_workers_do_not_hold_up_checks() {
                         .0 as i64
                     }
                     _ => {
-                        env.post_raw("/mina/login", format!("code={code}&app_id=1").as_bytes())
-                            .0 as i64
+                        let (status, body) =
+                            env.post_raw("/mina/login", format!("code={code}&app_id=1").as_bytes());
+                        let v: Value = serde_json::from_str(&body).unwrap();
+                        assert_eq!(v["msg"], "WEIXIN_NET_ERR", "{body}");
+                        status as i64
                     }
                 }
             })
@@ -908,7 +911,7 @@ fn more_logins_waiting_on_wechat_than_workers_do_not_hold_up_checks() {
     std::thread::sleep(Duration::from_millis(200));
     let (checks, slowest) = env.checks_for(&id, &skey, Duration::from_millis(timeout_ms));
     let outcomes: Vec<i64> = logins.into_iter().map(|l| l.join().unwrap()).collect();
-    // Wafer: 1005; /v1: 502; /mina: HTTP 200 with an error message.
+    // Wafer: 1005; /v1: 502; /mina: HTTP 200 with WEIXIN_NET_ERR (asserted above).
     assert!(
         outcomes.iter().all(|c| matches!(c, 1005 | 502 | 200)),
         "{outcomes:?}"
