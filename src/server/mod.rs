@@ -525,26 +525,9 @@ fn answer(worker: &mut Worker, job: lane::Job) {
                     body: Ok(body),
                     started,
                 };
-                let job = match &worker.lane {
-                    Some(lane) => match lane.hand_over(job) {
-                        None => return,
-                        Some(job) => job,
-                    },
-                    None => job,
-                };
-                let lane::Job { rq, path, body, .. } = job;
-                let body = body.unwrap_or_default();
-                crate::credential::defer_waits_on_this_thread(false);
-                let routed = route_once(worker, &rq, method, &path, body);
-                crate::credential::defer_waits_on_this_thread(worker.lane.is_some());
-                match routed {
-                    Routed::Done(route, reply) => (route, reply, rq, path),
-                    Routed::Deferred(_) => (
-                        "-",
-                        Reply::error(500, "internal", "internal error", None),
-                        rq,
-                        path,
-                    ),
+                match answer_waiting(worker, job) {
+                    Some(answered) => answered,
+                    None => return,
                 }
             }
         },
@@ -571,6 +554,38 @@ fn answer(worker: &mut Worker, job: lane::Job) {
         status,
         elapsed.as_micros()
     ));
+}
+
+/// A request whose handler deferred: to the lane; or, with the lane full, routed again here
+/// with waiting allowed. `None` when the lane took it.
+fn answer_waiting(
+    worker: &mut Worker,
+    job: lane::Job,
+) -> Option<(&'static str, Reply, tiny_http::Request, String)> {
+    let job = match &worker.lane {
+        Some(lane) => lane.hand_over(job)?,
+        None => job,
+    };
+    let lane::Job {
+        rq,
+        method,
+        path,
+        body,
+        ..
+    } = job;
+    crate::credential::defer_waits_on_this_thread(false);
+    let routed = route_once(worker, &rq, method, &path, body.unwrap_or_default());
+    crate::credential::defer_waits_on_this_thread(worker.lane.is_some());
+    Some(match routed {
+        Routed::Done(route, reply) => (route, reply, rq, path),
+        // Cannot happen with waiting allowed; answered rather than lost.
+        Routed::Deferred(_) => (
+            "-",
+            Reply::error(500, "internal", "internal error", None),
+            rq,
+            path,
+        ),
+    })
 }
 
 enum Routed {
