@@ -23,28 +23,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-thread_local! {
-    /// On this thread, a credential that is not usable from memory is not fetched (or waited
-    /// for) but answered `Error::Deferred` (the server's workers: `server::lane`).
-    static DEFER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    /// Whether this thread answered `Error::Deferred` since [`take_deferred`] last asked.
-    static DEFERRED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Set whether this thread defers credentials that would wait on WeChat (see `DEFER`).
-pub fn defer_waits_on_this_thread(on: bool) {
-    DEFER.with(|d| d.set(on));
-}
-
-/// Did a credential call on this thread answer `Error::Deferred` since the last call? (Clears.)
-pub fn take_deferred() -> bool {
-    DEFERRED.with(|d| d.replace(false))
-}
-
-fn deferring() -> bool {
-    DEFER.with(|d| d.get())
-}
-
 /// Forced refreshes allowed per key per UTC day, and the least time between two.
 pub const FORCE_PER_DAY: i64 = 20;
 pub const FORCE_MIN_INTERVAL_SECS: i64 = 30;
@@ -277,11 +255,8 @@ impl Broker {
         if !force && st.usable(now) {
             return Ok(st.credential(false).expect("usable implies a value"));
         }
-        if deferring() {
-            // Waiting for a fetch (ours or another caller's) is for a lane thread.
-            DEFERRED.with(|d| d.set(true));
-            return Err(Error::Deferred);
-        }
+        // Waiting for a fetch (ours or another caller's) is for a thread that may wait.
+        crate::error::may_wait()?;
         if st.refreshing {
             // Someone else is fetching: wait for that result rather than calling again.
             return self.wait_for(&entry, st, now);
@@ -538,11 +513,8 @@ impl Broker {
     /// Invalidate-if-current: a caller got "token invalid" with `stale`. Refresh only if `stale`
     /// is still the current value (else someone already did); answer the current credential.
     pub fn invalidate(&self, db: &Db, key: &Key, stale: &str) -> Result<Credential, Error> {
-        if deferring() {
-            // Nearly always a refresh: for a lane thread.
-            DEFERRED.with(|d| d.set(true));
-            return Err(Error::Deferred);
-        }
+        // Nearly always a refresh: for a thread that may wait.
+        crate::error::may_wait()?;
         let entry = self.entry(key);
         let now = ids::now();
         let mut st = lock(&entry.state);

@@ -30,9 +30,38 @@ pub enum Error {
     Refused(String),
     /// Something that should not happen; logged, answered as a 500.
     Internal(String),
-    /// The answer would wait on WeChat and this thread must not: the server hands the request
-    /// to a thread that may (`credential::defer_waits_on_this_thread`). Never sent to a client.
+    /// The answer would wait on WeChat and this thread must not ([`may_wait`]): the server hands
+    /// the request to a thread that may. Never sent to a client.
     Deferred,
+}
+
+thread_local! {
+    /// On this thread, whatever would wait on WeChat answers `Error::Deferred` instead (the
+    /// server's workers: `server::lane`).
+    static DEFER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Whether [`may_wait`] answered `Error::Deferred` on this thread since [`take_deferred`].
+    static DEFERRED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Set whether this thread defers what would wait on WeChat (see [`may_wait`]).
+pub fn defer_waits_on_this_thread(on: bool) {
+    DEFER.with(|d| d.set(on));
+}
+
+/// Called before anything that would wait on WeChat (a login's `jscode2session`, a credential
+/// fetch or another caller's): `Err(Error::Deferred)` on a thread that must not wait. Nothing
+/// may have been written before it, since the request is routed again from the start elsewhere.
+pub fn may_wait() -> Result<(), Error> {
+    if DEFER.with(|d| d.get()) {
+        DEFERRED.with(|d| d.set(true));
+        return Err(Error::Deferred);
+    }
+    Ok(())
+}
+
+/// Did [`may_wait`] answer `Error::Deferred` on this thread since the last call? (Clears.)
+pub fn take_deferred() -> bool {
+    DEFERRED.with(|d| d.replace(false))
 }
 
 impl Error {

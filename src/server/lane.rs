@@ -14,15 +14,15 @@
 //! touches a few pages). When the queue is full, the worker answers the request itself, exactly
 //! as without a lane, so the lane can only take waiting off the workers, never add a failure.
 //!
-//! Which requests: logins in every dialect (`qcloud.cam.id_skey`, `POST /v1/sessions`,
-//! `POST /mina/login`) and every `/wechat/` route, by [`waits_upstream`] before routing. Token
-//! and ticket reads are answered on the workers while the credential is usable from memory (the
-//! refresher keeps it so); when it is not, the broker answers the worker `Error::Deferred`
-//! instead of fetching or waiting (`credential::defer_waits_on_this_thread`), and
-//! `server::answer` hands the request over with [`Lane::hand_over`], where it is routed again from
-//! the start (nothing a handler does before asking the broker is a write). The test is a hint,
-//! not a contract: a request sent the wrong way is still answered right, only on the other kind
-//! of thread.
+//! Two ways in. Before routing, by path ([`waits_upstream`]): every `/wechat/` route, and the
+//! `/v1` and `/mina` logins. During routing, by deferral: whatever would wait on WeChat on a
+//! worker (a login's `jscode2session`, a credential not usable from memory, whose fetch or
+//! another caller's the broker would wait for) calls `error::may_wait` first, which answers the
+//! worker `Error::Deferred`; `server::answer` then hands the request over with
+//! [`Lane::hand_over`], and the lane routes it again from the start (so nothing a handler does
+//! before `may_wait` is a write). The Wafer envelope's login is found this way rather than by
+//! searching every envelope's body, which would cost each `qcloud.cam.auth` a scan. Either way
+//! is a matter of where, not what: a request sent the wrong way is still answered right.
 
 use super::{answer, Method, Reply, Shared, Worker};
 use crate::metrics::Metrics;
@@ -60,18 +60,15 @@ pub struct Lane {
 }
 
 impl Lane {
-    /// Take `job` if it may wait on an upstream and the lane has room; otherwise give it back
-    /// for the worker to answer.
+    /// Take `job` if [`waits_upstream`] says so and the lane has room; otherwise give it back
+    /// for the worker to route (where it may still be deferred).
     pub fn offer(&self, job: Job) -> Option<Job> {
-        match &job.body {
-            Ok(body) if waits_upstream(job.method, &job.path, body) => {}
-            _ => return Some(job),
+        if job.body.is_err() || !waits_upstream(job.method, &job.path) {
+            return Some(job);
         }
         self.hand_over(job)
     }
-}
 
-impl Lane {
     /// Take `job` whatever it is (a handler found it must wait on WeChat: `Error::Deferred`) if
     /// the lane has room; otherwise give it back.
     pub fn hand_over(&self, job: Job) -> Option<Job> {
@@ -85,23 +82,12 @@ impl Lane {
     }
 }
 
-/// May answering this request wait on WeChat or a forward target?
-pub fn waits_upstream(method: Method, path: &str, body: &[u8]) -> bool {
-    match (method, path) {
-        // A plain search picks the lane for what SDKs send; only a body with `\u` escapes (which
-        // could spell the name another way) pays for parsing the envelope here.
-        (Method::Post, "/mina_auth/" | "/mina_auth" | "/") => {
-            contains(body, b"\"qcloud.cam.id_skey\"")
-                || (contains(body, b"\\u")
-                    && super::parse_envelope(body).is_ok_and(|(n, _)| n == "qcloud.cam.id_skey"))
-        }
-        (Method::Post, "/v1/sessions" | "/mina/login") => true,
-        _ => path.starts_with("/wechat/"),
-    }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+/// Is this a request to hand to the lane before routing? (Others may still be deferred.)
+pub fn waits_upstream(method: Method, path: &str) -> bool {
+    matches!(
+        (method, path),
+        (Method::Post, "/v1/sessions" | "/mina/login")
+    ) || path.starts_with("/wechat/")
 }
 
 /// Start `threads` lane threads, each with its own database connection. The threads end once
@@ -192,44 +178,20 @@ mod tests {
     }
 
     #[test]
-    fn logins_and_callbacks_take_the_lane_checks_and_tokens_do_not() {
-        let env = |name: &str| {
-            format!(
-                r#"{{"version":1,"componentName":"MA","interface":{{"interfaceName":"{name}","para":{{}}}}}}"#
-            )
-        };
-        let lane = |m, p: &str, b: &str| waits_upstream(m, p, b.as_bytes());
-        assert!(lane(
-            Method::Post,
-            "/mina_auth/",
-            &env("qcloud.cam.id_skey")
+    fn callbacks_and_path_logins_take_the_lane_before_routing() {
+        assert!(waits_upstream(Method::Post, "/v1/sessions"));
+        assert!(waits_upstream(Method::Post, "/mina/login"));
+        assert!(waits_upstream(Method::Post, "/wechat/mp/wx1"));
+        assert!(waits_upstream(
+            Method::Get,
+            "/wechat/component/wx1/authorize"
         ));
-        assert!(lane(Method::Post, "/", &env("qcloud.cam.id_skey")));
-        assert!(!lane(Method::Post, "/mina_auth/", &env("qcloud.cam.auth")));
-        assert!(!lane(
-            Method::Post,
-            "/mina_auth/",
-            &env("qcloud.mimi.access_token")
-        ));
-        assert!(lane(Method::Post, "/v1/sessions", "{}"));
-        assert!(!lane(Method::Post, "/v1/sessions/check", "{}"));
-        assert!(!lane(Method::Get, "/v1/apps/wx1/access_token", ""));
-        assert!(lane(Method::Post, "/mina/login", "code=a&app_id=1"));
-        assert!(!lane(Method::Post, "/mina/auth", "uuid=a&skey=b&app_id=1"));
-        assert!(lane(Method::Post, "/wechat/mp/wx1", "<xml/>"));
-        assert!(lane(Method::Get, "/wechat/component/wx1/authorize", ""));
-        assert!(!lane(Method::Get, "/healthz", ""));
-        assert!(!contains(b"", b"\"x\""));
-        // The name spelled with an escape is still a login (found in review).
-        assert!(lane(
-            Method::Post,
-            "/mina_auth/",
-            &env("qcloud.cam.id\\u005fskey")
-        ));
-        assert!(!lane(
-            Method::Post,
-            "/mina_auth/",
-            &env("qcloud.cam.\\u0061uth")
-        ));
+        assert!(!waits_upstream(Method::Post, "/v1/sessions/check"));
+        assert!(!waits_upstream(Method::Get, "/v1/apps/wx1/access_token"));
+        assert!(!waits_upstream(Method::Post, "/mina/auth"));
+        assert!(!waits_upstream(Method::Get, "/healthz"));
+        // Envelopes are not read here (every qcloud.cam.auth would pay for it): an envelope
+        // login is deferred by `error::may_wait` (tests/it/robustness.rs).
+        assert!(!waits_upstream(Method::Post, "/mina_auth/"));
     }
 }

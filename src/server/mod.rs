@@ -443,7 +443,7 @@ fn worker_loop(worker: &mut Worker, server: &listen::Front, stop: &AtomicBool) {
     // Request log lines are batched while requests are queued, and written before waiting.
     crate::log::batch_this_thread();
     // A credential that would wait on WeChat sends its request to the lane (`answer`).
-    crate::credential::defer_waits_on_this_thread(worker.lane.is_some());
+    crate::error::defer_waits_on_this_thread(worker.lane.is_some());
     while !stop.load(Ordering::SeqCst) {
         let next = match server.try_recv() {
             Some(rq) => Some(rq),
@@ -573,9 +573,9 @@ fn answer_waiting(
         body,
         ..
     } = job;
-    crate::credential::defer_waits_on_this_thread(false);
+    crate::error::defer_waits_on_this_thread(false);
     let routed = route_once(worker, &rq, method, &path, body.unwrap_or_default());
-    crate::credential::defer_waits_on_this_thread(worker.lane.is_some());
+    crate::error::defer_waits_on_this_thread(worker.lane.is_some());
     Some(match routed {
         Routed::Done(route, reply) => (route, reply, rq, path),
         // Cannot happen with waiting allowed; answered rather than lost.
@@ -611,7 +611,7 @@ fn route_once(
     };
     let routed =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| route(worker, &incoming)));
-    if crate::credential::take_deferred() {
+    if crate::error::take_deferred() {
         return Routed::Deferred(incoming.body);
     }
     match routed {

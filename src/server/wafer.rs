@@ -169,6 +169,9 @@ fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Data), Fail>
     }
     match name {
         "qcloud.cam.id_skey" => {
+            // On a worker, defer before the app read rather than at `session::login`'s own check:
+            // the lane routes the whole request again anyway.
+            crate::error::may_wait()?;
             let code = p.str("code")?;
             let encrypted = p.encrypted()?;
             let app = session::resolve_app(&w.db, p.opt_str("appid")?)?;
