@@ -122,9 +122,61 @@ fn app_from_row(r: &rusqlite::Row) -> rusqlite::Result<App> {
 const APP_COLUMNS: &str =
     "id, appid, secret, kind, title, login_days, session_secs, token, aes_key, prev_aes_key, forward_url";
 
+/// Create the database file readable and writable by its owner only (0600, whatever the umask),
+/// before SQLite opens it: SQLite gives the -wal and -shm files it creates the main file's mode,
+/// so all three are owner-only. An existing file (and its -wal and -shm) that others may read is
+/// tightened to its owner's bits, with one line on stderr: every secret in it was readable. A
+/// file we cannot tighten (someone else's) is left as it is, and said so.
+fn owner_only(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let owner_only = std::fs::Permissions::from_mode(0o600);
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        // The umask may have taken bits away from 0600; make it exactly that.
+        Ok(file) => return file.set_permissions(owner_only),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = Path::new(&file);
+        let Ok(meta) = std::fs::metadata(file) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        if mode & 0o077 == 0 || !meta.is_file() {
+            continue;
+        }
+        match std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode & 0o700)) {
+            Ok(()) => eprintln!(
+                "wafer: {} was readable by others (mode {:o}); now by its owner only",
+                file.display(),
+                mode & 0o777
+            ),
+            Err(e) => eprintln!(
+                "wafer: {} is readable by others (mode {:o}) and could not be tightened: {e}",
+                file.display(),
+                mode & 0o777
+            ),
+        }
+    }
+    Ok(())
+}
+
 impl Db {
     /// Open (creating if needed) and bring the schema up to date.
     pub fn open(path: &Path) -> rusqlite::Result<Db> {
+        owner_only(path).map_err(|e| {
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                Some(format!("making it readable by its owner only: {e}")),
+            )
+        })?;
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;

@@ -7,4 +7,5 @@ mod component;
 mod credentials;
 mod harness;
 mod robustness;
+mod sealing;
 mod sessions;
