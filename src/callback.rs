@@ -1,5 +1,5 @@
 //! WeChat-facing callbacks, as domain logic over parsed inputs: the plain server-URL signature,
-//! safe-mode (`encrypt_type=aes`) verify-then-decrypt of a POST body's `<Encrypt>`, WeCom's
+//! safe-mode verify-then-decrypt of a POST body's `<Encrypt>`, WeCom's
 //! encrypted `echostr`, sealing a passive reply, reading WeChat's flat XML (or a mini program's
 //! JSON data format) into a JSON object, and
 //! relaying a verified message to the account's `forward_url`.
@@ -7,7 +7,9 @@
 //! Everything here is pure except [`forward`], which goes through the WeChat client (the only
 //! owner of an HTTP client). The order of checks is the point: nothing from a request is trusted,
 //! parsed as a message or stored until its signature has been checked in constant time and, in
-//! safe mode, it has decrypted under the account's key with the account's own receive id.
+//! safe mode, it has decrypted under the account's key with the account's own receive id. Which
+//! of the two a POST gets is the account's choice (an EncodingAESKey means safe mode only), never
+//! the request's: the plain signature does not cover the body.
 
 use crate::crypto::{ct_eq, sha1_sorted, CryptoError, MsgCrypt};
 use crate::wechat::WeChat;

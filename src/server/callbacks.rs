@@ -61,7 +61,6 @@ struct Signed {
     timestamp: String,
     nonce: String,
     echostr: Option<String>,
-    safe: bool,
 }
 
 impl Signed {
@@ -73,7 +72,6 @@ impl Signed {
             timestamp: p("timestamp"),
             nonce: p("nonce"),
             echostr: rq.query_param("echostr"),
-            safe: rq.query_param("encrypt_type").as_deref() == Some("aes"),
         }
     }
 }
@@ -88,7 +86,8 @@ fn crypt(
     MsgCrypt::new(token, key, prev, receive_id).map_err(Rejected::Crypto)
 }
 
-/// `/wechat/mp/{appid}`: plain GET verification; POST plain or safe mode.
+/// `/wechat/mp/{appid}`: plain GET verification; POST in safe mode when the app has an
+/// EncodingAESKey, else plain.
 fn mp(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
     let app = match w.db.app_by_appid(appid) {
         Ok(Some(a)) => a,
@@ -105,7 +104,10 @@ fn mp(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
         }
         return Reply::text(200, TEXT, s.echostr.unwrap_or_default());
     }
-    let opened = if s.safe {
+    // The account decides the mode, never the request: with an EncodingAESKey only an
+    // encrypted, `msg_signature`-verified message is accepted (the plain `signature` does not
+    // cover the body, so a downgraded POST could carry anything).
+    let opened = if app.aes_key.is_some() {
         crypt(
             &token,
             app.aes_key.as_ref().map(|k| k.expose()),

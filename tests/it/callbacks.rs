@@ -70,9 +70,18 @@ fn forward_target(reply: &'static str, delay: Duration) -> (String, Arc<Mutex<Ve
 }
 
 fn mp_env(forward_url: Option<String>) -> Env {
+    mp_env_keyed(forward_url, Some(MP_KEY))
+}
+
+/// An app in plain mode: a callback token and no EncodingAESKey.
+fn plain_mp_env(forward_url: Option<String>) -> Env {
+    mp_env_keyed(forward_url, None)
+}
+
+fn mp_env_keyed(forward_url: Option<String>, aes_key: Option<&str>) -> Env {
     Env::with(|c| {
         c.apps[0].token = Some(Secret::new(MP_TOKEN));
-        c.apps[0].aes_key = Some(Secret::new(MP_KEY));
+        c.apps[0].aes_key = aes_key.map(Secret::new);
         c.apps[0].forward_url = forward_url;
         c.work_agents = vec![wecom_agent(WECOM_KEY, None)];
     })
@@ -163,12 +172,13 @@ fn wecom_url_verification_with_the_published_example() {
 
 #[test]
 fn plain_and_safe_messages_without_forwarding_answer_success() {
-    let env = mp_env(None);
+    let plain_env = plain_mp_env(None);
     let plain = push(
-        &env,
-        json!({"url": mp_url(&env), "token": MP_TOKEN, "xml": text_message("hi"), "plain": true}),
+        &plain_env,
+        json!({"url": mp_url(&plain_env), "token": MP_TOKEN, "xml": text_message("hi"), "plain": true}),
     );
     assert_eq!(plain, (200, "success".into()));
+    let env = mp_env(None);
     let safe = push(
         &env,
         json!({"url": mp_url(&env), "token": MP_TOKEN, "aes_key": MP_KEY, "receive_id": APPID, "xml": text_message("hi")}),
@@ -212,7 +222,9 @@ fn a_safe_mode_message_is_relayed_and_the_reply_encrypted() {
         encrypt
     ));
     assert_eq!(c.decrypt(encrypt).unwrap(), reply);
-    // Plain mode: the reply goes back as it came.
+    // Plain mode (an app without an EncodingAESKey): the reply goes back as it came.
+    let (url, _) = forward_target(reply, Duration::ZERO);
+    let env = plain_mp_env(Some(url));
     let (s, body) = push(
         &env,
         json!({"url": mp_url(&env), "token": MP_TOKEN, "xml": text_message("ping"), "plain": true}),
@@ -555,4 +567,76 @@ fn a_malformed_declared_encoding_key_is_refused_at_start_up() {
             Err(e) => assert!(e.contains(what) && e.contains("43 characters"), "{e}"),
         }
     }
+}
+
+#[test]
+fn an_account_with_an_aes_key_refuses_plain_and_downgraded_posts() {
+    // A captured safe-mode URL with `encrypt_type` and `msg_signature` dropped still carries a
+    // valid plain `signature`, which does not cover the body: a forged plain body must not be
+    // forwarded, nor its reply sent back in clear.
+    let (url, seen) = forward_target(
+        "<xml><Content>business secret</Content></xml>",
+        Duration::ZERO,
+    );
+    let env = mp_env(Some(url));
+    let ts = wafer::ids::now().to_string();
+    let sig = sha1_sorted(&[MP_TOKEN, &ts, "n1"]);
+    let forged = text_message("forged");
+    for query in [
+        format!("?signature={sig}&timestamp={ts}&nonce=n1"),
+        format!("?signature={sig}&timestamp={ts}&nonce=n1&encrypt_type=raw"),
+        format!("?signature={sig}&timestamp={ts}&nonce=n1&encrypt_type=aes"),
+    ] {
+        let (s, body) = env.request(
+            "POST",
+            &format!("{}{query}", mp_url(&env)),
+            &[],
+            Some(forged.as_bytes()),
+        );
+        assert_eq!(s, 401, "{query}: {body}");
+        assert!(!body.contains("business secret"), "{query}: {body}");
+    }
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "a forged plain body was forwarded"
+    );
+
+    // Compatible mode: plaintext fields beside a genuine `Encrypt`, no `encrypt_type`. Only the
+    // decrypted message counts.
+    let c = MsgCrypt::new(MP_TOKEN, MP_KEY, None, APPID).unwrap();
+    let encrypt = c.encrypt(&text_message("genuine"), &[3; 16]);
+    let msg_sig = c.signature(&ts, "n2", &encrypt);
+    let body = format!(
+        "<xml><ToUserName>{APPID}</ToUserName><Content>forged</Content>\
+         <Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>"
+    );
+    let (s, reply) = env.request(
+        "POST",
+        &format!(
+            "{}?timestamp={ts}&nonce=n2&msg_signature={msg_sig}",
+            mp_url(&env)
+        ),
+        &[],
+        Some(body.as_bytes()),
+    );
+    assert_eq!(s, 200, "{reply}");
+    assert!(
+        !reply.contains("business secret"),
+        "the reply went back in clear: {reply}"
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0]["Content"], "genuine");
+
+    // WeCom is always encrypted: a plain POST signed the plain way is refused there too.
+    let (s, _) = env.request(
+        "POST",
+        &env.url(&format!(
+            "/wechat/work/{WECOM_CORPID}/{WECOM_AGENT}?signature={}&timestamp={ts}&nonce=n1",
+            sha1_sorted(&[WECOM_TOKEN, &ts, "n1"])
+        )),
+        &[],
+        Some(forged.as_bytes()),
+    );
+    assert_eq!(s, 401);
 }
