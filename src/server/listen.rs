@@ -14,14 +14,13 @@
 //!    response write — fails after that long without progress (Linux reports `EAGAIN`). An idle
 //!    client, or an idle keep-alive connection, is closed by tiny_http and its thread ends; a
 //!    client that stops reading its response frees the worker after one timeout.
-//!    The catch, found by trying it: `accept()` on a listener obeys `SO_RCVTIMEO` too, and
-//!    tiny_http's accept thread stops for good on its first accept error. So a **keeper** thread
-//!    connects to the listener over loopback every quarter timeout and closes at once; accept
-//!    never waits a whole timeout, and the empty connection costs tiny_http one EOF read. Should
-//!    the keeper ever be starved for that long, `Front` notices the stopped accept thread (its
-//!    error reaches a worker), logs it, and starts a new tiny_http server on a duplicate of the
-//!    same listening socket; the old one is kept for a few timeouts so that requests already
-//!    read on its connections are still answered.
+//!    The catch, found by trying it: `accept()` on a listener obeys `SO_RCVTIMEO` too. The
+//!    fork's accept loop retries after any accept error (`vendor/tiny_http/README.md`); a
+//!    **keeper** thread still connects to the listener over loopback every quarter timeout and
+//!    closes at once, so accept seldom times out, and the empty connection costs tiny_http one
+//!    EOF read. Should the accept thread ever report an error, `Front` logs it and starts a new
+//!    tiny_http server on a duplicate of the same listening socket; the old one is kept for a
+//!    few timeouts so that requests already read on its connections are still answered.
 //! 2. **A body deadline.** A worker reads the body in chunks and gives up with 408 once the whole
 //!    body has taken longer than the same timeout, so a byte-at-a-time body holds a worker for at
 //!    most about twice `io_timeout_ms`, never `max_body_bytes` times it.

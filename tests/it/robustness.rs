@@ -1057,3 +1057,51 @@ fn a_burst_of_new_connections_is_answered_at_once() {
         );
     }
 }
+
+/// A GET /healthz on a new connection: its time to answer, or `None` without an answer in `wait`.
+fn healthz_within(addr: &str, wait: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut s = TcpStream::connect_timeout(&addr.parse().unwrap(), wait).ok()?;
+    s.set_read_timeout(Some(wait)).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out.starts_with(b"HTTP/1.1 200").then(|| started.elapsed())
+}
+
+#[test]
+fn accepting_resumes_after_a_flood_exhausts_the_descriptors() {
+    // tiny_http's accept thread panicked on EMFILE (or gave up on its first accept error) and
+    // the process lived on without accepting anything again.
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        println!("skipped: no prlimit on this machine");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("fds.db");
+    let mock = wafer::mock::start("127.0.0.1:0").unwrap();
+    add_app(&db, APPID, SECRET);
+    let served = serve_captured(&db, &mock, &[]);
+    assert!(healthz_within(&served.addr, Duration::from_secs(2)).is_some());
+    // The server's own descriptors from now on: 200, as in the report.
+    assert!(Command::new("prlimit")
+        .arg(format!("--pid={}", served.child.id()))
+        .arg("--nofile=200:200")
+        .status()
+        .unwrap()
+        .success());
+    let flood: Vec<TcpStream> = (0..250)
+        .map(|_| TcpStream::connect(&served.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let during = healthz_within(&served.addr, Duration::from_secs(1));
+    drop(flood);
+    let after = healthz_within(&served.addr, Duration::from_secs(2));
+    let log = served.stderr.lock().unwrap().clone();
+    assert!(
+        after.is_some(),
+        "no answer within 2 s after the flood ended; the server logged:\n{log}"
+    );
+    eprintln!("robustness: 250 idle connections at 200 descriptors; /healthz during: {during:?}, after: {after:?}");
+}

@@ -150,7 +150,9 @@ impl ClientConnection {
             path,
             version.clone(),
             headers,
-            *self.remote_addr.as_ref().unwrap(),
+            // wafer's fix: upstream unwrapped this; a client gone before `peer_addr` panicked the
+            // connection thread.
+            self.remote_addr.as_ref().ok().copied().flatten(),
             data_source,
             writer,
         )

@@ -125,6 +125,11 @@ mod ssl;
 mod test;
 mod util;
 
+#[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
+type SslContext = ();
+#[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+type SslContext = crate::ssl::SslContextImpl;
+
 /// The main class of this library.
 ///
 /// Destroying this object will immediately close the listening socket and the reading
@@ -259,10 +264,6 @@ impl Server {
         compile_error!(
             "Features 'ssl-openssl' and 'ssl-rustls' must not be enabled at the same time"
         );
-        #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-        type SslContext = ();
-        #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-        type SslContext = crate::ssl::SslContextImpl;
         let ssl: Option<SslContext> = {
             match ssl_config {
                 #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
@@ -285,68 +286,10 @@ impl Server {
 
         let inside_close_trigger = close_trigger.clone();
         let inside_messages = messages.clone();
-        thread::spawn(move || {
-            // a tasks pool is used to dispatch the connections into threads
-            let tasks_pool = util::TaskPool::new();
-
-            log::debug!("Running accept thread");
-            while !inside_close_trigger.load(Relaxed) {
-                let new_client = match server.accept() {
-                    Ok((sock, _)) => {
-                        use util::RefinedTcpStream;
-                        let (read_closable, write_closable) = match ssl {
-                            None => RefinedTcpStream::new(sock),
-                            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-                            Some(ref ssl) => {
-                                // trying to apply SSL over the connection
-                                // if an error occurs, we just close the socket and resume listening
-                                let sock = match ssl.accept(sock) {
-                                    Ok(s) => s,
-                                    Err(_) => continue,
-                                };
-
-                                RefinedTcpStream::new(sock)
-                            }
-                            #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-                            Some(ref _ssl) => unreachable!(),
-                        };
-
-                        Ok(ClientConnection::new(write_closable, read_closable))
-                    }
-                    Err(e) => Err(e),
-                };
-
-                match new_client {
-                    Ok(client) => {
-                        let messages = inside_messages.clone();
-                        let mut client = Some(client);
-                        tasks_pool.spawn(Box::new(move || {
-                            if let Some(client) = client.take() {
-                                // Synchronization is needed for HTTPS requests to avoid a deadlock
-                                if client.secure() {
-                                    let (sender, receiver) = mpsc::channel();
-                                    for rq in client {
-                                        messages.push(rq.with_notify_sender(sender.clone()).into());
-                                        receiver.recv().unwrap();
-                                    }
-                                } else {
-                                    for rq in client {
-                                        messages.push(rq.into());
-                                    }
-                                }
-                            }
-                        }));
-                    }
-
-                    Err(e) => {
-                        log::error!("Error accepting new client: {}", e);
-                        inside_messages.push(e.into());
-                        break;
-                    }
-                }
-            }
-            log::debug!("Terminating accept thread");
-        });
+        // wafer's fix: a thread that cannot be started is an error here, not a panic.
+        thread::Builder::new()
+            .name("tiny-http-accept".into())
+            .spawn(move || accept_loop(server, ssl, inside_close_trigger, inside_messages))?;
 
         // result
         Ok(Server {
@@ -409,6 +352,89 @@ impl Server {
     pub fn unblock(&self) {
         self.messages.unblock();
     }
+}
+
+/// The longest pause of the accept loop after an error (wafer's fix, see `accept_loop`).
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(100);
+
+/// Accepts connections and hands each to a thread of the pool until the server is dropped.
+///
+/// wafer's fix: upstream pushed the first accept error to `recv()` and ended the loop, and
+/// panicked when the second handle on a new connection could not be made. Out of descriptors
+/// (`EMFILE`, `ENFILE`), out of memory, or anything else, the server then never accepted again.
+/// Now every error is followed by a pause (doubling from 1 ms up to `ACCEPT_BACKOFF_MAX`, so a
+/// loop that cannot accept does not spin) and another try; a connection that cannot be set up
+/// is closed, and so is one for which no thread can be started (`TaskPool::spawn`).
+fn accept_loop(
+    server: Listener,
+    ssl: Option<SslContext>,
+    close: Arc<AtomicBool>,
+    messages: Arc<MessagesQueue<Message>>,
+) {
+    // a tasks pool is used to dispatch the connections into threads
+    let tasks_pool = util::TaskPool::new();
+    let mut backoff = Duration::ZERO;
+
+    log::debug!("Running accept thread");
+    while !close.load(Relaxed) {
+        let new_client = server
+            .accept()
+            .and_then(|(sock, _)| {
+                use util::RefinedTcpStream;
+                match ssl {
+                    None => RefinedTcpStream::new(sock).map(Some),
+                    #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+                    Some(ref ssl) => match ssl.accept(sock) {
+                        // trying to apply SSL over the connection
+                        // if an error occurs, we just close the socket and resume listening
+                        Ok(sock) => RefinedTcpStream::new(sock).map(Some),
+                        Err(_) => Ok(None),
+                    },
+                    #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
+                    // `from_listener` refuses an SSL config without the features.
+                    Some(ref _ssl) => Ok(None),
+                }
+            })
+            .map(|streams| {
+                streams.map(|(read_closable, write_closable)| {
+                    ClientConnection::new(write_closable, read_closable)
+                })
+            });
+
+        let client = match new_client {
+            Ok(Some(client)) => client,
+            Ok(None) => continue,
+            Err(e) => {
+                log::error!("Error accepting new client: {}", e);
+                backoff = (backoff * 2).clamp(Duration::from_millis(1), ACCEPT_BACKOFF_MAX);
+                thread::sleep(backoff);
+                continue;
+            }
+        };
+        backoff = Duration::ZERO;
+
+        let messages = messages.clone();
+        let mut client = Some(client);
+        tasks_pool.spawn(Box::new(move || {
+            if let Some(client) = client.take() {
+                // Synchronization is needed for HTTPS requests to avoid a deadlock
+                if client.secure() {
+                    let (sender, receiver) = mpsc::channel();
+                    for rq in client {
+                        messages.push(rq.with_notify_sender(sender.clone()).into());
+                        if receiver.recv().is_err() {
+                            break;
+                        }
+                    }
+                } else {
+                    for rq in client {
+                        messages.push(rq.into());
+                    }
+                }
+            }
+        }));
+    }
+    log::debug!("Terminating accept thread");
 }
 
 impl Iterator for IncomingRequests<'_> {

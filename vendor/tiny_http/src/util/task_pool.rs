@@ -10,6 +10,19 @@ use std::time::Duration;
 /// Any idle thread will automatically die after a few seconds.
 pub struct TaskPool {
     sharing: Arc<Sharing>,
+    /// Starts a thread; a seam only so that a test can make it fail.
+    start: fn(Box<dyn FnOnce() + Send>) -> std::io::Result<()>,
+}
+
+/// A task: run once by whichever thread takes it.
+type Task = Box<dyn FnMut() + Send>;
+
+/// Starts a pool thread, or says why not (the closure, and the task in it, is then dropped).
+fn start_thread(f: Box<dyn FnOnce() + Send>) -> std::io::Result<()> {
+    thread::Builder::new()
+        .name("tiny-http-conn".into())
+        .spawn(f)
+        .map(drop)
 }
 
 struct Sharing {
@@ -48,7 +61,14 @@ impl<'a> Drop for Registration<'a> {
 
 impl TaskPool {
     pub fn new() -> TaskPool {
+        Self::starting_threads_with(start_thread)
+    }
+
+    fn starting_threads_with(
+        start: fn(Box<dyn FnOnce() + Send>) -> std::io::Result<()>,
+    ) -> TaskPool {
         let pool = TaskPool {
+            start,
             sharing: Arc::new(Sharing {
                 todo: Mutex::new(VecDeque::new()),
                 condvar: Condvar::new(),
@@ -66,8 +86,12 @@ impl TaskPool {
 
     /// Executes a function in a thread.
     /// If no thread is available, spawns a new one.
-    pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
-        let mut queue = self.sharing.todo.lock().unwrap();
+    ///
+    /// wafer's fix: when no thread can be started (`EAGAIN`, a task limit), the task is dropped
+    /// unrun instead of panicking the caller (the accept loop); for a connection, dropping it
+    /// closes it.
+    pub fn spawn(&self, code: Task) {
+        let mut queue = self.sharing.todo.lock().unwrap_or_else(|e| e.into_inner());
 
         // wafer's fix: queue the task only if a waiting thread is left that no task queued
         // before has claimed. Upstream compared the waiting count with 0; a waiting thread
@@ -82,10 +106,10 @@ impl TaskPool {
         }
     }
 
-    fn add_thread(&self, initial_fn: Option<Box<dyn FnMut() + Send>>) {
+    fn add_thread(&self, initial_fn: Option<Task>) {
         let sharing = self.sharing.clone();
 
-        thread::spawn(move || {
+        let started = (self.start)(Box::new(move || {
             let sharing = sharing;
             let _active_guard = Registration::new(&sharing.active_tasks);
 
@@ -94,8 +118,8 @@ impl TaskPool {
             }
 
             loop {
-                let mut task: Box<dyn FnMut() + Send> = {
-                    let mut todo = sharing.todo.lock().unwrap();
+                let mut task: Task = {
+                    let mut todo = sharing.todo.lock().unwrap_or_else(|e| e.into_inner());
 
                     let task;
                     loop {
@@ -107,13 +131,16 @@ impl TaskPool {
 
                         let received =
                             if sharing.active_tasks.load(Ordering::Acquire) <= MIN_THREADS {
-                                todo = sharing.condvar.wait(todo).unwrap();
+                                todo = sharing
+                                    .condvar
+                                    .wait(todo)
+                                    .unwrap_or_else(|e| e.into_inner());
                                 true
                             } else {
                                 let (new_lock, waitres) = sharing
                                     .condvar
                                     .wait_timeout(todo, Duration::from_millis(5000))
-                                    .unwrap();
+                                    .unwrap_or_else(|e| e.into_inner());
                                 todo = new_lock;
                                 !waitres.timed_out()
                             };
@@ -128,7 +155,10 @@ impl TaskPool {
 
                 task();
             }
-        });
+        }));
+        if let Err(e) = started {
+            log::error!("Could not start a thread for a connection: {}", e);
+        }
     }
 }
 
@@ -138,5 +168,60 @@ impl Drop for TaskPool {
             .active_tasks
             .store(999_999_999, Ordering::Release);
         self.sharing.condvar.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    /// Sets its flag when dropped: stands for a connection, which closes when dropped.
+    struct Conn(Arc<AtomicBool>);
+    impl Drop for Conn {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn never_starts(_: Box<dyn FnOnce() + Send>) -> std::io::Result<()> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            "Resource temporarily unavailable",
+        ))
+    }
+
+    #[test]
+    fn a_task_no_thread_can_run_is_dropped_not_a_panic() {
+        let pool = TaskPool::starting_threads_with(never_starts);
+        let (closed, ran) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let mut conn = Some(Conn(closed.clone()));
+        let r = ran.clone();
+        pool.spawn(Box::new(move || {
+            r.store(true, Ordering::SeqCst);
+            drop(conn.take());
+        }));
+        assert!(closed.load(Ordering::SeqCst), "the connection was kept");
+        assert!(!ran.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn tasks_run_on_started_threads() {
+        let pool = TaskPool::new();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for i in 0..10 {
+            let tx = tx.clone();
+            pool.spawn(Box::new(move || {
+                let _ = tx.send(i);
+            }));
+        }
+        let mut got: Vec<i32> = (0..10)
+            .map(|_| rx.recv_timeout(Duration::from_secs(5)).unwrap())
+            .collect();
+        got.sort();
+        assert_eq!(got, (0..10).collect::<Vec<_>>());
     }
 }
