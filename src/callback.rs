@@ -317,7 +317,7 @@ mod tests {
 
     #[test]
     fn wecom_published_echostr() {
-        // WeCom's published example (the encryption-scheme page), also pinned in crypto.rs.
+        // WeCom's published example (the encryption-scheme page), also pinned in wafer-crypto.
         let c = MsgCrypt::new(TOKEN, KEY, None, CORPID).unwrap();
         let echostr =
             "P9nAzCzyDtyTWESHep1vC5X9xho/qYX3Zpb4yKa9SKld1DsH3Iyt3tP3zNdtp+4RPcs8TgAE7OaBO+FZXvnaqQ==";

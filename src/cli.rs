@@ -116,7 +116,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             let mut o = Opts::parse(rest)?;
             let listen = o.take("listen").unwrap_or_else(|| "127.0.0.1:5758".into());
             o.done(0)?;
-            crate::mock::run_forever(&listen).map_err(|e| format!("mock-wechat {listen}: {e}"))
+            fake_wechat::run_forever(&listen).map_err(|e| format!("mock-wechat {listen}: {e}"))
         }
         ("app", "add") => app_add(Opts::parse(&rest[1..])?),
         ("app", "list") => app_list(Opts::parse(&rest[1..])?),
@@ -171,7 +171,7 @@ fn dev(mut o: Opts) -> Result<(), String> {
     let listen = o.take("listen").unwrap_or_else(|| "127.0.0.1:5757".into());
     let db = o.take("db").unwrap_or_else(|| "wafer-dev.db".into());
     o.done(0)?;
-    let mock = crate::mock::start("127.0.0.1:0").map_err(|e| format!("fake WeChat: {e}"))?;
+    let mock = fake_wechat::start("127.0.0.1:0").map_err(|e| format!("fake WeChat: {e}"))?;
     let mut config = Config::default();
     config.server.listen = listen;
     config.storage.path = db;

@@ -6,8 +6,10 @@
 //!
 //! The dependency direction is one way (see ARCHITECTURE.md):
 //! `main → cli → server → {session, credential, component, callback} → {wechat, store, crypto}`.
-//! Only `server` touches tiny_http (and `mock`, which is a separate fake upstream), only `wechat`
-//! touches ureq, only `store` touches rusqlite. `crypto` does no I/O at all.
+//! Only `server` touches tiny_http, only `wechat` touches ureq, only `store` touches rusqlite.
+//! `crypto` is the `wafer-crypto` crate (no I/O at all), re-exported so `crate::crypto::…` reads
+//! as before. The fake WeChat is the `fake-wechat` crate, used only by `cli` (`wafer dev`,
+//! `wafer mock-wechat`) and by tests.
 #![forbid(unsafe_code)]
 
 pub mod callback;
@@ -16,13 +18,13 @@ pub mod component;
 pub mod config;
 pub mod cos;
 pub mod credential;
-pub mod crypto;
 pub mod error;
 pub mod ids;
 pub mod log;
 pub mod metrics;
-pub mod mock;
 pub mod server;
 pub mod session;
 pub mod store;
 pub mod wechat;
+
+pub use wafer_crypto as crypto;

@@ -13,7 +13,7 @@ use std::time::Duration;
 #[test]
 fn the_load_generator_produces_figures() {
     let dir = tempfile::tempdir().unwrap();
-    let mock = wafer::mock::start("127.0.0.1:0").unwrap();
+    let mock = fake_wechat::start("127.0.0.1:0").unwrap();
     let mut config = wafer::config::Config::default();
     config.server.listen = "127.0.0.1:0".into();
     config.server.workers = 4;

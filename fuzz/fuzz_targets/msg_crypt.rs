@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wafer::crypto::MsgCrypt;
+use wafer_crypto::MsgCrypt;
 
 const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 const PREV: &str = "GFEDCBA9876543210zyxwvutsrqponmlkjihgfedcba";

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wafer::crypto;
+use wafer_crypto as crypto;
 
 /// A valid 16-byte session key (base64), as WeChat hands out.
 const KEY: &str = "tiihtNczf5v6AKRyjwEUhQ==";

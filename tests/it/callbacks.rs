@@ -16,7 +16,7 @@ use wafer::crypto::{sha1_sorted, MsgCrypt};
 const MP_TOKEN: &str = "mp-callback-token";
 const MP_KEY: &str = "ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210zyxwvut";
 
-// WeCom's published example (its encryption-scheme page), also pinned in src/crypto.rs.
+// WeCom's published example (its encryption-scheme page), also pinned in crates/wafer-crypto.
 const WECOM_TOKEN: &str = "QDG6eK";
 const WECOM_KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
 const WECOM_CORPID: &str = "wx5823bf96d3bd56c7";

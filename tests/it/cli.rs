@@ -249,7 +249,7 @@ fn serve_has_no_dev_routes_and_token_get_uses_the_broker() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("t.db");
     let db_s = db.to_str().unwrap();
-    let mock = wafer::mock::start("127.0.0.1:0").unwrap();
+    let mock = fake_wechat::start("127.0.0.1:0").unwrap();
     assert!(
         run(wafer().args([
             "app",

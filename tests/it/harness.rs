@@ -11,7 +11,7 @@ pub const SECRET: &str = "test-secret";
 pub struct Env {
     /// Holds the database file; removed when the test ends.
     pub _dir: tempfile::TempDir,
-    pub mock: wafer::mock::MockHandle,
+    pub mock: fake_wechat::MockHandle,
     pub server: Option<wafer::server::Handle>,
     pub config: Config,
     agent: ureq::Agent,
@@ -30,7 +30,7 @@ impl Env {
     /// A server whose config the caller adjusts first (apps, timeouts, api key).
     pub fn with(adjust: impl FnOnce(&mut Config)) -> Env {
         let dir = tempfile::tempdir().unwrap();
-        let mock = wafer::mock::start("127.0.0.1:0").unwrap();
+        let mock = fake_wechat::start("127.0.0.1:0").unwrap();
         let mut config = Config::default();
         config.server.listen = "127.0.0.1:0".into();
         config.server.workers = 4;

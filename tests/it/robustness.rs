@@ -451,7 +451,7 @@ struct Child2 {
 
 fn serve_captured(
     db: &std::path::Path,
-    mock: &wafer::mock::MockHandle,
+    mock: &fake_wechat::MockHandle,
     envs: &[(&str, &str)],
 ) -> Child2 {
     let mut cmd = wafer();
@@ -537,7 +537,7 @@ fn post_envelope(
 fn kill_9_during_a_login_storm_loses_no_answered_session() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("storm.db");
-    let mock = wafer::mock::start("127.0.0.1:0").unwrap();
+    let mock = fake_wechat::start("127.0.0.1:0").unwrap();
     add_app(&db, APPID, SECRET);
     let served = serve_captured(&db, &mock, &[]);
     let addr = served.addr.clone();
@@ -613,7 +613,7 @@ fn kill_9_during_a_login_storm_loses_no_answered_session() {
 fn sigterm_during_load_finishes_in_flight_requests_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("term.db");
-    let mock = wafer::mock::start("127.0.0.1:0").unwrap();
+    let mock = fake_wechat::start("127.0.0.1:0").unwrap();
     add_app(&db, APPID, SECRET);
     let served = serve_captured(&db, &mock, &[]);
     // Every login in flight waits 800 ms on WeChat, well inside the 5 s timeout.
@@ -657,7 +657,7 @@ fn sigterm_during_load_finishes_in_flight_requests_and_exits_zero() {
 fn no_secret_reaches_the_log_or_a_response() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("secrets.db");
-    let mock = wafer::mock::start("127.0.0.1:0").unwrap();
+    let mock = fake_wechat::start("127.0.0.1:0").unwrap();
     let app_secret = "AppSecret-5f0c1d2e3b4a";
     let api_key = "ApiKey-9a8b7c6d5e4f";
     add_app(&db, APPID, app_secret);
@@ -1080,7 +1080,7 @@ fn accepting_resumes_after_a_flood_exhausts_the_descriptors() {
     }
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("fds.db");
-    let mock = wafer::mock::start("127.0.0.1:0").unwrap();
+    let mock = fake_wechat::start("127.0.0.1:0").unwrap();
     add_app(&db, APPID, SECRET);
     let served = serve_captured(&db, &mock, &[]);
     assert!(healthz_within(&served.addr, Duration::from_secs(2)).is_some());

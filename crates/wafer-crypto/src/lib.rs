@@ -4,12 +4,13 @@
 //! signatures and the COS v4 and v5 request signatures. The layouts follow
 //! `/work/shared/WECHAT.md` and are pinned by published vectors in the tests below.
 //!
-//! This module must stay pure: it performs no I/O, reads no clock and draws no randomness.
+//! This crate must stay pure: it performs no I/O, reads no clock and draws no randomness.
 //! Callers pass random bytes and timestamps in, which keeps every function deterministic and
 //! testable against published vectors. It must never panic on untrusted input: malformed
 //! base64, wrong lengths, bad padding, truncated ciphertexts and non-UTF-8 plaintexts all come
 //! back as `Err(CryptoError)`. Nothing here may print or log key material, which is why types
 //! holding keys have hand-written `Debug` implementations.
+#![forbid(unsafe_code)]
 
 use std::fmt;
 

@@ -26,6 +26,7 @@
 //! - `authorizer_refresh_token` unknown or not this authoriser's → 61023 "refresh_token is
 //!   invalid"; known but the authoriser revoked the platform → 61003 "component is not
 //!   authorized by this account".
+#![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, Read};
@@ -934,7 +935,7 @@ fn deliver(spec: &Params) -> Result<Value, WxErr> {
         Some(n) => n.to_owned(),
         None => u32::from_le_bytes(random_bytes::<4>()).to_string(),
     };
-    let signature = crate::crypto::sha1_sorted(&[token, &timestamp, &nonce]);
+    let signature = wafer_crypto::sha1_sorted(&[token, &timestamp, &nonce]);
     let mut query = vec![
         ("signature", signature),
         ("timestamp", timestamp.clone()),
@@ -945,7 +946,7 @@ fn deliver(spec: &Params) -> Result<Value, WxErr> {
     } else {
         let aes_key = need_ctl(spec, "aes_key")?;
         let receive_id = need_ctl(spec, "receive_id")?;
-        let crypt = crate::crypto::MsgCrypt::new(token, aes_key, None, receive_id)
+        let crypt = wafer_crypto::MsgCrypt::new(token, aes_key, None, receive_id)
             .map_err(|e| bad(format!("aes_key: {e}")))?;
         let encrypt = crypt.encrypt(xml, &random_bytes::<16>());
         query.push(("encrypt_type", "aes".into()));
@@ -960,12 +961,11 @@ fn deliver(spec: &Params) -> Result<Value, WxErr> {
         };
         format!("<xml><{to}><![CDATA[{receive_id}]]></{to}><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>")
     };
-    let query: Vec<String> = query
-        .iter()
-        .map(|(k, v)| format!("{k}={}", crate::component::url_encode(v)))
-        .collect();
+    let query = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(query)
+        .finish();
     let sep = if url.contains('?') { '&' } else { '?' };
-    let (status, answer) = http_post(&format!("{url}{sep}{}", query.join("&")), &body)?;
+    let (status, answer) = http_post(&format!("{url}{sep}{query}"), &body)?;
     Ok(json!({"status": status, "body": answer}))
 }
 

@@ -4,8 +4,8 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
+use fake_wechat::MockHandle;
 use serde_json::{json, Value};
-use wafer::mock::{self, MockHandle};
 
 struct Mock {
     handle: MockHandle,
@@ -44,7 +44,7 @@ fn answer(result: Result<ureq::Response, ureq::Error>) -> Answer {
 impl Mock {
     fn start() -> Mock {
         Mock {
-            handle: mock::start("127.0.0.1:0").expect("mock starts"),
+            handle: fake_wechat::start("127.0.0.1:0").expect("mock starts"),
         }
     }
 
@@ -827,7 +827,7 @@ fn many_concurrent_logins() {
 
 #[test]
 fn shutdown_stops_serving_and_base_url_is_loopback() {
-    let handle = mock::start("0.0.0.0:0").unwrap();
+    let handle = fake_wechat::start("0.0.0.0:0").unwrap();
     let base = handle.base_url();
     assert_eq!(base, format!("http://127.0.0.1:{}", handle.addr.port()));
     assert!(ureq::get(&format!("{base}/__mock__/calls")).call().is_ok());
