@@ -126,7 +126,7 @@ pub fn login(
         .jscode2session(&app.appid, app.secret.expose(), code)
         .map_err(|e| match e {
             UpstreamError::WeChat { errcode, .. } => Error::CodeRejected(errcode),
-            other => Error::Upstream(other),
+            other => other.into(),
         })?;
     let user_info = match encrypted {
         Some(enc) => Some(decrypt_for(&app.appid, c2s.session_key.expose(), enc)?.to_string()),

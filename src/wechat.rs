@@ -26,6 +26,9 @@ pub enum UpstreamError {
     Garbage,
     /// WeChat's own error: errcode non-zero.
     WeChat { errcode: i64, errmsg: String },
+    /// Not sent: this thread may not wait on an upstream now (`error::may_wait`: a server
+    /// worker). Becomes `Error::Busy`, or the request is deferred to the lane.
+    NotSent,
 }
 
 impl UpstreamError {
@@ -48,6 +51,7 @@ impl fmt::Display for UpstreamError {
             UpstreamError::Status(s) => write!(f, "HTTP status {s}"),
             UpstreamError::Garbage => f.write_str("answer is not JSON"),
             UpstreamError::WeChat { errcode, errmsg } => write!(f, "errcode {errcode}: {errmsg}"),
+            UpstreamError::NotSent => f.write_str("not sent: no thread may wait on it now"),
         }
     }
 }
@@ -143,6 +147,8 @@ impl WeChat {
         query: &[(&str, &str)],
         body: Option<&Value>,
     ) -> Result<Value, UpstreamError> {
+        // The one check that holds whatever the caller forgot: a worker never waits on WeChat.
+        crate::error::may_wait().map_err(|_| UpstreamError::NotSent)?;
         let base = match host {
             Host::Api => &self.api_base,
             Host::Work => &self.work_api_base,
@@ -223,6 +229,7 @@ impl WeChat {
         body: &Value,
         timeout: Duration,
     ) -> Result<Forwarded, UpstreamError> {
+        crate::error::may_wait().map_err(|_| UpstreamError::NotSent)?;
         let started = Instant::now();
         let sent = self.agent.post(url).timeout(timeout).send_json(body);
         let outcome = match sent {

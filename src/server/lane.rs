@@ -11,16 +11,20 @@
 //! request may wait on an upstream, the worker offers it to the lane (a bounded queue,
 //! `try_send`) and takes the next request. A lane thread answers it with the same
 //! `server::answer` a worker uses, on its own database connection (a small page cache: a login
-//! touches a few pages). When the queue is full, the worker answers the request itself, exactly
-//! as without a lane, so the lane can only take waiting off the workers, never add a failure.
+//! touches a few pages). The lane's threads and its queue are the upstream pool's bound: when the
+//! queue is full, the worker answers the request at once without waiting on anyone (`server::
+//! refuse`: 1005 in the envelope, 503 `busy` with `Retry-After: 1` on `/v1` and for callbacks,
+//! `WEIXIN_NET_ERR` on `/mina`). A worker never runs a request that waits on an upstream: a
+//! burst of slow logins costs its surplus a quick refusal, not every session check its worker.
 //!
 //! Two ways in. Before routing, by path ([`waits_upstream`]): every `/wechat/` route, and the
 //! `/v1` and `/mina` logins. During routing, by deferral: whatever would wait on WeChat on a
 //! worker (a login's `jscode2session`, a credential not usable from memory, whose fetch or
 //! another caller's the broker would wait for) calls `error::may_wait` first, which answers the
-//! worker `Error::Deferred`; `server::answer` then hands the request over with
-//! [`Lane::hand_over`], and the lane routes it again from the start (so nothing a handler does
-//! before `may_wait` is a write). The Wafer envelope's login is found this way rather than by
+//! worker `Error::Deferred` (`wechat.rs` asks it again before every call, so a forgotten path
+//! is deferred too); `server::answer` then hands the request over with [`Lane::hand_over`], and
+//! the lane routes it again from the start (so nothing a handler does before `may_wait` is a
+//! write). The Wafer envelope's login is found this way rather than by
 //! searching every envelope's body, which would cost each `qcloud.cam.auth` a scan. Either way
 //! is a matter of where, not what: a request sent the wrong way is still answered right.
 
@@ -59,18 +63,30 @@ pub struct Lane {
     metrics: Arc<Metrics>,
 }
 
+/// What became of a request offered to the lane.
+pub enum Offer {
+    /// The lane has it.
+    Taken,
+    /// Not for the lane (by path): the worker routes it (where it may still be deferred).
+    Declined(Job),
+    /// For the lane, which is full: the worker must answer it without waiting (busy).
+    Full(Job),
+}
+
 impl Lane {
-    /// Take `job` if [`waits_upstream`] says so and the lane has room; otherwise give it back
-    /// for the worker to route (where it may still be deferred).
-    pub fn offer(&self, job: Job) -> Option<Job> {
+    /// Take `job` if [`waits_upstream`] says so and the lane has room.
+    pub fn offer(&self, job: Job) -> Offer {
         if job.body.is_err() || !waits_upstream(job.method, &job.path) {
-            return Some(job);
+            return Offer::Declined(job);
         }
-        self.hand_over(job)
+        match self.hand_over(job) {
+            None => Offer::Taken,
+            Some(job) => Offer::Full(job),
+        }
     }
 
     /// Take `job` whatever it is (a handler found it must wait on WeChat: `Error::Deferred`) if
-    /// the lane has room; otherwise give it back.
+    /// the lane has room (`None`); otherwise give it back, counted, for the worker to refuse.
     pub fn hand_over(&self, job: Job) -> Option<Job> {
         match self.tx.try_send(job) {
             Ok(()) => None,
@@ -163,18 +179,28 @@ mod tests {
             tx,
             metrics: metrics.clone(),
         };
-        // Not a login: given back at once, not counted.
-        assert!(lane.offer(request(&server, "/v1/sessions/check")).is_some());
-        // A login: taken while there is room, then given back (and counted).
-        assert!(lane.offer(request(&server, "/v1/sessions")).is_none());
-        assert!(lane.offer(request(&server, "/v1/sessions")).is_some());
+        // Not a login: declined at once, not counted.
+        let offer = lane.offer(request(&server, "/v1/sessions/check"));
+        assert!(matches!(offer, Offer::Declined(_)));
+        // A login: taken while there is room, then given back as full (and counted).
+        assert!(matches!(
+            lane.offer(request(&server, "/v1/sessions")),
+            Offer::Taken
+        ));
+        assert!(matches!(
+            lane.offer(request(&server, "/v1/sessions")),
+            Offer::Full(_)
+        ));
         assert!(lane
             .hand_over(request(&server, "/v1/apps/wx1/access_token"))
             .is_some());
         assert!(metrics.render(None).contains("wafer_lane_full_total 2\n"));
-        // With the lane gone, everything comes back.
+        // With the lane gone, nothing is taken.
         drop(rx);
-        assert!(lane.offer(request(&server, "/mina/login")).is_some());
+        assert!(matches!(
+            lane.offer(request(&server, "/mina/login")),
+            Offer::Full(_)
+        ));
     }
 
     #[test]

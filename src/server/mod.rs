@@ -442,8 +442,10 @@ fn worker_loop(worker: &mut Worker, server: &listen::Front, stop: &AtomicBool) {
     // worker (including one draining), so counting them does not reliably wake every worker.
     // Request log lines are batched while requests are queued, and written before waiting.
     crate::log::batch_this_thread();
-    // A credential that would wait on WeChat sends its request to the lane (`answer`).
-    crate::error::defer_waits_on_this_thread(worker.lane.is_some());
+    // A request that would wait on WeChat goes to the lane (`answer`).
+    if worker.lane.is_some() {
+        crate::error::set_waits(crate::error::Waits::Deferred);
+    }
     while !stop.load(Ordering::SeqCst) {
         let next = match server.try_recv() {
             Some(rq) => Some(rq),
@@ -494,17 +496,26 @@ fn serve(worker: &mut Worker, mut rq: tiny_http::Request) {
     };
     let job = match &worker.lane {
         Some(lane) => match lane.offer(job) {
-            None => return,
-            Some(job) => job,
+            lane::Offer::Taken => return,
+            lane::Offer::Declined(job) => job,
+            lane::Offer::Full(job) => {
+                let started = job.started;
+                let answered = refuse(worker, job);
+                return respond(worker, answered, method, started);
+            }
         },
         None => job,
     };
     answer(worker, job);
 }
 
+/// What a request was answered, with what `respond` needs: the route pattern, the reply, the
+/// request to answer and its path.
+type Answered = (&'static str, Reply, tiny_http::Request, String);
+
 /// Route a read request, answer it, log it and count it (on a worker or a lane thread). A worker
-/// whose handler found it would have to wait on WeChat for a credential (`Error::Deferred`)
-/// hands the request to the lane instead, or, with the lane full, answers it waiting after all.
+/// whose handler found it would have to wait on WeChat (`Error::Deferred`) hands the request to
+/// the lane instead, or, with the lane full, refuses it (`refuse`).
 fn answer(worker: &mut Worker, job: lane::Job) {
     let lane::Job {
         rq,
@@ -513,7 +524,7 @@ fn answer(worker: &mut Worker, job: lane::Job) {
         body,
         started,
     } = job;
-    let (route, reply, rq, path) = match body {
+    let answered = match body {
         Err(reply) => ("-", reply, rq, path),
         Ok(body) => match route_once(worker, &rq, method, &path, body) {
             Routed::Done(route, reply) => (route, reply, rq, path),
@@ -532,6 +543,12 @@ fn answer(worker: &mut Worker, job: lane::Job) {
             }
         },
     };
+    respond(worker, answered, method, started);
+}
+
+/// Write the reply, log the request and count it.
+fn respond(worker: &Worker, answered: Answered, method: Method, started: Instant) {
+    let (route, reply, rq, path) = answered;
     let status = reply.status;
     let mut resp = tiny_http::Response::from_data(reply.body).with_status_code(status);
     if let Ok(h) =
@@ -556,16 +573,22 @@ fn answer(worker: &mut Worker, job: lane::Job) {
     ));
 }
 
-/// A request whose handler deferred: to the lane; or, with the lane full, routed again here
-/// with waiting allowed. `None` when the lane took it.
-fn answer_waiting(
-    worker: &mut Worker,
-    job: lane::Job,
-) -> Option<(&'static str, Reply, tiny_http::Request, String)> {
+/// A request whose handler deferred: to the lane, or refused when the lane is full. `None` when
+/// the lane took it.
+fn answer_waiting(worker: &mut Worker, job: lane::Job) -> Option<Answered> {
     let job = match &worker.lane {
         Some(lane) => lane.hand_over(job)?,
         None => job,
     };
+    Some(refuse(worker, job))
+}
+
+/// Answer, on a worker and at once, a request that would wait on an upstream while the lane is
+/// full: a callback with 503 `busy` and `Retry-After: 1` (WeChat sends it again), anything else
+/// routed with every wait on WeChat refused (`error::Waits::Refused`), so that a login or a
+/// credential not in memory answers `Error::Busy` in its dialect's words (1005, 503 `busy`,
+/// `WEIXIN_NET_ERR`) and everything that does not wait is answered as usual.
+fn refuse(worker: &mut Worker, job: lane::Job) -> Answered {
     let lane::Job {
         rq,
         method,
@@ -573,19 +596,26 @@ fn answer_waiting(
         body,
         ..
     } = job;
-    crate::error::defer_waits_on_this_thread(false);
-    let routed = route_once(worker, &rq, method, &path, body.unwrap_or_default());
-    crate::error::defer_waits_on_this_thread(worker.lane.is_some());
-    Some(match routed {
+    let body = match body {
+        Ok(body) => body,
+        Err(reply) => return ("-", reply, rq, path),
+    };
+    if path.starts_with("/wechat/") {
+        return ("/wechat/*", v1::busy(), rq, path);
+    }
+    let before = crate::error::set_waits(crate::error::Waits::Refused);
+    let routed = route_once(worker, &rq, method, &path, body);
+    crate::error::set_waits(before);
+    match routed {
         Routed::Done(route, reply) => (route, reply, rq, path),
-        // Cannot happen with waiting allowed; answered rather than lost.
+        // Cannot happen with waits refused; answered rather than lost.
         Routed::Deferred(_) => (
             "-",
             Reply::error(500, "internal", "internal error", None),
             rq,
             path,
         ),
-    })
+    }
 }
 
 enum Routed {

@@ -7,10 +7,14 @@ use super::{api_key_ok, Incoming, Method, Obj, Reply, Worker};
 use crate::credential::{self, Credential, Key};
 use crate::error::Error;
 use crate::session::{self, Encrypted};
+use crate::wechat::UpstreamError;
 use serde_json::{json, Value};
 
 /// Render a domain error in the `/v1` shape.
 pub fn error_reply(e: Error) -> Reply {
+    if matches!(e, Error::Busy | Error::Upstream(UpstreamError::NotSent)) {
+        return busy();
+    }
     let errcode = e.errcode();
     let (status, code, message): (u16, &str, String) = match &e {
         Error::BadRequest(m) => (400, "bad_request", m.clone()),
@@ -40,12 +44,25 @@ pub fn error_reply(e: Error) -> Reply {
         ),
         Error::Internal(_) => (500, "internal", "internal error".into()),
         // Replaced by the answer from the lane (`server::answer`); never sent.
-        Error::Deferred => (503, "busy", "try again".into()),
+        Error::Deferred | Error::Busy => (503, "busy", "try again".into()),
     };
     if status >= 500 && !matches!(e, Error::Deferred) {
         eprintln!("v1: {e}");
     }
     Reply::error(status, code, &message, errcode)
+}
+
+/// 503 `busy` with `Retry-After: 1`: the request would wait on WeChat and the upstream pool (the
+/// lane) is full (CONTRACT §5).
+pub fn busy() -> Reply {
+    let mut reply = Reply::error(
+        503,
+        "busy",
+        "too many requests are waiting on WeChat; try again",
+        None,
+    );
+    reply.headers.push(("Retry-After", "1".to_string()));
+    reply
 }
 
 /// A JSON object body with typed accessors that fail as `bad_request` naming the field.

@@ -33,6 +33,7 @@ impl From<Error> for Fail {
                 | Error::BadRequest(_)
                 | Error::NoApp
                 | Error::Deferred
+                | Error::Busy
         ) {
             eprintln!("mina_auth: {e}");
         }
@@ -41,6 +42,8 @@ impl From<Error> for Fail {
             Error::NoApp | Error::NotFound(_) => Fail(1012, "NO_APPID"),
             Error::AuthFail => AUTH_FAIL,
             Error::DecryptFail => Fail(60021, "DECRYPT_FAIL"),
+            // Busy: the upstream pool is full, answered at once (CONTRACT §3).
+            Error::Busy => Fail(1005, "WEIXIN_NET_ERR"),
             Error::Upstream(u) if u.is_transport() => Fail(1005, "WEIXIN_NET_ERR"),
             Error::Upstream(_) | Error::Refused(_) => Fail(1007, "WEIXIN_RETURN_ERR"),
             Error::CodeRejected(_) => Fail(40029, "WEIXIN_CODE_ERR"),

@@ -6,6 +6,7 @@ mod cli;
 mod component;
 mod credentials;
 mod harness;
+mod overload;
 mod robustness;
 mod sealing;
 mod sessions;

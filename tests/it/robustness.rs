@@ -29,7 +29,7 @@ fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-fn envelope(name: &str, para: Value) -> Vec<u8> {
+pub(crate) fn envelope(name: &str, para: Value) -> Vec<u8> {
     json!({"version": 1, "componentName": "MA", "interface": {"interfaceName": name, "para": para}})
         .to_string()
         .into_bytes()
@@ -443,13 +443,13 @@ fn hundreds_of_idle_and_trickling_connections_do_not_stall_the_server() {
 
 /// A `wafer serve` child on a database with one app, talking to an in-process fake WeChat;
 /// stderr is captured whole.
-struct Child2 {
-    child: Child,
-    addr: String,
-    stderr: Arc<Mutex<String>>,
+pub(crate) struct Child2 {
+    pub(crate) child: Child,
+    pub(crate) addr: String,
+    pub(crate) stderr: Arc<Mutex<String>>,
 }
 
-fn serve_captured(
+pub(crate) fn serve_captured(
     db: &std::path::Path,
     mock: &fake_wechat::MockHandle,
     envs: &[(&str, &str)],
@@ -499,21 +499,21 @@ impl Drop for Child2 {
     }
 }
 
-fn add_app(db: &std::path::Path, appid: &str, secret: &str) {
+pub(crate) fn add_app(db: &std::path::Path, appid: &str, secret: &str) {
     let (ok, _, err) = run(wafer()
         .args(["app", "add", "--appid", appid, "--secret", secret, "--db"])
         .arg(db));
     assert!(ok, "{err}");
 }
 
-fn agent() -> ureq::Agent {
+pub(crate) fn agent() -> ureq::Agent {
     ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(20))
         .build()
 }
 
 /// POST an envelope; (HTTP status, parsed answer) or the transport error text.
-fn post_envelope(
+pub(crate) fn post_envelope(
     agent: &ureq::Agent,
     addr: &str,
     body: &[u8],
@@ -937,39 +937,131 @@ fn code_of(r: &Value) -> i64 {
 }
 
 #[test]
-fn a_full_lane_gives_logins_back_to_the_worker_and_every_one_is_answered() {
-    // Forty logins wait on a hung WeChat at once: with one worker, twice the lane's 4 threads
-    // and 16 queued places together. What does not fit is answered by the worker, as before
-    // the lane: every login gets its 1005, none is dropped or refused. (How many overflow
-    // depends on how fast they arrive; the hand-back itself is unit-tested in `lane.rs`.)
-    let timeout_ms = 300;
+fn a_full_lane_refuses_at_once_in_each_dialects_words() {
+    // Sixty requests that wait on a hung WeChat (or go to the lane by path) at once: with one
+    // worker, three times what the lane's 4 threads and 16 queued places hold. What does not fit is
+    // refused at once by the worker, never run there: busy in each dialect's words (CONTRACT
+    // §3, §5). What fits waits for WeChat's timeout and fails as an unreachable WeChat.
+    let timeout_ms = 1000;
     let env = Arc::new(Env::with(|c| {
         c.wechat.timeout_ms = timeout_ms;
         c.server.workers = 1;
     }));
-    let n = 40;
-    env.fail(json!({"path": "/sns/jscode2session", "delay_ms": 2000, "times": n}));
-    let started = Instant::now();
-    let logins: Vec<_> = (0..n)
+    let n = 60;
+    for path in [
+        "/sns/jscode2session",
+        "/cgi-bin/stable_token",
+        "/cgi-bin/token",
+    ] {
+        env.fail(json!({"path": path, "delay_ms": 3000, "times": n}));
+    }
+    let gate = Arc::new(std::sync::Barrier::new(n));
+    let answers: Vec<_> = (0..n)
         .map(|i| {
-            let env = env.clone();
+            let (env, gate) = (env.clone(), gate.clone());
             std::thread::spawn(move || {
-                code_of(&env.wafer("qcloud.cam.id_skey", json!({"code": format!("flood-{i}")})))
+                let code = format!("flood-{i}");
+                let (kind, method, path, body) = match i % 5 {
+                    0 => (
+                        "envelope",
+                        "POST",
+                        "/mina_auth/",
+                        envelope("qcloud.cam.id_skey", json!({"code": code})),
+                    ),
+                    1 => (
+                        "v1 login",
+                        "POST",
+                        "/v1/sessions",
+                        json!({"appid": APPID, "code": code})
+                            .to_string()
+                            .into_bytes(),
+                    ),
+                    2 => (
+                        "mina login",
+                        "POST",
+                        "/mina/login",
+                        format!("code={code}&app_id=1").into_bytes(),
+                    ),
+                    3 => (
+                        "v1 token",
+                        "GET",
+                        "/v1/apps/wxtestapp0000001/access_token",
+                        Vec::new(),
+                    ),
+                    _ => (
+                        "callback",
+                        "POST",
+                        "/wechat/mp/wxtestapp0000001",
+                        b"<xml></xml>".to_vec(),
+                    ),
+                };
+                gate.wait();
+                let started = Instant::now();
+                let rq = agent().request(method, &env.url(path));
+                let r = match if method == "GET" {
+                    rq.call()
+                } else {
+                    rq.send_bytes(&body)
+                } {
+                    Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+                    Err(e) => panic!("{kind}: {e}"),
+                };
+                let (status, retry) = (r.status(), r.header("Retry-After").map(str::to_string));
+                let v: Value =
+                    serde_json::from_str(&r.into_string().unwrap()).unwrap_or(Value::Null);
+                (kind, status, retry, v, started.elapsed())
             })
         })
         .collect();
-    let codes: Vec<i64> = logins.into_iter().map(|l| l.join().unwrap()).collect();
-    assert!(codes.iter().all(|&c| c == 1005), "{codes:?}");
+    let answers: Vec<_> = answers.into_iter().map(|a| a.join().unwrap()).collect();
+    let mut busy = std::collections::BTreeMap::<&str, usize>::new();
+    for (kind, status, retry, v, took) in &answers {
+        let waited = *took >= Duration::from_millis(timeout_ms);
+        let refused = match *kind {
+            "envelope" => {
+                assert_eq!((*status, code_of(v)), (200, 1005), "{kind}: {v}");
+                !waited
+            }
+            "mina login" => {
+                assert_eq!(
+                    (*status, &v["msg"]),
+                    (200, &json!("WEIXIN_NET_ERR")),
+                    "{kind}: {v}"
+                );
+                !waited
+            }
+            "callback" if *status == 401 => false,
+            _ if *status == 502 => {
+                assert_eq!(v["error"], "wechat_unavailable", "{kind}: {v}");
+                false
+            }
+            _ => {
+                assert_eq!((*status, &v["error"]), (503, &json!("busy")), "{kind}: {v}");
+                assert_eq!(retry.as_deref(), Some("1"), "{kind}: Retry-After");
+                true
+            }
+        };
+        if refused {
+            assert!(
+                *took < Duration::from_millis(timeout_ms / 2),
+                "{kind} refused after {took:?}"
+            );
+            *busy.entry(kind).or_default() += 1;
+        }
+    }
+    eprintln!(
+        "robustness: {n} requests on a hung WeChat with one worker; refused at once: {busy:?}"
+    );
+    for kind in ["envelope", "v1 login", "mina login", "v1 token", "callback"] {
+        assert!(busy.contains_key(kind), "no {kind} was refused: {busy:?}");
+    }
     let (_, metrics) = env.request("GET", &env.url("/metrics"), &[], None);
-    let full: u64 = metrics
+    let full: usize = metrics
         .lines()
         .find_map(|l| l.strip_prefix("wafer_lane_full_total "))
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no wafer_lane_full_total in\n{metrics}"));
-    eprintln!(
-        "robustness: {n} hung logins all answered in {:?}, {full} by the worker",
-        started.elapsed()
-    );
+    assert_eq!(full, busy.values().sum::<usize>());
 }
 
 #[test]

@@ -1,0 +1,151 @@
+//! Overload (issue 11, items 5 and 10), against the real binary: a burst of logins on a slow
+//! WeChat, and another process holding SQLite's write lock. In both, session checks and
+//! `/healthz` keep answering at once, and what cannot be done now is refused quickly rather than
+//! queued. Bounded in count and time; loopback only.
+
+use crate::harness::*;
+use crate::robustness::{add_app, agent, envelope, post_envelope, serve_captured};
+use serde_json::{json, Value};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+/// A session on the served app: (id, skey).
+fn session(addr: &str, code: &str) -> (String, String) {
+    let body = envelope("qcloud.cam.id_skey", json!({ "code": code }));
+    let (s, v) = post_envelope(&agent(), addr, &body, None).unwrap();
+    assert_eq!((s, &v["returnCode"]), (200, &json!(0)), "{v}");
+    let d = &v["returnData"];
+    (
+        d["id"].as_str().unwrap().to_string(),
+        d["skey"].as_str().unwrap().to_string(),
+    )
+}
+
+/// One timed `qcloud.cam.auth`, asserted to succeed.
+fn timed_check(agent: &ureq::Agent, addr: &str, id: &str, skey: &str) -> Duration {
+    let started = Instant::now();
+    let body = envelope("qcloud.cam.auth", json!({"id": id, "skey": skey}));
+    let (s, v) = post_envelope(agent, addr, &body, None).unwrap();
+    assert_eq!((s, &v["returnCode"]), (200, &json!(0)), "{v}");
+    started.elapsed()
+}
+
+/// (median, 99th percentile, slowest) of some latencies.
+fn spread(mut d: Vec<Duration>) -> (Duration, Duration, Duration) {
+    d.sort();
+    let at = |q: f64| d[((d.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99), d[d.len() - 1])
+}
+
+fn fault(mock: &fake_wechat::MockHandle, fault: Value) {
+    let r = agent()
+        .post(&format!("{}/__mock__/fail", mock.base_url()))
+        .send_string(&fault.to_string())
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+fn metric(addr: &str, name: &str) -> u64 {
+    let text = agent()
+        .get(&format!("http://{addr}/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+#[test]
+fn a_login_burst_on_a_slow_wechat_leaves_session_checks_fast() {
+    // 150 connections log in twice each at once while WeChat takes half a second per login:
+    // far more than the lane (4 workers: 16 threads, 64 queued) can hold. Past it a login must
+    // be refused at once (1005), not run on a worker, so that the session checks beside the burst
+    // still find a free worker. (Before: the overflow waited on WeChat on the workers, and checks
+    // queued behind it for seconds.)
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("burst.db");
+    let mock = fake_wechat::start("127.0.0.1:0").unwrap();
+    add_app(&db, APPID, SECRET);
+    let served = serve_captured(&db, &mock, &[]);
+    let addr = served.addr.clone();
+    let (id, skey) = session(&addr, "checker");
+    fault(
+        &mock,
+        json!({"path": "/sns/jscode2session", "delay_ms": 500, "times": 100_000}),
+    );
+
+    let n = 150;
+    let gate = Arc::new(Barrier::new(n + 1));
+    let burst: Vec<_> = (0..n)
+        .map(|t| {
+            let (addr, gate) = (addr.clone(), gate.clone());
+            std::thread::spawn(move || {
+                let agent = agent();
+                gate.wait();
+                (0..2)
+                    .map(|i| {
+                        let started = Instant::now();
+                        let body = envelope(
+                            "qcloud.cam.id_skey",
+                            json!({"code": format!("burst-{t}-{i}")}),
+                        );
+                        let answer = post_envelope(&agent, &addr, &body, None)
+                            .map(|(s, v)| (s, v["returnCode"].as_i64().unwrap_or(-1)));
+                        (answer, started.elapsed())
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    gate.wait();
+    std::thread::sleep(Duration::from_millis(200));
+    let checker = agent();
+    let mut checks = Vec::new();
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        checks.push(timed_check(&checker, &addr, &id, &skey));
+    }
+    let logins: Vec<_> = burst.into_iter().flat_map(|b| b.join().unwrap()).collect();
+
+    let (median, p99, slowest) = spread(checks.clone());
+    let refused = logins
+        .iter()
+        .filter(|(a, _)| matches!(a, Ok((200, 1005))))
+        .count();
+    let done = logins
+        .iter()
+        .filter(|(a, _)| matches!(a, Ok((200, 0))))
+        .count();
+    let slowest_login = logins.iter().map(|(_, t)| *t).max().unwrap();
+    eprintln!(
+        "overload: {} checks beside {} logins on a 500 ms WeChat: median {median:?}, p99 {p99:?}, \
+         slowest {slowest:?}; logins: {done} done, {refused} refused at once, slowest {slowest_login:?}",
+        checks.len(),
+        logins.len()
+    );
+    for (a, took) in &logins {
+        assert!(
+            matches!(a, Ok((200, 0 | 1005))),
+            "a login answered {a:?} after {took:?}"
+        );
+    }
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a check took {slowest:?} (median {median:?})"
+    );
+    assert!(
+        median < Duration::from_millis(250),
+        "checks took {median:?} at the median"
+    );
+    assert!(checks.len() >= 20, "only {} checks", checks.len());
+    assert!(refused > 0, "no login was refused");
+    assert!(done >= 16, "only {done} logins done");
+    assert!(
+        slowest_login < Duration::from_secs(10),
+        "a login took {slowest_login:?}"
+    );
+    assert!(metric(&addr, "wafer_lane_full_total") > 0);
+}
