@@ -1,10 +1,9 @@
 //! The listening socket and the limits that keep slow, idle or oversized clients from tying the
 //! server up. This is the only place that decides how long a client may take.
 //!
-//! Why it is built this way: tiny_http accepts on its own thread and gives every connection a
-//! thread of its own that reads the request line and headers, with no read timeout and no size
-//! limit; only then does one of our workers get the request and read the body. Three bounds
-//! close the gaps without touching tiny_http:
+//! Why it is built this way: tiny_http (our fork, `vendor/tiny_http`) accepts on its own thread
+//! and gives every connection a thread of its own that reads the request head, bounded by
+//! `tiny_http::Limits`; only then does one of our workers get the request and read the body.
 //!
 //! 1. **Socket timeouts, inherited.** The listening socket is made here with socket2 and given
 //!    `SO_RCVTIMEO` and `SO_SNDTIMEO` (`server.io_timeout_ms`, default 10 s) before it is handed
@@ -24,16 +23,14 @@
 //! 2. **A body deadline.** A worker reads the body in chunks and gives up with 408 once the whole
 //!    body has taken longer than the same timeout, so a byte-at-a-time body holds a worker for at
 //!    most about twice `io_timeout_ms`, never `max_body_bytes` times it.
-//! 3. **Head limits.** A URL over `MAX_URL_BYTES` is answered 414 and headers over
-//!    `MAX_HEADER_BYTES` in total 431, before any handler runs.
+//! 3. **Head limits and strict framing**, in the fork (`tiny_http::Limits`): a request line over
+//!    8 KiB is answered 414, header lines over 16 KiB 431, ambiguous framing 400 or 501, a head
+//!    not whole within the io timeout of its first byte 408, each closing the connection.
 //!
-//! What remains, and why it is acceptable: a slow *head* costs a tiny_http thread (a small
-//! stack, never a worker) for as long as its client sends at least a byte per timeout, since the
-//! timeout bounds each read, not the whole head; and tiny_http buffers a request head without a
-//! size cap while it arrives, so a fast client can make one connection's head large before the
-//! 431. Neither can be bounded from outside tiny_http. Production deployments put wafer behind a reverse proxy (docs/operations.md),
-//! which caps head size and buffers bodies; the limits here make a directly exposed wafer
-//! degrade gracefully rather than stall.
+//! What remains: the body is read by a worker, so a slow body holds one for up to the body
+//! deadline. Production deployments put wafer behind a reverse proxy (README, "Running in
+//! production"), which buffers bodies; the limits here make a directly exposed wafer degrade
+//! gracefully rather than stall.
 
 use super::Reply;
 use socket2::{Domain, Socket, Type};
@@ -43,16 +40,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// The longest request target (path and query) accepted; WeChat's own callbacks are far shorter.
-pub const MAX_URL_BYTES: usize = 8 * 1024;
-/// The largest total size of request headers (names and values) accepted.
-pub const MAX_HEADER_BYTES: usize = 16 * 1024;
-
 /// tiny_http on a listening socket with timeouts, restarted if its accept thread ever stops.
 pub struct Front {
     /// A duplicate of the socket handed to tiny_http, for restarts.
     listener: std::net::TcpListener,
     addr: SocketAddr,
+    io_timeout: Duration,
     /// How long a replaced server is still drained.
     retire_after: Duration,
     servers: Mutex<Servers>,
@@ -69,10 +62,11 @@ impl Front {
     pub fn bind(addr: SocketAddr, io_timeout: Duration) -> std::io::Result<Front> {
         let listener = timed_listener(addr, io_timeout)?;
         let addr = listener.local_addr()?;
-        let current = Arc::new(start_tiny_http(&listener)?);
+        let current = Arc::new(start_tiny_http(&listener, io_timeout)?);
         Ok(Front {
             listener,
             addr,
+            io_timeout,
             retire_after: io_timeout * 3,
             servers: Mutex::new(Servers {
                 current,
@@ -130,7 +124,7 @@ impl Front {
             return;
         }
         eprintln!("wafer: the accept loop stopped ({e}); starting a new one");
-        match start_tiny_http(&self.listener) {
+        match start_tiny_http(&self.listener, self.io_timeout) {
             Ok(new) => {
                 let old = std::mem::replace(&mut s.current, Arc::new(new));
                 s.retired.push((old, Instant::now()));
@@ -148,8 +142,16 @@ impl Front {
     }
 }
 
-fn start_tiny_http(listener: &std::net::TcpListener) -> std::io::Result<tiny_http::Server> {
-    tiny_http::Server::from_listener(listener.try_clone()?, None).map_err(std::io::Error::other)
+/// tiny_http with CONTRACT §8's head limits (its defaults: a request line over 8 KiB → 414,
+/// header lines over 16 KiB → 431) and the io timeout on every connection.
+fn start_tiny_http(
+    listener: &std::net::TcpListener,
+    io_timeout: Duration,
+) -> std::io::Result<tiny_http::Server> {
+    let mut limits = tiny_http::Limits::default();
+    limits.io_timeout = Some(io_timeout);
+    tiny_http::Server::from_listener_with_limits(listener.try_clone()?, None, limits)
+        .map_err(std::io::Error::other)
 }
 
 /// A listening socket whose accepted connections inherit `io_timeout` on reads and writes.
@@ -196,32 +198,6 @@ pub fn spawn_keeper(
                 std::thread::sleep(every.min(Duration::from_millis(50)));
             }
         })
-}
-
-/// A ready 414 or 431 when the request head is over the limits.
-pub fn head_too_large(rq: &tiny_http::Request) -> Option<Reply> {
-    if rq.url().len() > MAX_URL_BYTES {
-        return Some(closing(Reply::error(
-            414,
-            "uri_too_long",
-            "request target is too long",
-            None,
-        )));
-    }
-    let total: usize = rq
-        .headers()
-        .iter()
-        .map(|h| h.field.as_str().as_str().len() + h.value.as_str().len() + 4)
-        .sum();
-    if total > MAX_HEADER_BYTES {
-        return Some(closing(Reply::error(
-            431,
-            "headers_too_large",
-            "request headers are too large",
-            None,
-        )));
-    }
-    None
 }
 
 /// The same reply, asking the client to close the connection.

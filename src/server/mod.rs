@@ -483,10 +483,7 @@ fn serve(worker: &mut Worker, mut rq: tiny_http::Request) {
         .to_string();
     let limit = worker.shared.config.server.max_body_bytes;
     let deadline = Duration::from_millis(worker.shared.config.server.io_timeout_ms);
-    let body = match listen::head_too_large(&rq) {
-        Some(reply) => Err(reply),
-        None => read_body(&mut rq, limit, deadline),
-    };
+    let body = read_body(&mut rq, limit, deadline);
     let job = lane::Job {
         rq,
         method,

@@ -1,16 +1,14 @@
-use ascii::AsciiString;
-
-use std::io::Error as IoError;
 use std::io::Result as IoResult;
-use std::io::{BufReader, BufWriter, ErrorKind, Read};
+use std::io::{BufRead, BufReader, BufWriter, ErrorKind, Read, Write};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
-use crate::common::{HTTPVersion, Method};
+use crate::common::{HTTPVersion, Header, Method};
 use crate::util::RefinedTcpStream;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
-use crate::Request;
+use crate::{Limits, Request};
 
 /// A ClientConnection is an object that will store a socket to a client
 /// and return Request objects.
@@ -34,29 +32,117 @@ pub struct ClientConnection {
 
     // true if the connection goes through SSL
     secure: bool,
+
+    // wafer's fix: the bounds on this client
+    limits: Limits,
 }
 
-/// Error that can happen when reading a request.
+/// Why no request was read (wafer's fix: every refusal closes the connection, since what
+/// follows a request the server could not frame cannot be trusted to be a request).
 #[derive(Debug)]
 enum ReadError {
-    WrongRequestLine,
-    WrongHeader(HTTPVersion),
-    /// the client sent an unrecognized `Expect` header
-    ExpectationFailed(HTTPVersion),
-    ReadIoError(IoError),
+    /// The connection ended, failed, or stayed idle: close without an answer.
+    Closed,
+    /// Answer with this status, then close.
+    Refuse(u16),
+}
+
+/// How much input is read, at most, after a refusal so that the client sees the answer rather
+/// than a reset, and for how long.
+const LINGER_BYTES: u64 = 64 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(1);
+
+/// Empty lines accepted before a request line (RFC 9112 §2.2: some clients send a CRLF after a
+/// body).
+const MAX_LEADING_EMPTY_LINES: usize = 2;
+
+/// What went wrong reading one line of a head.
+enum LineError {
+    TooLong,
+    /// A bare CR or LF, or a byte that is not ASCII.
+    Malformed,
+    TimedOut,
+    Closed,
+}
+
+impl LineError {
+    fn refusal(self, too_long: u16) -> ReadError {
+        match self {
+            LineError::TooLong => ReadError::Refuse(too_long),
+            LineError::Malformed => ReadError::Refuse(400),
+            LineError::TimedOut => ReadError::Refuse(408),
+            LineError::Closed => ReadError::Closed,
+        }
+    }
+}
+
+fn timed_out(e: &std::io::Error) -> bool {
+    // Linux reports a socket timeout as EAGAIN.
+    matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock)
+}
+
+/// One CRLF-terminated line of at most `max` bytes (CRLF excluded), as ASCII.
+fn read_line<R: BufRead>(reader: &mut R, max: usize) -> Result<Vec<u8>, LineError> {
+    let mut line = Vec::new();
+    loop {
+        let buf = match reader.fill_buf() {
+            Ok([]) => return Err(LineError::Closed),
+            Ok(buf) => buf,
+            Err(ref e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(ref e) if timed_out(e) => return Err(LineError::TimedOut),
+            Err(_) => return Err(LineError::Closed),
+        };
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                line.extend_from_slice(&buf[..i]);
+                reader.consume(i + 1);
+                if line.pop() != Some(b'\r') {
+                    return Err(LineError::Malformed);
+                }
+                if line.len() > max {
+                    return Err(LineError::TooLong);
+                }
+                // No CR but the last, nothing but printable ASCII and tabs.
+                if line
+                    .iter()
+                    .any(|&b| !(b == b'\t' || (b' '..=b'~').contains(&b)))
+                {
+                    return Err(LineError::Malformed);
+                }
+                return Ok(line);
+            }
+            None => {
+                let n = buf.len();
+                line.extend_from_slice(buf);
+                reader.consume(n);
+                // One more byte may be the line's CR.
+                if line.len() > max + 1 {
+                    return Err(LineError::TooLong);
+                }
+            }
+        }
+    }
 }
 
 impl ClientConnection {
     /// Creates a new `ClientConnection` that takes ownership of the `TcpStream`.
     pub fn new(
-        write_socket: RefinedTcpStream,
+        mut write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
+        limits: Limits,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
+        if let Some(t) = limits.io_timeout {
+            // The option belongs to the socket, which both halves share.
+            if read_socket.set_io_timeout(Some(t)).is_err() {
+                log::error!("Could not set the io timeout of a connection");
+            }
+            write_socket.set_io_timeout(Some(t)).ok();
+        }
 
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
-        let first_header = source.next().unwrap();
+        let first_header = source.next_reader();
 
         ClientConnection {
             source,
@@ -65,6 +151,7 @@ impl ClientConnection {
             next_header_source: first_header,
             no_more_requests: false,
             secure,
+            limits,
         }
     }
 
@@ -73,78 +160,59 @@ impl ClientConnection {
         self.secure
     }
 
-    /// Reads the next line from self.next_header_source.
-    ///
-    /// Reads until `CRLF` is reached. The next read will start
-    ///  at the first byte of the new line.
-    fn read_next_line(&mut self) -> IoResult<AsciiString> {
-        let mut buf = Vec::new();
-        let mut prev_byte_was_cr = false;
-
-        loop {
-            let byte = self.next_header_source.by_ref().bytes().next();
-
-            let byte = match byte {
-                Some(b) => b?,
-                None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
-            };
-
-            if byte == b'\n' && prev_byte_was_cr {
-                buf.pop(); // removing the '\r'
-                return AsciiString::from_ascii(buf)
-                    .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
-            }
-
-            prev_byte_was_cr = byte == b'\r';
-
-            buf.push(byte);
-        }
-    }
-
     /// Reads a request from the stream.
     /// Blocks until the header has been read.
     fn read(&mut self) -> Result<Request, ReadError> {
-        let (method, path, version, headers) = {
-            // reading the request line
-            let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+        let limits = self.limits;
+        // Our turn on the stream comes once the previous request's body has been read.
+        let reader = self
+            .next_header_source
+            .wait_turn()
+            .ok_or(ReadError::Closed)?;
 
-                parse_request_line(
-                    line.as_str().trim(), // TODO: remove this conversion
-                )?
-            };
+        // Waiting for the next request: an idle connection ends without an answer.
+        reader.get_mut().set_deadline(None);
+        match reader.fill_buf() {
+            Ok([]) | Err(_) => return Err(ReadError::Closed),
+            Ok(_) => {}
+        }
+        // From its first byte, the head must arrive whole within the io timeout.
+        if let Some(t) = limits.io_timeout {
+            reader.get_mut().set_deadline(Some(Instant::now() + t));
+        }
 
-            // getting all headers
-            let headers = {
-                let mut headers = Vec::new();
-                loop {
-                    let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+        let mut line = Vec::new();
+        for _ in 0..=MAX_LEADING_EMPTY_LINES {
+            line = read_line(reader, limits.max_request_line).map_err(|e| e.refusal(414))?;
+            if !line.is_empty() {
+                break;
+            }
+        }
+        let (method, path, version) = parse_request_line(&line)?;
 
-                    if line.is_empty() {
-                        break;
-                    };
-                    headers.push(match FromStr::from_str(line.as_str().trim()) {
-                        // TODO: remove this conversion
-                        Ok(h) => h,
-                        _ => return Err(ReadError::WrongHeader(version)),
-                    });
-                }
-
-                headers
-            };
-
-            (method, path, version, headers)
-        };
+        let mut headers = Vec::new();
+        let mut budget = limits.max_header_bytes;
+        loop {
+            let line = read_line(reader, budget.saturating_sub(2)).map_err(|e| e.refusal(431))?;
+            if line.is_empty() {
+                break;
+            }
+            budget -= line.len() + 2;
+            headers.push(parse_header(&line).ok_or(ReadError::Refuse(400))?);
+        }
+        check_framing(&headers, &version)?;
+        // The body is read by whoever takes the request, each read bounded by the io timeout.
+        reader.get_mut().set_deadline(None);
 
         // building the writer for the request
-        let writer = self.sink.next().unwrap();
+        let writer = self.sink.next().ok_or(ReadError::Closed)?;
 
         // follow-up for next potential request
-        let mut data_source = self.source.next().unwrap();
+        let mut data_source = self.source.next_reader();
         std::mem::swap(&mut self.next_header_source, &mut data_source);
 
         // building the next reader
-        let request = crate::request::new_request(
+        crate::request::new_request(
             self.secure,
             method,
             path,
@@ -157,17 +225,45 @@ impl ClientConnection {
             writer,
         )
         .map_err(|e| {
-            use crate::request;
+            use crate::request::RequestCreationError;
             match e {
-                request::RequestCreationError::CreationIoError(e) => ReadError::ReadIoError(e),
-                request::RequestCreationError::ExpectationFailed => {
-                    ReadError::ExpectationFailed(version)
+                RequestCreationError::CreationIoError(ref e) if timed_out(e) => {
+                    ReadError::Refuse(408)
                 }
+                RequestCreationError::CreationIoError(_) => ReadError::Closed,
+                RequestCreationError::ExpectationFailed => ReadError::Refuse(417),
             }
-        })?;
+        })
+    }
 
-        // return the request
-        Ok(request)
+    /// Answers `status` with `Connection: close`, then reads (and drops) what the client still
+    /// sends for a moment, so that its kernel does not reset the connection before it has read
+    /// the answer.
+    fn refuse(&mut self, status: u16) {
+        use crate::StatusCode;
+
+        if let Some(mut writer) = self.sink.next() {
+            // Written here rather than by `Response`, which leaves `Connection` to the server.
+            let head = format!(
+                "HTTP/1.1 {} {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                status,
+                StatusCode(status).default_reason_phrase()
+            );
+            if writer
+                .write_all(head.as_bytes())
+                .and_then(|()| writer.flush())
+                .is_err()
+            {
+                return;
+            }
+        }
+        if let Some(reader) = self.next_header_source.wait_turn() {
+            reader.get_mut().shutdown_write();
+            reader
+                .get_mut()
+                .set_deadline(Some(Instant::now() + LINGER_TIME));
+            let _ = std::io::copy(&mut reader.take(LINGER_BYTES), &mut std::io::sink());
+        }
     }
 }
 
@@ -177,135 +273,205 @@ impl Iterator for ClientConnection {
     /// Blocks until the next Request is available.
     /// Returns None when no new Requests will come from the client.
     fn next(&mut self) -> Option<Request> {
-        use crate::{Response, StatusCode};
-
         // the client sent a "connection: close" header in this previous request
         //  or is using HTTP 1.0, meaning that no new request will come
         if self.no_more_requests {
             return None;
         }
 
-        loop {
-            let rq = match self.read() {
-                Err(ReadError::WrongRequestLine) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // we don't know where the next request would start,
-                                 // se we have to close
-                }
-
-                Err(ReadError::WrongHeader(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response.raw_print(writer, ver, &[], false, None).ok();
-                    return None; // we don't know where the next request would start,
-                                 // se we have to close
-                }
-
-                Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
-                    // request timeout
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(408));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // closing the connection
-                }
-
-                Err(ReadError::ExpectationFailed(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(417));
-                    response.raw_print(writer, ver, &[], true, None).ok();
-                    return None; // TODO: should be recoverable, but needs handling in case of body
-                }
-
-                Err(ReadError::ReadIoError(_)) => return None,
-
-                Ok(rq) => rq,
-            };
-
-            // checking HTTP version
-            if *rq.http_version() > (1, 1) {
-                let writer = self.sink.next().unwrap();
-                let response = Response::from_string(
-                    "This server only supports HTTP versions 1.0 and 1.1".to_owned(),
-                )
-                .with_status_code(StatusCode(505));
-                response
-                    .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                    .ok();
-                continue;
+        let rq = match self.read() {
+            Ok(rq) => rq,
+            Err(ReadError::Closed) => return None,
+            Err(ReadError::Refuse(status)) => {
+                self.refuse(status);
+                return None;
             }
+        };
 
-            // updating the status of the connection
-            let connection_header = rq
-                .headers()
-                .iter()
-                .find(|h| h.field.equiv("Connection"))
-                .map(|h| h.value.as_str());
+        // updating the status of the connection
+        let connection_header = rq
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("Connection"))
+            .map(|h| h.value.as_str());
 
-            let lowercase = connection_header.map(|h| h.to_ascii_lowercase());
+        let lowercase = connection_header.map(|h| h.to_ascii_lowercase());
 
-            match lowercase {
-                Some(ref val) if val.contains("close") => self.no_more_requests = true,
-                Some(ref val) if val.contains("upgrade") => self.no_more_requests = true,
-                Some(ref val)
-                    if !val.contains("keep-alive") && *rq.http_version() == HTTPVersion(1, 0) =>
-                {
-                    self.no_more_requests = true
-                }
-                None if *rq.http_version() == HTTPVersion(1, 0) => self.no_more_requests = true,
-                _ => (),
-            };
+        match lowercase {
+            Some(ref val) if val.contains("close") => self.no_more_requests = true,
+            Some(ref val) if val.contains("upgrade") => self.no_more_requests = true,
+            Some(ref val)
+                if !val.contains("keep-alive") && *rq.http_version() == HTTPVersion(1, 0) =>
+            {
+                self.no_more_requests = true
+            }
+            None if *rq.http_version() == HTTPVersion(1, 0) => self.no_more_requests = true,
+            _ => (),
+        };
 
-            // returning the request
-            return Some(rq);
-        }
+        // returning the request
+        Some(rq)
     }
 }
 
-/// Parses a "HTTP/1.1" string.
-fn parse_http_version(version: &str) -> Result<HTTPVersion, ReadError> {
-    let (major, minor) = match version {
-        "HTTP/0.9" => (0, 9),
-        "HTTP/1.0" => (1, 0),
-        "HTTP/1.1" => (1, 1),
-        "HTTP/2.0" => (2, 0),
-        "HTTP/3.0" => (3, 0),
-        _ => return Err(ReadError::WrongRequestLine),
+/// Parses the request line, `METHOD SP TARGET SP HTTP/1.x` (wafer's fix: exactly three parts;
+/// a version other than 1.0 or 1.1 is answered 505 and the connection closed).
+fn parse_request_line(line: &[u8]) -> Result<(Method, String, HTTPVersion), ReadError> {
+    let bad = || ReadError::Refuse(400);
+    // `read_line` let only ASCII through.
+    let line = std::str::from_utf8(line).map_err(|_| bad())?;
+    let mut parts = line.split(' ');
+    let (method, path, version) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(m), Some(p), Some(v), None) if !m.is_empty() && !p.is_empty() => (m, p, v),
+        _ => return Err(bad()),
     };
-
-    Ok(HTTPVersion(major, minor))
+    let method: Method = method.parse().map_err(|_| bad())?;
+    let version = match version {
+        "HTTP/1.1" => HTTPVersion(1, 1),
+        "HTTP/1.0" => HTTPVersion(1, 0),
+        v if v.len() == 8
+            && v.starts_with("HTTP/")
+            && v.as_bytes()[5].is_ascii_digit()
+            && v.as_bytes()[6] == b'.'
+            && v.as_bytes()[7].is_ascii_digit() =>
+        {
+            return Err(ReadError::Refuse(505))
+        }
+        _ => return Err(bad()),
+    };
+    Ok((method, path.to_owned(), version))
 }
 
-/// Parses the request line of the request.
-/// eg. GET / HTTP/1.1
-fn parse_request_line(line: &str) -> Result<(Method, String, HTTPVersion), ReadError> {
-    let mut parts = line.split(' ');
+/// One header line; `None` for a folded line (leading whitespace, RFC 9112 §5.2), an empty or
+/// spaced name, or no colon.
+fn parse_header(line: &[u8]) -> Option<Header> {
+    if line.first().map_or(true, |b| *b == b' ' || *b == b'\t') {
+        return None;
+    }
+    let line = std::str::from_utf8(line).ok()?;
+    if line.split(':').next().map_or(true, str::is_empty) {
+        return None;
+    }
+    Header::from_str(line).ok()
+}
 
-    let method = parts.next().and_then(|w| w.parse().ok());
-    let path = parts.next().map(ToOwned::to_owned);
-    let version = parts.next().and_then(|w| parse_http_version(w).ok());
-
-    method
-        .and_then(|method| Some((method, path?, version?)))
-        .ok_or(ReadError::WrongRequestLine)
+/// Refuses the framings a proxy in front could read differently (request smuggling): a
+/// `Content-Length` that is not a plain number, two that differ, `Transfer-Encoding` beside a
+/// `Content-Length` or in HTTP/1.0 (400), and any transfer coding but a lone `chunked` (501).
+fn check_framing(headers: &[Header], version: &HTTPVersion) -> Result<(), ReadError> {
+    let bad = || ReadError::Refuse(400);
+    let mut length: Option<u64> = None;
+    for h in headers.iter().filter(|h| h.field.equiv("Content-Length")) {
+        let v = h.value.as_str();
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let n: u64 = v.parse().map_err(|_| bad())?;
+        if length.is_some_and(|l| l != n) {
+            return Err(bad());
+        }
+        length = Some(n);
+    }
+    let codings: Vec<&str> = headers
+        .iter()
+        .filter(|h| h.field.equiv("Transfer-Encoding"))
+        .map(|h| h.value.as_str())
+        .collect();
+    if codings.is_empty() {
+        return Ok(());
+    }
+    if length.is_some() || *version == HTTPVersion(1, 0) {
+        return Err(bad());
+    }
+    match codings.as_slice() {
+        [only] if only.trim().eq_ignore_ascii_case("chunked") => Ok(()),
+        _ => Err(ReadError::Refuse(501)),
+    }
 }
 
 #[cfg(test)]
 mod test {
+    use super::ReadError;
+    use crate::common::HTTPVersion;
+
+    fn status(line: &str) -> Option<u16> {
+        match super::parse_request_line(line.as_bytes()) {
+            Ok(_) => None,
+            Err(ReadError::Refuse(s)) => Some(s),
+            Err(ReadError::Closed) => Some(0),
+        }
+    }
+
     #[test]
     fn test_parse_request_line() {
-        let (method, path, ver) = super::parse_request_line("GET /hello HTTP/1.1").unwrap();
+        let (method, path, ver) = super::parse_request_line(b"GET /hello HTTP/1.1").unwrap();
 
         assert!(method == crate::Method::Get);
         assert!(path == "/hello");
-        assert!(ver == crate::common::HTTPVersion(1, 1));
+        assert!(ver == HTTPVersion(1, 1));
 
-        assert!(super::parse_request_line("GET /hello").is_err());
-        assert!(super::parse_request_line("qsd qsd qsd").is_err());
+        assert!(super::parse_request_line(b"GET /hello").is_err());
+        assert!(super::parse_request_line(b"qsd qsd qsd").is_err());
+    }
+
+    #[test]
+    fn request_lines_are_strict() {
+        for (line, want) in [
+            ("GET / HTTP/1.0", None),
+            ("GET /hello HTTP/1.1 extra", Some(400)),
+            ("GET  /hello HTTP/1.1", Some(400)),
+            (" GET /hello HTTP/1.1", Some(400)),
+            ("GET /hello HTTP/2.0", Some(505)),
+            ("GET /hello HTTP/0.9", Some(505)),
+            ("GET /hello http/1.1", Some(400)),
+            ("GET /hello HTTP/1.1\t", Some(400)),
+        ] {
+            assert_eq!(status(line), want, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn header_lines_are_strict() {
+        for (line, ok) in [
+            ("Host: a", true),
+            ("Host:a", true),
+            (" Host: a", false),
+            ("\tHost: a", false),
+            ("Host : a", false),
+            (": a", false),
+            ("Host a", false),
+        ] {
+            assert_eq!(
+                super::parse_header(line.as_bytes()).is_some(),
+                ok,
+                "{line:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn lines_end_in_crlf_and_are_bounded() {
+        use super::{read_line, LineError};
+        let read = |input: &[u8], max| {
+            let mut r = std::io::BufReader::with_capacity(4, input);
+            match read_line(&mut r, max) {
+                Ok(l) => Ok(String::from_utf8(l).unwrap()),
+                Err(LineError::TooLong) => Err("too long"),
+                Err(LineError::Malformed) => Err("malformed"),
+                Err(LineError::TimedOut) => Err("timed out"),
+                Err(LineError::Closed) => Err("closed"),
+            }
+        };
+        assert_eq!(
+            read(b"GET / HTTP/1.1\r\nHost", 100),
+            Ok("GET / HTTP/1.1".into())
+        );
+        assert_eq!(read(b"abcdefgh\r\n", 8), Ok("abcdefgh".into()));
+        assert_eq!(read(b"abcdefghi\r\n", 8), Err("too long"));
+        assert_eq!(read(b"abcdefghijklmnop", 8), Err("too long"));
+        assert_eq!(read(b"abc\ndef\r\n", 100), Err("malformed"));
+        assert_eq!(read(b"abc\rdef\r\n", 100), Err("malformed"));
+        assert_eq!(read("ab\u{e9}\r\n".as_bytes(), 100), Err("malformed"));
+        assert_eq!(read(b"abc", 100), Err("closed"));
     }
 }

@@ -184,6 +184,41 @@ pub struct ServerConfig {
     pub ssl: Option<SslConfig>,
 }
 
+/// Bounds on what one client may make the server hold or wait for (wafer's fix: upstream had
+/// none). `Limits::default()` caps request heads and sets no timeout.
+///
+/// ```
+/// let mut limits = tiny_http::Limits::default();
+/// limits.io_timeout = Some(std::time::Duration::from_secs(10));
+/// let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// let server = tiny_http::Server::from_listener_with_limits(listener, None, limits).unwrap();
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// The longest request line (method, target and version, without the CRLF); a longer one
+    /// is answered `414 URI Too Long` and the connection closed. Default 8 KiB.
+    pub max_request_line: usize,
+    /// The most bytes of header lines (CRLFs included) in one request; more is answered
+    /// `431 Request Header Fields Too Large` and the connection closed. Default 16 KiB.
+    pub max_header_bytes: usize,
+    /// When set: every read and write on a client's socket fails after this long without
+    /// progress; a connection idle this long between requests is closed without an answer;
+    /// a request head must arrive whole within this long of its first byte, else
+    /// `408 Request Timeout` and the connection closed. Default `None` (no timeout).
+    pub io_timeout: Option<std::time::Duration>,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_request_line: 8 * 1024,
+            max_header_bytes: 16 * 1024,
+            io_timeout: None,
+        }
+    }
+}
+
 /// Configuration of the server for SSL.
 #[derive(Debug, Clone)]
 pub struct SslConfig {
@@ -248,6 +283,15 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::from_listener_with_limits(listener, ssl_config, Limits::default())
+    }
+
+    /// `from_listener`, with the bounds on clients given (wafer's fix).
+    pub fn from_listener_with_limits<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        limits: Limits,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
@@ -289,7 +333,9 @@ impl Server {
         // wafer's fix: a thread that cannot be started is an error here, not a panic.
         thread::Builder::new()
             .name("tiny-http-accept".into())
-            .spawn(move || accept_loop(server, ssl, inside_close_trigger, inside_messages))?;
+            .spawn(move || {
+                accept_loop(server, ssl, limits, inside_close_trigger, inside_messages)
+            })?;
 
         // result
         Ok(Server {
@@ -368,6 +414,7 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(100);
 fn accept_loop(
     server: Listener,
     ssl: Option<SslContext>,
+    limits: Limits,
     close: Arc<AtomicBool>,
     messages: Arc<MessagesQueue<Message>>,
 ) {
@@ -397,7 +444,7 @@ fn accept_loop(
             })
             .map(|streams| {
                 streams.map(|(read_closable, write_closable)| {
-                    ClientConnection::new(write_closable, read_closable)
+                    ClientConnection::new(write_closable, read_closable, limits)
                 })
             });
 

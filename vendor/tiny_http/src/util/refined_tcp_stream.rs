@@ -1,6 +1,7 @@
 use std::io::Result as IoResult;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
 
 use crate::connection::Connection;
 #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
@@ -47,6 +48,22 @@ impl Stream {
         }
     }
 
+    fn set_read_timeout(&self, t: Option<Duration>) -> IoResult<()> {
+        match self {
+            Stream::Http(tcp_stream) => tcp_stream.set_read_timeout(t),
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(ssl_stream) => ssl_stream.set_read_timeout(t),
+        }
+    }
+
+    fn set_write_timeout(&self, t: Option<Duration>) -> IoResult<()> {
+        match self {
+            Stream::Http(tcp_stream) => tcp_stream.set_write_timeout(t),
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(ssl_stream) => ssl_stream.set_write_timeout(t),
+        }
+    }
+
     fn shutdown(&mut self, how: Shutdown) -> IoResult<()> {
         match self {
             Stream::Http(tcp_stream) => tcp_stream.shutdown(how),
@@ -88,6 +105,10 @@ pub struct RefinedTcpStream {
     stream: Stream,
     close_read: bool,
     close_write: bool,
+    /// wafer's fix: the longest wait of one read or write (`Limits::io_timeout`).
+    io_timeout: Option<Duration>,
+    /// wafer's fix: when set, reads fail once it has passed, and no read waits beyond it.
+    deadline: Option<Instant>,
 }
 
 impl RefinedTcpStream {
@@ -105,12 +126,16 @@ impl RefinedTcpStream {
             stream: read,
             close_read: true,
             close_write: false,
+            io_timeout: None,
+            deadline: None,
         };
 
         let write = RefinedTcpStream {
             stream: write,
             close_read: false,
             close_write: true,
+            io_timeout: None,
+            deadline: None,
         };
 
         Ok((read, write))
@@ -124,6 +149,28 @@ impl RefinedTcpStream {
 
     pub(crate) fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {
         self.stream.peer_addr()
+    }
+
+    /// Bounds every read and write on the socket (both halves: the option is the socket's).
+    pub(crate) fn set_io_timeout(&mut self, t: Option<Duration>) -> IoResult<()> {
+        self.stream.set_read_timeout(t)?;
+        self.stream.set_write_timeout(t)?;
+        self.io_timeout = t;
+        Ok(())
+    }
+
+    /// Reads on this half fail with `TimedOut` from `deadline` on (`None`: each read is bounded
+    /// by the io timeout only).
+    pub(crate) fn set_deadline(&mut self, deadline: Option<Instant>) {
+        if deadline.is_none() && self.deadline.is_some() {
+            let _ = self.stream.set_read_timeout(self.io_timeout);
+        }
+        self.deadline = deadline;
+    }
+
+    /// Sends FIN: the client sees the end of the answer while its input is still read.
+    pub(crate) fn shutdown_write(&mut self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
     }
 }
 
@@ -141,6 +188,18 @@ impl Drop for RefinedTcpStream {
 
 impl Read for RefinedTcpStream {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the deadline passed",
+                ));
+            }
+            // One more system call per read, only while a deadline is set (heads and bodies).
+            self.stream
+                .set_read_timeout(Some(self.io_timeout.map_or(left, |t| t.min(left))))?;
+        }
         self.stream.read(buf)
     }
 }
