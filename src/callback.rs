@@ -5,13 +5,15 @@
 //! relaying a verified message to the account's `forward_url`.
 //!
 //! Everything here is pure except [`forward`], which goes through the WeChat client (the only
-//! owner of an HTTP client). The order of checks is the point: nothing from a request is trusted,
+//! owner of an HTTP client), and [`claim`], the seen-request memory in the database that makes
+//! a callback apply at most once. The order of checks is the point: nothing from a request is trusted,
 //! parsed as a message or stored until its signature has been checked in constant time and, in
 //! safe mode, it has decrypted under the account's key with the account's own receive id. Which
 //! of the two a POST gets is the account's choice (an EncodingAESKey means safe mode only), never
 //! the request's: the plain signature does not cover the body.
 
 use crate::crypto::{ct_eq, sha1_sorted, CryptoError, MsgCrypt};
+use crate::store::Db;
 use crate::wechat::WeChat;
 use quick_xml::events::Event;
 use serde_json::{Map, Value};
@@ -35,6 +37,8 @@ pub enum Rejected {
     Malformed(&'static str),
     /// The message did not decrypt under the account's keys (or named another receive id).
     Crypto(CryptoError),
+    /// The `timestamp` is missing, not a number, or further than the window from now.
+    Stale,
 }
 
 impl fmt::Display for Rejected {
@@ -43,6 +47,7 @@ impl fmt::Display for Rejected {
             Rejected::Signature => f.write_str("bad signature"),
             Rejected::Malformed(what) => write!(f, "malformed: {what}"),
             Rejected::Crypto(e) => write!(f, "decryption: {e}"),
+            Rejected::Stale => f.write_str("timestamp outside the window"),
         }
     }
 }
@@ -156,17 +161,107 @@ pub fn seal(
     crypt.encrypted_reply_xml(reply, random16, timestamp, nonce)
 }
 
-/// Relay a verified message to a business endpoint as a JSON object of its fields, within
-/// [`FORWARD_TIMEOUT`]. Returns the passive reply to give WeChat: the endpoint's body when it
-/// answered 2xx with something other than empty or `success`; `None` (answer `success`) when it
-/// had nothing to say, failed, or was too slow.
-pub fn forward(wechat: &WeChat, url: &str, message: &Message) -> Option<String> {
-    match wechat.post_json_to(url, &Value::Object(message.fields.clone()), FORWARD_TIMEOUT) {
-        Ok(f) if (200..300).contains(&f.status) => {
-            let reply = f.body.trim();
-            (!reply.is_empty() && reply != "success").then(|| reply.to_string())
+/// The request's `timestamp` as unix seconds, if it is within `window` seconds of `now`.
+/// Checked on every callback: a captured request cannot be replayed after the window, and the
+/// seen-request memory ([`claim`]) need only remember one that long.
+pub fn fresh_timestamp(timestamp: &str, now: i64, window: i64) -> Result<i64, Rejected> {
+    match timestamp.parse::<i64>() {
+        Ok(ts) if ts.checked_sub(now).is_some_and(|d| d.abs() <= window) => Ok(ts),
+        _ => Err(Rejected::Stale),
+    }
+}
+
+/// What identifies a verified callback for the seen-request memory, each with the time until
+/// which it is remembered:
+/// - the request itself, `account` + the signature that was verified + timestamp + nonce, until
+///   `timestamp + window` (after that the window refuses it anyway);
+/// - the message, which WeChat's retries repeat with a new nonce and timestamp: its `MsgId`,
+///   else `FromUserName` + `CreateTime` (WeChat's advice for events), else (a component's
+///   events) a digest of the decrypted message, which a retry repeats byte for byte and which
+///   keeps a ticket's value out of the table; until `now + window`.
+///
+/// Only verified values go in: an unverified query parameter could otherwise make a replay look
+/// new.
+pub fn seen_keys(
+    account: &str,
+    (signature, timestamp, nonce): (&str, i64, &str),
+    message: &Message,
+    now: i64,
+    window: i64,
+) -> Vec<(String, i64)> {
+    let mut keys = vec![(
+        format!("req {account} {signature} {timestamp} {nonce}"),
+        timestamp.saturating_add(window),
+    )];
+    let f = |k| message.field(k).filter(|v| !v.is_empty());
+    let id = match (f("MsgId"), f("FromUserName"), f("CreateTime")) {
+        (Some(id), _, _) => format!("id {id}"),
+        (None, Some(from), Some(at)) => format!("from {from} {at}"),
+        _ => format!("sha1 {}", sha1_sorted(&[&message.xml])),
+    };
+    keys.push((format!("msg {account} {id}"), now.saturating_add(window)));
+    keys
+}
+
+/// A callback claimed in the seen-request memory while it is handled. Unless
+/// [`Claim::handled`] is called, dropping it forgets the keys again, so WeChat's retry of a
+/// message that could not be handled (a forward without a 2xx, a database failure) gets another
+/// try.
+pub struct Claim<'a> {
+    db: &'a Db,
+    keys: Vec<(String, i64)>,
+    handled: bool,
+}
+
+/// Claim a verified callback: `None` when any of its keys is remembered (a replay, or a retry
+/// of a message already handled), which is answered `success` and not applied or forwarded
+/// again. Kept in the database, so a restart forgets nothing.
+pub fn claim(db: &Db, keys: Vec<(String, i64)>, now: i64) -> rusqlite::Result<Option<Claim<'_>>> {
+    // Built only for a successful claim: dropping an unhandled `Claim` forgets its keys.
+    Ok(db.claim_callback(&keys, now)?.then(|| Claim {
+        db,
+        keys,
+        handled: false,
+    }))
+}
+
+impl Claim<'_> {
+    /// The callback was handled: remember it until its keys expire.
+    pub fn handled(mut self) {
+        self.handled = true;
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if !self.handled {
+            if let Err(e) = self.db.release_callback(&self.keys) {
+                eprintln!("callback: forgetting an unhandled callback: {e}");
+            }
         }
-        Ok(_) | Err(_) => None,
+    }
+}
+
+/// What a business endpoint made of a relayed message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Forwarded {
+    /// It answered 2xx with a passive reply for WeChat.
+    Reply(String),
+    /// It answered 2xx with nothing to say (empty or `success`).
+    Nothing,
+    /// No 2xx within [`FORWARD_TIMEOUT`]: not handled.
+    Failed,
+}
+
+/// Relay a verified message to a business endpoint as a JSON object of its fields, within
+/// [`FORWARD_TIMEOUT`].
+pub fn forward(wechat: &WeChat, url: &str, message: &Message) -> Forwarded {
+    match wechat.post_json_to(url, &Value::Object(message.fields.clone()), FORWARD_TIMEOUT) {
+        Ok(f) if (200..300).contains(&f.status) => match f.body.trim() {
+            "" | "success" => Forwarded::Nothing,
+            reply => Forwarded::Reply(reply.to_string()),
+        },
+        Ok(_) | Err(_) => Forwarded::Failed,
     }
 }
 
@@ -298,6 +393,52 @@ mod tests {
         ] {
             assert!(parse_xml(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_timestamp_window() {
+        for (ts, ok) in [
+            ("1000", true),
+            ("700", true),
+            ("1300", true),
+            ("699", false),
+            ("1301", false),
+            ("", false),
+            ("12x", false),
+            ("-9223372036854775808", false),
+            ("99999999999999999999", false),
+        ] {
+            assert_eq!(fresh_timestamp(ts, 1000, 300).is_ok(), ok, "{ts}");
+        }
+    }
+
+    #[test]
+    fn what_makes_a_callback_the_same() {
+        let msg = |xml: &str| Message {
+            xml: xml.to_string(),
+            fields: parse_xml(xml).unwrap(),
+        };
+        let keys = |m: &Message| seen_keys("mp/wx1", ("sig", 1000, "n"), m, 1010, 300);
+        let text = msg(
+            "<xml><FromUserName>o1</FromUserName><CreateTime>5</CreateTime><MsgId>42</MsgId></xml>",
+        );
+        assert_eq!(
+            keys(&text),
+            [
+                ("req mp/wx1 sig 1000 n".to_string(), 1300),
+                ("msg mp/wx1 id 42".to_string(), 1310)
+            ]
+        );
+        let event = msg("<xml><FromUserName>o1</FromUserName><CreateTime>5</CreateTime><Event>subscribe</Event></xml>");
+        assert_eq!(keys(&event)[1].0, "msg mp/wx1 from o1 5");
+        // A component's event: a digest of the message, never a field's value (a ticket).
+        let ticket = msg("<xml><CreateTime>5</CreateTime><ComponentVerifyTicket>t@@@secret</ComponentVerifyTicket></xml>");
+        let k = keys(&ticket);
+        assert!(
+            k[1].0.starts_with("msg mp/wx1 sha1 ") && !k[1].0.contains("secret"),
+            "{k:?}"
+        );
+        assert_ne!(k[1].0, keys(&msg("<xml><CreateTime>5</CreateTime><ComponentVerifyTicket>t@@@other</ComponentVerifyTicket></xml>"))[1].0);
     }
 
     #[test]

@@ -189,11 +189,18 @@ pub enum EventOutcome {
     /// An `authorized` event for a code the browser callback already exchanged.
     AlreadyAuthorised(String),
     Revoked(String),
+    /// An event older than the state it would change (a late delivery): nothing changed.
+    Outdated(String),
     Ignored(String),
 }
 
 /// Handle one decrypted authorisation event (`InfoType`). An error means WeChat should retry
 /// (answer non-`success`): only a failure to reach WeChat or the database is one.
+///
+/// Events apply in the order WeChat made them: one whose `CreateTime` is older than the state
+/// it would change (a ticket older than the stored one, an `unauthorized` older than the
+/// latest authorisation, an `authorized` older than the latest revocation or authorisation)
+/// changes nothing; one of the same second is applied.
 pub fn handle_event(
     broker: &Broker,
     db: &Db,
@@ -207,18 +214,33 @@ pub fn handle_event(
             .filter(|s| !s.is_empty())
     };
     let info_type = f("InfoType").unwrap_or("");
+    let created = || {
+        f("CreateTime")
+            .and_then(|t| t.parse::<i64>().ok())
+            .ok_or_else(|| Error::BadRequest("CreateTime missing".into()))
+    };
     match info_type {
         "component_verify_ticket" => {
             let ticket = f("ComponentVerifyTicket")
                 .ok_or_else(|| Error::BadRequest("ComponentVerifyTicket missing".into()))?;
-            if !db.set_verify_ticket(component_appid, ticket, ids::now())? {
-                return Err(Error::NotFound("component"));
+            if db.set_verify_ticket(component_appid, ticket, created()?)? {
+                return Ok(EventOutcome::TicketStored);
             }
-            Ok(EventOutcome::TicketStored)
+            match db.component(component_appid)? {
+                Some(_) => Ok(EventOutcome::Outdated(info_type.to_string())),
+                None => Err(Error::NotFound("component")),
+            }
         }
         "authorized" | "updateauthorized" => {
             let code = f("AuthorizationCode")
                 .ok_or_else(|| Error::BadRequest("AuthorizationCode missing".into()))?;
+            let created = created()?;
+            if let Some(a) = db.authorizer(component_appid, f("AuthorizerAppid").unwrap_or(""))? {
+                let latest = a.revoked_at.unwrap_or(a.authorized_at).max(a.authorized_at);
+                if created < latest {
+                    return Ok(EventOutcome::Outdated(a.authorizer_appid));
+                }
+            }
             match exchange_auth_code(broker, db, component_appid, code) {
                 Ok(a) => Ok(EventOutcome::Authorised(a.authorizer_appid)),
                 // The browser callback usually exchanges the same code first; WeChat then
@@ -241,7 +263,10 @@ pub fn handle_event(
         "unauthorized" => {
             let who = f("AuthorizerAppid")
                 .ok_or_else(|| Error::BadRequest("AuthorizerAppid missing".into()))?;
-            db.revoke_authorizer(component_appid, who, ids::now())?;
+            if !db.revoke_authorizer(component_appid, who, created()?, ids::now())? {
+                // Never authorised, already revoked, or authorised again since: keep its tokens.
+                return Ok(EventOutcome::Outdated(who.to_string()));
+            }
             broker.forget(db, &Key::authorizer_prefix(component_appid, who))?;
             Ok(EventOutcome::Revoked(who.to_string()))
         }

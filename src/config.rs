@@ -72,6 +72,9 @@ pub struct WeChatConfig {
     pub timeout_ms: u64,
     pub stable_token: bool,
     pub refresh_ahead_secs: u64,
+    /// A callback whose `timestamp` is further than this from the server's clock is refused;
+    /// callbacks already handled are remembered this long (`callback::Claim`).
+    pub callback_window_secs: u64,
 }
 
 /// An app declared in the config file; applied to the database at start-up (insert or update).
@@ -178,6 +181,7 @@ impl Default for WeChatConfig {
             timeout_ms: 5000,
             stable_token: true,
             refresh_ahead_secs: 600,
+            callback_window_secs: 300,
         }
     }
 }
@@ -294,6 +298,14 @@ impl Config {
         if self.wechat.refresh_ahead_secs > 3600 {
             return bad("wechat.refresh_ahead_secs", "must be at most 3600");
         }
+        // WeChat retries for about 15 s after its first try; less than a minute would refuse
+        // genuine pushes over ordinary clock drift, more than a day keeps too much memory.
+        if !(60..=86_400).contains(&self.wechat.callback_window_secs) {
+            return bad(
+                "wechat.callback_window_secs",
+                "must be between 60 and 86400",
+            );
+        }
         for app in &self.apps {
             if app.appid.is_empty() {
                 return bad("app.appid", "must not be empty");
@@ -332,6 +344,7 @@ mod tests {
         assert_eq!(c.wechat.timeout_ms, 5000);
         assert!(c.wechat.stable_token);
         assert_eq!(c.wechat.refresh_ahead_secs, 600);
+        assert_eq!(c.wechat.callback_window_secs, 300);
     }
 
     #[test]
@@ -345,6 +358,12 @@ mod tests {
             let e = Config::parse(text).unwrap_err().0;
             assert!(e.contains(needle), "{text:?} gave {e:?}");
         }
+        let c = Config::parse("[wechat]\ncallback_window_secs = 5").unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .0
+            .starts_with("wechat.callback_window_secs"));
         let c = Config::parse("[server]\nio_timeout_ms = 5").unwrap();
         assert!(c
             .validate()

@@ -11,7 +11,18 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Migrations by `user_version`: entry `i` takes the database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("../schema.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("../schema.sql"), CALLBACK_SEEN];
+
+/// Callbacks already handled, so that a replayed request or WeChat's retry of a message is not
+/// applied or forwarded again (`callback::Claim`). `key` is built only by `callback`; a row is
+/// forgotten once `expires_at` has passed (the hourly purge deletes it).
+const CALLBACK_SEEN: &str = "
+CREATE TABLE callback_seen (
+    key          TEXT    PRIMARY KEY,
+    expires_at   INTEGER NOT NULL
+);
+CREATE INDEX callback_seen_by_expiry ON callback_seen (expires_at);
+";
 
 /// The longest one purge transaction holds the write lock (logins wait at most about this).
 pub const PURGE_SLICE: Duration = Duration::from_millis(50);
@@ -782,14 +793,21 @@ impl Db {
         components
     }
 
-    /// Keep the ticket WeChat just pushed. False when there is no such component.
-    pub fn set_verify_ticket(&self, appid: &str, ticket: &str, now: i64) -> rusqlite::Result<bool> {
+    /// Keep the ticket WeChat just pushed, made at `created` (its `CreateTime`), unless the
+    /// stored one is newer. False when nothing changed (no such component, or a newer ticket).
+    pub fn set_verify_ticket(
+        &self,
+        appid: &str,
+        ticket: &str,
+        created: i64,
+    ) -> rusqlite::Result<bool> {
         Ok(self
             .conn
             .prepare_cached(
-                "UPDATE components SET verify_ticket = ?2, ticket_at = ?3 WHERE appid = ?1",
+                "UPDATE components SET verify_ticket = ?2, ticket_at = ?3
+                 WHERE appid = ?1 AND (ticket_at IS NULL OR ticket_at <= ?3)",
             )?
-            .execute(params![appid, ticket, now])?
+            .execute(params![appid, ticket, created])?
             > 0)
     }
 
@@ -857,21 +875,64 @@ impl Db {
         Ok(())
     }
 
-    /// Mark an authorisation revoked. False when there was no live one.
+    /// Mark an authorisation revoked by an event made at `created`. False when there was no
+    /// live one, or it was authorised after `created` (the same second still revokes).
     pub fn revoke_authorizer(
         &self,
         component_appid: &str,
         authorizer_appid: &str,
+        created: i64,
         now: i64,
     ) -> rusqlite::Result<bool> {
         Ok(self
             .conn
             .prepare_cached(
-                "UPDATE authorizers SET revoked_at = ?3
-                 WHERE component_appid = ?1 AND authorizer_appid = ?2 AND revoked_at IS NULL",
+                "UPDATE authorizers SET revoked_at = ?4
+                 WHERE component_appid = ?1 AND authorizer_appid = ?2 AND revoked_at IS NULL
+                   AND authorized_at <= ?3",
             )?
-            .execute(params![component_appid, authorizer_appid, now])?
+            .execute(params![component_appid, authorizer_appid, created, now])?
             > 0)
+    }
+
+    // ---- callbacks already handled ----
+
+    /// Remember every key until its expiry, all or none: true when none of them was remembered
+    /// (an expired row counts as forgotten), false (and nothing written) when one was.
+    pub fn claim_callback(&self, keys: &[(String, i64)], now: i64) -> rusqlite::Result<bool> {
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        for (key, expires_at) in keys {
+            let fresh = tx
+                .prepare_cached(
+                    "INSERT INTO callback_seen (key, expires_at) VALUES (?1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at
+                     WHERE callback_seen.expires_at <= ?3",
+                )?
+                .execute(params![key, expires_at, now])?;
+            if fresh == 0 {
+                return Ok(false); // the transaction rolls back on drop
+            }
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Forget keys claimed for a callback that was not handled after all.
+    pub fn release_callback(&self, keys: &[(String, i64)]) -> rusqlite::Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("DELETE FROM callback_seen WHERE key = ?1 AND expires_at = ?2")?;
+        for (key, expires_at) in keys {
+            stmt.execute(params![key, expires_at])?;
+        }
+        Ok(())
+    }
+
+    /// Delete the remembered callbacks whose time has passed. Returns how many went.
+    pub fn purge_callback_seen(&self, now: i64) -> rusqlite::Result<usize> {
+        self.conn
+            .prepare_cached("DELETE FROM callback_seen WHERE expires_at <= ?1")?
+            .execute([now])
     }
 }
 
@@ -902,6 +963,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("t.db")).unwrap();
         (dir, db)
+    }
+
+    #[test]
+    fn callbacks_are_claimed_all_or_none_and_forgotten_after_their_time() {
+        let (_dir, db) = db();
+        let k = |s: &str, at: i64| (s.to_string(), at);
+        assert!(db.claim_callback(&[k("a", 100), k("b", 100)], 10).unwrap());
+        assert_eq!(count(&db, "SELECT count(*) FROM callback_seen"), 2);
+        // One key remembered: nothing claimed, nothing written.
+        assert!(!db.claim_callback(&[k("c", 100), k("b", 100)], 10).unwrap());
+        assert_eq!(count(&db, "SELECT count(*) FROM callback_seen"), 2);
+        // Released keys can be claimed again; expired ones count as forgotten.
+        db.release_callback(&[k("a", 100)]).unwrap();
+        assert!(db.claim_callback(&[k("a", 100)], 10).unwrap());
+        assert!(db.claim_callback(&[k("b", 200)], 100).unwrap());
+        assert_eq!(db.purge_callback_seen(150).unwrap(), 1);
+        assert_eq!(count(&db, "SELECT count(*) FROM callback_seen"), 1);
     }
 
     #[test]

@@ -2,13 +2,16 @@
 //! callbacks, and the Open Platform component's event URL, authorisation redirect and callback.
 //! They are authenticated by WeChat's signatures, never by `server.api_key`.
 //!
-//! Thin handlers: look up the account, hand the query and body to `callback` (verify, decrypt)
-//! or `component` (the dance), render. Any refusal (unknown account, account without a callback
-//! token, bad signature, a message that does not decrypt under the account's key with its own
-//! receive id) is a bare 401 with nothing stored; the reason goes to the log.
+//! Thin handlers: look up the account, hand the query and body to `callback` (window, verify,
+//! decrypt, claim in the seen-request memory) or `component` (the dance), render. Any refusal
+//! (unknown account, account without a callback token, a `timestamp` outside
+//! `wechat.callback_window_secs`, bad signature, a message that does not decrypt under the
+//! account's key with its own receive id) is a bare 401 with nothing stored; the reason goes to
+//! the log. A verified callback seen before (a replay, or WeChat's retry of a message already
+//! handled) is answered `success` and neither applied nor forwarded again.
 
 use super::{Incoming, Method, Reply, Worker};
-use crate::callback::{self, Message, Rejected};
+use crate::callback::{self, Forwarded, Message, Rejected};
 use crate::component::{self, AuthorizeLink};
 use crate::crypto::MsgCrypt;
 use crate::error::Error;
@@ -64,6 +67,12 @@ struct Signed {
 }
 
 impl Signed {
+    /// The timestamp, if it is within `wechat.callback_window_secs` of now. Checked before the
+    /// signature: a stale request is refused whoever signed it.
+    fn fresh(&self, w: &Worker) -> Result<i64, Rejected> {
+        callback::fresh_timestamp(&self.timestamp, crate::ids::now(), window(w))
+    }
+
     fn from(rq: &Incoming) -> Signed {
         let p = |k| rq.query_param(k).unwrap_or_default();
         Signed {
@@ -98,6 +107,10 @@ fn mp(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
         return refuse("mp", &"the app has no callback token");
     };
     let s = Signed::from(rq);
+    let ts = match s.fresh(w) {
+        Ok(ts) => ts,
+        Err(e) => return refuse("mp", &e),
+    };
     if rq.method == Method::Get {
         if !callback::plain_signature_ok(&token, &s.timestamp, &s.nonce, &s.signature) {
             return refuse("mp", &Rejected::Signature);
@@ -123,7 +136,17 @@ fn mp(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
             .map(|m| (m, None))
     };
     match opened {
-        Ok((m, c)) => relay(w, &m, app.forward_url.as_deref(), c.as_ref(), &s),
+        Ok((m, c)) => {
+            // The seen-request memory keys on the signature that was verified.
+            let signature = if c.is_some() {
+                &s.msg_signature
+            } else {
+                &s.signature
+            };
+            let account = format!("mp/{appid}");
+            let keys = (account.as_str(), (signature.as_str(), ts, s.nonce.as_str()));
+            relay(w, keys, &m, app.forward_url.as_deref(), c.as_ref(), &s)
+        }
         Err(e) => refuse("mp", &e),
     }
 }
@@ -148,6 +171,10 @@ fn work(w: &mut Worker, rq: &Incoming, corpid: &str, agentid: &str) -> Reply {
         Err(e) => return refuse("work", &e),
     };
     let s = Signed::from(rq);
+    let ts = match s.fresh(w) {
+        Ok(ts) => ts,
+        Err(e) => return refuse("work", &e),
+    };
     if rq.method == Method::Get {
         let echostr = s.echostr.clone().unwrap_or_default();
         return match callback::wecom_echo(&c, &s.msg_signature, &s.timestamp, &s.nonce, &echostr) {
@@ -156,34 +183,82 @@ fn work(w: &mut Worker, rq: &Incoming, corpid: &str, agentid: &str) -> Reply {
         };
     }
     match callback::open_encrypted(&c, &s.msg_signature, &s.timestamp, &s.nonce, &rq.body) {
-        Ok(m) => relay(w, &m, agent.forward_url.as_deref(), Some(&c), &s),
+        Ok(m) => {
+            let account = format!("work/{corpid}/{agentid}");
+            let keys = (
+                account.as_str(),
+                (s.msg_signature.as_str(), ts, s.nonce.as_str()),
+            );
+            relay(w, keys, &m, agent.forward_url.as_deref(), Some(&c), &s)
+        }
         Err(e) => refuse("work", &e),
     }
 }
 
-/// Forward a verified message when the account has a `forward_url`, and answer WeChat: the
-/// business reply (sealed in safe mode), or `success`.
+/// The account and the verified (signature, timestamp, nonce) a callback is remembered by.
+type SeenAs<'a> = (&'a str, (&'a str, i64, &'a str));
+
+fn window(w: &Worker) -> i64 {
+    i64::try_from(w.shared.config.wechat.callback_window_secs).unwrap_or(i64::MAX)
+}
+
+/// Claim a verified callback in the seen-request memory: `Err` carries the answer when it was
+/// seen before (`success`, nothing applied or forwarded) or the database failed.
+fn claim<'a>(
+    w: &'a Worker,
+    (account, signed): SeenAs,
+    m: &Message,
+) -> Result<callback::Claim<'a>, Reply> {
+    let now = crate::ids::now();
+    match callback::claim(
+        &w.db,
+        callback::seen_keys(account, signed, m, now, window(w)),
+        now,
+    ) {
+        Ok(Some(claim)) => Ok(claim),
+        Ok(None) => {
+            eprintln!("callback {account}: seen before; answered without applying it again");
+            Err(success())
+        }
+        Err(e) => Err(db_error(e)),
+    }
+}
+
+/// Forward a verified message (once) when the account has a `forward_url`, and answer WeChat:
+/// the business reply (sealed in safe mode), or `success`.
 fn relay(
     w: &Worker,
+    seen_as: SeenAs,
     m: &Message,
     forward_url: Option<&str>,
     c: Option<&MsgCrypt>,
     s: &Signed,
 ) -> Reply {
-    let reply = forward_url
-        .filter(|u| !u.is_empty())
-        .and_then(|url| callback::forward(&w.shared.wechat, url, m));
-    match (reply, c) {
-        (None, _) => success(),
-        (Some(r), None) => Reply::text(200, XML, r),
-        (Some(r), Some(c)) => match crate::ids::random_bytes::<16>() {
+    let claim = match claim(w, seen_as, m) {
+        Ok(claim) => claim,
+        Err(answer) => return answer,
+    };
+    let forwarded = match forward_url.filter(|u| !u.is_empty()) {
+        Some(url) => callback::forward(&w.shared.wechat, url, m),
+        None => Forwarded::Nothing,
+    };
+    if forwarded != Forwarded::Failed {
+        claim.handled();
+    }
+    let reply = match forwarded {
+        Forwarded::Reply(r) => r,
+        Forwarded::Nothing | Forwarded::Failed => return success(),
+    };
+    match c {
+        None => Reply::text(200, XML, reply),
+        Some(c) => match crate::ids::random_bytes::<16>() {
             Ok(random) => {
                 let ts = if s.timestamp.is_empty() {
                     crate::ids::now().to_string()
                 } else {
                     s.timestamp.clone()
                 };
-                Reply::text(200, XML, callback::seal(c, &r, &random, &ts, &s.nonce))
+                Reply::text(200, XML, callback::seal(c, &reply, &random, &ts, &s.nonce))
             }
             // No randomness: answering in clear text would leak, so say `success` instead.
             Err(_) => success(),
@@ -199,6 +274,10 @@ fn component_events(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
         Err(e) => return db_error(e),
     };
     let s = Signed::from(rq);
+    let ts = match s.fresh(w) {
+        Ok(ts) => ts,
+        Err(e) => return refuse("component", &e),
+    };
     let opened = MsgCrypt::new(
         comp.token.expose(),
         comp.aes_key.expose(),
@@ -211,17 +290,25 @@ fn component_events(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
         Ok(m) => m,
         Err(e) => return refuse("component", &e),
     };
+    let account = format!("component/{appid}");
+    let claim = match claim(w, (&account, (&s.msg_signature, ts, &s.nonce)), &m) {
+        Ok(claim) => claim,
+        Err(answer) => return answer,
+    };
     match component::handle_event(&w.shared.broker, &w.db, appid, &m.fields) {
         Ok(outcome) => {
             eprintln!("component {appid} event: {outcome:?}");
+            claim.handled();
             success()
         }
         // Malformed events will not improve on a retry: acknowledge them.
         Err(e @ (Error::BadRequest(_) | Error::NotFound(_))) => {
             eprintln!("component {appid} event ignored: {e}");
+            claim.handled();
             success()
         }
-        // WeChat or the database failed: a non-success answer makes WeChat push it again.
+        // WeChat or the database failed: a non-success answer makes WeChat push it again, and
+        // the claim is dropped so that the retry is applied.
         Err(e) => {
             eprintln!("component {appid} event failed: {e}");
             Reply::text(503, TEXT, "retry")

@@ -1,7 +1,7 @@
 //! The periodic purge of expired sessions inside `wafer serve`: one background thread with its
-//! own database connection, which deletes sessions past either clock once at start-up and then
-//! every `PURGE_EVERY`, and stops promptly when the server shuts down. Expired sessions already
-//! fail every check; purging only keeps the table (and `/metrics`' live count query) small. It
+//! own database connection, which deletes sessions past either clock (and remembered callbacks
+//! past their window, `callback_seen`) once at start-up and then every `PURGE_EVERY`, and stops
+//! promptly when the server shuts down. Expired sessions already fail every check; purging only keeps the table (and `/metrics`' live count query) small. It
 //! never holds the write lock for long: the scan is a read, the deletions go in slices of
 //! `store::PURGE_SLICE` (see `Db::purge_expired_sessions`).
 //! `wafer session purge` does the same once, by hand.
@@ -23,10 +23,16 @@ pub fn spawn(db: Db, stop: Arc<AtomicBool>, every: Duration) -> std::io::Result<
             let mut next = Instant::now();
             while !stop.load(Ordering::SeqCst) {
                 if Instant::now() >= next {
-                    match db.purge_expired_sessions(crate::ids::now()) {
+                    let now = crate::ids::now();
+                    match db.purge_expired_sessions(now) {
                         Ok(0) => {}
                         Ok(n) => eprintln!("purge: {n} expired session(s) deleted"),
                         Err(e) => eprintln!("purge: {e}"),
+                    }
+                    // A handful of rows per callback, each kept for the callback window: one
+                    // short statement.
+                    if let Err(e) = db.purge_callback_seen(now) {
+                        eprintln!("purge: remembered callbacks: {e}");
                     }
                     next = Instant::now() + every;
                 }

@@ -3,7 +3,7 @@
 //! relayed to a `forward_url` whose reply goes back encrypted, a slow business endpoint still
 //! answered in time, and every kind of forgery refused with 401 and nothing stored.
 
-use crate::component::{component_env, CKEY, COMPONENT, CTOKEN};
+use crate::component::{component_env, stored_ticket, CKEY, COMPONENT, CTOKEN};
 use crate::harness::*;
 use base64::Engine;
 use serde_json::{json, Value};
@@ -25,6 +25,15 @@ const WECOM_AGENT: &str = "1000002";
 /// A business endpoint on loopback: records every body it is sent, waits `delay`, answers
 /// `reply`. Returns its URL and the bodies seen.
 fn forward_target(reply: &'static str, delay: Duration) -> (String, Arc<Mutex<Vec<Value>>>) {
+    forward_target_failing(reply, delay, 0)
+}
+
+/// As [`forward_target`], but the first `failures` requests are answered 500.
+fn forward_target_failing(
+    reply: &'static str,
+    delay: Duration,
+    failures: usize,
+) -> (String, Arc<Mutex<Vec<Value>>>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -53,14 +62,20 @@ fn forward_target(reply: &'static str, delay: Duration) -> (String, Arc<Mutex<Ve
                 }
                 let mut body = vec![0; len];
                 reader.read_exact(&mut body).unwrap();
-                record
-                    .lock()
-                    .unwrap()
-                    .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                let nth = {
+                    let mut seen = record.lock().unwrap();
+                    seen.push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                    seen.len()
+                };
                 std::thread::sleep(delay);
+                let status = if nth <= failures {
+                    "500 Internal Server Error"
+                } else {
+                    "200 OK"
+                };
                 let _ = write!(
                     stream,
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+                    "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
                     reply.len()
                 );
             });
@@ -101,12 +116,17 @@ fn wecom_agent(aes_key: &str, prev_aes_key: Option<&str>) -> WorkAgentDecl {
     }
 }
 
+/// A text message; its `MsgId` follows from the content, so the same content is the same
+/// message (as WeChat's retries are) and different contents are different messages.
 fn text_message(content: &str) -> String {
+    let msg_id = content.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     format!(
         "<xml><ToUserName><![CDATA[gh_0123456789ab]]></ToUserName>\
          <FromUserName><![CDATA[oUser1]]></FromUserName><CreateTime>1700000000</CreateTime>\
          <MsgType><![CDATA[text]]></MsgType><Content><![CDATA[{content}]]></Content>\
-         <MsgId>1234567890123456</MsgId></xml>"
+         <MsgId>{msg_id}</MsgId></xml>"
     )
 }
 
@@ -126,9 +146,10 @@ fn mp_url(env: &Env) -> String {
 #[test]
 fn official_account_url_verification() {
     let env = mp_env(None);
-    let sig = sha1_sorted(&[MP_TOKEN, "1700000000", "nonce1"]);
+    let ts = wafer::ids::now().to_string();
+    let sig = sha1_sorted(&[MP_TOKEN, &ts, "nonce1"]);
     let q = |sig: &str| {
-        format!("?signature={sig}&timestamp=1700000000&nonce=nonce1&echostr=5838479218127813673")
+        format!("?signature={sig}&timestamp={ts}&nonce=nonce1&echostr=5838479218127813673")
     };
     let (s, body) = env.request("GET", &format!("{}{}", mp_url(&env), q(&sig)), &[], None);
     assert_eq!((s, body.as_str()), (200, "5838479218127813673"));
@@ -138,10 +159,7 @@ fn official_account_url_verification() {
             mp_url(&env),
             q("0000000000000000000000000000000000000000")
         ),
-        format!(
-            "{}?timestamp=1700000000&nonce=nonce1&echostr=x",
-            mp_url(&env)
-        ),
+        format!("{}?timestamp={ts}&nonce=nonce1&echostr=x", mp_url(&env)),
         format!("{}{}", env.url("/wechat/mp/wxunknownapp0001"), q(&sig)),
     ] {
         let (s, body) = env.request("GET", &url, &[], None);
@@ -152,20 +170,28 @@ fn official_account_url_verification() {
 
 #[test]
 fn wecom_url_verification_with_the_published_example() {
+    // WeCom's published echostr, signed again with a current timestamp: the example's own
+    // (2014) timestamp is outside the window now, and refused.
     let env = mp_env(None);
+    let raw =
+        "P9nAzCzyDtyTWESHep1vC5X9xho/qYX3Zpb4yKa9SKld1DsH3Iyt3tP3zNdtp+4RPcs8TgAE7OaBO+FZXvnaqQ==";
     let echostr = "P9nAzCzyDtyTWESHep1vC5X9xho%2FqYX3Zpb4yKa9SKld1DsH3Iyt3tP3zNdtp%2B4RPcs8TgAE7OaBO%2BFZXvnaqQ%3D%3D";
-    let url = |sig: &str, nonce: &str| {
+    let url = |sig: &str, ts: &str, nonce: &str| {
         env.url(&format!(
-            "/wechat/work/{WECOM_CORPID}/{WECOM_AGENT}?msg_signature={sig}&timestamp=1409659589&nonce={nonce}&echostr={echostr}"
+            "/wechat/work/{WECOM_CORPID}/{WECOM_AGENT}?msg_signature={sig}&timestamp={ts}&nonce={nonce}&echostr={echostr}"
         ))
     };
-    let good = "5c45ff5e21c57e6ad56bac8758b79b1d9ac89fd3";
-    let (s, body) = env.request("GET", &url(good, "263014780"), &[], None);
+    let published = "5c45ff5e21c57e6ad56bac8758b79b1d9ac89fd3";
+    let (s, _) = env.request("GET", &url(published, "1409659589", "263014780"), &[], None);
+    assert_eq!(s, 401, "the published example's timestamp is years old");
+    let ts = wafer::ids::now().to_string();
+    let good = sha1_sorted(&[WECOM_TOKEN, &ts, "263014780", raw]);
+    let (s, body) = env.request("GET", &url(&good, &ts, "263014780"), &[], None);
     assert_eq!((s, body.as_str()), (200, "1616140317555161061"));
-    let (s, _) = env.request("GET", &url(good, "263014781"), &[], None);
+    let (s, _) = env.request("GET", &url(&good, &ts, "263014781"), &[], None);
     assert_eq!(s, 401);
     let other = env.url(&format!(
-        "/wechat/work/{WECOM_CORPID}/9999?msg_signature={good}&timestamp=1409659589&nonce=263014780&echostr={echostr}"
+        "/wechat/work/{WECOM_CORPID}/9999?msg_signature={good}&timestamp={ts}&nonce=263014780&echostr={echostr}"
     ));
     assert_eq!(env.request("GET", &other, &[], None).0, 401);
 }
@@ -197,10 +223,11 @@ fn a_safe_mode_message_is_relayed_and_the_reply_encrypted() {
     let reply = "<xml><ToUserName><![CDATA[oUser1]]></ToUserName><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[pong]]></Content></xml>";
     let (url, seen) = forward_target(reply, Duration::ZERO);
     let env = mp_env(Some(url));
+    let ts = wafer::ids::now().to_string();
     let (s, body) = push(
         &env,
         json!({"url": mp_url(&env), "token": MP_TOKEN, "aes_key": MP_KEY, "receive_id": APPID,
-               "xml": text_message("ping"), "timestamp": "1700000001", "nonce": "n42"}),
+               "xml": text_message("ping"), "timestamp": ts, "nonce": "n42"}),
     );
     assert_eq!(s, 200, "{body}");
     // The business endpoint got the decrypted message as JSON.
@@ -212,12 +239,12 @@ fn a_safe_mode_message_is_relayed_and_the_reply_encrypted() {
     // WeChat gets the reply encrypted and signed for this app.
     let envelope = wafer::callback::parse_xml(&body).unwrap();
     let encrypt = envelope["Encrypt"].as_str().unwrap();
-    assert_eq!(envelope["TimeStamp"], "1700000001");
+    assert_eq!(envelope["TimeStamp"], ts.as_str());
     assert_eq!(envelope["Nonce"], "n42");
     let c = MsgCrypt::new(MP_TOKEN, MP_KEY, None, APPID).unwrap();
     assert!(c.verify(
         envelope["MsgSignature"].as_str().unwrap(),
-        "1700000001",
+        &ts,
         "n42",
         encrypt
     ));
@@ -285,10 +312,11 @@ fn forgeries_are_refused_with_401_and_nothing_stored() {
     let env = mp_env(Some(url));
     let c = MsgCrypt::new(MP_TOKEN, MP_KEY, None, APPID).unwrap();
     // A correctly signed POST of an arbitrary Encrypt value.
+    let ts = wafer::ids::now().to_string();
     let post_signed = |path: &str, encrypt: &str| {
-        let sig = c.signature("1700000000", "n", encrypt);
+        let sig = c.signature(&ts, "n", encrypt);
         let url = env.url(&format!(
-            "{path}?timestamp=1700000000&nonce=n&encrypt_type=aes&msg_signature={sig}"
+            "{path}?timestamp={ts}&nonce=n&encrypt_type=aes&msg_signature={sig}"
         ));
         let body = format!(
             "<xml><ToUserName>gh_x</ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>"
@@ -375,7 +403,7 @@ fn forgeries_are_refused_with_401_and_nothing_stored() {
     let (s, _) = env.request(
         "POST",
         &env.url(&format!(
-            "{mp_path}?timestamp=1&nonce=n&encrypt_type=aes&msg_signature=x"
+            "{mp_path}?timestamp={ts}&nonce=n&encrypt_type=aes&msg_signature=x"
         )),
         &[],
         Some(b"<xml><Encrypt>abc</Encrypt></xml>"),
@@ -431,15 +459,7 @@ fn forged_component_events_store_nothing() {
     ] {
         assert_eq!(push(&env, spec).0, 401, "{name}");
     }
-    let stored: Option<String> = env
-        .sql()
-        .query_row(
-            "SELECT verify_ticket FROM components WHERE appid = ?1",
-            [COMPONENT],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(stored, None);
+    assert_eq!(stored_ticket(&env), None);
     assert_eq!(env.count("authorizers"), 0);
     // An `unauthorized` forgery revokes nothing either.
     let revoke = format!(
@@ -639,4 +659,158 @@ fn an_account_with_an_aes_key_refuses_plain_and_downgraded_posts() {
         Some(forged.as_bytes()),
     );
     assert_eq!(s, 401);
+}
+
+/// A safe-mode push built here rather than by the fake WeChat, so that a captured one can be
+/// sent again byte for byte: (path with its signed query, body). `to` is the envelope's
+/// addressee element (`ToUserName`, or `AppId` for component events).
+pub fn sealed_push(
+    path: &str,
+    (token, key, receive_id): (&str, &str, &str),
+    to: &str,
+    xml: &str,
+    timestamp: i64,
+    nonce: &str,
+) -> (String, String) {
+    let c = MsgCrypt::new(token, key, None, receive_id).unwrap();
+    let encrypt = c.encrypt(xml, &wafer::ids::random_bytes::<16>().unwrap());
+    let ts = timestamp.to_string();
+    let query = format!(
+        "?signature={}&timestamp={ts}&nonce={nonce}&encrypt_type=aes&msg_signature={}",
+        sha1_sorted(&[token, &ts, nonce]),
+        c.signature(&ts, nonce, &encrypt)
+    );
+    let body =
+        format!("<xml><{to}>{receive_id}</{to}><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>");
+    (format!("{path}{query}"), body)
+}
+
+/// [`sealed_push`] of a [`text_message`] (or other XML) to the test app: (path, body).
+fn mp_push(xml: &str, timestamp: i64, nonce: &str) -> (String, String) {
+    sealed_push(
+        &format!("/wechat/mp/{APPID}"),
+        (MP_TOKEN, MP_KEY, APPID),
+        "ToUserName",
+        xml,
+        timestamp,
+        nonce,
+    )
+}
+
+fn post(env: &Env, path_and_query: &str, body: &str) -> (u16, String) {
+    env.request("POST", &env.url(path_and_query), &[], Some(body.as_bytes()))
+}
+
+#[test]
+fn a_timestamp_outside_the_window_is_refused() {
+    let (url, seen) = forward_target("<xml>reply</xml>", Duration::ZERO);
+    let env = mp_env(Some(url));
+    let now = wafer::ids::now();
+    for (offset, want) in [(-1000, 401), (1000, 401), (-301, 401), (-240, 200)] {
+        let (path, body) = mp_push(&text_message(&format!("at {offset}")), now + offset, "n1");
+        assert_eq!(post(&env, &path, &body).0, want, "timestamp now{offset:+}");
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0]["Content"], "at -240");
+    // Plain mode and the URL verification are windowed too.
+    let plain = plain_mp_env(None);
+    let old = (now - 1000).to_string();
+    let sig = sha1_sorted(&[MP_TOKEN, &old, "n"]);
+    let q = format!("?signature={sig}&timestamp={old}&nonce=n");
+    let (s, _) = plain.request(
+        "POST",
+        &format!("{}{q}", mp_url(&plain)),
+        &[],
+        Some(text_message("x").as_bytes()),
+    );
+    assert_eq!(s, 401);
+    let (s, body) = plain.request(
+        "GET",
+        &format!("{}{q}&echostr=e1", mp_url(&plain)),
+        &[],
+        None,
+    );
+    assert_eq!((s, body.contains("e1")), (401, false));
+}
+
+#[test]
+fn a_message_is_forwarded_once_across_replays_retries_and_a_restart() {
+    let (url, seen) = forward_target("<xml>reply</xml>", Duration::ZERO);
+    let mut env = mp_env(Some(url));
+    let now = wafer::ids::now();
+    let forwarded = |content: &str| {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m["Content"] == content)
+            .count()
+    };
+
+    // A captured request sent again: answered `success`, not forwarded again.
+    let (path, body) = mp_push(&text_message("once"), now, "n1");
+    let (s, first) = post(&env, &path, &body);
+    assert_eq!(s, 200, "{first}");
+    assert_ne!(
+        first, "success",
+        "the business reply is relayed the first time"
+    );
+    assert_eq!(post(&env, &path, &body), (200, "success".into()));
+    // WeChat's own retries: same message (MsgId), new nonce and timestamp.
+    for (i, ts) in [now + 1, now + 2].into_iter().enumerate() {
+        let (path, body) = mp_push(&text_message("once"), ts, &format!("retry{i}"));
+        assert_eq!(
+            post(&env, &path, &body),
+            (200, "success".into()),
+            "retry {i}"
+        );
+    }
+    // An event has no MsgId: FromUserName + CreateTime identify it.
+    let event = "<xml><ToUserName>gh_1</ToUserName><FromUserName>oUser2</FromUserName>\
+                 <CreateTime>1700000100</CreateTime><MsgType>event</MsgType><Event>subscribe</Event>\
+                 <Content>event</Content></xml>";
+    for nonce in ["e1", "e2"] {
+        let (path, body) = mp_push(event, now, nonce);
+        assert_eq!(post(&env, &path, &body).0, 200, "{nonce}");
+    }
+    // The memory is in the database: a restart forgets nothing.
+    env.restart();
+    assert_eq!(post(&env, &path, &body), (200, "success".into()));
+    let (path2, body2) = mp_push(&text_message("once"), now + 3, "after-restart");
+    assert_eq!(post(&env, &path2, &body2), (200, "success".into()));
+    assert_eq!(
+        forwarded("once"),
+        1,
+        "a message was forwarded more than once"
+    );
+    assert_eq!(
+        forwarded("event"),
+        1,
+        "an event was forwarded more than once"
+    );
+    let rows: i64 = env.count("callback_seen");
+    assert!(rows >= 2, "{rows} rows remembered");
+}
+
+#[test]
+fn a_forward_that_failed_is_tried_again_on_wechats_retry() {
+    let (url, seen) = forward_target_failing("<xml>reply</xml>", Duration::ZERO, 1);
+    let env = mp_env(Some(url));
+    let now = wafer::ids::now();
+    let (path, body) = mp_push(&text_message("flaky"), now, "f1");
+    assert_eq!(post(&env, &path, &body), (200, "success".into()));
+    let (path, body) = mp_push(&text_message("flaky"), now + 1, "f2");
+    let (s, reply) = post(&env, &path, &body);
+    assert_eq!(s, 200);
+    assert_ne!(
+        reply, "success",
+        "the retry reached the endpoint and its reply came back"
+    );
+    let (path, body) = mp_push(&text_message("flaky"), now + 2, "f3");
+    assert_eq!(post(&env, &path, &body), (200, "success".into()));
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        2,
+        "failed once, delivered once, then no more"
+    );
 }

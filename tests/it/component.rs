@@ -488,3 +488,92 @@ fn a_rotated_component_key_keeps_the_previous_one_and_a_new_secret_drops_the_tok
     assert_ne!(second["access_token"], first["access_token"]);
     assert_eq!(env.calls("/cgi-bin/component/api_component_token"), 2);
 }
+
+/// A component event built in the test (so it can be replayed byte for byte): (path, body).
+fn sealed_event(info_type: &str, extra: &str, create_time: i64, nonce: &str) -> (String, String) {
+    let xml = format!(
+        "<xml><AppId><![CDATA[{COMPONENT}]]></AppId><CreateTime>{create_time}</CreateTime>\
+         <InfoType><![CDATA[{info_type}]]></InfoType>{extra}</xml>"
+    );
+    crate::callbacks::sealed_push(
+        &format!("/wechat/component/{COMPONENT}/events"),
+        (CTOKEN, CKEY, COMPONENT),
+        "AppId",
+        &xml,
+        wafer::ids::now(),
+        nonce,
+    )
+}
+
+fn live(env: &Env, authorizer: &str) -> bool {
+    authorizer_token(env, authorizer).0 == 200
+}
+
+#[test]
+fn a_replayed_or_older_unauthorized_does_not_revoke_a_newer_authorisation() {
+    let mut env = component_env();
+    push_ticket(&env, None);
+    assert_eq!(authorise(&env, AUTHORIZER), 200);
+    let who = format!("<AuthorizerAppid>{AUTHORIZER}</AuthorizerAppid>");
+    let post = |env: &Env, (path, body): &(String, String)| {
+        env.request("POST", &env.url(path), &[], Some(body.as_bytes()))
+    };
+
+    // The merchant revokes; the push is captured on the way.
+    let captured = sealed_event("unauthorized", &who, wafer::ids::now(), "cap1");
+    assert_eq!(post(&env, &captured), (200, "success".into()));
+    assert!(!live(&env, AUTHORIZER));
+    // The merchant authorises again; the captured push is replayed (also after a restart).
+    assert_eq!(authorise(&env, AUTHORIZER), 200);
+    assert_eq!(post(&env, &captured), (200, "success".into()));
+    assert!(
+        live(&env, AUTHORIZER),
+        "a replayed unauthorized revoked the new authorisation"
+    );
+    env.restart();
+    assert_eq!(post(&env, &captured), (200, "success".into()));
+    assert!(live(&env, AUTHORIZER), "replayed after a restart");
+
+    // An `unauthorized` created before the latest authorisation (a late delivery) changes
+    // nothing; one of the same second is applied.
+    // (The authorisation is moved a minute back, so that these events' CreateTime differs from
+    // the captured one's: WeChat's retries of one event share it, and are deduplicated by it.)
+    let authorised_at = wafer::ids::now() - 60;
+    env.sql()
+        .execute(
+            "UPDATE authorizers SET authorized_at = ?1 WHERE authorizer_appid = ?2",
+            rusqlite::params![authorised_at, AUTHORIZER],
+        )
+        .unwrap();
+    let older = sealed_event("unauthorized", &who, authorised_at - 1, "old1");
+    assert_eq!(post(&env, &older), (200, "success".into()));
+    assert!(live(&env, AUTHORIZER), "an older unauthorized was applied");
+    let same = sealed_event("unauthorized", &who, authorised_at, "same1");
+    assert_eq!(post(&env, &same), (200, "success".into()));
+    assert!(
+        !live(&env, AUTHORIZER),
+        "an unauthorized of the same second is applied"
+    );
+
+    // A ticket older than the stored one does not replace it.
+    let (_, _) = push_ticket(&env, Some("ticket@@@newest"));
+    let stale = sealed_event(
+        "component_verify_ticket",
+        "<ComponentVerifyTicket>ticket@@@stale</ComponentVerifyTicket>",
+        wafer::ids::now() - 120,
+        "t1",
+    );
+    assert_eq!(post(&env, &stale), (200, "success".into()));
+    assert_eq!(stored_ticket(&env).as_deref(), Some("ticket@@@newest"));
+}
+
+/// The verify ticket the component has stored.
+pub fn stored_ticket(env: &Env) -> Option<String> {
+    env.sql()
+        .query_row(
+            "SELECT verify_ticket FROM components WHERE appid = ?1",
+            [COMPONENT],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
