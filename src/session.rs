@@ -210,10 +210,12 @@ fn within_clocks(db: &Db, row: SessionRow, hash: &[u8; 32], now: i64) -> Result<
         return Err(Error::AuthFail);
     }
     // Writing on every check would serialise all checks on SQLite's single writer; sliding in
-    // steps of a tenth of the window (at most a minute) keeps the expiry exact to that step.
+    // steps of a tenth of the window (at most a minute) keeps the expiry exact to that step. A
+    // check never waits for a write: while someone else writes (a login, another process), the
+    // slide is skipped and the next check tries again.
     let step = (row.idle_secs / 10).min(60);
     if now - row.last_visit >= step.max(1) {
-        db.touch_session(hash, now)
+        db.try_touch_session(hash, now)
             .map_err(|e| Error::SessionWrite(e.to_string()))?;
     }
     Ok(Session { row })

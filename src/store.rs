@@ -8,7 +8,8 @@
 use crate::config::Secret;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
-use std::time::Duration;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 /// Migrations by `user_version`: entry `i` takes the database from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[include_str!("../schema.sql"), CALLBACK_SEEN];
@@ -34,14 +35,83 @@ pub struct Db {
     conn: Connection,
 }
 
+/// How long a write waits for its turn and SQLite's write lock together before it fails (a
+/// login answers 1006): another process holding the lock (the CLI, a backup, another instance)
+/// makes writes fail after this long, not queue up behind each other.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Session writes in this process take turns here before asking SQLite for its write lock. SQLite
 /// waits for a busy lock by sleeping (1, 2, 5, 10 … 100 ms), so workers contending on it lose
-/// whole milliseconds; a mutex hands the turn over at once. Other processes (the CLI) are still
-/// handled by the busy timeout.
-static SESSION_WRITES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// whole milliseconds; the turn is handed over at once. A writer waits for the turn and then for
+/// SQLite within one deadline ([`BUSY_TIMEOUT`] from when it asked), so writers queued behind one
+/// that is stuck on another process each fail at their own deadline, not one after another. A
+/// session check's slide only ever tries the turn ([`Db::try_touch_session`]).
+struct Turn {
+    taken: Mutex<bool>,
+    freed: Condvar,
+}
 
-fn session_write_turn() -> std::sync::MutexGuard<'static, ()> {
-    SESSION_WRITES.lock().unwrap_or_else(|e| e.into_inner())
+static SESSION_WRITES: Turn = Turn {
+    taken: Mutex::new(false),
+    freed: Condvar::new(),
+};
+
+/// The turn, while held.
+struct TurnGuard;
+
+impl Turn {
+    fn lock(&self) -> std::sync::MutexGuard<'_, bool> {
+        self.taken.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wait for the turn until `deadline`; `None` past it.
+    fn take_by(&'static self, deadline: Instant) -> Option<TurnGuard> {
+        let mut taken = self.lock();
+        while *taken {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            taken = self
+                .freed
+                .wait_timeout(taken, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *taken = true;
+        Some(TurnGuard)
+    }
+
+    /// The turn if it is free now.
+    fn try_take(&'static self) -> Option<TurnGuard> {
+        let mut taken = self.lock();
+        if *taken {
+            return None;
+        }
+        *taken = true;
+        Some(TurnGuard)
+    }
+}
+
+impl Drop for TurnGuard {
+    fn drop(&mut self) {
+        *SESSION_WRITES.lock() = false;
+        SESSION_WRITES.freed.notify_one();
+    }
+}
+
+/// `SQLITE_BUSY` with a note: what a write that ran out of time answers, whether it waited in
+/// this process's turn or in SQLite.
+fn busy(note: &str) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+        Some(note.to_string()),
+    )
+}
+
+/// Is this SQLite saying that someone else holds the lock?
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 #[derive(Debug, Clone)]
@@ -189,7 +259,7 @@ impl Db {
             )
         })?;
         let conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -237,11 +307,53 @@ impl Db {
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
     }
 
-    /// `SELECT 1`: what `/healthz` asks.
-    pub fn ping(&self) -> rusqlite::Result<()> {
+    /// Run `write` (one statement, or a transaction it begins and ends) in this process's turn of
+    /// session writes, within `bound` for the turn and SQLite's write lock together: past it,
+    /// `SQLITE_BUSY`.
+    fn session_write<T>(
+        &self,
+        bound: Duration,
+        write: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        let deadline = Instant::now() + bound;
+        let _turn = SESSION_WRITES
+            .take_by(deadline)
+            .ok_or_else(|| busy("waited too long for this process's other writers"))?;
         self.conn
-            .prepare_cached("SELECT 1")?
-            .query_row([], |_| Ok(()))
+            .busy_timeout(deadline.saturating_duration_since(Instant::now()))?;
+        let written = write(&self.conn);
+        let restored = self.conn.busy_timeout(BUSY_TIMEOUT);
+        let written = written?;
+        restored?;
+        Ok(written)
+    }
+
+    /// What `/healthz` asks: a read of a table, then a committed write, the write within `bound`
+    /// (its turn and SQLite's lock together). The write sets the header's `user_version` to the
+    /// value it has, inside a write transaction: one page really committed, with no table of its
+    /// own. `Err` says which failed and why, in words for an operator.
+    pub fn health(&self, bound: Duration) -> Result<(), String> {
+        self.conn
+            .prepare_cached("SELECT count(*) FROM (SELECT 1 FROM apps LIMIT 1)")
+            .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+            .map_err(|e| format!("database cannot read: {e}"))?;
+        self.session_write(bound, |conn| {
+            let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+            let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            tx.pragma_update(None, "user_version", version)?;
+            tx.commit()
+        })
+        .map_err(|e| {
+            let why = match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                    format!("locked by another writer for over {} ms", bound.as_millis())
+                }
+                Some(rusqlite::ErrorCode::DiskFull) => "disk full".to_string(),
+                Some(rusqlite::ErrorCode::ReadOnly) => "read-only".to_string(),
+                _ => e.to_string(),
+            };
+            format!("database cannot write: {why}")
+        })
     }
 
     pub fn integrity_check(&self) -> rusqlite::Result<String> {
@@ -332,11 +444,13 @@ impl Db {
 
     /// Record a login: upsert the user, insert the session, evict the oldest sessions beyond
     /// the cap. One transaction: either all of it is stored or none.
+    /// Fails (`SQLITE_BUSY`) after [`BUSY_TIMEOUT`] waiting for the write lock.
     pub fn record_login(&mut self, w: &LoginWrite) -> rusqlite::Result<LoginResult> {
-        let _turn = session_write_turn();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.session_write(BUSY_TIMEOUT, |conn| Self::login_tx(conn, w))
+    }
+
+    fn login_tx(conn: &Connection, w: &LoginWrite) -> rusqlite::Result<LoginResult> {
+        let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
         let existing: Option<(String, Option<String>)> = tx
             .prepare_cached("SELECT id, user_info FROM users WHERE app = ?1 AND openid = ?2")?
             .query_row(params![w.app_pk, w.openid], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -417,32 +531,43 @@ impl Db {
             .optional()
     }
 
-    /// Slide a session's `last_visit`.
-    pub fn touch_session(&self, skey_hash: &[u8; 32], now: i64) -> rusqlite::Result<()> {
-        let _turn = session_write_turn();
-        self.conn
+    /// Slide a session's `last_visit` if that can be done now: without waiting for the turn or
+    /// for SQLite's lock. `Ok(false)` when someone else is writing (the slide is skipped; the
+    /// next check tries again).
+    pub fn try_touch_session(&self, skey_hash: &[u8; 32], now: i64) -> rusqlite::Result<bool> {
+        let Some(_turn) = SESSION_WRITES.try_take() else {
+            return Ok(false);
+        };
+        self.conn.busy_timeout(Duration::ZERO)?;
+        let touched = self
+            .conn
             .prepare_cached(
                 "UPDATE sessions SET last_visit = ?2 WHERE skey_hash = ?1 AND last_visit < ?2",
-            )?
-            .execute(params![&skey_hash[..], now])?;
-        Ok(())
+            )
+            .and_then(|mut s| s.execute(params![&skey_hash[..], now]));
+        self.conn.busy_timeout(BUSY_TIMEOUT)?;
+        match touched {
+            Ok(_) => Ok(true),
+            Err(e) if is_busy(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn revoke_session(&self, skey_hash: &[u8; 32]) -> rusqlite::Result<bool> {
-        let _turn = session_write_turn();
-        Ok(self
-            .conn
-            .prepare_cached("DELETE FROM sessions WHERE skey_hash = ?1")?
-            .execute(params![&skey_hash[..]])?
-            > 0)
+        self.session_write(BUSY_TIMEOUT, |conn| {
+            Ok(conn
+                .prepare_cached("DELETE FROM sessions WHERE skey_hash = ?1")?
+                .execute(params![&skey_hash[..]])?
+                > 0)
+        })
     }
 
     pub fn set_user_info(&self, user_id: &str, user_info: &str, now: i64) -> rusqlite::Result<()> {
-        let _turn = session_write_turn();
-        self.conn
-            .prepare_cached("UPDATE users SET user_info = ?2, updated_at = ?3 WHERE id = ?1")?
-            .execute(params![user_id, user_info, now])?;
-        Ok(())
+        self.session_write(BUSY_TIMEOUT, |conn| {
+            conn.prepare_cached("UPDATE users SET user_info = ?2, updated_at = ?3 WHERE id = ?1")?
+                .execute(params![user_id, user_info, now])?;
+            Ok(())
+        })
     }
 
     /// Delete sessions past either clock. Returns how many went.
@@ -468,24 +593,27 @@ impl Db {
         let mut purged = 0;
         let mut left = seqs.as_slice();
         while !left.is_empty() {
-            let _turn = session_write_turn();
-            let tx =
-                rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
-            let started = std::time::Instant::now();
-            {
-                let mut delete = tx.prepare_cached(
-                    "DELETE FROM sessions
-                     WHERE seq = ?1 AND (expires_at < ?2 OR last_visit + idle_secs < ?2)",
-                )?;
-                while let Some((seq, rest)) = left.split_first() {
-                    purged += delete.execute(params![seq, now])?;
-                    left = rest;
-                    if started.elapsed() >= slice {
-                        break;
+            purged += self.session_write(BUSY_TIMEOUT, |conn| {
+                let tx =
+                    rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+                let started = Instant::now();
+                let mut purged = 0;
+                {
+                    let mut delete = tx.prepare_cached(
+                        "DELETE FROM sessions
+                         WHERE seq = ?1 AND (expires_at < ?2 OR last_visit + idle_secs < ?2)",
+                    )?;
+                    while let Some((seq, rest)) = left.split_first() {
+                        purged += delete.execute(params![seq, now])?;
+                        left = rest;
+                        if started.elapsed() >= slice {
+                            break;
+                        }
                     }
                 }
-            }
-            tx.commit()?;
+                tx.commit()?;
+                Ok(purged)
+            })?;
         }
         Ok(purged)
     }
@@ -1006,8 +1134,22 @@ mod tests {
         let started = std::time::Instant::now();
         let db = Db::open(&p).unwrap();
         assert!(started.elapsed() < Duration::from_secs(2));
-        db.ping().unwrap();
+        // It reads; it cannot write, and says so within its bound.
+        let started = std::time::Instant::now();
+        assert_eq!(
+            db.health(Duration::from_millis(200)),
+            Err("database cannot write: locked by another writer for over 200 ms".into())
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
         writer.execute_batch("COMMIT").unwrap();
+        // The probe's write is a real commit: another connection sees the database change.
+        let version = |c: &Connection| -> i64 {
+            c.query_row("PRAGMA data_version", [], |r| r.get(0))
+                .unwrap()
+        };
+        let before = version(&writer);
+        db.health(Duration::from_millis(200)).unwrap();
+        assert_ne!(version(&writer), before);
     }
 
     #[test]

@@ -780,10 +780,16 @@ pub fn method_not_allowed() -> Reply {
     )
 }
 
+/// How long `/healthz` waits to write: for this process's other writers and SQLite's write lock
+/// together (CONTRACT §8: it answers within a second either way).
+const HEALTH_WRITE_BOUND: Duration = Duration::from_millis(500);
+
+/// 200 when the database answers a read and a committed write (within [`HEALTH_WRITE_BOUND`]),
+/// else 503 with the reason (`store::Db::health`).
 fn healthz(w: &Worker) -> Reply {
-    match w.db.ping() {
+    match w.db.health(HEALTH_WRITE_BOUND) {
         Ok(()) => Reply::json(200, &json!({"status": "ok"})),
-        Err(_) => Reply::json(503, &json!({"status": "unavailable"})),
+        Err(reason) => Reply::json(503, &json!({"status": "degraded", "reason": reason})),
     }
 }
 

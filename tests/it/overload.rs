@@ -149,3 +149,110 @@ fn a_login_burst_on_a_slow_wechat_leaves_session_checks_fast() {
     );
     assert!(metric(&addr, "wafer_lane_full_total") > 0);
 }
+/// `GET /healthz`: (status, body, how long it took).
+fn healthz(agent: &ureq::Agent, addr: &str) -> (u16, Value, Duration) {
+    let started = Instant::now();
+    let (status, r) = match agent.get(&format!("http://{addr}/healthz")).call() {
+        Ok(r) => (r.status(), r),
+        Err(ureq::Error::Status(s, r)) => (s, r),
+        Err(e) => panic!("/healthz: {e}"),
+    };
+    let body = serde_json::from_str(&r.into_string().unwrap()).unwrap();
+    (status, body, started.elapsed())
+}
+
+#[test]
+fn another_process_holding_the_write_lock_stalls_nothing_but_writes() {
+    // Another process takes SQLite's write lock and keeps it for 7 s. Session checks (whose
+    // sliding write is due) answer at once, skipping the slide; `/healthz` says within a second
+    // that the database cannot write; logins fail with 1006 within the busy timeout (5 s), all
+    // at about the same time rather than one after another. (Before: logins failed 5 s apart
+    // behind the in-process write turn, checks waited behind them, `/healthz` said ok.)
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("locked.db");
+    let mock = fake_wechat::start("127.0.0.1:0").unwrap();
+    add_app(&db, APPID, SECRET);
+    let served = serve_captured(&db, &mock, &[]);
+    let addr = served.addr.clone();
+    let client = agent();
+    let (id, skey) = session(&addr, "checker");
+    let (s, v, _) = healthz(&client, &addr);
+    assert_eq!((s, v), (200, json!({"status": "ok"})));
+    let outside = rusqlite::Connection::open(&db).unwrap();
+    outside.busy_timeout(Duration::from_secs(5)).unwrap();
+    // The checker's last visit two minutes ago: every check now wants to slide it.
+    outside
+        .execute("UPDATE sessions SET last_visit = last_visit - 120", [])
+        .unwrap();
+
+    outside.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let locked_at = Instant::now();
+    let logins: Vec<_> = (0..6)
+        .map(|i| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let body = envelope("qcloud.cam.id_skey", json!({"code": format!("locked-{i}")}));
+                let (s, v) = post_envelope(&agent(), &addr, &body, None).unwrap();
+                assert_eq!(s, 200);
+                (v["returnCode"].as_i64().unwrap(), started.elapsed())
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut checks = Vec::new();
+    let mut health = Vec::new();
+    while locked_at.elapsed() < Duration::from_secs(4) {
+        checks.push(timed_check(&client, &addr, &id, &skey));
+        let (s, v, took) = healthz(&client, &addr);
+        assert_eq!(s, 503, "/healthz during the lock: {v}");
+        assert_eq!(v["status"], "degraded", "{v}");
+        let reason = v["reason"].as_str().unwrap_or_default();
+        assert!(reason.starts_with("database cannot write"), "{v}");
+        health.push(took);
+    }
+    let logins: Vec<_> = logins.into_iter().map(|l| l.join().unwrap()).collect();
+    let held = locked_at.elapsed();
+    let (c_median, _, c_slowest) = spread(checks.clone());
+    let (_, _, h_slowest) = spread(health.clone());
+    eprintln!(
+        "overload: during an outside write lock: {} checks, median {c_median:?}, slowest \
+         {c_slowest:?}; {} /healthz 503, slowest {h_slowest:?}; logins {logins:?}",
+        checks.len(),
+        health.len()
+    );
+    assert!(
+        held < Duration::from_secs(7),
+        "the logins were answered only after {held:?}"
+    );
+    outside.execute_batch("COMMIT").unwrap();
+    assert!(
+        c_slowest < Duration::from_secs(1),
+        "a check took {c_slowest:?}"
+    );
+    assert!(
+        h_slowest < Duration::from_secs(1),
+        "/healthz took {h_slowest:?}"
+    );
+    for (code, took) in &logins {
+        assert_eq!(*code, 1006, "a login during the lock");
+        assert!(
+            *took < Duration::from_secs(6),
+            "a login failed after {took:?}"
+        );
+    }
+    // The lock gone, everything works again, the slide included.
+    let (s, v, _) = healthz(&client, &addr);
+    assert_eq!((s, v), (200, json!({"status": "ok"})));
+    session(&addr, "after");
+    timed_check(&client, &addr, &id, &skey);
+    let last_visit: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row(
+            "SELECT last_visit FROM sessions WHERE user_id = ?1",
+            [&id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(last_visit >= wafer::ids::now() - 5);
+}
