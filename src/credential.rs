@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::ids;
 use crate::metrics::Metrics;
 use crate::store::{utc_day, Db};
-use crate::wechat::{Host, UpstreamError, WeChat};
+use crate::wechat::{errcode, path, Host, UpstreamError, WeChat};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -385,28 +385,30 @@ impl Broker {
         let now = ids::now();
         let day = utc_day(now);
         if db.quota(&id, &day)?.blocked_until > now {
-            return Err(Error::Refused(
-                "WeChat's daily quota for this credential is used up (45009)".into(),
-            ));
+            return Err(Error::Refused(format!(
+                "WeChat's daily quota for this credential is used up ({})",
+                errcode::DAILY_QUOTA_REACHED
+            )));
         }
         let mut attempt = 0;
         let fetched = loop {
             db.count_upstream(&id, &day, force && attempt == 0, now)?;
             match self.fetch(db, key, force) {
-                Err(Error::Upstream(UpstreamError::WeChat { errcode: -1, .. }))
-                    if attempt < BUSY_RETRIES =>
-                {
+                Err(Error::Upstream(UpstreamError::WeChat {
+                    errcode: errcode::SYSTEM_BUSY,
+                    ..
+                })) if attempt < BUSY_RETRIES => {
                     std::thread::sleep(BUSY_BACKOFF * 2u32.pow(attempt));
                     attempt += 1;
                 }
                 Err(Error::Upstream(UpstreamError::WeChat {
-                    errcode: 45009,
+                    errcode: errcode::DAILY_QUOTA_REACHED,
                     errmsg,
                 })) => {
                     let midnight = (now.div_euclid(86400) + 1) * 86400;
                     db.block_upstream(&id, &day, midnight)?;
                     return Err(Error::Upstream(UpstreamError::WeChat {
-                        errcode: 45009,
+                        errcode: errcode::DAILY_QUOTA_REACHED,
                         errmsg,
                     }));
                 }
@@ -433,14 +435,14 @@ impl Broker {
                 let v = if self.stable_token {
                     self.wechat.post(
                         Host::Api,
-                        "/cgi-bin/stable_token",
+                        path::STABLE_TOKEN,
                         &[],
                         &json!({"grant_type": "client_credential", "appid": appid, "secret": app.secret.expose(), "force_refresh": force}),
                     )?
                 } else {
                     self.wechat.get(
                         Host::Api,
-                        "/cgi-bin/token",
+                        path::TOKEN,
                         &[
                             ("grant_type", "client_credential"),
                             ("appid", appid),
@@ -456,7 +458,7 @@ impl Broker {
                     .ok_or(Error::NotFound("WeCom agent"))?;
                 let v = self.wechat.get(
                     Host::Work,
-                    "/cgi-bin/gettoken",
+                    path::WORK_GETTOKEN,
                     &[("corpid", corpid), ("corpsecret", agent.secret.expose())],
                 )?;
                 fetched(&v, "access_token")
@@ -483,12 +485,12 @@ impl Broker {
     /// is refreshed once (if it is still the current one) and the ticket asked for again.
     fn fetch_ticket(&self, db: &Db, key: &Key) -> Result<Fetched, Error> {
         let parent = key.parent().expect("tickets have a parent token");
-        let (host, path, extra): (Host, &str, &[(&str, &str)]) = match key {
-            Key::AppTicket { .. } => (Host::Api, "/cgi-bin/ticket/getticket", &[("type", "jsapi")]),
-            Key::WorkCorpTicket { .. } => (Host::Work, "/cgi-bin/get_jsapi_ticket", &[]),
+        let (host, endpoint, extra): (Host, &str, &[(&str, &str)]) = match key {
+            Key::AppTicket { .. } => (Host::Api, path::TICKET_GETTICKET, &[("type", "jsapi")]),
+            Key::WorkCorpTicket { .. } => (Host::Work, path::WORK_GET_JSAPI_TICKET, &[]),
             _ => (
                 Host::Work,
-                "/cgi-bin/ticket/get",
+                path::WORK_TICKET_GET,
                 &[("type", "agent_config")],
             ),
         };
@@ -497,10 +499,10 @@ impl Broker {
             let token = self.get(db, &parent, false)?;
             let mut query = vec![("access_token", token.value.expose())];
             query.extend_from_slice(extra);
-            match self.wechat.get(host, path, &query) {
+            match self.wechat.get(host, endpoint, &query) {
                 Ok(v) => return fetched(&v, "ticket"),
-                Err(UpstreamError::WeChat { errcode, .. })
-                    if !retried && stale_token(errcode, key.is_work()) =>
+                Err(UpstreamError::WeChat { errcode: code, .. })
+                    if !retried && errcode::stale_token(code, key.is_work()) =>
                 {
                     retried = true;
                     self.invalidate(db, &parent, token.value.expose())?;
@@ -604,11 +606,6 @@ pub fn spawn_refresher(
                 std::thread::sleep(Duration::from_millis(200));
             }
         })
-}
-
-/// Errcodes that mean "the token you used is stale: refresh it". On WeCom 40001 is a bad secret.
-fn stale_token(errcode: i64, work: bool) -> bool {
-    matches!(errcode, 40014 | 42001) || (errcode == 40001 && !work)
 }
 
 /// `{FIELD, expires_in}` from a WeChat answer.

@@ -2,6 +2,9 @@
 //! from config, and the one function that decodes WeChat's `{errcode, errmsg}`. Nothing else in
 //! wafer speaks HTTP to WeChat. It never logs query strings or bodies: they carry secrets.
 
+pub mod errcode;
+pub mod path;
+
 use crate::config::WeChatConfig;
 use serde_json::Value;
 use std::fmt;
@@ -187,7 +190,7 @@ impl WeChat {
     ) -> Result<Code2Session, UpstreamError> {
         let v = self.get(
             Host::Api,
-            "/sns/jscode2session",
+            path::JSCODE2SESSION,
             &[
                 ("appid", appid),
                 ("secret", secret),
