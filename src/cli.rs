@@ -103,6 +103,7 @@ pub const USAGE: &str = "usage: wafer <command>
   component list
   token get APPID [--force]             print the current access token
   session purge                         delete expired sessions now
+  key rotate --new-key-file F           re-seal every sealed value under the key in F
 data commands take --db FILE (else $WAFER_DB, else the config's storage.path, else ./wafer.db)";
 
 /// Run a command line (without the program name).
@@ -129,6 +130,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         ("component", "add") => component_add(Opts::parse(&rest[1..])?),
         ("component", "list") => component_list(Opts::parse(&rest[1..])?),
         ("token", "get") => token_get(Opts::parse(&rest[1..])?),
+        ("key", "rotate") => key_rotate(Opts::parse(&rest[1..])?),
         ("help" | "--help" | "-h", _) => {
             println!("{USAGE}");
             Ok(())
@@ -145,7 +147,16 @@ fn open_config_db(o: &mut Opts) -> Result<(Config, Db), String> {
         .take("db")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(&c.storage.path));
-    let db = Db::open(&path).map_err(|e| format!("database {}: {e}", path.display()))?;
+    let sealer = crate::seal::Sealer::from_config(&c.storage)?;
+    let keyed = sealer.is_some();
+    let db =
+        Db::open_with(&path, sealer).map_err(|e| format!("database {}: {e}", path.display()))?;
+    // A key file on a database never sealed: seal it now, as `wafer serve` would at start.
+    let never_sealed = || db.meta("seal_key_id").map(|id| id.is_none());
+    if keyed && never_sealed().map_err(|e| format!("database {}: {e}", path.display()))? {
+        db.seal_existing()
+            .map_err(|e| format!("database {}: {e}", path.display()))?;
+    }
     Ok((c, db))
 }
 
@@ -474,5 +485,43 @@ fn token_get(mut o: Opts) -> Result<(), String> {
         .map_err(|e| format!("token get: {e}"))?;
     println!("{}", c.value.expose());
     eprintln!("expires_at {}", c.expires_at);
+    Ok(())
+}
+
+/// `wafer key rotate --new-key-file F`: re-seal every value under the key in F, with the
+/// current key (`storage.key_file`) to open them. A serving wafer adopts the new key from F
+/// (the file is recorded in the database) and seals with it within `Sealer::RECHECK_MS`; until
+/// then it may still write values under the old key, so the sweep repeats until one finds
+/// none. Then the operator points `storage.key_file` at F (README, "Secrets at rest").
+fn key_rotate(mut o: Opts) -> Result<(), String> {
+    use crate::seal::Sealer;
+    let file = PathBuf::from(o.need("new-key-file")?);
+    let key = Sealer::read_key_file(&file, "--new-key-file")?;
+    let id = key.id().to_string();
+    let (_, mut db) = open_config_db(&mut o)?;
+    o.done(0)?;
+    let mut sealed = db
+        .rotate_to(key, &file)
+        .map_err(|e| format!("key rotate: {e}"))?;
+    let mut settled = false;
+    for _ in 0..10 {
+        std::thread::sleep(std::time::Duration::from_millis(2 * Sealer::RECHECK_MS));
+        let n = db.seal_existing().map_err(|e| format!("key rotate: {e}"))?;
+        sealed += n;
+        if n == 0 {
+            settled = true;
+            break;
+        }
+    }
+    if !settled {
+        return Err(format!(
+            "key rotate: values are still being written under the old key; run it again (the {sealed} done stay done)"
+        ));
+    }
+    println!("{sealed} value(s) sealed with key id {id}");
+    println!(
+        "now set storage.key_file (or WAFER_KEY_FILE) to {} and restart wafer; keep the old key file until then",
+        file.display()
+    );
     Ok(())
 }

@@ -62,6 +62,9 @@ pub struct ServerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     pub path: String,
+    /// A file of 32 random bytes (raw or hex); when set, secrets are sealed at rest with it
+    /// (CONTRACT §11). Empty: nothing is sealed.
+    pub key_file: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -169,6 +172,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             path: "wafer.db".into(),
+            key_file: String::new(),
         }
     }
 }
@@ -255,6 +259,9 @@ impl Config {
         if let Some(v) = get("WAFER_DB") {
             self.storage.path = v;
         }
+        if let Some(v) = get("WAFER_KEY_FILE") {
+            self.storage.key_file = v;
+        }
         if let Some(v) = get("WAFER_WECHAT_API_BASE") {
             self.wechat.api_base = v;
         }
@@ -339,6 +346,7 @@ mod tests {
         assert_eq!(c.server.io_timeout_ms, 10_000);
         assert!(c.server.api_key.is_empty());
         assert_eq!(c.storage.path, "wafer.db");
+        assert_eq!(c.storage.key_file, "");
         assert_eq!(c.wechat.api_base, "https://api.weixin.qq.com");
         assert_eq!(c.wechat.work_api_base, "https://qyapi.weixin.qq.com");
         assert_eq!(c.wechat.timeout_ms, 5000);
@@ -384,9 +392,11 @@ mod tests {
             "WAFER_LISTEN" => Some("0.0.0.0:1".into()),
             "WAFER_DB" => Some("/tmp/x.db".into()),
             "WAFER_API_KEY" => Some("k".into()),
+            "WAFER_KEY_FILE" => Some("/etc/wafer/key".into()),
             _ => None,
         })
         .unwrap();
+        assert_eq!(c.storage.key_file, "/etc/wafer/key");
         assert_eq!(c.server.listen, "0.0.0.0:1");
         assert_eq!(c.storage.path, "/tmp/x.db");
         assert_eq!(c.server.api_key.expose(), "k");

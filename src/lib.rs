@@ -22,6 +22,7 @@ pub mod error;
 pub mod ids;
 pub mod log;
 pub mod metrics;
+pub mod seal;
 pub mod server;
 pub mod session;
 pub mod store;

@@ -4,15 +4,23 @@
 //!
 //! Every multi-row change (a login, an app removal) is one transaction: a failure leaves the
 //! database as it was.
+//!
+//! Secrets at rest (CONTRACT §11) are sealed here and nowhere else: with a key (a `Sealer`,
+//! `seal.rs`) every column of [`SEALED`] is written sealed and opened on read, so the rest of
+//! the code sees plain values. Without a key nothing is sealed and reading costs a prefix check.
+//! The `meta` row `seal_key_id` says which key a database is sealed with: a keyless open of a
+//! sealed database, or an open with another key, is refused.
 
 use crate::config::Secret;
+use crate::seal::{OpenError, Sealer};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::borrow::Cow;
 use std::path::Path;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Migrations by `user_version`: entry `i` takes the database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("../schema.sql"), CALLBACK_SEEN];
+const MIGRATIONS: &[&str] = &[include_str!("../schema.sql"), CALLBACK_SEEN, META];
 
 /// Callbacks already handled, so that a replayed request or WeChat's retry of a message is not
 /// applied or forwarded again (`callback::Claim`). `key` is built only by `callback`; a row is
@@ -25,6 +33,37 @@ CREATE TABLE callback_seen (
 CREATE INDEX callback_seen_by_expiry ON callback_seen (expires_at);
 ";
 
+/// Named facts about the database itself: `seal_key_id`, the id of the key its values are
+/// sealed with (absent: none is); `seal_key_file`, where `wafer key rotate` read the key it
+/// moved them to (a path, not a secret), so that a serving wafer can adopt it.
+const META: &str = "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);";
+
+/// Every sealed column, as `table.column` (also the associated data a value is sealed for, so a
+/// value copied to another column does not open there). A new secret column joins this list
+/// and is written with `Db::seal` and read with `Db::unseal` (`users.phone_info` will).
+pub const SEALED: &[&str] = &[
+    "apps.secret",
+    "apps.token",
+    "apps.aes_key",
+    "apps.prev_aes_key",
+    "users.session_key",
+    "users.user_info",
+    "credentials.value",
+    "work_agents.secret",
+    "work_agents.token",
+    "work_agents.aes_key",
+    "work_agents.prev_aes_key",
+    "components.secret",
+    "components.token",
+    "components.aes_key",
+    "components.prev_aes_key",
+    "components.verify_ticket",
+    "authorizers.refresh_token",
+];
+
+/// Rows re-sealed per write transaction by [`Db::seal_existing`].
+const SEAL_BATCH: usize = 256;
+
 /// The longest one purge transaction holds the write lock (logins wait at most about this).
 pub const PURGE_SLICE: Duration = Duration::from_millis(50);
 
@@ -33,6 +72,57 @@ pub const MAX_SESSIONS_PER_USER: i64 = 10;
 
 pub struct Db {
     conn: Connection,
+    sealer: Option<Arc<Sealer>>,
+}
+
+/// A refusal or failure of our own, reported through `rusqlite::Error` like every store error.
+fn store_error(msg: impl Into<String>) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+        Some(msg.into()),
+    )
+}
+
+/// An account with an EncodingAESKey and the previous one (apps, WeCom agents, components).
+trait AesKeys {
+    fn aes_keys(&self) -> (Option<&Secret>, Option<&Secret>);
+}
+
+impl AesKeys for App {
+    fn aes_keys(&self) -> (Option<&Secret>, Option<&Secret>) {
+        (self.aes_key.as_ref(), self.prev_aes_key.as_ref())
+    }
+}
+
+impl AesKeys for WorkAgent {
+    fn aes_keys(&self) -> (Option<&Secret>, Option<&Secret>) {
+        (self.aes_key.as_ref(), self.prev_aes_key.as_ref())
+    }
+}
+
+impl AesKeys for Component {
+    fn aes_keys(&self) -> (Option<&Secret>, Option<&Secret>) {
+        (Some(&self.aes_key), self.prev_aes_key.as_ref())
+    }
+}
+
+/// The next `prev_aes_key` of an upsert: the one given, else the stored key when the key
+/// changes (messages in flight during a rotation still open), else the stored previous key.
+/// Decided here, not in SQL: sealed values of one key differ every time, so only their plain
+/// values can be compared.
+fn next_prev_aes_key(
+    given: Option<&Secret>,
+    new_key: Option<&Secret>,
+    stored: Option<&impl AesKeys>,
+) -> Option<Secret> {
+    if let Some(p) = given {
+        return Some(p.clone());
+    }
+    let (stored_key, stored_prev) = stored?.aes_keys();
+    match (new_key, stored_key) {
+        (Some(n), Some(k)) if n != k => Some(k.clone()),
+        _ => stored_prev.cloned(),
+    }
 }
 
 /// How long a write waits for its turn and SQLite's write lock together before it fails (a
@@ -183,23 +273,6 @@ pub struct LoginResult {
     pub user_info: Option<String>,
 }
 
-fn app_from_row(r: &rusqlite::Row) -> rusqlite::Result<App> {
-    let secret = |i| r.get::<_, Option<String>>(i).map(|o| o.map(Secret::new));
-    Ok(App {
-        id: r.get(0)?,
-        appid: r.get(1)?,
-        secret: Secret::new(r.get::<_, String>(2)?),
-        kind: r.get(3)?,
-        title: r.get(4)?,
-        login_days: r.get(5)?,
-        session_secs: r.get(6)?,
-        token: secret(7)?,
-        aes_key: secret(8)?,
-        prev_aes_key: secret(9)?,
-        forward_url: r.get(10)?,
-    })
-}
-
 const APP_COLUMNS: &str =
     "id, appid, secret, kind, title, login_days, session_secs, token, aes_key, prev_aes_key, forward_url";
 
@@ -250,8 +323,39 @@ fn owner_only(path: &Path) -> std::io::Result<()> {
 }
 
 impl Db {
-    /// Open (creating if needed) and bring the schema up to date.
+    /// Open (creating if needed) and bring the schema up to date, without a key: refused on a
+    /// sealed database.
     pub fn open(path: &Path) -> rusqlite::Result<Db> {
+        Db::open_with(path, None)
+    }
+
+    /// Open with the key the process holds, if any (`storage.key_file`). Refused when the
+    /// database is sealed and there is no key, or it is sealed with a key this is not (unless
+    /// a rotation names where that key is and this process can read it). A database that has
+    /// never been sealed opens either way; [`Db::seal_existing`] seals it.
+    pub fn open_with(path: &Path, sealer: Option<Arc<Sealer>>) -> rusqlite::Result<Db> {
+        let db = Db::open_unchecked(path, sealer)?;
+        let Some(sealed_with) = db.meta("seal_key_id")? else {
+            return Ok(db);
+        };
+        let Some(s) = &db.sealer else {
+            return Err(store_error(format!(
+                "the database is sealed (key id {sealed_with}): set storage.key_file (or WAFER_KEY_FILE) to its key file"
+            )));
+        };
+        if !s.holds(&sealed_with) {
+            db.seek_key(s, &sealed_with, true);
+        }
+        if !s.holds(&sealed_with) {
+            return Err(store_error(format!(
+                "storage.key_file is key id {}, but the database is sealed with key id {sealed_with}: wrong key file",
+                s.current_id()
+            )));
+        }
+        Ok(db)
+    }
+
+    fn open_unchecked(path: &Path, sealer: Option<Arc<Sealer>>) -> rusqlite::Result<Db> {
         owner_only(path).map_err(|e| {
             rusqlite::Error::SqliteFailure(
                 rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
@@ -264,7 +368,7 @@ impl Db {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.set_prepared_statement_cache_capacity(64);
-        let mut db = Db { conn };
+        let mut db = Db { conn, sealer };
         db.migrate()?;
         Ok(db)
     }
@@ -287,6 +391,219 @@ impl Db {
             tx.pragma_update(None, "user_version", i + 1)?;
         }
         tx.commit()
+    }
+
+    // ---- sealing at rest (CONTRACT §11; the key and cipher are `seal.rs`) ----
+
+    /// A `meta` value: a named fact about the database itself.
+    pub fn meta(&self, name: &str) -> rusqlite::Result<Option<String>> {
+        self.conn
+            .prepare_cached("SELECT value FROM meta WHERE name = ?1")?
+            .query_row([name], |r| r.get(0))
+            .optional()
+    }
+
+    fn set_meta(&self, name: &str, value: &str) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta (name, value) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET value = ?2",
+            )?
+            .execute([name, value])?;
+        Ok(())
+    }
+
+    /// A value as `aad`'s column stores it: sealed under the current key when this process
+    /// holds one, else the value itself (borrowed, no allocation). At most once a second it
+    /// also checks whether a rotation has moved the database to a new key, and seals with that
+    /// one from then on (so a rotation running beside this process finishes).
+    fn seal<'a>(&self, aad: &str, plain: &'a str) -> rusqlite::Result<Cow<'a, str>> {
+        let Some(s) = &self.sealer else {
+            return Ok(Cow::Borrowed(plain));
+        };
+        if s.due(false) {
+            if let Ok(Some(id)) = self.meta("seal_key_id") {
+                if id != s.current_id() {
+                    self.seek_key(s, &id, true);
+                }
+            }
+        }
+        s.seal(aad, plain)
+            .map(Cow::Owned)
+            .map_err(|e| store_error(format!("sealing {aad}: no random bytes: {e}")))
+    }
+
+    fn seal_opt<'a>(
+        &self,
+        aad: &str,
+        plain: Option<&'a str>,
+    ) -> rusqlite::Result<Option<Cow<'a, str>>> {
+        plain.map(|p| self.seal(aad, p)).transpose()
+    }
+
+    /// A stored value of `aad`'s column in clear. A value in clear (never sealed) comes back as
+    /// it is, with no allocation; a sealed one needs the key its id names.
+    fn unseal(&self, aad: &str, stored: String) -> rusqlite::Result<String> {
+        let Some(id) = crate::crypto::sealed_key_id(&stored) else {
+            return Ok(stored);
+        };
+        let Some(s) = &self.sealer else {
+            return Err(store_error(format!(
+                "{aad} is sealed (key id {id}) and no storage.key_file is set"
+            )));
+        };
+        match s.open(aad, &stored) {
+            Err(OpenError::UnknownKey(id)) => {
+                self.seek_key(s, &id, false);
+                s.open(aad, &stored)
+            }
+            opened => opened,
+        }
+        .map_err(|e| store_error(format!("{aad}: {e}")))
+    }
+
+    fn unseal_opt(&self, aad: &str, stored: Option<String>) -> rusqlite::Result<Option<String>> {
+        stored.map(|v| self.unseal(aad, v)).transpose()
+    }
+
+    fn secret(&self, aad: &str, r: &rusqlite::Row, i: usize) -> rusqlite::Result<Secret> {
+        self.unseal(aad, r.get(i)?).map(Secret::new)
+    }
+
+    fn secret_opt(
+        &self,
+        aad: &str,
+        r: &rusqlite::Row,
+        i: usize,
+    ) -> rusqlite::Result<Option<Secret>> {
+        Ok(self.unseal_opt(aad, r.get(i)?)?.map(Secret::new))
+    }
+
+    /// Adopt key `id` from the file a rotation recorded (`meta.seal_key_file`), if this process
+    /// can read it and it is that key. Unless `now`, at most once per `Sealer::RECHECK_MS`.
+    fn seek_key(&self, s: &Sealer, id: &str, now: bool) {
+        if !(now || s.due(true)) {
+            return;
+        }
+        let Ok(Some(file)) = self.meta("seal_key_file") else {
+            return;
+        };
+        match Sealer::read_key_file(Path::new(&file), "the rotation's key file") {
+            Ok(key) if key.id() == id => {
+                if s.adopt(key) {
+                    eprintln!("wafer: the database moved to key id {id} (a rotation): sealing with it, from {file}");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("wafer: key id {id} is needed: {e}"),
+        }
+    }
+
+    /// Seal every value of [`SEALED`] that is not sealed under the current key: values in
+    /// clear, and values under another key this process holds (a rotation). The current key
+    /// is recorded in `meta` first, so from then on a keyless open is refused. The values go in
+    /// write transactions of [`SEAL_BATCH`] rows, each row rewritten only if unchanged since it
+    /// was read (a serving wafer may write beside a rotation). Clear text is not left behind in
+    /// the files: overwritten cells are zeroed (`secure_delete`), the first sealing rebuilds the
+    /// file (`VACUUM`: free pages may hold clear text deleted long ago) and the WAL is truncated.
+    /// Returns how many values were sealed; values under a key this process does not hold are
+    /// an error saying how many.
+    pub fn seal_existing(&self) -> rusqlite::Result<usize> {
+        let Some(s) = self.sealer.clone() else {
+            return Ok(0);
+        };
+        let current = s.current_id();
+        self.set_meta("seal_key_id", &current)?;
+        self.conn.pragma_update(None, "secure_delete", "ON")?;
+        let prefix = format!("v1:{current}:");
+        let (mut sealed, mut were_clear, mut unknown) = (0, 0, 0);
+        for aad in SEALED {
+            let (table, column) = aad.split_once('.').unwrap_or_default();
+            let mut select = self.conn.prepare(&format!(
+                "SELECT rowid, {column} FROM {table}
+                 WHERE rowid > ?1 AND {column} IS NOT NULL AND substr({column}, 1, ?2) != ?3
+                 ORDER BY rowid LIMIT {SEAL_BATCH}"
+            ))?;
+            let update =
+                format!("UPDATE {table} SET {column} = ?1 WHERE rowid = ?2 AND {column} = ?3");
+            let mut after = i64::MIN;
+            loop {
+                let batch = select
+                    .query_map(params![after, prefix.len(), prefix], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let Some(&(last, _)) = batch.last() else {
+                    break;
+                };
+                after = last;
+                let tx = rusqlite::Transaction::new_unchecked(
+                    &self.conn,
+                    TransactionBehavior::Immediate,
+                )?;
+                for (rowid, stored) in &batch {
+                    let clear = crate::crypto::sealed_key_id(stored).is_none();
+                    let plain = if clear {
+                        Cow::Borrowed(stored.as_str())
+                    } else {
+                        match s.open(aad, stored) {
+                            Ok(p) => Cow::Owned(p),
+                            Err(OpenError::UnknownKey(_)) => {
+                                unknown += 1;
+                                continue;
+                            }
+                            Err(e) => return Err(store_error(format!("{aad}: {e}"))),
+                        }
+                    };
+                    let value = s
+                        .seal(aad, &plain)
+                        .map_err(|e| store_error(format!("sealing {aad}: no random bytes: {e}")))?;
+                    let n = tx
+                        .prepare_cached(&update)?
+                        .execute(params![value, rowid, stored])?;
+                    sealed += n;
+                    if clear {
+                        were_clear += n;
+                    }
+                }
+                tx.commit()?;
+            }
+        }
+        if were_clear > 0 {
+            if let Err(e) = self.conn.execute_batch("VACUUM") {
+                eprintln!("wafer: VACUUM after sealing failed ({e}): values deleted before may linger in clear in free pages until a VACUUM");
+            }
+        }
+        if sealed > 0 {
+            let _ = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        }
+        if unknown > 0 {
+            return Err(store_error(format!(
+                "{unknown} value(s) are sealed under a key other than key id {current}: use the key file they were sealed with, or finish `wafer key rotate`"
+            )));
+        }
+        Ok(sealed)
+    }
+
+    /// Move every sealed value to `key` (`wafer key rotate`), read from `file`: the file is
+    /// recorded first, then the key id, so a serving wafer that finds the new id also finds
+    /// where its key is; then [`Db::seal_existing`]. A database never sealed is sealed.
+    pub fn rotate_to(
+        &mut self,
+        key: crate::crypto::SealKey,
+        file: &Path,
+    ) -> rusqlite::Result<usize> {
+        match &self.sealer {
+            Some(s) => {
+                s.adopt(key);
+            }
+            None => self.sealer = Some(Arc::new(Sealer::new(key))),
+        }
+        let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+        self.set_meta("seal_key_file", &file.to_string_lossy())?;
+        self.seal_existing()
     }
 
     /// Leave checkpoints to someone else ([`Db::checkpoint`] on another connection): a
@@ -364,7 +681,10 @@ impl Db {
     // ---- apps ----
 
     pub fn upsert_app(&self, a: &AppUpsert, now: i64) -> rusqlite::Result<App> {
-        self.conn.execute(
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let stored = self.app_by_appid(&a.appid)?;
+        let prev = next_prev_aes_key(a.prev_aes_key.as_ref(), a.aes_key.as_ref(), stored.as_ref());
+        tx.execute(
             "INSERT INTO apps (appid, secret, kind, title, login_days, session_secs, token, aes_key, forward_url, created_at, prev_aes_key)
              VALUES (?1, ?2, COALESCE(?3, 'miniprogram'), COALESCE(?4, ''), COALESCE(?5, 30), COALESCE(?6, 2592000), ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT (appid) DO UPDATE SET
@@ -374,38 +694,57 @@ impl Db {
                login_days = COALESCE(?5, login_days),
                session_secs = COALESCE(?6, session_secs),
                token = COALESCE(?7, token),
-               prev_aes_key = COALESCE(?11, CASE WHEN ?8 IS NOT NULL AND aes_key IS NOT NULL AND aes_key != ?8 THEN aes_key ELSE prev_aes_key END),
+               prev_aes_key = ?11,
                aes_key = COALESCE(?8, aes_key),
                forward_url = COALESCE(?9, forward_url)",
             params![
                 a.appid,
-                a.secret.expose(),
+                self.seal("apps.secret", a.secret.expose())?,
                 a.kind,
                 a.title,
                 a.login_days,
                 a.session_secs,
-                a.token.as_ref().map(Secret::expose),
-                a.aes_key.as_ref().map(Secret::expose),
+                self.seal_opt("apps.token", a.token.as_ref().map(Secret::expose))?,
+                self.seal_opt("apps.aes_key", a.aes_key.as_ref().map(Secret::expose))?,
                 a.forward_url,
                 now,
-                a.prev_aes_key.as_ref().map(Secret::expose),
+                self.seal_opt("apps.prev_aes_key", prev.as_ref().map(Secret::expose))?,
             ],
         )?;
-        self.app_by_appid(&a.appid)?
-            .ok_or(rusqlite::Error::QueryReturnedNoRows)
+        let app = self
+            .app_by_appid(&a.appid)?
+            .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+        tx.commit()?;
+        Ok(app)
+    }
+
+    fn app_from_row(&self, r: &rusqlite::Row) -> rusqlite::Result<App> {
+        Ok(App {
+            id: r.get(0)?,
+            appid: r.get(1)?,
+            secret: self.secret("apps.secret", r, 2)?,
+            kind: r.get(3)?,
+            title: r.get(4)?,
+            login_days: r.get(5)?,
+            session_secs: r.get(6)?,
+            token: self.secret_opt("apps.token", r, 7)?,
+            aes_key: self.secret_opt("apps.aes_key", r, 8)?,
+            prev_aes_key: self.secret_opt("apps.prev_aes_key", r, 9)?,
+            forward_url: r.get(10)?,
+        })
     }
 
     pub fn app_by_appid(&self, appid: &str) -> rusqlite::Result<Option<App>> {
         self.conn
             .prepare_cached(&format!("SELECT {APP_COLUMNS} FROM apps WHERE appid = ?1"))?
-            .query_row([appid], app_from_row)
+            .query_row([appid], |r| self.app_from_row(r))
             .optional()
     }
 
     pub fn app_by_id(&self, id: i64) -> rusqlite::Result<Option<App>> {
         self.conn
             .prepare_cached(&format!("SELECT {APP_COLUMNS} FROM apps WHERE id = ?1"))?
-            .query_row([id], app_from_row)
+            .query_row([id], |r| self.app_from_row(r))
             .optional()
     }
 
@@ -415,7 +754,7 @@ impl Db {
             "SELECT {APP_COLUMNS} FROM apps WHERE kind = 'miniprogram' LIMIT 2"
         ))?;
         let apps = stmt
-            .query_map([], app_from_row)?
+            .query_map([], |r| self.app_from_row(r))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(if apps.len() == 1 {
             apps.into_iter().next()
@@ -428,7 +767,7 @@ impl Db {
         let mut stmt = self
             .conn
             .prepare_cached(&format!("SELECT {APP_COLUMNS} FROM apps ORDER BY id"))?;
-        let apps = stmt.query_map([], app_from_row)?.collect();
+        let apps = stmt.query_map([], |r| self.app_from_row(r))?.collect();
         apps
     }
 
@@ -446,10 +785,26 @@ impl Db {
     /// the cap. One transaction: either all of it is stored or none.
     /// Fails (`SQLITE_BUSY`) after [`BUSY_TIMEOUT`] waiting for the write lock.
     pub fn record_login(&mut self, w: &LoginWrite) -> rusqlite::Result<LoginResult> {
-        self.session_write(BUSY_TIMEOUT, |conn| Self::login_tx(conn, w))
+        let session_key = self.seal("users.session_key", w.session_key)?;
+        let user_info = self.seal_opt("users.user_info", w.user_info)?;
+        let mut login = self.session_write(BUSY_TIMEOUT, |conn| {
+            Self::login_tx(conn, w, &session_key, user_info.as_deref())
+        })?;
+        // Stored user data is opened only when this login brought none.
+        if w.user_info.is_none() {
+            login.user_info = self.unseal_opt("users.user_info", login.user_info)?;
+        }
+        Ok(login)
     }
 
-    fn login_tx(conn: &Connection, w: &LoginWrite) -> rusqlite::Result<LoginResult> {
+    /// The login's transaction, with `session_key` and `user_info` as they are stored (sealed
+    /// or not). The answer's `user_info` is the one given, else the stored one as stored.
+    fn login_tx(
+        conn: &Connection,
+        w: &LoginWrite,
+        session_key: &str,
+        user_info: Option<&str>,
+    ) -> rusqlite::Result<LoginResult> {
         let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
         let existing: Option<(String, Option<String>)> = tx
             .prepare_cached("SELECT id, user_info FROM users WHERE app = ?1 AND openid = ?2")?
@@ -462,13 +817,7 @@ impl Db {
                     "UPDATE users SET session_key = ?2, unionid = COALESCE(?3, unionid),
                        user_info = COALESCE(?4, user_info), updated_at = ?5 WHERE id = ?1",
                 )?
-                .execute(params![
-                    id,
-                    w.session_key,
-                    w.unionid,
-                    w.user_info,
-                    w.now
-                ])?;
+                .execute(params![id, session_key, w.unionid, user_info, w.now])?;
                 (id, w.user_info.map(str::to_string).or(stored))
             }
             None => {
@@ -476,7 +825,7 @@ impl Db {
                     "INSERT INTO users (id, app, openid, unionid, session_key, user_info, updated_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )?
-                .execute(params![w.new_user_id, w.app_pk, w.openid, w.unionid, w.session_key, w.user_info, w.now])?;
+                .execute(params![w.new_user_id, w.app_pk, w.openid, w.unionid, session_key, user_info, w.now])?;
                 (w.new_user_id.to_string(), w.user_info.map(str::to_string))
             }
         };
@@ -520,8 +869,8 @@ impl Db {
                     appid: r.get(2)?,
                     openid: r.get(3)?,
                     unionid: r.get(4)?,
-                    session_key: Secret::new(r.get::<_, String>(5)?),
-                    user_info: r.get(6)?,
+                    session_key: self.secret("users.session_key", r, 5)?,
+                    user_info: self.unseal_opt("users.user_info", r.get(6)?)?,
                     created: r.get(7)?,
                     expires_at: r.get(8)?,
                     idle_secs: r.get(9)?,
@@ -563,6 +912,7 @@ impl Db {
     }
 
     pub fn set_user_info(&self, user_id: &str, user_info: &str, now: i64) -> rusqlite::Result<()> {
+        let user_info = self.seal("users.user_info", user_info)?;
         self.session_write(BUSY_TIMEOUT, |conn| {
             conn.prepare_cached("UPDATE users SET user_info = ?2, updated_at = ?3 WHERE id = ?1")?
                 .execute(params![user_id, user_info, now])?;
@@ -657,20 +1007,6 @@ pub struct WorkAgent {
     pub forward_url: Option<String>,
 }
 
-fn agent_from_row(r: &rusqlite::Row) -> rusqlite::Result<WorkAgent> {
-    let secret = |i| r.get::<_, Option<String>>(i).map(|o| o.map(Secret::new));
-    Ok(WorkAgent {
-        corpid: r.get(0)?,
-        agentid: r.get(1)?,
-        secret: Secret::new(r.get::<_, String>(2)?),
-        remark: r.get(3)?,
-        token: secret(4)?,
-        aes_key: secret(5)?,
-        prev_aes_key: secret(6)?,
-        forward_url: r.get(7)?,
-    })
-}
-
 const AGENT_COLUMNS: &str =
     "corpid, agentid, secret, remark, token, aes_key, prev_aes_key, forward_url";
 
@@ -682,7 +1018,7 @@ impl Db {
             .prepare_cached("SELECT value, expires_at, updated_at FROM credentials WHERE key = ?1")?
             .query_row([key], |r| {
                 Ok(StoredCredential {
-                    value: Secret::new(r.get::<_, String>(0)?),
+                    value: self.secret("credentials.value", r, 0)?,
                     expires_at: r.get(1)?,
                     updated_at: r.get(2)?,
                 })
@@ -702,7 +1038,7 @@ impl Db {
                 "INSERT INTO credentials (key, value, expires_at, updated_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (key) DO UPDATE SET value = ?2, expires_at = ?3, updated_at = ?4",
             )?
-            .execute(params![key, value, expires_at, now])?;
+            .execute(params![key, self.seal("credentials.value", value)?, expires_at, now])?;
         Ok(())
     }
 
@@ -755,28 +1091,44 @@ impl Db {
 
     // ---- WeCom agents ----
 
+    fn agent_from_row(&self, r: &rusqlite::Row) -> rusqlite::Result<WorkAgent> {
+        Ok(WorkAgent {
+            corpid: r.get(0)?,
+            agentid: r.get(1)?,
+            secret: self.secret("work_agents.secret", r, 2)?,
+            remark: r.get(3)?,
+            token: self.secret_opt("work_agents.token", r, 4)?,
+            aes_key: self.secret_opt("work_agents.aes_key", r, 5)?,
+            prev_aes_key: self.secret_opt("work_agents.prev_aes_key", r, 6)?,
+            forward_url: r.get(7)?,
+        })
+    }
+
     pub fn upsert_work_agent(&self, a: &WorkAgent, now: i64) -> rusqlite::Result<()> {
-        self.conn.execute(
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let stored = self.work_agent(&a.corpid, &a.agentid)?;
+        let prev = next_prev_aes_key(a.prev_aes_key.as_ref(), a.aes_key.as_ref(), stored.as_ref());
+        tx.execute(
             "INSERT INTO work_agents (corpid, agentid, secret, remark, token, aes_key, forward_url, created_at, prev_aes_key)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
              ON CONFLICT (corpid, agentid) DO UPDATE SET secret = ?3, remark = ?4,
                token = COALESCE(?5, token),
-               prev_aes_key = COALESCE(?9, CASE WHEN ?6 IS NOT NULL AND aes_key IS NOT NULL AND aes_key != ?6 THEN aes_key ELSE prev_aes_key END),
+               prev_aes_key = ?9,
                aes_key = COALESCE(?6, aes_key),
                forward_url = COALESCE(?7, forward_url)",
             params![
                 a.corpid,
                 a.agentid,
-                a.secret.expose(),
+                self.seal("work_agents.secret", a.secret.expose())?,
                 a.remark,
-                a.token.as_ref().map(Secret::expose),
-                a.aes_key.as_ref().map(Secret::expose),
+                self.seal_opt("work_agents.token", a.token.as_ref().map(Secret::expose))?,
+                self.seal_opt("work_agents.aes_key", a.aes_key.as_ref().map(Secret::expose))?,
                 a.forward_url,
                 now,
-                a.prev_aes_key.as_ref().map(Secret::expose),
+                self.seal_opt("work_agents.prev_aes_key", prev.as_ref().map(Secret::expose))?,
             ],
         )?;
-        Ok(())
+        tx.commit()
     }
 
     pub fn work_agent(&self, corpid: &str, agentid: &str) -> rusqlite::Result<Option<WorkAgent>> {
@@ -784,7 +1136,7 @@ impl Db {
             .prepare_cached(&format!(
                 "SELECT {AGENT_COLUMNS} FROM work_agents WHERE corpid = ?1 AND agentid = ?2"
             ))?
-            .query_row([corpid, agentid], agent_from_row)
+            .query_row([corpid, agentid], |r| self.agent_from_row(r))
             .optional()
     }
 
@@ -792,7 +1144,7 @@ impl Db {
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {AGENT_COLUMNS} FROM work_agents ORDER BY corpid, agentid"
         ))?;
-        let agents = stmt.query_map([], agent_from_row)?.collect();
+        let agents = stmt.query_map([], |r| self.agent_from_row(r))?.collect();
         agents
     }
 
@@ -845,63 +1197,61 @@ pub struct Authorizer {
 const COMPONENT_COLUMNS: &str =
     "appid, secret, token, aes_key, prev_aes_key, redirect_uri, verify_ticket, ticket_at";
 
-fn component_from_row(r: &rusqlite::Row) -> rusqlite::Result<Component> {
-    let secret = |i| r.get::<_, Option<String>>(i).map(|o| o.map(Secret::new));
-    Ok(Component {
-        appid: r.get(0)?,
-        secret: Secret::new(r.get::<_, String>(1)?),
-        token: Secret::new(r.get::<_, String>(2)?),
-        aes_key: Secret::new(r.get::<_, String>(3)?),
-        prev_aes_key: secret(4)?,
-        redirect_uri: r.get(5)?,
-        verify_ticket: secret(6)?,
-        ticket_at: r.get(7)?,
-    })
-}
-
 const AUTHORIZER_COLUMNS: &str =
     "component_appid, authorizer_appid, refresh_token, func_info, authorized_at, revoked_at";
-
-fn authorizer_from_row(r: &rusqlite::Row) -> rusqlite::Result<Authorizer> {
-    Ok(Authorizer {
-        component_appid: r.get(0)?,
-        authorizer_appid: r.get(1)?,
-        refresh_token: Secret::new(r.get::<_, String>(2)?),
-        func_info: r.get(3)?,
-        authorized_at: r.get(4)?,
-        revoked_at: r.get(5)?,
-    })
-}
 
 impl Db {
     // ---- Open Platform components ----
 
+    fn component_from_row(&self, r: &rusqlite::Row) -> rusqlite::Result<Component> {
+        Ok(Component {
+            appid: r.get(0)?,
+            secret: self.secret("components.secret", r, 1)?,
+            token: self.secret("components.token", r, 2)?,
+            aes_key: self.secret("components.aes_key", r, 3)?,
+            prev_aes_key: self.secret_opt("components.prev_aes_key", r, 4)?,
+            redirect_uri: r.get(5)?,
+            verify_ticket: self.secret_opt("components.verify_ticket", r, 6)?,
+            ticket_at: r.get(7)?,
+        })
+    }
+
+    fn authorizer_from_row(&self, r: &rusqlite::Row) -> rusqlite::Result<Authorizer> {
+        Ok(Authorizer {
+            component_appid: r.get(0)?,
+            authorizer_appid: r.get(1)?,
+            refresh_token: self.secret("authorizers.refresh_token", r, 2)?,
+            func_info: r.get(3)?,
+            authorized_at: r.get(4)?,
+            revoked_at: r.get(5)?,
+        })
+    }
+
     /// Insert or update a component. Returns true when an existing component's secret changed,
     /// so the caller can drop the token fetched with the old one.
     pub fn upsert_component(&self, c: &ComponentUpsert, now: i64) -> rusqlite::Result<bool> {
-        let before: Option<String> = self
-            .conn
-            .prepare_cached("SELECT secret FROM components WHERE appid = ?1")?
-            .query_row([&c.appid], |r| r.get(0))
-            .optional()?;
-        self.conn.execute(
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let stored = self.component(&c.appid)?;
+        let prev = next_prev_aes_key(c.prev_aes_key.as_ref(), Some(&c.aes_key), stored.as_ref());
+        tx.execute(
             "INSERT INTO components (appid, secret, token, aes_key, prev_aes_key, redirect_uri, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (appid) DO UPDATE SET secret = ?2, token = ?3,
-               prev_aes_key = COALESCE(?5, CASE WHEN aes_key != ?4 THEN aes_key ELSE prev_aes_key END),
+               prev_aes_key = ?5,
                aes_key = ?4,
                redirect_uri = COALESCE(?6, redirect_uri)",
             params![
                 c.appid,
-                c.secret.expose(),
-                c.token.expose(),
-                c.aes_key.expose(),
-                c.prev_aes_key.as_ref().map(Secret::expose),
+                self.seal("components.secret", c.secret.expose())?,
+                self.seal("components.token", c.token.expose())?,
+                self.seal("components.aes_key", c.aes_key.expose())?,
+                self.seal_opt("components.prev_aes_key", prev.as_ref().map(Secret::expose))?,
                 c.redirect_uri,
                 now
             ],
         )?;
-        Ok(before.is_some_and(|b| b != c.secret.expose()))
+        tx.commit()?;
+        Ok(stored.is_some_and(|b| b.secret != c.secret))
     }
 
     pub fn component(&self, appid: &str) -> rusqlite::Result<Option<Component>> {
@@ -909,7 +1259,7 @@ impl Db {
             .prepare_cached(&format!(
                 "SELECT {COMPONENT_COLUMNS} FROM components WHERE appid = ?1"
             ))?
-            .query_row([appid], component_from_row)
+            .query_row([appid], |r| self.component_from_row(r))
             .optional()
     }
 
@@ -917,7 +1267,9 @@ impl Db {
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {COMPONENT_COLUMNS} FROM components ORDER BY appid"
         ))?;
-        let components = stmt.query_map([], component_from_row)?.collect();
+        let components = stmt
+            .query_map([], |r| self.component_from_row(r))?
+            .collect();
         components
     }
 
@@ -935,7 +1287,11 @@ impl Db {
                 "UPDATE components SET verify_ticket = ?2, ticket_at = ?3
                  WHERE appid = ?1 AND (ticket_at IS NULL OR ticket_at <= ?3)",
             )?
-            .execute(params![appid, ticket, created])?
+            .execute(params![
+                appid,
+                self.seal("components.verify_ticket", ticket)?,
+                created
+            ])?
             > 0)
     }
 
@@ -956,7 +1312,13 @@ impl Db {
                  ON CONFLICT (component_appid, authorizer_appid) DO UPDATE SET
                    refresh_token = ?3, func_info = ?4, authorized_at = ?5, revoked_at = NULL",
             )?
-            .execute(params![component_appid, authorizer_appid, refresh_token, func_info, now])?;
+            .execute(params![
+                component_appid,
+                authorizer_appid,
+                self.seal("authorizers.refresh_token", refresh_token)?,
+                func_info,
+                now
+            ])?;
         Ok(())
     }
 
@@ -970,7 +1332,9 @@ impl Db {
                 "SELECT {AUTHORIZER_COLUMNS} FROM authorizers
                  WHERE component_appid = ?1 AND authorizer_appid = ?2"
             ))?
-            .query_row([component_appid, authorizer_appid], authorizer_from_row)
+            .query_row([component_appid, authorizer_appid], |r| {
+                self.authorizer_from_row(r)
+            })
             .optional()
     }
 
@@ -982,7 +1346,7 @@ impl Db {
              ORDER BY authorized_at, authorizer_appid"
         ))?;
         let list = stmt
-            .query_map([component_appid], authorizer_from_row)?
+            .query_map([component_appid], |r| self.authorizer_from_row(r))?
             .collect();
         list
     }
@@ -999,7 +1363,11 @@ impl Db {
                 "UPDATE authorizers SET refresh_token = ?3
                  WHERE component_appid = ?1 AND authorizer_appid = ?2 AND revoked_at IS NULL",
             )?
-            .execute(params![component_appid, authorizer_appid, refresh_token])?;
+            .execute(params![
+                component_appid,
+                authorizer_appid,
+                self.seal("authorizers.refresh_token", refresh_token)?
+            ])?;
         Ok(())
     }
 

@@ -117,7 +117,8 @@ pub fn spawn(
     let rx = Arc::new(Mutex::new(rx));
     let mut handles = Vec::with_capacity(threads);
     for i in 0..threads {
-        let db = Db::open(db_path).map_err(|e| format!("database {}: {e}", db_path.display()))?;
+        let db = Db::open_with(db_path, shared.sealer.clone())
+            .map_err(|e| format!("database {}: {e}", db_path.display()))?;
         let _ = db.no_autocheckpoint(); // the refresher thread checkpoints
         let _ = db.set_cache_kib(LANE_CACHE_KIB);
         let mut worker = Worker {

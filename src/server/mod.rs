@@ -42,6 +42,8 @@ pub struct Shared {
     /// `wafer dev`: enables the `/dev/*` routes.
     pub dev: bool,
     pub db_path: PathBuf,
+    /// The key values are sealed with at rest (`storage.key_file`), for every connection.
+    pub sealer: Option<Arc<crate::seal::Sealer>>,
 }
 
 /// How long the credential routes trust that an app exists before reading it again: an app
@@ -267,7 +269,23 @@ fn encoding_keys_ok(kind: &str, id: &str, keys: &[Option<&Secret>]) -> Result<()
 /// start the workers.
 pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
     let db_path = PathBuf::from(&config.storage.path);
-    let db = Db::open(&db_path).map_err(|e| format!("database {}: {e}", db_path.display()))?;
+    let sealer = crate::seal::Sealer::from_config(&config.storage)?;
+    let db = Db::open_with(&db_path, sealer.clone())
+        .map_err(|e| format!("database {}: {e}", db_path.display()))?;
+    if let Some(s) = &sealer {
+        let n = db
+            .seal_existing()
+            .map_err(|e| format!("database {}: {e}", db_path.display()))?;
+        eprintln!(
+            "wafer: secrets are sealed at rest with key id {}{}",
+            s.current_id(),
+            if n > 0 {
+                format!(" ({n} value(s) sealed now)")
+            } else {
+                String::new()
+            }
+        );
+    }
     let now = crate::ids::now();
     for a in &config.apps {
         encoding_keys_ok(
@@ -385,14 +403,15 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         known_apps: crate::session::KnownApps::new(KNOWN_APP_TTL),
         dev,
         db_path: db_path.clone(),
+        sealer: sealer.clone(),
     });
     let stop = Arc::new(AtomicBool::new(false));
-    let refresher_db =
-        Db::open(&db_path).map_err(|e| format!("database {}: {e}", db_path.display()))?;
+    let refresher_db = Db::open_with(&db_path, sealer.clone())
+        .map_err(|e| format!("database {}: {e}", db_path.display()))?;
     let refresher = crate::credential::spawn_refresher(broker, refresher_db, stop.clone())
         .map_err(|e| format!("spawning the refresher: {e}"))?;
-    let purger_db =
-        Db::open(&db_path).map_err(|e| format!("database {}: {e}", db_path.display()))?;
+    let purger_db = Db::open_with(&db_path, sealer.clone())
+        .map_err(|e| format!("database {}: {e}", db_path.display()))?;
     let purger = purge::spawn(purger_db, stop.clone(), purge::PURGE_EVERY)
         .map_err(|e| format!("spawning the purger: {e}"))?;
     let keeper = listen::spawn_keeper(addr, io_timeout, stop.clone())
@@ -404,7 +423,8 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
     )?;
     let mut workers = Vec::with_capacity(workers_n);
     for i in 0..workers_n {
-        let db = Db::open(&db_path).map_err(|e| format!("database {}: {e}", db_path.display()))?;
+        let db = Db::open_with(&db_path, sealer.clone())
+            .map_err(|e| format!("database {}: {e}", db_path.display()))?;
         let _ = db.no_autocheckpoint(); // the refresher thread checkpoints
         let mut worker = Worker {
             db,

@@ -11,6 +11,7 @@ pub fn wafer() -> Command {
         "WAFER_LISTEN",
         "WAFER_API_KEY",
         "WAFER_WORKERS",
+        "WAFER_KEY_FILE",
     ] {
         c.env_remove(k);
     }

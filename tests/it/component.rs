@@ -29,7 +29,7 @@ fn events_url(env: &Env) -> String {
 }
 
 /// Push a fresh (or the given) verify ticket; returns the server's (status, body).
-fn push_ticket(env: &Env, ticket: Option<&str>) -> (i64, String) {
+pub fn push_ticket(env: &Env, ticket: Option<&str>) -> (i64, String) {
     let mut body = json!({"url": events_url(env), "component_appid": COMPONENT, "token": CTOKEN, "aes_key": CKEY});
     if let Some(t) = ticket {
         body["ticket"] = json!(t);
@@ -42,7 +42,7 @@ fn push_ticket(env: &Env, ticket: Option<&str>) -> (i64, String) {
 }
 
 /// Push an encrypted authorisation event with these inner fields.
-fn push_event(env: &Env, info_type: &str, extra: &str) -> (i64, String) {
+pub fn push_event(env: &Env, info_type: &str, extra: &str) -> (i64, String) {
     let xml = format!(
         "<xml><AppId><![CDATA[{COMPONENT}]]></AppId><CreateTime>{}</CreateTime>\
          <InfoType><![CDATA[{info_type}]]></InfoType>{extra}</xml>",
@@ -59,7 +59,7 @@ fn push_event(env: &Env, info_type: &str, extra: &str) -> (i64, String) {
     )
 }
 
-fn component_token(env: &Env) -> (u16, Value) {
+pub fn component_token(env: &Env) -> (u16, Value) {
     env.v1(
         "GET",
         &format!("/v1/components/{COMPONENT}/access_token"),
@@ -68,7 +68,7 @@ fn component_token(env: &Env) -> (u16, Value) {
     )
 }
 
-fn authorizer_token(env: &Env, authorizer: &str) -> (u16, Value) {
+pub fn authorizer_token(env: &Env, authorizer: &str) -> (u16, Value) {
     env.v1(
         "GET",
         &format!("/v1/components/{COMPONENT}/authorizers/{authorizer}/access_token"),

@@ -55,3 +55,345 @@ fn an_existing_world_readable_database_is_tightened_at_start() {
         assert_eq!(mode(&f), 0o600, "{} after a restart", f.display());
     }
 }
+
+// ---- sealed values (CONTRACT §11) ----
+
+use crate::component::{authorizer_token, component_token, push_event, push_ticket};
+use crate::component::{CKEY, COMPONENT, CTOKEN};
+use crate::harness::{code, APPID};
+use serde_json::json;
+use wafer::config::{ComponentDecl, Config, Secret};
+use wafer::crypto::SealKey;
+
+const APP_SECRET: &str = "sealtest-app-secret-7f3a91";
+const APP_TOKEN: &str = "sealtestcallbacktoken";
+const APP_AES: &str = "SealTestEncodingAesKey0123456789abcdefghijk";
+const NICK: &str = "NickSealedMarker";
+const WORK_SECRET: &str = "sealtest-wecom-secret-51c2";
+const COMPONENT_SECRET: &str = "sealtest-component-secret-9d0e";
+const TICKET: &str = "ticket@@@sealtestverifyticket";
+const AUTHORIZER: &str = "wxsealauthor0001";
+
+/// A key file of 32 random bytes, 0600, in `dir`.
+fn key_file(dir: &Path, name: &str, byte: u8) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, [byte; 32]).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+fn seal_config(c: &mut Config, key_file: Option<&str>) {
+    c.storage.key_file = key_file.unwrap_or_default().to_string();
+    c.apps[0].secret = Secret::new(APP_SECRET);
+    c.apps[0].token = Some(Secret::new(APP_TOKEN));
+    c.apps[0].aes_key = Some(Secret::new(APP_AES));
+    c.components = vec![ComponentDecl {
+        appid: COMPONENT.into(),
+        secret: Secret::new(COMPONENT_SECRET),
+        token: Secret::new(CTOKEN),
+        aes_key: Secret::new(CKEY),
+        prev_aes_key: None,
+        redirect_uri: None,
+    }];
+}
+
+/// Log in with user data, fetch an app token, a WeCom token, a component token and an
+/// authoriser's: every kind of secret gets stored. Returns (id, skey) of the session and the
+/// plain values the database now holds that the test knows independently of wafer.
+fn store_every_kind_of_secret(env: &Env) -> ((String, String), Vec<String>) {
+    let login_code = "seal-user";
+    let data = json!({"nickName": NICK, "watermark": {"appid": APPID, "timestamp": 1}});
+    // "SealTestKey12345": a session_key pinned on the fake WeChat, so the client can encrypt.
+    let session_key = "U2VhbFRlc3RLZXkxMjM0NQ==".to_string();
+    env.mock_post(
+        "/__mock__/session_key",
+        json!({"js_code": login_code, "session_key": session_key}),
+    );
+    let iv = [7u8; 16];
+    let enc =
+        wafer::crypto::encrypt_user_data(&session_key, data.to_string().as_bytes(), Some(&iv))
+            .unwrap();
+    use base64::Engine;
+    let iv = base64::engine::general_purpose::STANDARD.encode(iv);
+    let r = env.wafer(
+        "qcloud.cam.id_skey",
+        json!({"code": login_code, "encrypt_data": enc, "iv": iv}),
+    );
+    assert_eq!(r["returnData"]["user_info"]["nickName"], NICK, "{r}");
+    let session = (
+        r["returnData"]["id"].as_str().unwrap().to_string(),
+        r["returnData"]["skey"].as_str().unwrap().to_string(),
+    );
+    let (s, t) = env.v1("GET", &format!("/v1/apps/{APPID}/access_token"), None, None);
+    assert_eq!(s, 200, "{t}");
+    let app_token = t["access_token"].as_str().unwrap().to_string();
+    let r = env.wafer(
+        "qcloud.work.initagent",
+        json!({"corpid": "wwsealcorp", "agentid": "1000002", "agentsecret": WORK_SECRET}),
+    );
+    assert_eq!(code(&r), (0, "INIT_AGENT_SUCCESS"));
+    let r = env.wafer(
+        "qcloud.work.access_token",
+        json!({"corpid": "wwsealcorp", "agentid": "1000002"}),
+    );
+    let work_token = r["returnData"]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(push_ticket(env, Some(TICKET)).0, 200);
+    let (s, t) = component_token(env);
+    assert_eq!(s, 200, "{t}");
+    let component_token = t["access_token"].as_str().unwrap().to_string();
+    let auth = env.mock_post(
+        "/__mock__/component/authorize",
+        json!({"component_appid": COMPONENT, "authorizer_appid": AUTHORIZER}),
+    );
+    let auth_code = auth["auth_code"].as_str().unwrap();
+    let (s, body) = push_event(
+        env,
+        "authorized",
+        &format!("<AuthorizerAppid>{AUTHORIZER}</AuthorizerAppid><AuthorizationCode>{auth_code}</AuthorizationCode><PreAuthCode>x</PreAuthCode>"),
+    );
+    assert_eq!((s, body.as_str()), (200, "success"));
+    let (s, t) = authorizer_token(env, AUTHORIZER);
+    assert_eq!(s, 200, "{t}");
+    let authorizer_token = t["access_token"].as_str().unwrap().to_string();
+    let known = [
+        APP_SECRET,
+        APP_TOKEN,
+        APP_AES,
+        &session_key,
+        NICK,
+        &app_token,
+        WORK_SECRET,
+        &work_token,
+        COMPONENT_SECRET,
+        CTOKEN,
+        CKEY,
+        TICKET,
+        &component_token,
+        &authorizer_token,
+    ];
+    (session, known.iter().map(|s| s.to_string()).collect())
+}
+
+/// Every value of every sealed column, in clear: opened with `key` (each must be sealed with
+/// it), or as stored when there is none.
+fn stored_plaintexts(env: &Env, key: Option<&SealKey>) -> Vec<String> {
+    let sql = env.sql();
+    let mut out = Vec::new();
+    for aad in wafer::store::SEALED {
+        let (table, column) = aad.split_once('.').unwrap();
+        let mut stmt = sql
+            .prepare(&format!(
+                "SELECT {column} FROM {table} WHERE {column} IS NOT NULL"
+            ))
+            .unwrap();
+        let values: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for v in values {
+            out.push(match key {
+                None => v,
+                Some(k) => {
+                    assert_eq!(wafer::crypto::sealed_key_id(&v), Some(k.id()), "{aad}: {v}");
+                    String::from_utf8(k.open(aad, &v).unwrap()).unwrap()
+                }
+            });
+        }
+    }
+    out
+}
+
+/// The raw bytes of the database, its WAL and its shared-memory file, as a backup or a
+/// stolen disk would have them.
+fn file_bytes(env: &Env) -> Vec<u8> {
+    db_files(&env.db_path())
+        .iter()
+        .filter_map(|f| std::fs::read(f).ok())
+        .flatten()
+        .collect()
+}
+
+/// The values of `values` (8 bytes or longer) found in the files.
+fn found_in_files(env: &Env, values: &[String]) -> Vec<String> {
+    let bytes = file_bytes(env);
+    values
+        .iter()
+        .filter(|v| v.len() >= 8)
+        .filter(|v| bytes.windows(v.len()).any(|w| w == v.as_bytes()))
+        .cloned()
+        .collect()
+}
+
+fn auth_ok(env: &Env, (id, skey): &(String, String)) -> serde_json::Value {
+    let r = env.wafer("qcloud.cam.auth", json!({"id": id, "skey": skey}));
+    assert_eq!(code(&r), (0, "AUTH_SUCCESS"), "{r}");
+    r["returnData"]["user_info"].clone()
+}
+
+#[test]
+fn with_a_key_file_the_database_files_reveal_no_secret() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = key_file(keys.path(), "wafer.key", 0x5e);
+    let env = Env::with(|c| seal_config(c, Some(&key)));
+    let (session, known) = store_every_kind_of_secret(&env);
+    let sealed_with = SealKey::new([0x5e; 32]);
+    let stored = stored_plaintexts(&env, Some(&sealed_with));
+    assert!(
+        stored.len() >= known.len(),
+        "{} sealed values",
+        stored.len()
+    );
+    for k in &known {
+        assert!(
+            stored.iter().any(|s| s.contains(k.as_str())),
+            "{k} is stored sealed"
+        );
+    }
+    assert_eq!(found_in_files(&env, &known), Vec::<String>::new());
+    assert_eq!(found_in_files(&env, &stored), Vec::<String>::new());
+    assert_eq!(auth_ok(&env, &session)["nickName"], NICK);
+}
+
+#[test]
+fn values_stored_in_clear_are_sealed_at_start_and_keep_working() {
+    let keys = tempfile::tempdir().unwrap();
+    let mut env = Env::with(|c| seal_config(c, None));
+    let (session, known) = store_every_kind_of_secret(&env);
+    // Without a key every secret is in the files: the search below can find them.
+    assert_eq!(found_in_files(&env, &known), known);
+    let stored = stored_plaintexts(&env, None);
+    let (_, token) = env.v1("GET", &format!("/v1/apps/{APPID}/access_token"), None, None);
+    let calls = env.calls("/cgi-bin/stable_token");
+
+    env.config.storage.key_file = key_file(keys.path(), "wafer.key", 0x11);
+    env.restart();
+    stored_plaintexts(&env, Some(&SealKey::new([0x11; 32])));
+    assert_eq!(found_in_files(&env, &known), Vec::<String>::new());
+    assert_eq!(found_in_files(&env, &stored), Vec::<String>::new());
+    // The same session, user data and hosted token, with no new upstream call.
+    assert_eq!(auth_ok(&env, &session)["nickName"], NICK);
+    let (_, again) = env.v1("GET", &format!("/v1/apps/{APPID}/access_token"), None, None);
+    assert_eq!(again["access_token"], token["access_token"]);
+    assert_eq!(env.calls("/cgi-bin/stable_token"), calls);
+}
+
+#[test]
+fn a_sealed_database_refuses_no_key_a_wrong_key_and_a_loose_key_file() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = key_file(keys.path(), "wafer.key", 0x22);
+    let mut env = Env::with(|c| seal_config(c, Some(&key)));
+    env.login("refusals");
+    env.server.take().unwrap().shutdown();
+    let id = SealKey::new([0x22; 32]).id().to_string();
+    let wrong = key_file(keys.path(), "other.key", 0x23);
+    let loose = key_file(keys.path(), "loose.key", 0x22);
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for (key_file, says) in [
+        (
+            "",
+            format!("the database is sealed (key id {id}): set storage.key_file"),
+        ),
+        (
+            wrong.as_str(),
+            format!("but the database is sealed with key id {id}: wrong key file"),
+        ),
+        (
+            loose.as_str(),
+            format!("storage.key_file {loose}: readable by others (mode 644)"),
+        ),
+    ] {
+        let mut config = env.config.clone();
+        config.storage.key_file = key_file.to_string();
+        let e = wafer::server::start(config, false).err().expect("refused");
+        assert!(e.contains(&says), "{key_file:?}: {e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+    // The data commands refuse the same way, with one line; with the key they work.
+    let db = env.db_path();
+    let (ok, _, err) = run(wafer().args(["app", "list"]).arg("--db").arg(&db));
+    assert!(!ok);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("wafer: database ") && err.contains("set storage.key_file"),
+        "{err}"
+    );
+    let (ok, out, err) = run(wafer()
+        .args(["app", "list"])
+        .arg("--db")
+        .arg(&db)
+        .env("WAFER_KEY_FILE", &key));
+    assert!(ok, "{err}");
+    assert!(out.contains(APPID), "{out}");
+}
+
+/// `qcloud.cam.auth` from another thread, as a client would.
+fn check_over_http(url: &str, (id, skey): &(String, String)) -> Result<(), String> {
+    let body = json!({"version": 1, "componentName": "MA", "interface": {"interfaceName": "qcloud.cam.auth", "para": {"id": id, "skey": skey}}});
+    let text = ureq::post(url)
+        .send_string(&body.to_string())
+        .map_err(|e| e.to_string())?
+        .into_string()
+        .map_err(|e| e.to_string())?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    (v["returnCode"] == 0 && v["returnData"]["user_info"]["nickName"] == NICK)
+        .then_some(())
+        .ok_or(text)
+}
+
+#[test]
+fn a_rotation_runs_while_serving_and_the_new_key_takes_over() {
+    let keys = tempfile::tempdir().unwrap();
+    let old = key_file(keys.path(), "old.key", 0x31);
+    let new = key_file(keys.path(), "new.key", 0x32);
+    let mut env = Env::with(|c| seal_config(c, Some(&old)));
+    let (session, known) = store_every_kind_of_secret(&env);
+
+    // Session checks keep passing on the serving wafer while the CLI re-seals beside it.
+    let url = env.url("/mina_auth/");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checker = {
+        let (stop, session) = (stop.clone(), session.clone());
+        std::thread::spawn(move || {
+            let mut checks = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                check_over_http(&url, &session)?;
+                checks += 1;
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Ok::<_, String>(checks)
+        })
+    };
+    let (ok, out, err) = run(wafer()
+        .args(["key", "rotate", "--new-key-file", &new, "--db"])
+        .arg(env.db_path())
+        .env("WAFER_KEY_FILE", &old));
+    assert!(ok, "{err}");
+    assert!(out.contains("now set storage.key_file"), "{out}");
+    // A login after the rotation is sealed with the new key too.
+    let (_, _, _) = env.login("after-rotation");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let checks = checker.join().unwrap().unwrap();
+    assert!(checks > 0);
+    let new_key = SealKey::new([0x32; 32]);
+    stored_plaintexts(&env, Some(&new_key));
+    assert_eq!(found_in_files(&env, &known), Vec::<String>::new());
+
+    // A restart before the config changes still works: the database records where the new
+    // key is, and a process that can read it follows the rotation.
+    env.restart();
+    assert_eq!(auth_ok(&env, &session)["nickName"], NICK);
+    // The operator moves the new key into the configured place; the old key is then wrong.
+    let old_copy = key_file(keys.path(), "old-copy.key", 0x31);
+    std::fs::rename(&new, &old).unwrap();
+    env.restart();
+    assert_eq!(auth_ok(&env, &session)["nickName"], NICK);
+    env.server.take().unwrap().shutdown();
+    let mut config = env.config.clone();
+    config.storage.key_file = old_copy;
+    let e = wafer::server::start(config, false).err().expect("refused");
+    assert!(e.contains("wrong key file"), "{e}");
+}

@@ -46,6 +46,9 @@ pub enum CryptoError {
     WatermarkMismatch,
     /// The receive_id at the end of a message named another account.
     ReceiveIdMismatch,
+    /// A sealed value's authentication tag did not verify: another key, another column, or
+    /// tampered bytes.
+    BadTag,
 }
 
 impl fmt::Display for CryptoError {
@@ -60,6 +63,7 @@ impl fmt::Display for CryptoError {
             CryptoError::BadJson => "plaintext is not a JSON object",
             CryptoError::WatermarkMismatch => "watermark appid does not match",
             CryptoError::ReceiveIdMismatch => "message receive_id does not match",
+            CryptoError::BadTag => "sealed value does not verify (wrong key or tampered data)",
         })
     }
 }
@@ -571,6 +575,120 @@ pub fn cos_v5_authorization(
         "q-sign-algorithm=sha1&q-ak={secret_id}&q-sign-time={key_time}&q-key-time={key_time}\
          &q-header-list={header_list}&q-url-param-list={param_list}&q-signature={signature}"
     )
+}
+
+// ---- Sealing values at rest (CONTRACT §11) ----
+
+/// AES-256-GCM with a 12-byte nonce and a 16-byte tag appended to the ciphertext.
+pub fn aes256gcm_seal(key: &[u8; 32], nonce: &[u8; 12], aad: &[u8], plain: &[u8]) -> Vec<u8> {
+    use aes_gcm::aead::{Aead, KeyInit, Payload};
+    let cipher = aes_gcm::Aes256Gcm::new(key.into());
+    // Encryption fails only for inputs over GCM's limit (64 GiB), far past any stored value.
+    cipher
+        .encrypt(nonce.into(), Payload { msg: plain, aad })
+        .expect("AES-GCM encrypts any value under 64 GiB")
+}
+
+/// The inverse of [`aes256gcm_seal`]; `BadTag` for a wrong key, wrong `aad` or altered bytes.
+pub fn aes256gcm_open(
+    key: &[u8; 32],
+    nonce: &[u8; 12],
+    aad: &[u8],
+    sealed: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    use aes_gcm::aead::{Aead, KeyInit, Payload};
+    let cipher = aes_gcm::Aes256Gcm::new(key.into());
+    cipher
+        .decrypt(nonce.into(), Payload { msg: sealed, aad })
+        .map_err(|_| CryptoError::BadTag)
+}
+
+/// The version prefix of a sealed value: `v1:<key id>:<base64(nonce ‖ ciphertext ‖ tag)>`.
+const SEALED_PREFIX: &str = "v1:";
+/// A key id is the first 4 bytes of the key's SHA-256, as 8 lowercase hex characters.
+const KEY_ID_LEN: usize = 8;
+
+/// The key id of a sealed value, or `None` for a value that is not sealed (stored in clear).
+/// Checking costs a few byte comparisons and no allocation.
+pub fn sealed_key_id(stored: &str) -> Option<&str> {
+    let rest = stored.strip_prefix(SEALED_PREFIX)?;
+    let id = rest.get(..KEY_ID_LEN)?;
+    let is_id = id
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    (is_id && rest.as_bytes().get(KEY_ID_LEN) == Some(&b':')).then_some(id)
+}
+
+/// A key that seals values at rest: 32 bytes and their public id.
+pub struct SealKey {
+    key: [u8; 32],
+    id: String,
+}
+
+impl fmt::Debug for SealKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SealKey({})", self.id)
+    }
+}
+
+impl SealKey {
+    pub fn new(key: [u8; 32]) -> SealKey {
+        let id = hex(&Sha256::digest(key)[..KEY_ID_LEN / 2]);
+        SealKey { key, id }
+    }
+
+    /// A key file's bytes: exactly 32 raw bytes, or 64 hex characters (surrounding whitespace
+    /// allowed). `BadKey` otherwise.
+    pub fn from_file_bytes(bytes: &[u8]) -> Result<SealKey, CryptoError> {
+        if let Ok(raw) = <[u8; 32]>::try_from(bytes) {
+            return Ok(SealKey::new(raw));
+        }
+        let text = bytes.trim_ascii();
+        if text.len() != 64 {
+            return Err(CryptoError::BadKey);
+        }
+        let mut key = [0u8; 32];
+        for (k, pair) in key.iter_mut().zip(text.chunks(2)) {
+            let pair = std::str::from_utf8(pair).map_err(|_| CryptoError::BadKey)?;
+            *k = u8::from_str_radix(pair, 16).map_err(|_| CryptoError::BadKey)?;
+        }
+        Ok(SealKey::new(key))
+    }
+
+    /// The public id written into every value this key seals.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Seal `plain` for the place named by `aad` (its table and column, so that a sealed value
+    /// moved to another column does not open there), under a fresh random `nonce`.
+    pub fn seal(&self, aad: &str, nonce: &[u8; 12], plain: &[u8]) -> String {
+        let mut body = Vec::with_capacity(12 + plain.len() + 16);
+        body.extend_from_slice(nonce);
+        body.extend_from_slice(&aes256gcm_seal(&self.key, nonce, aad.as_bytes(), plain));
+        let mut out =
+            String::with_capacity(SEALED_PREFIX.len() + KEY_ID_LEN + 1 + body.len() * 4 / 3 + 4);
+        out.push_str(SEALED_PREFIX);
+        out.push_str(&self.id);
+        out.push(':');
+        STANDARD.encode_string(&body, &mut out);
+        out
+    }
+
+    /// Open a value this key sealed for `aad`. The caller has matched the key id
+    /// ([`sealed_key_id`]); a value under another key fails with `BadTag`.
+    pub fn open(&self, aad: &str, stored: &str) -> Result<Vec<u8>, CryptoError> {
+        let body = stored
+            .get(SEALED_PREFIX.len() + KEY_ID_LEN + 1..)
+            .ok_or(CryptoError::BadLength)?;
+        let body = STANDARD.decode(body).map_err(|_| CryptoError::BadBase64)?;
+        if body.len() < 12 + 16 {
+            return Err(CryptoError::BadLength);
+        }
+        let (nonce, sealed) = body.split_at(12);
+        let nonce: &[u8; 12] = nonce.try_into().map_err(|_| CryptoError::BadLength)?;
+        aes256gcm_open(&self.key, nonce, aad.as_bytes(), sealed)
+    }
 }
 
 #[cfg(test)]
@@ -1177,5 +1295,125 @@ mod tests {
         ] {
             assert!(!err.to_string().is_empty());
         }
+    }
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn aes256gcm_published_vectors() {
+        // McGrew and Viega, "The Galois/Counter Mode of Operation (GCM)", test cases 14 (zero
+        // key, one zero block) and 16 (AES-256 with associated data, 60-byte plaintext).
+        let cases = [
+            (
+                "0000000000000000000000000000000000000000000000000000000000000000",
+                "000000000000000000000000",
+                "",
+                "00000000000000000000000000000000",
+                "cea7403d4d606b6e074ec5d3baf39d18",
+                "d0d1c8a799996bf0265b98b5d48ab919",
+            ),
+            (
+                "feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308",
+                "cafebabefacedbaddecaf888",
+                "feedfacedeadbeeffeedfacedeadbeefabaddad2",
+                "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a721c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39",
+                "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662",
+                "76fc6ece0f4e1768cddf8853bb2d551b",
+            ),
+        ];
+        for (k, iv, aad, p, c, t) in cases {
+            let key: [u8; 32] = unhex(k).try_into().unwrap();
+            let nonce: [u8; 12] = unhex(iv).try_into().unwrap();
+            let sealed = aes256gcm_seal(&key, &nonce, &unhex(aad), &unhex(p));
+            assert_eq!(hex(&sealed), format!("{c}{t}"), "case with key {k}");
+            assert_eq!(
+                aes256gcm_open(&key, &nonce, &unhex(aad), &sealed).unwrap(),
+                unhex(p)
+            );
+            let mut tampered = sealed.clone();
+            tampered[0] ^= 1;
+            assert_eq!(
+                aes256gcm_open(&key, &nonce, &unhex(aad), &tampered),
+                Err(CryptoError::BadTag)
+            );
+        }
+    }
+
+    #[test]
+    fn sealed_values_round_trip_and_bind_key_and_column() {
+        let key = SealKey::new([7; 32]);
+        let other = SealKey::new([8; 32]);
+        assert_eq!(key.id().len(), 8);
+        assert_ne!(key.id(), other.id());
+        // The id is the first bytes of the key's SHA-256: sha256(32 zero bytes) starts 66687aad.
+        assert_eq!(SealKey::new([0; 32]).id(), "66687aad");
+        for plain in ["", "s3cr3t", r#"{"nickName":"Band","city":"广州"}"#] {
+            let a = key.seal("apps.secret", &[1; 12], plain.as_bytes());
+            let b = key.seal("apps.secret", &[2; 12], plain.as_bytes());
+            assert_ne!(a, b, "a fresh nonce gives a fresh value");
+            assert_eq!(sealed_key_id(&a), Some(key.id()));
+            assert!(!a.contains(plain) || plain.is_empty());
+            assert_eq!(key.open("apps.secret", &a).unwrap(), plain.as_bytes());
+            assert_eq!(key.open("users.user_info", &a), Err(CryptoError::BadTag));
+            assert_eq!(other.open("apps.secret", &a), Err(CryptoError::BadTag));
+        }
+        for bad in [
+            "v1:",
+            "v1:66687aad:",
+            "v1:66687aad:!!!!",
+            "v1:66687aad:AAAA",
+        ] {
+            assert!(key.open("apps.secret", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sealed_key_ids_are_recognised_only_in_their_shape() {
+        for (stored, id) in [
+            ("v1:0123abcd:AAAA", Some("0123abcd")),
+            ("v1:0123abcd:", Some("0123abcd")),
+            ("v1:0123ABCD:AAAA", None),
+            ("v1:0123abc:AAAA", None),
+            ("v1:0123abcdX", None),
+            ("{\"nickName\":\"v1:0123abcd:\"}", None),
+            ("s3cr3t", None),
+            ("", None),
+            ("v1:ü123abcd:", None),
+        ] {
+            assert_eq!(sealed_key_id(stored), id, "{stored}");
+        }
+    }
+
+    #[test]
+    fn key_files_are_raw_or_hex() {
+        let raw = [0xab; 32];
+        let hexed = "ab".repeat(32);
+        let id = SealKey::new(raw).id().to_string();
+        for bytes in [
+            raw.to_vec(),
+            hexed.clone().into_bytes(),
+            format!("{hexed}\n").into_bytes(),
+            format!("  {}\r\n", hexed.to_uppercase()).into_bytes(),
+        ] {
+            assert_eq!(SealKey::from_file_bytes(&bytes).unwrap().id(), id);
+        }
+        for bytes in [
+            vec![0xab; 31],
+            vec![0xab; 33],
+            "zz".repeat(32).into_bytes(),
+            hexed.as_bytes()[..62].to_vec(),
+            Vec::new(),
+        ] {
+            assert_eq!(
+                SealKey::from_file_bytes(&bytes).unwrap_err(),
+                CryptoError::BadKey
+            );
+        }
+        assert_eq!(format!("{:?}", SealKey::new(raw)), format!("SealKey({id})"));
     }
 }
