@@ -73,6 +73,9 @@ pub const MAX_SESSIONS_PER_USER: i64 = 10;
 pub struct Db {
     conn: Connection,
     sealer: Option<Arc<Sealer>>,
+    /// How long a write on this connection waits for its turn and SQLite's write lock together
+    /// ([`BUSY_TIMEOUT`] unless [`Db::wait_for_writes`] says otherwise); also its busy timeout.
+    write_wait: Duration,
 }
 
 /// A refusal or failure of our own, reported through `rusqlite::Error` like every store error.
@@ -127,7 +130,8 @@ fn next_prev_aes_key(
 
 /// How long a write waits for its turn and SQLite's write lock together before it fails (a
 /// login answers 1006): another process holding the lock (the CLI, a backup, another instance)
-/// makes writes fail after this long, not queue up behind each other.
+/// makes writes fail after this long, not queue up behind each other. A connection may wait
+/// less ([`Db::wait_for_writes`]: the server's workers).
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Session writes in this process take turns here before asking SQLite for its write lock. SQLite
@@ -368,9 +372,21 @@ impl Db {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.set_prepared_statement_cache_capacity(64);
-        let mut db = Db { conn, sealer };
+        let mut db = Db {
+            conn,
+            sealer,
+            write_wait: BUSY_TIMEOUT,
+        };
         db.migrate()?;
         Ok(db)
+    }
+
+    /// Make writes on this connection wait at most `wait` (for their turn and SQLite's lock
+    /// together) rather than [`BUSY_TIMEOUT`].
+    pub fn wait_for_writes(&mut self, wait: Duration) -> rusqlite::Result<()> {
+        self.conn.busy_timeout(wait)?;
+        self.write_wait = wait;
+        Ok(())
     }
 
     fn migrate(&mut self) -> rusqlite::Result<()> {
@@ -639,7 +655,7 @@ impl Db {
         self.conn
             .busy_timeout(deadline.saturating_duration_since(Instant::now()))?;
         let written = write(&self.conn);
-        let restored = self.conn.busy_timeout(BUSY_TIMEOUT);
+        let restored = self.conn.busy_timeout(self.write_wait);
         let written = written?;
         restored?;
         Ok(written)
@@ -783,11 +799,11 @@ impl Db {
 
     /// Record a login: upsert the user, insert the session, evict the oldest sessions beyond
     /// the cap. One transaction: either all of it is stored or none.
-    /// Fails (`SQLITE_BUSY`) after [`BUSY_TIMEOUT`] waiting for the write lock.
+    /// Fails (`SQLITE_BUSY`) after this connection's write wait ([`BUSY_TIMEOUT`]).
     pub fn record_login(&mut self, w: &LoginWrite) -> rusqlite::Result<LoginResult> {
         let session_key = self.seal("users.session_key", w.session_key)?;
         let user_info = self.seal_opt("users.user_info", w.user_info)?;
-        let mut login = self.session_write(BUSY_TIMEOUT, |conn| {
+        let mut login = self.session_write(self.write_wait, |conn| {
             Self::login_tx(conn, w, &session_key, user_info.as_deref())
         })?;
         // Stored user data is opened only when this login brought none.
@@ -894,7 +910,7 @@ impl Db {
                 "UPDATE sessions SET last_visit = ?2 WHERE skey_hash = ?1 AND last_visit < ?2",
             )
             .and_then(|mut s| s.execute(params![&skey_hash[..], now]));
-        self.conn.busy_timeout(BUSY_TIMEOUT)?;
+        self.conn.busy_timeout(self.write_wait)?;
         match touched {
             Ok(_) => Ok(true),
             Err(e) if is_busy(&e) => Ok(false),
@@ -903,7 +919,7 @@ impl Db {
     }
 
     pub fn revoke_session(&self, skey_hash: &[u8; 32]) -> rusqlite::Result<bool> {
-        self.session_write(BUSY_TIMEOUT, |conn| {
+        self.session_write(self.write_wait, |conn| {
             Ok(conn
                 .prepare_cached("DELETE FROM sessions WHERE skey_hash = ?1")?
                 .execute(params![&skey_hash[..]])?
@@ -913,7 +929,7 @@ impl Db {
 
     pub fn set_user_info(&self, user_id: &str, user_info: &str, now: i64) -> rusqlite::Result<()> {
         let user_info = self.seal("users.user_info", user_info)?;
-        self.session_write(BUSY_TIMEOUT, |conn| {
+        self.session_write(self.write_wait, |conn| {
             conn.prepare_cached("UPDATE users SET user_info = ?2, updated_at = ?3 WHERE id = ?1")?
                 .execute(params![user_id, user_info, now])?;
             Ok(())
@@ -943,7 +959,7 @@ impl Db {
         let mut purged = 0;
         let mut left = seqs.as_slice();
         while !left.is_empty() {
-            purged += self.session_write(BUSY_TIMEOUT, |conn| {
+            purged += self.session_write(self.write_wait, |conn| {
                 let tx =
                     rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
                 let started = Instant::now();

@@ -423,9 +423,11 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
     )?;
     let mut workers = Vec::with_capacity(workers_n);
     for i in 0..workers_n {
-        let db = Db::open_with(&db_path, sealer.clone())
+        let mut db = Db::open_with(&db_path, sealer.clone())
             .map_err(|e| format!("database {}: {e}", db_path.display()))?;
         let _ = db.no_autocheckpoint(); // the refresher thread checkpoints
+        db.wait_for_writes(WORKER_WRITE_WAIT)
+            .map_err(|e| format!("database {}: {e}", db_path.display()))?;
         let mut worker = Worker {
             db,
             shared: shared.clone(),
@@ -801,8 +803,14 @@ pub fn method_not_allowed() -> Reply {
 }
 
 /// How long `/healthz` waits to write: for this process's other writers and SQLite's write lock
-/// together (CONTRACT §8: it answers within a second either way).
-const HEALTH_WRITE_BOUND: Duration = Duration::from_millis(500);
+/// together (CONTRACT §8: it answers within a second either way, even queued behind a write on
+/// another worker: [`WORKER_WRITE_WAIT`]).
+const HEALTH_WRITE_BOUND: Duration = Duration::from_millis(300);
+
+/// How long a write on a worker (a revocation, user data, an agent's secret) waits for its turn
+/// and SQLite's lock together before it fails: a worker never waits the whole busy timeout
+/// (`store::BUSY_TIMEOUT`, which logins on the lane get) while checks queue behind it.
+const WORKER_WRITE_WAIT: Duration = Duration::from_millis(500);
 
 /// 200 when the database answers a read and a committed write (within [`HEALTH_WRITE_BOUND`]),
 /// else 503 with the reason (`store::Db::health`).

@@ -176,6 +176,9 @@ fn another_process_holding_the_write_lock_stalls_nothing_but_writes() {
     let addr = served.addr.clone();
     let client = agent();
     let (id, skey) = session(&addr, "checker");
+    let revoked: Vec<_> = (0..4)
+        .map(|i| session(&addr, &format!("revoked-{i}")))
+        .collect();
     let (s, v, _) = healthz(&client, &addr);
     assert_eq!((s, v), (200, json!({"status": "ok"})));
     let outside = rusqlite::Connection::open(&db).unwrap();
@@ -199,6 +202,26 @@ fn another_process_holding_the_write_lock_stalls_nothing_but_writes() {
             })
         })
         .collect();
+    // As many revocations as workers: writes on the workers, which must not hold them for the
+    // whole busy timeout either (checks and /healthz would queue behind them).
+    let revokes: Vec<_> = revoked
+        .into_iter()
+        .map(|(id, skey)| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let r = agent()
+                    .post(&format!("http://{addr}/v1/sessions/revoke"))
+                    .send_string(&json!({"id": id, "skey": skey}).to_string());
+                let status = match r {
+                    Ok(r) => r.status(),
+                    Err(ureq::Error::Status(s, _)) => s,
+                    Err(e) => panic!("revoke: {e}"),
+                };
+                (status, started.elapsed())
+            })
+        })
+        .collect();
     std::thread::sleep(Duration::from_millis(300));
     let mut checks = Vec::new();
     let mut health = Vec::new();
@@ -212,12 +235,14 @@ fn another_process_holding_the_write_lock_stalls_nothing_but_writes() {
         health.push(took);
     }
     let logins: Vec<_> = logins.into_iter().map(|l| l.join().unwrap()).collect();
+    let revokes: Vec<_> = revokes.into_iter().map(|r| r.join().unwrap()).collect();
     let held = locked_at.elapsed();
     let (c_median, _, c_slowest) = spread(checks.clone());
     let (_, _, h_slowest) = spread(health.clone());
     eprintln!(
         "overload: during an outside write lock: {} checks, median {c_median:?}, slowest \
-         {c_slowest:?}; {} /healthz 503, slowest {h_slowest:?}; logins {logins:?}",
+         {c_slowest:?}; {} /healthz 503, slowest {h_slowest:?}; logins {logins:?}; revokes \
+         {revokes:?}",
         checks.len(),
         health.len()
     );
@@ -234,6 +259,13 @@ fn another_process_holding_the_write_lock_stalls_nothing_but_writes() {
         h_slowest < Duration::from_secs(1),
         "/healthz took {h_slowest:?}"
     );
+    for (status, took) in &revokes {
+        assert_eq!(*status, 500, "a revocation during the lock");
+        assert!(
+            *took < Duration::from_secs(2),
+            "a revocation failed after {took:?}"
+        );
+    }
     for (code, took) in &logins {
         assert_eq!(*code, 1006, "a login during the lock");
         assert!(
