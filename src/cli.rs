@@ -184,6 +184,8 @@ fn dev(mut o: Opts) -> Result<(), String> {
     o.done(0)?;
     let mock = fake_wechat::start("127.0.0.1:0").map_err(|e| format!("fake WeChat: {e}"))?;
     let mut config = Config::default();
+    // The links it hands out (a component's authorisation callback) point at itself.
+    config.server.public_url = format!("http://{listen}");
     config.server.listen = listen;
     config.storage.path = db;
     config.wechat.api_base = mock.base_url();

@@ -92,10 +92,32 @@ fn live_authorizer(
         .ok_or(Error::NotFound("authoriser"))
 }
 
-/// A fresh pre-auth code (single use; WeChat says how long it lives).
+/// A pre-auth code is not handed out for a new authorisation page once it has less than this
+/// left: the merchant needs time on WeChat's page (codes live 600 to 1800 s).
+pub const PRE_AUTH_MARGIN_SECS: i64 = 300;
+
+/// The most `api_query_auth` calls that `/callback` (which anyone can request) may cause per
+/// component in a clock minute; past it the callback answers 429. WeChat's own `authorized`
+/// events, which are signed, are not counted.
+pub const QUERY_AUTH_PER_MINUTE: i64 = 60;
+
+/// One pre-auth code fetch at a time in this process, so that a burst of page views makes one.
+static PRE_AUTH_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The pre-auth code for an authorisation page. A code stays valid for page views until one
+/// completed authorisation consumes it, so the stored one is reused until an `authorized`
+/// event names it (or the browser callback completes one), or until it has less than
+/// [`PRE_AUTH_MARGIN_SECS`] left: page views, which anyone can make, do not each cost an
+/// upstream call.
 pub fn pre_auth_code(broker: &Broker, db: &Db, component_appid: &str) -> Result<String, Error> {
     db.component(component_appid)?
         .ok_or(Error::NotFound("component"))?;
+    let _turn = PRE_AUTH_TURN.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((code, expires_at)) = db.pre_auth_code(component_appid)? {
+        if expires_at.saturating_sub(ids::now()) > PRE_AUTH_MARGIN_SECS {
+            return Ok(code);
+        }
+    }
     let v = with_component_token(
         broker,
         db,
@@ -104,11 +126,41 @@ pub fn pre_auth_code(broker: &Broker, db: &Db, component_appid: &str) -> Result<
         &json!({"component_appid": component_appid}),
         true,
     )?;
-    v.get("pre_auth_code")
+    let code = v
+        .get("pre_auth_code")
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .ok_or(Error::Upstream(UpstreamError::Garbage))
+        .ok_or(Error::Upstream(UpstreamError::Garbage))?;
+    // WeChat documents 600 to 1800 s; anything outside is bounded rather than trusted.
+    let expires_in = v
+        .get("expires_in")
+        .and_then(Value::as_i64)
+        .unwrap_or(0)
+        .clamp(0, 86_400);
+    db.set_pre_auth_code(component_appid, code, ids::now() + expires_in)?;
+    Ok(code.to_string())
+}
+
+/// Exchange an `auth_code` from the browser callback (`/callback`, which anyone can request):
+/// at most [`QUERY_AUTH_PER_MINUTE`] exchanges a minute per component (`Ok(None)` past it,
+/// before any upstream call). A completed exchange retires the stored pre-auth code, which the
+/// authorisation most likely used.
+pub fn exchange_from_callback(
+    broker: &Broker,
+    db: &Db,
+    component_appid: &str,
+    auth_code: &str,
+) -> Result<Option<Authorised>, Error> {
+    db.component(component_appid)?
+        .ok_or(Error::NotFound("component"))?;
+    // Counted only where the call will be made (a thread that may wait on WeChat).
+    crate::error::may_wait()?;
+    if !db.count_query_auth(component_appid, ids::now(), QUERY_AUTH_PER_MINUTE)? {
+        return Ok(None);
+    }
+    let a = exchange_auth_code(broker, db, component_appid, auth_code)?;
+    db.forget_pre_auth_code(component_appid, None)?;
+    Ok(Some(a))
 }
 
 /// What an exchanged `auth_code` gave.
@@ -235,6 +287,10 @@ pub fn handle_event(
             let code = f("AuthorizationCode")
                 .ok_or_else(|| Error::BadRequest("AuthorizationCode missing".into()))?;
             let created = created()?;
+            // The pre-auth code this authorisation used is spent: the next page gets a new one.
+            if let Some(used) = f("PreAuthCode") {
+                db.forget_pre_auth_code(component_appid, Some(used))?;
+            }
             if let Some(a) = db.authorizer(component_appid, f("AuthorizerAppid").unwrap_or(""))? {
                 let latest = a.revoked_at.unwrap_or(a.authorized_at).max(a.authorized_at);
                 if created < latest {

@@ -56,6 +56,10 @@ pub struct ServerConfig {
     /// How long one read or write on a client connection may make no progress, and how long a
     /// whole request body may take (see `server::listen`).
     pub io_timeout_ms: u64,
+    /// The external base URL (`https://wx.example.com`, no trailing slash) every URL wafer
+    /// hands out is built from (a component's `redirect_uri`); empty = none. The `Host` header
+    /// is never used for that.
+    pub public_url: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -164,6 +168,7 @@ impl Default for ServerConfig {
             max_body_bytes: 65536,
             api_key: Secret::default(),
             io_timeout_ms: 10_000,
+            public_url: String::new(),
         }
     }
 }
@@ -256,6 +261,9 @@ impl Config {
         if let Some(v) = get("WAFER_API_KEY") {
             self.server.api_key = Secret(v);
         }
+        if let Some(v) = get("WAFER_PUBLIC_URL") {
+            self.server.public_url = v;
+        }
         if let Some(v) = get("WAFER_DB") {
             self.storage.path = v;
         }
@@ -287,6 +295,21 @@ impl Config {
         }
         if self.server.io_timeout_ms < 100 || self.server.io_timeout_ms > 600_000 {
             return bad("server.io_timeout_ms", "must be between 100 and 600000");
+        }
+        let public = &self.server.public_url;
+        if !public.is_empty() {
+            let rest = public
+                .strip_prefix("https://")
+                .or_else(|| public.strip_prefix("http://"));
+            match rest {
+                Some(host) if !host.is_empty() && !host.contains(['?', '#', ' ', '"', '<', '>']) => {}
+                _ => {
+                    return bad(
+                        "server.public_url",
+                        "must be empty or an http:// or https:// URL without query or fragment, e.g. https://wx.example.com",
+                    )
+                }
+            }
         }
         if self.storage.path.is_empty() {
             return bad("storage.path", "must not be empty");
@@ -353,6 +376,7 @@ mod tests {
         assert!(c.wechat.stable_token);
         assert_eq!(c.wechat.refresh_ahead_secs, 600);
         assert_eq!(c.wechat.callback_window_secs, 300);
+        assert_eq!(c.server.public_url, "");
     }
 
     #[test]
@@ -365,6 +389,17 @@ mod tests {
         ] {
             let e = Config::parse(text).unwrap_err().0;
             assert!(e.contains(needle), "{text:?} gave {e:?}");
+        }
+        for bad_url in [
+            "wx.example.com",
+            "https://",
+            "https://a.example/?x=1",
+            "ftp://a",
+        ] {
+            let mut c = Config::default();
+            c.server.public_url = bad_url.into();
+            let e = c.validate().unwrap_err().0;
+            assert!(e.starts_with("server.public_url"), "{bad_url}: {e}");
         }
         let c = Config::parse("[wechat]\ncallback_window_secs = 5").unwrap();
         assert!(c
@@ -393,6 +428,7 @@ mod tests {
             "WAFER_DB" => Some("/tmp/x.db".into()),
             "WAFER_API_KEY" => Some("k".into()),
             "WAFER_KEY_FILE" => Some("/etc/wafer/key".into()),
+            "WAFER_PUBLIC_URL" => Some("https://wx.example.com".into()),
             _ => None,
         })
         .unwrap();
@@ -400,6 +436,7 @@ mod tests {
         assert_eq!(c.server.listen, "0.0.0.0:1");
         assert_eq!(c.storage.path, "/tmp/x.db");
         assert_eq!(c.server.api_key.expose(), "k");
+        assert_eq!(c.server.public_url, "https://wx.example.com");
         assert_eq!(format!("{:?}", c.server.api_key), "Secret(***)");
     }
 

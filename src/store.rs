@@ -20,7 +20,12 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Migrations by `user_version`: entry `i` takes the database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("../schema.sql"), CALLBACK_SEEN, META];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../schema.sql"),
+    CALLBACK_SEEN,
+    META,
+    COMPONENT_PRE_AUTH,
+];
 
 /// Callbacks already handled, so that a replayed request or WeChat's retry of a message is not
 /// applied or forwarded again (`callback::Claim`). `key` is built only by `callback`; a row is
@@ -37,6 +42,16 @@ CREATE INDEX callback_seen_by_expiry ON callback_seen (expires_at);
 /// sealed with (absent: none is); `seal_key_file`, where `wafer key rotate` read the key it
 /// moved them to (a path, not a secret), so that a serving wafer can adopt it.
 const META: &str = "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);";
+
+/// A component's pre-auth code, reused for every authorisation page until an authorisation
+/// consumes it or it nears expiry; and the minute's count of `api_query_auth` calls that
+/// unauthenticated `/callback` requests caused (`component`).
+const COMPONENT_PRE_AUTH: &str = "
+ALTER TABLE components ADD COLUMN pre_auth_code TEXT;
+ALTER TABLE components ADD COLUMN pre_auth_expires_at INTEGER;
+ALTER TABLE components ADD COLUMN query_auth_minute INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE components ADD COLUMN query_auth_calls INTEGER NOT NULL DEFAULT 0;
+";
 
 /// Every sealed column, as `table.column` (also the associated data a value is sealed for, so a
 /// value copied to another column does not open there). A new secret column joins this list
@@ -1311,6 +1326,67 @@ impl Db {
             > 0)
     }
 
+    /// The stored pre-auth code and its expiry (unix seconds), if any.
+    pub fn pre_auth_code(&self, appid: &str) -> rusqlite::Result<Option<(String, i64)>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT pre_auth_code, pre_auth_expires_at FROM components WHERE appid = ?1",
+            )?
+            .query_row([appid], |r| {
+                Ok(r.get::<_, Option<String>>(0)?
+                    .zip(r.get::<_, Option<i64>>(1)?))
+            })
+            .optional()?
+            .flatten())
+    }
+
+    pub fn set_pre_auth_code(
+        &self,
+        appid: &str,
+        code: &str,
+        expires_at: i64,
+    ) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE components SET pre_auth_code = ?2, pre_auth_expires_at = ?3 WHERE appid = ?1",
+            )?
+            .execute(params![appid, code, expires_at])?;
+        Ok(())
+    }
+
+    /// Forget the stored pre-auth code: only if it is `code` when one is given.
+    pub fn forget_pre_auth_code(&self, appid: &str, code: Option<&str>) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE components SET pre_auth_code = NULL, pre_auth_expires_at = NULL
+                 WHERE appid = ?1 AND (?2 IS NULL OR pre_auth_code = ?2)",
+            )?
+            .execute(params![appid, code])?;
+        Ok(())
+    }
+
+    /// Count one `api_query_auth` call in the current minute (`now / 60`), if fewer than
+    /// `per_minute` were made in it: one statement, so concurrent callers cannot both take the
+    /// last one. False when the minute's calls are used up (or there is no such component).
+    pub fn count_query_auth(
+        &self,
+        appid: &str,
+        now: i64,
+        per_minute: i64,
+    ) -> rusqlite::Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "UPDATE components SET
+                   query_auth_calls = CASE WHEN query_auth_minute = ?2 THEN query_auth_calls + 1 ELSE 1 END,
+                   query_auth_minute = ?2
+                 WHERE appid = ?1 AND (query_auth_minute != ?2 OR query_auth_calls < ?3)",
+            )?
+            .execute(params![appid, now.div_euclid(60), per_minute])?
+            > 0)
+    }
+
     /// Record an authorisation (new, renewed or re-granted after a revocation): the refresh
     /// token and the function scopes, in one statement.
     pub fn upsert_authorizer(
@@ -1492,6 +1568,29 @@ mod tests {
         assert!(db.claim_callback(&[k("b", 200)], 100).unwrap());
         assert_eq!(db.purge_callback_seen(150).unwrap(), 1);
         assert_eq!(count(&db, "SELECT count(*) FROM callback_seen"), 1);
+    }
+
+    #[test]
+    fn query_auth_calls_are_counted_per_clock_minute() {
+        let (_dir, db) = db();
+        let c = ComponentUpsert {
+            appid: "wxc".into(),
+            secret: Secret::new("s"),
+            token: Secret::new("t"),
+            aes_key: Secret::new("k"),
+            prev_aes_key: None,
+            redirect_uri: None,
+        };
+        db.upsert_component(&c, 0).unwrap();
+        let allowed = |now| {
+            (0..5)
+                .filter(|_| db.count_query_auth("wxc", now, 3).unwrap())
+                .count()
+        };
+        assert_eq!(allowed(600), 3);
+        assert_eq!(allowed(659), 0, "the same minute");
+        assert_eq!(allowed(660), 3, "the next one");
+        assert!(!db.count_query_auth("wxnone", 660, 3).unwrap());
     }
 
     #[test]

@@ -316,7 +316,10 @@ fn component_events(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
     }
 }
 
-/// `GET /wechat/component/{appid}/authorize[?mobile=1&auth_type=N&biz_appid=ID]`.
+/// `GET /wechat/component/{appid}/authorize[?mobile=1&auth_type=N&biz_appid=ID]`: a page on
+/// wafer's own origin that links (and at once navigates) to WeChat's authorisation page. WeChat
+/// shows that page only to a browser whose Referer is on the component's registered entry-page
+/// domain; a bare 302 opened from a pasted link arrives with none.
 fn authorize(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
     let comp = match w.db.component(appid) {
         Ok(Some(c)) => c,
@@ -328,15 +331,19 @@ fn authorize(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
         Some(t @ ("1" | "2" | "3")) => t.parse().ok(),
         Some(_) => return page(400, "Bad request", "auth_type must be 1, 2 or 3."),
     };
+    let Some(redirect_uri) = redirect_uri(w, &comp) else {
+        eprintln!("component {appid}: no redirect_uri and no server.public_url");
+        return page(
+            500,
+            "Not configured",
+            "This platform has no redirect_uri and wafer has no server.public_url, so the \
+             authorisation link cannot name a callback. Set one of them.",
+        );
+    };
     let pre_auth_code = match component::pre_auth_code(&w.shared.broker, &w.db, appid) {
         Ok(c) => c,
         Err(e) => return error_page(e),
     };
-    let redirect_uri = comp
-        .redirect_uri
-        .clone()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| own_callback(rq, appid));
     let biz_appid = rq.query_param("biz_appid").filter(|b| !b.is_empty());
     let link = AuthorizeLink {
         component_appid: appid,
@@ -346,21 +353,36 @@ fn authorize(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
         auth_type,
         biz_appid: biz_appid.as_deref(),
     };
-    let mut r = Reply::text(302, HTML, "");
-    r.headers.push(("Location", link.url()));
+    // The script reads the link's own (already parsed) href, so the URL is never put into
+    // script text; the referrer policy is pinned so that a proxy's header cannot drop it.
+    let mut r = Reply::text(
+        200,
+        HTML,
+        format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\">\
+             <meta name=\"referrer\" content=\"strict-origin-when-cross-origin\">\
+             <title>Authorise</title></head><body><h1>Authorise</h1>\
+             <p><a id=\"go\" href=\"{}\">Continue to WeChat to authorise this platform</a></p>\
+             <script>location.replace(document.getElementById(\"go\").href)</script>\
+             </body></html>",
+            html_escape(&link.url())
+        ),
+    );
     r.headers.push(("Cache-Control", "no-store".into()));
     r
 }
 
-/// This server's own callback URL, from the Host header (and `X-Forwarded-Proto` behind a
-/// TLS-terminating proxy).
-fn own_callback(rq: &Incoming, appid: &str) -> String {
-    let host = rq.header("Host").unwrap_or("localhost");
-    let scheme = match rq.header("X-Forwarded-Proto") {
-        Some(p) if p.eq_ignore_ascii_case("https") => "https",
-        _ => "http",
-    };
-    format!("{scheme}://{host}/wechat/component/{appid}/callback")
+/// Where WeChat sends the merchant back: the component's `redirect_uri`, else this server's
+/// callback under `server.public_url`. From configuration only, never from the `Host` header,
+/// which the client chooses.
+fn redirect_uri(w: &Worker, comp: &crate::store::Component) -> Option<String> {
+    comp.redirect_uri
+        .clone()
+        .filter(|u| !u.is_empty())
+        .or_else(|| {
+            let base = w.shared.config.server.public_url.trim_end_matches('/');
+            (!base.is_empty()).then(|| format!("{base}/wechat/component/{}/callback", comp.appid))
+        })
 }
 
 /// `GET /wechat/component/{appid}/callback?auth_code=..&expires_in=..`.
@@ -368,8 +390,8 @@ fn component_callback(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
     let Some(code) = rq.query_param("auth_code").filter(|c| !c.is_empty()) else {
         return page(400, "Bad request", "The authorisation code is missing.");
     };
-    match component::exchange_auth_code(&w.shared.broker, &w.db, appid, &code) {
-        Ok(a) => page(
+    match component::exchange_from_callback(&w.shared.broker, &w.db, appid, &code) {
+        Ok(Some(a)) => page(
             200,
             "Authorised",
             &format!(
@@ -377,6 +399,16 @@ fn component_callback(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
                 html_escape(&a.authorizer_appid)
             ),
         ),
+        Ok(None) => {
+            eprintln!("component {appid}: callback refused: too many this minute");
+            let mut r = page(
+                429,
+                "Too many requests",
+                "Too many authorisation callbacks this minute. Please try again in a minute.",
+            );
+            r.headers.push(("Retry-After", "60".into()));
+            r
+        }
         Err(e) => error_page(e),
     }
 }
@@ -423,6 +455,7 @@ fn html_escape(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+        .replace('\'', "&#39;")
 }
 
 fn db_error(e: impl std::fmt::Display) -> Reply {

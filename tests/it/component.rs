@@ -11,17 +11,35 @@ pub const CTOKEN: &str = "component-token";
 pub const CKEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 const AUTHORIZER: &str = "wxauthorizer0001";
 
+/// A server with the test component, reachable (as far as the links it hands out say) at
+/// [`PUBLIC_URL`].
 pub fn component_env() -> Env {
     Env::with(|c| {
-        c.components = vec![ComponentDecl {
-            appid: COMPONENT.into(),
-            secret: Secret::new("component-secret"),
-            token: Secret::new(CTOKEN),
-            aes_key: Secret::new(CKEY),
-            prev_aes_key: None,
-            redirect_uri: None,
-        }]
+        c.server.public_url = PUBLIC_URL.into();
+        c.components = vec![component()];
     })
+}
+
+/// The test component, as declared.
+fn component() -> ComponentDecl {
+    ComponentDecl {
+        appid: COMPONENT.into(),
+        secret: Secret::new("component-secret"),
+        token: Secret::new(CTOKEN),
+        aes_key: Secret::new(CKEY),
+        prev_aes_key: None,
+        redirect_uri: None,
+    }
+}
+
+const PUBLIC_URL: &str = "https://wafer.example.com";
+
+/// A URL under [`PUBLIC_URL`] as the test server's own.
+fn local(env: &Env, url: &str) -> String {
+    env.url(
+        url.strip_prefix(PUBLIC_URL)
+            .unwrap_or_else(|| panic!("{url}")),
+    )
 }
 
 fn events_url(env: &Env) -> String {
@@ -87,14 +105,14 @@ fn refresh_token(env: &Env, authorizer: &str) -> String {
         .unwrap()
 }
 
-/// A GET that does not follow redirects; returns (status, Location).
-fn get_no_redirect(url: &str) -> (u16, String) {
-    let agent = ureq::AgentBuilder::new().redirects(0).build();
-    let r = match agent.get(url).call() {
-        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("GET {url}: {e}"),
-    };
-    (r.status(), r.header("Location").unwrap_or("").to_string())
+/// The authorisation page at `url`: (status, the WeChat link on it, or the page itself when
+/// it carries none).
+fn authorize_link(url: &str) -> (u16, String) {
+    let (s, _, page) = get_page(url, &[]);
+    match s {
+        200 => (s, link_in(&page)),
+        _ => (s, page),
+    }
 }
 
 fn query_value(url: &str, key: &str) -> String {
@@ -145,11 +163,11 @@ fn a_full_component_life_survives_restarts() {
     assert_eq!((s, &again["access_token"]), (200, &ct["access_token"]));
     assert_eq!(env.calls("/cgi-bin/component/api_component_token"), 1);
 
-    // The authorisation redirect carries a fresh pre-auth code and our own callback.
-    let (s, location) = get_no_redirect(&env.url(&format!(
+    // The authorisation page links to WeChat with a pre-auth code and our own callback.
+    let (s, location) = authorize_link(&env.url(&format!(
         "/wechat/component/{COMPONENT}/authorize?auth_type=3"
     )));
-    assert_eq!(s, 302);
+    assert_eq!(s, 200, "{location}");
     assert!(
         location.starts_with("https://mp.weixin.qq.com/cgi-bin/componentloginpage?"),
         "{location}"
@@ -159,9 +177,10 @@ fn a_full_component_life_survives_restarts() {
     let redirect = query_value(&location, "redirect_uri");
     assert_eq!(
         redirect,
-        env.url(&format!("/wechat/component/{COMPONENT}/callback"))
+        format!("{PUBLIC_URL}/wechat/component/{COMPONENT}/callback")
     );
-    let (_, mobile) = get_no_redirect(&env.url(&format!(
+    let redirect = local(&env, &redirect);
+    let (_, mobile) = authorize_link(&env.url(&format!(
         "/wechat/component/{COMPONENT}/authorize?mobile=1&biz_appid={AUTHORIZER}"
     )));
     assert!(
@@ -320,13 +339,13 @@ fn a_new_ticket_recovers_from_61005() {
     let (s, v) = component_token(&env);
     assert_eq!((s, v["errcode"].as_i64()), (502, Some(61005)), "{v}");
     // The callback routes say so in words rather than failing obscurely.
-    let (s, _) = get_no_redirect(&env.url(&format!("/wechat/component/{COMPONENT}/authorize")));
+    let (s, _) = authorize_link(&env.url(&format!("/wechat/component/{COMPONENT}/authorize")));
     assert_eq!(s, 502);
     push_ticket(&env, None);
     let (s, v) = component_token(&env);
     assert_eq!(s, 200, "{v}");
-    let (s, _) = get_no_redirect(&env.url(&format!("/wechat/component/{COMPONENT}/authorize")));
-    assert_eq!(s, 302);
+    let (s, _) = authorize_link(&env.url(&format!("/wechat/component/{COMPONENT}/authorize")));
+    assert_eq!(s, 200);
 }
 
 #[test]
@@ -343,8 +362,8 @@ fn a_configured_redirect_uri_is_used_and_unknown_components_are_404() {
     });
     push_ticket(&env, None);
     let (s, location) =
-        get_no_redirect(&env.url(&format!("/wechat/component/{COMPONENT}/authorize")));
-    assert_eq!(s, 302);
+        authorize_link(&env.url(&format!("/wechat/component/{COMPONENT}/authorize")));
+    assert_eq!(s, 200, "{location}");
     assert_eq!(
         query_value(&location, "redirect_uri"),
         "https://platform.example/wx/done"
@@ -357,7 +376,7 @@ fn a_configured_redirect_uri_is_used_and_unknown_components_are_404() {
         assert_eq!(env.v1("GET", &path, None, None).0, 404, "{path}");
     }
     assert_eq!(
-        get_no_redirect(&env.url("/wechat/component/wxnosuchcomponent/authorize")).0,
+        authorize_link(&env.url("/wechat/component/wxnosuchcomponent/authorize")).0,
         404
     );
 }
@@ -365,15 +384,15 @@ fn a_configured_redirect_uri_is_used_and_unknown_components_are_404() {
 /// Authorise `authorizer` through the browser flow; returns the callback page's status.
 fn authorise(env: &Env, authorizer: &str) -> u16 {
     let (s, location) =
-        get_no_redirect(&env.url(&format!("/wechat/component/{COMPONENT}/authorize")));
-    assert_eq!(s, 302, "{location}");
+        authorize_link(&env.url(&format!("/wechat/component/{COMPONENT}/authorize")));
+    assert_eq!(s, 200, "{location}");
     let auth = env.mock_post(
         "/__mock__/component/authorize",
         json!({"component_appid": COMPONENT, "authorizer_appid": authorizer,
                "pre_auth_code": query_value(&location, "pre_auth_code")}),
     );
     let code = auth["auth_code"].as_str().unwrap();
-    let redirect = query_value(&location, "redirect_uri");
+    let redirect = local(env, &query_value(&location, "redirect_uri"));
     env.request(
         "GET",
         &format!("{redirect}?auth_code={code}&expires_in=3600"),
@@ -576,4 +595,188 @@ pub fn stored_ticket(env: &Env) -> Option<String> {
             |r| r.get(0),
         )
         .unwrap()
+}
+
+/// A GET that does not follow redirects, with extra headers: (status, Content-Type, body).
+fn get_page(url: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    let mut rq = agent.get(url);
+    for (k, v) in headers {
+        rq = rq.set(k, v);
+    }
+    let r = match rq.call() {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("GET {url}: {e}"),
+    };
+    let ct = r.header("Content-Type").unwrap_or("").to_string();
+    (r.status(), ct, r.into_string().unwrap_or_default())
+}
+
+/// The WeChat link on an authorisation page: its `<a href>`, HTML entities undone.
+fn link_in(page: &str) -> String {
+    let start = page
+        .find("href=\"")
+        .unwrap_or_else(|| panic!("no link in {page}"))
+        + 6;
+    let end = start + page[start..].find('"').unwrap();
+    page[start..end]
+        .replace("&quot;", "\"")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
+}
+
+#[test]
+fn the_authorize_page_reuses_one_pre_auth_code_and_never_takes_the_host() {
+    let env = std::sync::Arc::new(component_env());
+    push_ticket(&env, None);
+    let url = env.url(&format!(
+        "/wechat/component/{COMPONENT}/authorize?auth_type=3"
+    ));
+    let pages: Vec<_> = (0..50)
+        .map(|i| {
+            let (env, url) = (env.clone(), url.clone());
+            std::thread::spawn(move || {
+                let _ = &env;
+                let host = if i % 2 == 0 {
+                    "evil.example"
+                } else {
+                    "wafer.example.com"
+                };
+                get_page(&url, &[("Host", host), ("X-Forwarded-Proto", "https")])
+            })
+        })
+        .map(|t| t.join().unwrap())
+        .collect();
+    let links: Vec<String> = pages
+        .iter()
+        .map(|(s, ct, page)| {
+            assert_eq!(*s, 200, "{page}");
+            assert!(ct.starts_with("text/html"), "{ct}");
+            assert!(page.contains("<script"), "{page}");
+            assert!(!page.contains("evil"), "{page}");
+            link_in(page)
+        })
+        .collect();
+    assert_eq!(
+        env.calls("/cgi-bin/component/api_create_preauthcode"),
+        1,
+        "50 page views, one pre-auth code"
+    );
+    assert!(links.iter().all(|l| l == &links[0]));
+    assert!(
+        links[0].starts_with("https://mp.weixin.qq.com/cgi-bin/componentloginpage?"),
+        "{}",
+        links[0]
+    );
+    assert_eq!(
+        query_value(&links[0], "redirect_uri"),
+        format!("{PUBLIC_URL}/wechat/component/{COMPONENT}/callback")
+    );
+
+    // An authorisation that used it (the `authorized` event names it) consumes it.
+    let code = query_value(&links[0], "pre_auth_code");
+    let (s, _) = authorise_by_event(&env, Some(&code));
+    assert_eq!(s, 200);
+    let (_, _, page) = get_page(&url, &[]);
+    assert_ne!(query_value(&link_in(&page), "pre_auth_code"), code);
+    assert_eq!(env.calls("/cgi-bin/component/api_create_preauthcode"), 2);
+    // So does its coming expiry.
+    env.sql()
+        .execute(
+            "UPDATE components SET pre_auth_expires_at = ?1",
+            [wafer::ids::now() + 30],
+        )
+        .unwrap();
+    get_page(&url, &[]);
+    assert_eq!(env.calls("/cgi-bin/component/api_create_preauthcode"), 3);
+}
+
+#[test]
+fn without_a_configured_url_the_authorize_page_refuses_rather_than_trust_the_host() {
+    let env = Env::with(|c| c.components = vec![component()]);
+    push_ticket(&env, None);
+    let (s, _, page) = get_page(
+        &env.url(&format!("/wechat/component/{COMPONENT}/authorize")),
+        &[("Host", "evil.example")],
+    );
+    assert_eq!(s, 500, "{page}");
+    assert!(
+        page.contains("server.public_url") && !page.contains("evil"),
+        "{page}"
+    );
+    assert_eq!(env.calls("/cgi-bin/component/api_create_preauthcode"), 0);
+}
+
+#[test]
+fn junk_callbacks_make_at_most_60_query_auth_calls_a_minute() {
+    let env = component_env();
+    push_ticket(&env, None);
+    // The bound counts per clock minute: start the burst well clear of a minute's end.
+    while wafer::ids::now() % 60 > 50 {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let mut statuses = std::collections::BTreeMap::new();
+    for i in 0..70 {
+        let (s, _, _) = get_page(
+            &env.url(&format!(
+                "/wechat/component/{COMPONENT}/callback?auth_code=junk{i}&expires_in=3600"
+            )),
+            &[],
+        );
+        *statuses.entry(s).or_insert(0) += 1;
+    }
+    let calls = env.calls("/cgi-bin/component/api_query_auth");
+    assert!(
+        calls <= 60,
+        "{calls} api_query_auth calls; statuses {statuses:?}"
+    );
+    assert_eq!(statuses.get(&429), Some(&10), "{statuses:?}");
+    // Events are WeChat's own (signed): not counted, not refused.
+    let (s, body) = authorise_by_event(&env, None);
+    assert_eq!((s, body.as_str()), (200, "success"));
+    assert!(live(&env, AUTHORIZER));
+}
+
+#[test]
+fn the_authorize_page_escapes_what_it_prints() {
+    let env = component_env();
+    push_ticket(&env, None);
+    let (s, _, page) = get_page(
+        &env.url(&format!(
+            "/wechat/component/{COMPONENT}/authorize?mobile=1&biz_appid=%22%3E%3Cscript%3Ealert(1)%3C%2Fscript%3E"
+        )),
+        &[],
+    );
+    assert_eq!(s, 200, "{page}");
+    assert!(!page.contains("<script>alert"), "{page}");
+    let link = link_in(&page);
+    assert!(link.ends_with("#wechat_redirect"), "{link}");
+    assert_eq!(
+        query_value(&link, "biz_appid"),
+        "\"><script>alert(1)</script>"
+    );
+    // The href is escaped for HTML: its `&` appear as `&amp;`.
+    assert!(page.contains("&amp;pre_auth_code="), "{page}");
+}
+
+/// The merchant authorises [`AUTHORIZER`] on WeChat's page (with this pre-auth code, if any) and
+/// WeChat pushes the `authorized` event, naming the code; returns the server's answer to it.
+fn authorise_by_event(env: &Env, pre_auth_code: Option<&str>) -> (i64, String) {
+    let mut spec = json!({"component_appid": COMPONENT, "authorizer_appid": AUTHORIZER});
+    let mut named = String::new();
+    if let Some(code) = pre_auth_code {
+        spec["pre_auth_code"] = json!(code);
+        named = format!("<PreAuthCode>{code}</PreAuthCode>");
+    }
+    let auth = env.mock_post("/__mock__/component/authorize", spec);
+    push_event(
+        env,
+        "authorized",
+        &format!(
+            "<AuthorizerAppid>{AUTHORIZER}</AuthorizerAppid><AuthorizationCode>{}</AuthorizationCode>{named}",
+            auth["auth_code"].as_str().unwrap()
+        ),
+    )
 }
