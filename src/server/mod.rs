@@ -22,7 +22,6 @@ use crate::metrics::Metrics;
 use crate::store::{AppUpsert, ComponentUpsert, Db};
 use crate::wechat::WeChat;
 use serde_json::{json, Value};
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -224,8 +223,11 @@ pub struct Handle {
     /// The lane's threads (`lane`): they end after the workers, once its queue is empty.
     lane: Vec<JoinHandle<()>>,
     refresher: Option<JoinHandle<()>>,
-    /// The session purger and the accept keeper (`purge`, `listen`).
+    /// The session purger (`purge`).
     background: Vec<JoinHandle<()>>,
+    /// Answers given but not yet written to their clients by tiny_http's connection threads.
+    answers: tiny_http::AnswersInFlight,
+    io_timeout: Duration,
     pub shared: Arc<Shared>,
 }
 
@@ -243,6 +245,9 @@ impl Handle {
         for l in self.lane.drain(..) {
             let _ = l.join();
         }
+        // The server is gone with the last worker; connection threads still write the answers
+        // given (each write bounded by the io timeout).
+        self.answers.wait(self.io_timeout);
         if let Some(r) = self.refresher.take() {
             let _ = r.join();
         }
@@ -388,9 +393,11 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         .parse()
         .map_err(|_| format!("server.listen {}: not HOST:PORT", config.server.listen))?;
     let io_timeout = Duration::from_millis(config.server.io_timeout_ms);
-    let server = listen::Front::bind(listen_addr, io_timeout)
+    let server = listen::bind(listen_addr, io_timeout, config.server.max_body_bytes)
         .map_err(|e| format!("server.listen {}: {e}", config.server.listen))?;
-    let addr = server.addr();
+    let addr = listen::local_addr(&server)
+        .map_err(|e| format!("server.listen {}: {e}", config.server.listen))?;
+    let answers = server.answers_in_flight();
     let server = Arc::new(server);
     let workers_n = config.server.workers;
     let wechat = Arc::new(wechat);
@@ -414,8 +421,6 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         .map_err(|e| format!("database {}: {e}", db_path.display()))?;
     let purger = purge::spawn(purger_db, stop.clone(), purge::PURGE_EVERY)
         .map_err(|e| format!("spawning the purger: {e}"))?;
-    let keeper = listen::spawn_keeper(addr, io_timeout, stop.clone())
-        .map_err(|e| format!("spawning the accept keeper: {e}"))?;
     let (lane, lane_threads) = lane::spawn(
         (workers_n * lane::THREADS_PER_WORKER).min(lane::MAX_THREADS),
         &shared,
@@ -454,12 +459,14 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         workers,
         lane: lane_threads,
         refresher: Some(refresher),
-        background: vec![purger, keeper],
+        background: vec![purger],
+        answers,
+        io_timeout,
         shared,
     })
 }
 
-fn worker_loop(worker: &mut Worker, server: &listen::Front, stop: &AtomicBool) {
+fn worker_loop(worker: &mut Worker, server: &tiny_http::Server, stop: &AtomicBool) {
     // A short receive timeout rather than `unblock()`: unblock tokens can be consumed by any
     // worker (including one draining), so counting them does not reliably wake every worker.
     // Request log lines are batched while requests are queued, and written before waiting.
@@ -469,11 +476,15 @@ fn worker_loop(worker: &mut Worker, server: &listen::Front, stop: &AtomicBool) {
         crate::error::set_waits(crate::error::Waits::Deferred);
     }
     while !stop.load(Ordering::SeqCst) {
+        // The fork's accept loop reports no errors here: it retries them itself.
         let next = match server.try_recv() {
-            Some(rq) => Some(rq),
-            None => {
+            Ok(Some(rq)) => Some(rq),
+            _ => {
                 crate::log::flush();
-                server.recv(Duration::from_millis(100))
+                server
+                    .recv_timeout(Duration::from_millis(100))
+                    .ok()
+                    .flatten()
             }
         };
         if let Some(rq) = next {
@@ -481,7 +492,7 @@ fn worker_loop(worker: &mut Worker, server: &listen::Front, stop: &AtomicBool) {
         }
     }
     // Drain what tiny_http already accepted, then leave.
-    while let Some(rq) = server.try_recv() {
+    while let Ok(Some(rq)) = server.try_recv() {
         serve(worker, rq);
     }
     crate::log::flush();
@@ -503,9 +514,7 @@ fn serve(worker: &mut Worker, mut rq: tiny_http::Request) {
         .split_once('?')
         .map_or(rq.url(), |(p, _)| p)
         .to_string();
-    let limit = worker.shared.config.server.max_body_bytes;
-    let deadline = Duration::from_millis(worker.shared.config.server.io_timeout_ms);
-    let body = read_body(&mut rq, limit, deadline);
+    let body = Ok(read_body(&mut rq));
     let job = lane::Job {
         rq,
         method,
@@ -677,95 +686,13 @@ fn method_name(m: Method) -> &'static str {
     }
 }
 
-/// The body, or a ready 413 when it is over the limit (checked on the declared length first,
-/// so an oversized upload is refused without being read), or a ready 408 when it does not
-/// arrive within `deadline` (each read is also bounded by the socket timeout: `listen`).
-fn read_body(
-    rq: &mut tiny_http::Request,
-    limit: usize,
-    deadline: Duration,
-) -> Result<Vec<u8>, Reply> {
-    let too_large = || {
-        listen::closing(Reply::error(
-            413,
-            "payload_too_large",
-            "request body is too large",
-            None,
-        ))
-    };
-    let too_slow = || {
-        listen::closing(Reply::error(
-            408,
-            "request_timeout",
-            "the request body did not arrive in time",
-            None,
-        ))
-    };
-    if rq.body_length().is_some_and(|n| n > limit) {
-        return Err(too_large());
-    }
-    let started = Instant::now();
-    // Read straight into the body: a declared length is allocated once (most bodies are a few
-    // hundred bytes), a chunked body grows by `STEP`; nothing is zeroed that is not then read.
-    const STEP: usize = 4096;
-    let declared = match rq.body_length() {
-        Some(0) => return Ok(Vec::new()),
-        Some(n) => Some(n),
-        // Neither a length nor chunked: tiny_http gives no body (a GET, most often).
-        None if !rq
-            .headers()
-            .iter()
-            .any(|h| h.field.equiv("Transfer-Encoding")) =>
-        {
-            return Ok(Vec::new())
-        }
-        None => None,
-    };
-    let mut reader = rq.as_reader().take(limit as u64 + 1);
-    let mut body = Vec::new();
-    let mut len = 0;
-    loop {
-        if len == body.len() {
-            let room = match declared {
-                Some(n) if len < n => n - len,
-                // Past the declared length only to see the end (tiny_http stops there).
-                _ => STEP,
-            };
-            body.resize(len + room.min(limit + 1 - len), 0);
-        }
-        match reader.read(&mut body[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(too_slow())
-            }
-            Err(_) => {
-                return Err(listen::closing(Reply::error(
-                    400,
-                    "bad_request",
-                    "could not read the request body",
-                    None,
-                )))
-            }
-        }
-        if len > limit {
-            return Err(too_large());
-        }
-        if declared == Some(len) {
-            break;
-        }
-        if started.elapsed() > deadline {
-            return Err(too_slow());
-        }
-    }
-    body.truncate(len);
-    Ok(body)
+/// The body, already read whole, within `server.max_body_bytes` and the io timeout, by
+/// tiny_http's connection thread (`listen`): this reads memory, never the client.
+fn read_body(rq: &mut tiny_http::Request) -> Vec<u8> {
+    let mut body = Vec::with_capacity(rq.body_length().unwrap_or(0));
+    // Reading a buffer in memory cannot fail.
+    let _ = rq.as_reader().read_to_end(&mut body);
+    body
 }
 
 /// Route to a dialect. Returns the route pattern (the metrics label) and the reply.

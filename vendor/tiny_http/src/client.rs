@@ -3,10 +3,11 @@ use std::io::{BufRead, BufReader, BufWriter, ErrorKind, Read, Write};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::common::{HTTPVersion, Header, Method};
-use crate::util::RefinedTcpStream;
+use crate::util::{AnswerTicket, AnswersInFlight, RefinedTcpStream};
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::{Limits, Request};
 
@@ -35,6 +36,21 @@ pub struct ClientConnection {
 
     // wafer's fix: the bounds on this client
     limits: Limits,
+
+    // wafer's fix: with `Limits::max_buffered_body`, the answer to the request in flight, in
+    //  pieces, as the thread that took the request writes it
+    in_flight: Option<(mpsc::Receiver<Vec<u8>>, AnswerTicket)>,
+
+    // wafer's fix: the server's count of answers not yet written
+    answers: AnswersInFlight,
+}
+
+/// How a request's body is framed, once `check_framing` has found it unambiguous.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    None,
+    Length(u64),
+    Chunked,
 }
 
 /// Why no request was read (wafer's fix: every refusal closes the connection, since what
@@ -130,6 +146,7 @@ impl ClientConnection {
         mut write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
         limits: Limits,
+        answers: AnswersInFlight,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
@@ -152,6 +169,8 @@ impl ClientConnection {
             no_more_requests: false,
             secure,
             limits,
+            in_flight: None,
+            answers,
         }
     }
 
@@ -200,7 +219,11 @@ impl ClientConnection {
             budget -= line.len() + 2;
             headers.push(parse_header(&line).ok_or(ReadError::Refuse(400))?);
         }
-        check_framing(&headers, &version)?;
+        let body = check_framing(&headers, &version)?;
+        let remote_addr = self.remote_addr.as_ref().ok().copied().flatten();
+        if let Some(max) = limits.max_buffered_body {
+            return self.read_buffered(method, path, version, headers, remote_addr, body, max);
+        }
         // The body is read by whoever takes the request, each read bounded by the io timeout.
         reader.get_mut().set_deadline(None);
 
@@ -220,7 +243,7 @@ impl ClientConnection {
             headers,
             // wafer's fix: upstream unwrapped this; a client gone before `peer_addr` panicked the
             // connection thread.
-            self.remote_addr.as_ref().ok().copied().flatten(),
+            remote_addr,
             data_source,
             writer,
         )
@@ -234,6 +257,84 @@ impl ClientConnection {
                 RequestCreationError::ExpectationFailed => ReadError::Refuse(417),
             }
         })
+    }
+
+    /// The rest of a request with `Limits::max_buffered_body`: its body read whole here, within
+    /// the limit (413, unread when `Content-Length` says so) and within the io timeout of the
+    /// head's end (408), and a writer that hands the answer back to this thread.
+    #[allow(clippy::too_many_arguments)]
+    fn read_buffered(
+        &mut self,
+        method: Method,
+        path: String,
+        version: HTTPVersion,
+        headers: Vec<Header>,
+        remote_addr: Option<SocketAddr>,
+        body: Body,
+        max: usize,
+    ) -> Result<Request, ReadError> {
+        let expect = headers
+            .iter()
+            .find(|h| h.field.equiv("Expect"))
+            .map(|h| h.value.as_str());
+        let expects_continue = match expect {
+            None => false,
+            Some(v) if v.eq_ignore_ascii_case("100-continue") => true,
+            Some(_) => return Err(ReadError::Refuse(417)),
+        };
+        if let Body::Length(n) = body {
+            if n > max as u64 {
+                return Err(ReadError::Refuse(413));
+            }
+        }
+        if expects_continue && body != Body::None && version == HTTPVersion(1, 1) {
+            let mut writer = self.sink.next().ok_or(ReadError::Closed)?;
+            writer
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .and_then(|()| writer.flush())
+                .map_err(|_| ReadError::Closed)?;
+        }
+        let reader = self
+            .next_header_source
+            .wait_turn()
+            .ok_or(ReadError::Closed)?;
+        if let Some(t) = self.limits.io_timeout {
+            reader.get_mut().set_deadline(Some(Instant::now() + t));
+        }
+        let data = read_body(reader, body, max, self.limits.max_header_bytes)?;
+        reader.get_mut().set_deadline(None);
+
+        let (answer, in_flight) = mpsc::channel();
+        self.in_flight = Some((in_flight, self.answers.ticket()));
+        Ok(crate::request::new_buffered_request(
+            self.secure,
+            method,
+            path,
+            version,
+            headers,
+            remote_addr,
+            data,
+            crate::request::AnswerWriter::new(answer),
+        ))
+    }
+
+    /// Writes the answer to the request in flight as its pieces arrive (each write bounded by
+    /// the io timeout); false when the connection cannot go on.
+    fn write_in_flight(&mut self) -> bool {
+        // The ticket is dropped, counting the answer done, however this ends.
+        let Some((pieces, _ticket)) = self.in_flight.take() else {
+            return true;
+        };
+        let Some(mut writer) = self.sink.next() else {
+            return false;
+        };
+        // Ends when the answer is complete: its writer was dropped.
+        for piece in pieces {
+            if writer.write_all(&piece).is_err() {
+                return false;
+            }
+        }
+        writer.flush().is_ok()
     }
 
     /// Answers `status` with `Connection: close`, then reads (and drops) what the client still
@@ -273,6 +374,12 @@ impl Iterator for ClientConnection {
     /// Blocks until the next Request is available.
     /// Returns None when no new Requests will come from the client.
     fn next(&mut self) -> Option<Request> {
+        // One request at a time with buffered bodies: its answer is written before the next is
+        // read.
+        if !self.write_in_flight() {
+            return None;
+        }
+
         // the client sent a "connection: close" header in this previous request
         //  or is using HTTP 1.0, meaning that no new request will come
         if self.no_more_requests {
@@ -358,7 +465,7 @@ fn parse_header(line: &[u8]) -> Option<Header> {
 /// Refuses the framings a proxy in front could read differently (request smuggling): a
 /// `Content-Length` that is not a plain number, two that differ, `Transfer-Encoding` beside a
 /// `Content-Length` or in HTTP/1.0 (400), and any transfer coding but a lone `chunked` (501).
-fn check_framing(headers: &[Header], version: &HTTPVersion) -> Result<(), ReadError> {
+fn check_framing(headers: &[Header], version: &HTTPVersion) -> Result<Body, ReadError> {
     let bad = || ReadError::Refuse(400);
     let mut length: Option<u64> = None;
     for h in headers.iter().filter(|h| h.field.equiv("Content-Length")) {
@@ -378,15 +485,95 @@ fn check_framing(headers: &[Header], version: &HTTPVersion) -> Result<(), ReadEr
         .map(|h| h.value.as_str())
         .collect();
     if codings.is_empty() {
-        return Ok(());
+        return Ok(match length {
+            None | Some(0) => Body::None,
+            Some(n) => Body::Length(n),
+        });
     }
     if length.is_some() || *version == HTTPVersion(1, 0) {
         return Err(bad());
     }
     match codings.as_slice() {
-        [only] if only.trim().eq_ignore_ascii_case("chunked") => Ok(()),
+        [only] if only.trim().eq_ignore_ascii_case("chunked") => Ok(Body::Chunked),
         _ => Err(ReadError::Refuse(501)),
     }
+}
+
+/// The longest chunk-size line read (size and extensions).
+const MAX_CHUNK_LINE: usize = 1024;
+
+/// A whole body, as framed, of at most `max` bytes (413 past it); trailers of a chunked body,
+/// within `max_trailer_bytes` (431), are read and dropped.
+fn read_body<R: BufRead>(
+    reader: &mut R,
+    body: Body,
+    max: usize,
+    max_trailer_bytes: usize,
+) -> Result<Vec<u8>, ReadError> {
+    match body {
+        Body::None => Ok(Vec::new()),
+        Body::Length(n) => {
+            let n: usize =
+                std::convert::TryFrom::try_from(n).map_err(|_| ReadError::Refuse(413))?;
+            if n > max {
+                return Err(ReadError::Refuse(413));
+            }
+            let mut data = vec![0; n];
+            fill(reader, &mut data)?;
+            Ok(data)
+        }
+        Body::Chunked => {
+            let mut data = Vec::new();
+            loop {
+                let line = read_line(reader, MAX_CHUNK_LINE).map_err(|e| e.refusal(400))?;
+                let size = line.split(|&b| b == b';').next().unwrap_or_default();
+                let size = parse_chunk_size(size).ok_or(ReadError::Refuse(400))?;
+                if size == 0 {
+                    break;
+                }
+                if size > max - data.len() {
+                    return Err(ReadError::Refuse(413));
+                }
+                let start = data.len();
+                data.resize(start + size, 0);
+                fill(reader, &mut data[start..])?;
+                // The chunk's own CRLF: an empty line.
+                read_line(reader, 0).map_err(|e| e.refusal(400))?;
+            }
+            let mut budget = max_trailer_bytes;
+            loop {
+                let line =
+                    read_line(reader, budget.saturating_sub(2)).map_err(|e| e.refusal(431))?;
+                if line.is_empty() {
+                    return Ok(data);
+                }
+                budget -= line.len() + 2;
+            }
+        }
+    }
+}
+
+/// A chunk size: hex digits only (no sign, no spaces, no `0x`), small enough for `usize`.
+fn parse_chunk_size(hex: &[u8]) -> Option<usize> {
+    if hex.is_empty() || hex.len() > 15 || !hex.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    usize::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+}
+
+/// Fills `buf` from `reader`: a timeout is 408, an early end closes without an answer.
+fn fill<R: Read>(reader: &mut R, buf: &mut [u8]) -> Result<(), ReadError> {
+    let mut done = 0;
+    while done < buf.len() {
+        match reader.read(&mut buf[done..]) {
+            Ok(0) => return Err(ReadError::Closed),
+            Ok(n) => done += n,
+            Err(ref e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(ref e) if timed_out(e) => return Err(ReadError::Refuse(408)),
+            Err(_) => return Err(ReadError::Closed),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

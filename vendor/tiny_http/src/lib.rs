@@ -115,6 +115,7 @@ pub use connection::{ConfigListenAddr, ListenAddr, Listener};
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
+pub use util::AnswersInFlight;
 
 mod client;
 mod common;
@@ -145,6 +146,9 @@ pub struct Server {
 
     // result of TcpListener::local_addr()
     listening_addr: ListenAddr,
+
+    // wafer's fix: answers the connections still have to write
+    answers: util::AnswersInFlight,
 }
 
 enum Message {
@@ -207,6 +211,17 @@ pub struct Limits {
     /// a request head must arrive whole within this long of its first byte, else
     /// `408 Request Timeout` and the connection closed. Default `None` (no timeout).
     pub io_timeout: Option<std::time::Duration>,
+    /// When set: the connection's own thread reads each request's body whole, before `recv()`
+    /// hands the request out: at most this many bytes (a larger body is answered
+    /// `413 Payload Too Large`, unread when its `Content-Length` says so) and, with
+    /// `io_timeout`, within that long of the head's end (else `408`), both closing the
+    /// connection. `Expect: 100-continue` is answered by that thread. The request's reader is
+    /// then the body in memory, and its answer is written to memory and sent to the client by
+    /// the connection's thread: whoever takes requests from `recv()` never waits on a client.
+    /// One request per connection is in flight (a pipelined one is read once the previous
+    /// answer is written), and `Request::upgrade` is not supported. Default `None` (bodies are
+    /// read from the socket by whoever reads the request, as upstream).
+    pub max_buffered_body: Option<usize>,
 }
 
 impl Default for Limits {
@@ -215,6 +230,7 @@ impl Default for Limits {
             max_request_line: 8 * 1024,
             max_header_bytes: 16 * 1024,
             io_timeout: None,
+            max_buffered_body: None,
         }
     }
 }
@@ -330,11 +346,20 @@ impl Server {
 
         let inside_close_trigger = close_trigger.clone();
         let inside_messages = messages.clone();
+        let answers = util::AnswersInFlight::default();
+        let inside_answers = answers.clone();
         // wafer's fix: a thread that cannot be started is an error here, not a panic.
         thread::Builder::new()
             .name("tiny-http-accept".into())
             .spawn(move || {
-                accept_loop(server, ssl, limits, inside_close_trigger, inside_messages)
+                accept_loop(
+                    server,
+                    ssl,
+                    limits,
+                    inside_close_trigger,
+                    inside_messages,
+                    inside_answers,
+                )
             })?;
 
         // result
@@ -342,6 +367,7 @@ impl Server {
             messages,
             close: close_trigger,
             listening_addr: local_addr,
+            answers,
         })
     }
 
@@ -357,6 +383,14 @@ impl Server {
     #[inline]
     pub fn server_addr(&self) -> ListenAddr {
         self.listening_addr.clone()
+    }
+
+    /// The count of answers the connections still have to write to their clients (wafer's
+    /// fix, with `Limits::max_buffered_body`, where a connection's own thread writes the answer
+    /// after `respond` returns). Before exiting, drop the server (requests nobody took are then
+    /// answered `500`) and wait on this for the answers to reach their clients.
+    pub fn answers_in_flight(&self) -> util::AnswersInFlight {
+        self.answers.clone()
     }
 
     /// Returns the number of clients currently connected to the server.
@@ -417,6 +451,7 @@ fn accept_loop(
     limits: Limits,
     close: Arc<AtomicBool>,
     messages: Arc<MessagesQueue<Message>>,
+    answers: util::AnswersInFlight,
 ) {
     // a tasks pool is used to dispatch the connections into threads
     let tasks_pool = util::TaskPool::new();
@@ -444,7 +479,7 @@ fn accept_loop(
             })
             .map(|streams| {
                 streams.map(|(read_closable, write_closable)| {
-                    ClientConnection::new(write_closable, read_closable, limits)
+                    ClientConnection::new(write_closable, read_closable, limits, answers.clone())
                 })
             });
 
@@ -461,6 +496,7 @@ fn accept_loop(
         backoff = Duration::ZERO;
 
         let messages = messages.clone();
+        let close = close.clone();
         let mut client = Some(client);
         tasks_pool.spawn(Box::new(move || {
             if let Some(client) = client.take() {
@@ -475,6 +511,11 @@ fn accept_loop(
                     }
                 } else {
                     for rq in client {
+                        // wafer's fix: once the server is gone nobody takes requests; end the
+                        // connection rather than queue one for ever.
+                        if close.load(Relaxed) {
+                            break;
+                        }
                         messages.push(rq.into());
                     }
                 }
@@ -494,6 +535,9 @@ impl Iterator for IncomingRequests<'_> {
 impl Drop for Server {
     fn drop(&mut self) {
         self.close.store(true, Relaxed);
+        // wafer's fix: requests nobody will take now are dropped, so answered `500` (upstream
+        // left them in the queue, which the connection threads keep alive).
+        while self.messages.try_pop().is_some() {}
         // Connect briefly to ourselves to unblock the accept thread
         let maybe_stream = match &self.listening_addr {
             ListenAddr::IP(addr) => TcpStream::connect(addr).map(Connection::from),

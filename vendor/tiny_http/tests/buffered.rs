@@ -1,0 +1,218 @@
+//! `Limits::max_buffered_body` (wafer's fix): the connection's own thread reads a body whole,
+//! bounded in size and time, before `recv()` hands the request out, and writes the answer
+//! itself, so the thread that answers never waits on a client.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const IO_TIMEOUT: Duration = Duration::from_millis(1500);
+const MAX_BODY: usize = 8192;
+
+/// A server with buffered bodies and ONE responding thread, which answers `PATH LEN BODY` (or
+/// `answer_len` bytes of `x` for `/big`) and reports each request's `respond` time.
+fn server() -> (SocketAddr, mpsc::Receiver<Duration>) {
+    let mut limits = tiny_http::Limits::default();
+    limits.io_timeout = Some(IO_TIMEOUT);
+    limits.max_buffered_body = Some(MAX_BODY);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server =
+        Arc::new(tiny_http::Server::from_listener_with_limits(listener, None, limits).unwrap());
+    let addr = server.server_addr().to_ip().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        while let Ok(mut rq) = server.recv() {
+            let started = Instant::now();
+            let mut body = Vec::new();
+            rq.as_reader().read_to_end(&mut body).unwrap();
+            assert_eq!(rq.body_length(), Some(body.len()));
+            let answer = if rq.url() == "/big" {
+                vec![b'x'; 64 << 20]
+            } else {
+                format!(
+                    "{} {} {}",
+                    rq.url(),
+                    body.len(),
+                    String::from_utf8_lossy(&body)
+                )
+                .into_bytes()
+            };
+            let _ = rq.respond(tiny_http::Response::from_data(answer));
+            let _ = tx.send(started.elapsed());
+        }
+    });
+    (addr, rx)
+}
+
+/// Sends `bytes` and reads until the server closes (at most 5 s): the whole text.
+fn exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn slow_bodies_do_not_hold_the_responder_and_get_408() {
+    let (addr, _) = server();
+    // Three bodies arriving a byte every 200 ms: each read makes progress, only the whole-body
+    // deadline ends them.
+    let slow: Vec<_> = (0..3)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.write_all(b"POST /slow HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n")
+                    .unwrap();
+                let started = Instant::now();
+                let mut reader = s.try_clone().unwrap();
+                let trickle = std::thread::spawn(move || {
+                    for _ in 0..40 {
+                        if s.write_all(b"x").is_err() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                });
+                reader
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                let mut out = Vec::new();
+                let _ = reader.read_to_end(&mut out);
+                let after = started.elapsed();
+                let _ = trickle.join();
+                (String::from_utf8_lossy(&out).into_owned(), after)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // Meanwhile the one responding thread answers at once.
+    for i in 0..5 {
+        let started = Instant::now();
+        let text = exchange(
+            addr,
+            format!("POST /fast HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{i}!").as_bytes(),
+        );
+        assert!(text.ends_with(&format!("/fast 2 {}!", i)), "{}", text);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for h in slow {
+        let (text, after) = h.join().unwrap();
+        assert!(text.starts_with("HTTP/1.1 408"), "{}", text);
+        assert!(after < IO_TIMEOUT + Duration::from_secs(1), "{:?}", after);
+    }
+}
+
+#[test]
+fn bodies_are_read_whole_however_framed() {
+    let (addr, _) = server();
+    let cases: &[(&str, &str, &str)] = &[
+        ("a length", "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello", "/a 5 hello"),
+        ("no body", "GET /a HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", "/a 0 "),
+        ("chunked, extensions, trailers", "POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3;x=y\r\nhel\r\n2\r\nlo\r\n0\r\nX-T: 1\r\n\r\n", "/a 5 hello"),
+        ("chunked, upper-case hex", "POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nA\r\n0123456789\r\n0\r\n\r\n", "/a 10 0123456789"),
+        ("exactly the limit", &format!("POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: {MAX_BODY}\r\nConnection: close\r\n\r\n{}", "b".repeat(MAX_BODY)), "/a 8192 bbb"),
+    ];
+    for (what, rq, want) in cases {
+        let text = exchange(addr, rq.as_bytes());
+        assert!(text.starts_with("HTTP/1.1 200"), "{}: {}", what, text);
+        assert!(text.contains(want), "{}: {}", what, text);
+    }
+    // Pipelined: both answered, in order.
+    let text = exchange(
+        addr,
+        b"POST /one HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n1POST /two HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nConnection: close\r\n\r\n2",
+    );
+    let (one, two) = (
+        text.find("/one 1 1").unwrap(),
+        text.find("/two 1 2").unwrap(),
+    );
+    assert!(one < two, "{}", text);
+}
+
+#[test]
+fn oversized_or_malformed_bodies_are_refused() {
+    let (addr, _) = server();
+    let chunked = |size_line: &str| {
+        format!("POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{size_line}\r\nhello\r\n0\r\n\r\n")
+    };
+    let cases: Vec<(&str, String, u16)> = vec![
+        ("a declared length over the limit, body unsent", format!("POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1), 413),
+        ("a huge declared length", "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999\r\n\r\n".into(), 413),
+        ("chunks over the limit", format!("POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2000\r\n{}\r\n1\r\nx\r\n0\r\n\r\n", "c".repeat(0x2000)), 413),
+        ("a signed chunk size", chunked("+5"), 400),
+        ("a 0x chunk size", chunked("0x5"), 400),
+        ("a spaced chunk size", chunked(" 5"), 400),
+        ("an empty chunk size", chunked(""), 400),
+        ("a chunk longer than its size", chunked("4"), 400),
+    ];
+    for (what, rq, want) in cases {
+        let text = exchange(
+            addr,
+            format!("{rq}GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes(),
+        );
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {}", want)),
+            "{}: {}",
+            what,
+            text
+        );
+        assert!(!text.contains("/smuggled"), "{}: {}", what, text);
+    }
+}
+
+#[test]
+fn expect_100_continue_is_answered_before_the_body() {
+    let (addr, _) = server();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"POST /e HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 25];
+    s.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"abc").unwrap();
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).unwrap();
+    assert!(
+        rest.starts_with("HTTP/1.1 200") && rest.ends_with("/e 3 abc"),
+        "{}",
+        rest
+    );
+    // Too large: refused without asking for the body.
+    let text = exchange(
+        addr,
+        format!(
+            "POST /e HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY + 1
+        )
+        .as_bytes(),
+    );
+    assert!(text.starts_with("HTTP/1.1 413"), "{}", text);
+}
+
+#[test]
+fn the_responder_never_waits_on_a_client_that_does_not_read() {
+    let (addr, responded) = server();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let took = responded.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(took < Duration::from_secs(1), "{:?}", took);
+    // The connection's thread gives up on it once a write has made no progress for the io
+    // timeout, and closes it. Loopback socket buffers grow to tens of MiB while the answer
+    // is written, so that moment comes some seconds later.
+    std::thread::sleep(IO_TIMEOUT * 4);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut sink = Vec::new();
+    let r = s.read_to_end(&mut sink);
+    assert!(sink.len() < 64 << 20, "the whole answer arrived: {:?}", r);
+}
