@@ -311,4 +311,48 @@ mod tests {
         assert_eq!(decode(r#"{"errcode":"x"}"#), Err(UpstreamError::Garbage));
         assert_eq!(decode(""), Err(UpstreamError::Garbage));
     }
+
+    #[test]
+    fn a_thread_that_may_not_wait_sends_nothing() {
+        use crate::error::{set_waits, take_deferred, Waits};
+        let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        upstream.set_nonblocking(true).unwrap();
+        let base = format!("http://{}", upstream.local_addr().unwrap());
+        let wechat = WeChat::new(&WeChatConfig {
+            api_base: base.clone(),
+            work_api_base: base.clone(),
+            timeout_ms: 500,
+            ..WeChatConfig::default()
+        });
+        let forward = format!("{base}/forward");
+        for waits in [Waits::Deferred, Waits::Refused] {
+            set_waits(waits);
+            let got = wechat.get(Host::Api, "/cgi-bin/token", &[]);
+            let forwarded = wechat.post_json_to(&forward, &Value::Null, Duration::from_secs(1));
+            let deferred = take_deferred();
+            set_waits(Waits::Allowed);
+            assert_eq!(got, Err(UpstreamError::NotSent), "{waits:?}");
+            assert!(
+                matches!(forwarded, Err(UpstreamError::NotSent)),
+                "{waits:?}"
+            );
+            // Deferred: the request goes to the lane; refused: it is answered busy.
+            assert_eq!(deferred, waits == Waits::Deferred);
+            assert_eq!(
+                crate::error::Error::from(got.unwrap_err()).to_string(),
+                "the upstream pool is full"
+            );
+        }
+        // Nothing reached the upstream.
+        assert_eq!(
+            upstream.accept().map(|_| ()).unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock
+        );
+        // A thread that may wait sends.
+        assert!(matches!(
+            wechat.get(Host::Api, "/cgi-bin/token", &[]),
+            Err(UpstreamError::Net(_))
+        ));
+        assert!(upstream.accept().is_ok());
+    }
 }
