@@ -65,7 +65,7 @@ enum ReadError {
 
 /// How much input is read, at most, after a refusal so that the client sees the answer rather
 /// than a reset, and for how long.
-const LINGER_BYTES: u64 = 64 * 1024;
+const LINGER_BYTES: u64 = 1024 * 1024;
 const LINGER_TIME: Duration = Duration::from_secs(1);
 
 /// Empty lines accepted before a request line (RFC 9112 §2.2: some clients send a CRLF after a

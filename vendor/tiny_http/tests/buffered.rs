@@ -216,3 +216,28 @@ fn the_responder_never_waits_on_a_client_that_does_not_read() {
     let r = s.read_to_end(&mut sink);
     assert!(sink.len() < 64 << 20, "the whole answer arrived: {:?}", r);
 }
+
+#[test]
+fn an_oversized_body_sent_in_full_still_gets_its_413() {
+    // Most clients write the whole body before they read: the server must read (and drop) it
+    // after answering, else closing with unread input resets the connection, and the reset
+    // discards the answer before the client reads it.
+    let (addr, _) = server();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 300000\r\n\r\n")
+        .unwrap();
+    for _ in 0..30 {
+        s.write_all(&[b'b'; 10_000]).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut out = Vec::new();
+    let r = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        r.is_ok() && text.starts_with("HTTP/1.1 413"),
+        "{:?} {}",
+        r,
+        text
+    );
+}
