@@ -177,11 +177,12 @@ pub fn fresh_timestamp(timestamp: &str, now: i64, window: i64) -> Result<i64, Re
 ///   `timestamp + window` (after that the window refuses it anyway);
 /// - the message, which WeChat's retries repeat with a new nonce and timestamp: its `MsgId`,
 ///   else `FromUserName` + `CreateTime` (WeChat's advice for events), else (a component's
-///   events) a digest of the decrypted message, which a retry repeats byte for byte and which
-///   keeps a ticket's value out of the table; until `now + window`.
+///   events) the whole decrypted message, which a retry repeats byte for byte; until
+///   `now + window`.
 ///
 /// Only verified values go in: an unverified query parameter could otherwise make a replay look
-/// new.
+/// new. What is stored is a SHA-256 of each key ([`seen_key`]), so the table holds no openid,
+/// message id or ticket.
 pub fn seen_keys(
     account: &str,
     (signature, timestamp, nonce): (&str, i64, &str),
@@ -189,18 +190,26 @@ pub fn seen_keys(
     now: i64,
     window: i64,
 ) -> Vec<(String, i64)> {
-    let mut keys = vec![(
-        format!("req {account} {signature} {timestamp} {nonce}"),
-        timestamp.saturating_add(window),
-    )];
+    let request = format!("req {account} {signature} {timestamp} {nonce}");
     let f = |k| message.field(k).filter(|v| !v.is_empty());
     let id = match (f("MsgId"), f("FromUserName"), f("CreateTime")) {
         (Some(id), _, _) => format!("id {id}"),
         (None, Some(from), Some(at)) => format!("from {from} {at}"),
-        _ => format!("sha1 {}", sha1_sorted(&[&message.xml])),
+        _ => format!("body {}", message.xml),
     };
-    keys.push((format!("msg {account} {id}"), now.saturating_add(window)));
-    keys
+    vec![
+        (seen_key(&request), timestamp.saturating_add(window)),
+        (
+            seen_key(&format!("msg {account} {id}")),
+            now.saturating_add(window),
+        ),
+    ]
+}
+
+/// The stored form of a seen-request key: hex SHA-256.
+fn seen_key(readable: &str) -> String {
+    use sha2::{Digest, Sha256};
+    crate::ids::hex(&Sha256::digest(readable.as_bytes()))
 }
 
 /// A callback claimed in the seen-request memory while it is handled. Unless
@@ -425,20 +434,22 @@ mod tests {
         assert_eq!(
             keys(&text),
             [
-                ("req mp/wx1 sig 1000 n".to_string(), 1300),
-                ("msg mp/wx1 id 42".to_string(), 1310)
+                (seen_key("req mp/wx1 sig 1000 n"), 1300),
+                (seen_key("msg mp/wx1 id 42"), 1310)
             ]
         );
+        assert_eq!(keys(&text)[0].0.len(), 64, "stored as a digest");
         let event = msg("<xml><FromUserName>o1</FromUserName><CreateTime>5</CreateTime><Event>subscribe</Event></xml>");
-        assert_eq!(keys(&event)[1].0, "msg mp/wx1 from o1 5");
-        // A component's event: a digest of the message, never a field's value (a ticket).
-        let ticket = msg("<xml><CreateTime>5</CreateTime><ComponentVerifyTicket>t@@@secret</ComponentVerifyTicket></xml>");
-        let k = keys(&ticket);
-        assert!(
-            k[1].0.starts_with("msg mp/wx1 sha1 ") && !k[1].0.contains("secret"),
-            "{k:?}"
-        );
-        assert_ne!(k[1].0, keys(&msg("<xml><CreateTime>5</CreateTime><ComponentVerifyTicket>t@@@other</ComponentVerifyTicket></xml>"))[1].0);
+        assert_eq!(keys(&event)[1].0, seen_key("msg mp/wx1 from o1 5"));
+        // A component's event: the whole message, so two tickets of one second differ.
+        let ticket = |t: &str| {
+            let xml = format!(
+                "<xml><CreateTime>5</CreateTime><ComponentVerifyTicket>{t}</ComponentVerifyTicket></xml>"
+            );
+            keys(&msg(&xml))[1].0.clone()
+        };
+        assert_ne!(ticket("t@@@one"), ticket("t@@@two"));
+        assert_eq!(ticket("t@@@one"), ticket("t@@@one"));
     }
 
     #[test]
