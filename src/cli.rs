@@ -191,7 +191,9 @@ fn dev(mut o: Opts) -> Result<(), String> {
     config.wechat.api_base = mock.base_url();
     config.wechat.work_api_base = mock.base_url();
     config.wechat.timeout_ms = 2000;
+    config.apply_dev_env();
     config.validate().map_err(|e| e.to_string())?;
+    config.check_listen_needs_key().map_err(|e| e.to_string())?;
     Db::open(std::path::Path::new(&config.storage.path))
         .and_then(|db| {
             db.upsert_app(
@@ -205,6 +207,12 @@ fn dev(mut o: Opts) -> Result<(), String> {
             )
         })
         .map_err(|e| format!("database {}: {e}", config.storage.path))?;
+    // With a key, the /v1 example needs it too (the session interfaces never do).
+    let bearer = if config.server.api_key.is_empty() {
+        ""
+    } else {
+        " -H \"Authorization: Bearer $WAFER_API_KEY\""
+    };
     let handle = crate::server::start(config, true)?;
     let a = handle.addr();
     println!(
@@ -219,7 +227,7 @@ curl -s http://{a}/mina_auth/ -d '{{"version":1,"componentName":"MA","interface"
 curl -s http://{a}/dev/encrypted_data -d '{{"id":"ID","skey":"SKEY","data":{{"nickName":"Band"}}}}'
 curl -s http://{a}/mina_auth/ -d '{{"version":1,"componentName":"MA","interface":{{"interfaceName":"qcloud.cam.decrypt","para":{{"id":"ID","skey":"SKEY","encrypt_data":"ENC","iv":"IV"}}}}}}'
 # the same with the /v1 API:
-curl -s http://{a}/v1/sessions -d '{{"appid":"{DEV_APPID}","code":"demo-user-1"}}'
+curl -s{bearer} http://{a}/v1/sessions -d '{{"appid":"{DEV_APPID}","code":"demo-user-1"}}'
 Ctrl-C stops it."#,
         mock = mock.base_url()
     );

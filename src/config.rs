@@ -279,6 +279,32 @@ impl Config {
         Ok(())
     }
 
+    /// `wafer dev`: of the environment overrides only `WAFER_API_KEY` applies (dev has its own
+    /// `--listen` and `--db`, and ignores config files).
+    pub fn apply_dev_env(&mut self) {
+        if let Ok(v) = std::env::var("WAFER_API_KEY") {
+            self.server.api_key = Secret(v);
+        }
+    }
+
+    /// CONTRACT §8: without `server.api_key`, the server listens on loopback only. Checked when
+    /// a server starts (`wafer serve`, `wafer dev`), not by the data commands, which may run
+    /// without the key the service gets from its unit's environment.
+    pub fn check_listen_needs_key(&self) -> Result<(), ConfigError> {
+        let loopback = self
+            .server
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback());
+        if loopback || !self.server.api_key.is_empty() {
+            return Ok(());
+        }
+        Err(ConfigError(format!(
+            "server.api_key: required to listen on {}, which is not loopback (set server.api_key or WAFER_API_KEY, or listen on 127.0.0.1)",
+            self.server.listen
+        )))
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
@@ -418,6 +444,29 @@ mod tests {
         c.server.listen = "127.0.0.1:1".into();
         c.apply_env(|k| (k == "WAFER_WORKERS").then(|| "many".to_string()))
             .unwrap_err();
+    }
+
+    #[test]
+    fn a_non_loopback_listen_needs_a_key() {
+        let mut c = Config::default();
+        for (listen, ok) in [
+            ("127.0.0.1:5757", true),
+            ("127.0.0.2:1", true),
+            ("[::1]:5757", true),
+            ("0.0.0.0:5757", false),
+            ("[::]:5757", false),
+            ("192.168.1.2:5757", false),
+        ] {
+            c.server.listen = listen.into();
+            let e = c.check_listen_needs_key();
+            assert_eq!(e.is_ok(), ok, "{listen}");
+            if let Err(e) = e {
+                assert!(e.0.starts_with("server.api_key: "), "{e}");
+                assert!(!e.0.contains('\n'));
+            }
+        }
+        c.server.api_key = Secret::new("k");
+        assert!(c.check_listen_needs_key().is_ok());
     }
 
     #[test]

@@ -56,9 +56,10 @@ impl Rng {
     }
 }
 
-/// `METHOD path` with a JSON body (or none), keep-alive.
+/// `METHOD path` with a JSON body (or none), keep-alive. The `Host` is loopback's: without an
+/// api key, wafer serves `/v1` and the credential interfaces to no other (CONTRACT §8).
 pub fn request(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
-    let mut r = format!("{method} {path} HTTP/1.1\r\nHost: bench\r\n").into_bytes();
+    let mut r = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n").into_bytes();
     if !body.is_empty() || method == "POST" {
         r.extend_from_slice(
             format!(

@@ -273,6 +273,7 @@ fn encoding_keys_ok(kind: &str, id: &str, keys: &[Option<&Secret>]) -> Result<()
 /// Open the database, apply the apps, WeCom agents and components declared in config, bind, and
 /// start the workers.
 pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
+    config.check_listen_needs_key().map_err(|e| e.to_string())?;
     let db_path = PathBuf::from(&config.storage.path);
     let sealer = crate::seal::Sealer::from_config(&config.storage)?;
     let db = Db::open_with(&db_path, sealer.clone())
@@ -703,7 +704,7 @@ fn route(w: &mut Worker, rq: &Incoming) -> (&'static str, Reply) {
         (Method::Post, "/mina/login") => ("/mina/login", mina::login(w, rq)),
         (Method::Post, "/mina/auth") => ("/mina/auth", mina::auth(w, rq)),
         (Method::Get, "/healthz") => ("/healthz", healthz(w)),
-        (Method::Get, "/metrics") => ("/metrics", metrics(w)),
+        (Method::Get, "/metrics") => ("/metrics", metrics(w, rq)),
         _ if path.starts_with("/v1/") => v1::route(w, rq),
         _ if path.starts_with("/wechat/") => callbacks::route(w, rq),
         _ if path.starts_with("/dev/") && w.shared.dev => dev::route(w, rq),
@@ -718,6 +719,11 @@ fn route(w: &mut Worker, rq: &Incoming) -> (&'static str, Reply) {
 
 pub fn not_found() -> Reply {
     Reply::error(404, "not_found", "no such route", None)
+}
+
+/// The `/v1` shape of [`Refused::NoKey`] (and of `/metrics` without its key).
+pub fn unauthorized() -> Reply {
+    Reply::error(401, "unauthorized", "missing or wrong api key", None)
 }
 
 pub fn method_not_allowed() -> Reply {
@@ -748,7 +754,12 @@ fn healthz(w: &Worker) -> Reply {
     }
 }
 
-fn metrics(w: &Worker) -> Reply {
+/// Prometheus text; behind the api key when one is set (Prometheus sends it as a bearer token).
+fn metrics(w: &Worker, rq: &Incoming) -> Reply {
+    let key = &w.shared.config.server.api_key;
+    if !key.is_empty() && !bearer_ok(key, rq) {
+        return unauthorized();
+    }
     let live = w.db.count_live_sessions(crate::ids::now()).ok();
     Reply::text(
         200,
@@ -757,17 +768,67 @@ fn metrics(w: &Worker) -> Reply {
     )
 }
 
-/// Does the request carry `Authorization: Bearer <server.api_key>`? True when no key is set.
-pub fn api_key_ok(w: &Worker, rq: &Incoming) -> bool {
+/// Why a request may not use a key-guarded route (CONTRACT §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// A key is set and the request does not carry it.
+    NoKey,
+    /// No key is set and the request's `Host` is not a loopback name or address.
+    ForeignHost,
+}
+
+/// May this request use a key-guarded route (the credential interfaces of the envelope, every
+/// `/v1` route)? With `server.api_key` set: only with `Authorization: Bearer <key>`. Without
+/// one: only when its `Host` names this machine's loopback, so that a web page a browser on
+/// the same machine loads from elsewhere (DNS rebinding) cannot read tokens or replace secrets.
+pub fn guard(w: &Worker, rq: &Incoming) -> Result<(), Refused> {
     let key = &w.shared.config.server.api_key;
     if key.is_empty() {
-        return true;
+        return match rq.header("Host") {
+            Some(host) if is_loopback_host(host) => Ok(()),
+            _ => Err(Refused::ForeignHost),
+        };
     }
+    if bearer_ok(key, rq) {
+        Ok(())
+    } else {
+        Err(Refused::NoKey)
+    }
+}
+
+/// Does the request carry `Authorization: Bearer <key>`? Compared in constant time.
+fn bearer_ok(key: &Secret, rq: &Incoming) -> bool {
     let given = rq
         .header("Authorization")
         .and_then(|h| h.strip_prefix("Bearer "))
         .unwrap_or("");
     crate::crypto::ct_eq(given.trim().as_bytes(), key.expose().as_bytes())
+}
+
+/// A `Host` header that names the loopback: `localhost` (any case), an address in 127.0.0.0/8
+/// or `[::1]`, each with or without a numeric port. Nothing else: not a name under
+/// `localhost.`, not `0.0.0.0`, not a malformed port.
+pub fn is_loopback_host(host: &str) -> bool {
+    let port_ok = |p: &str| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
+    if let Some(rest) = host.strip_prefix('[') {
+        let Some((addr, after)) = rest.split_once(']') else {
+            return false;
+        };
+        let port_fine = after.is_empty() || after.strip_prefix(':').is_some_and(port_ok);
+        return port_fine
+            && addr
+                .parse::<std::net::Ipv6Addr>()
+                .is_ok_and(|a| a.is_loopback());
+    }
+    let name = match host.split_once(':') {
+        None => host,
+        Some((name, port)) if port_ok(port) => name,
+        Some(_) => return false,
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|a| a.is_loopback())
 }
 
 /// `application/x-www-form-urlencoded` (and query string) decoding. Invalid escapes are kept as
@@ -833,6 +894,46 @@ mod tests {
             br#"{"returnCode":0,"m":"OK"}"#
         );
         assert_eq!(Obj::new().into_bytes(), b"{}");
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for host in [
+            "localhost",
+            "LOCALHOST",
+            "localhost:5757",
+            "127.0.0.1",
+            "127.0.0.1:1",
+            "127.255.0.9:65535",
+            "[::1]",
+            "[::1]:80",
+            "[0:0:0:0:0:0:0:1]:80",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "",
+            "attacker.example",
+            "localhost.attacker.example",
+            "attacker.localhost",
+            "localhost.",
+            "localhost:",
+            "localhost:http",
+            "localhost:123456",
+            "localhost:1:2",
+            "127.0.0.1.nip.io",
+            "127.1",
+            "0.0.0.0",
+            "10.0.0.1:5757",
+            "[::2]",
+            "[::1",
+            "[::1]x",
+            "[::1]:",
+            "[::ffff:127.0.0.1]",
+            "::1",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
     }
 
     #[test]

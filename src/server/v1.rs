@@ -1,9 +1,9 @@
 //! The clean `/v1` JSON API (CONTRACT §5). Every route requires `Authorization: Bearer
-//! <server.api_key>` when a key is set. Errors are `{"error":CODE,"message":STR,"errcode"?}` with
+//! <server.api_key>` when a key is set, and a loopback `Host` when none is (`server::guard`). Errors are `{"error":CODE,"message":STR,"errcode"?}` with
 //! a 4xx/5xx status; internal detail goes to the log only.
 
 use super::json::{Json, Members};
-use super::{api_key_ok, Incoming, Method, Obj, Reply, Worker};
+use super::{guard, Incoming, Method, Obj, Refused, Reply, Worker};
 use crate::credential::{self, Credential, Key};
 use crate::error::Error;
 use crate::session::{self, Encrypted};
@@ -96,11 +96,20 @@ impl<'a> Body<'a> {
 }
 
 pub fn route(w: &mut Worker, rq: &Incoming) -> (&'static str, Reply) {
-    if !api_key_ok(w, rq) {
-        return (
-            "/v1",
-            Reply::error(401, "unauthorized", "missing or wrong api key", None),
-        );
+    match guard(w, rq) {
+        Ok(()) => {}
+        Err(Refused::NoKey) => return ("/v1", super::unauthorized()),
+        Err(Refused::ForeignHost) => {
+            return (
+                "/v1",
+                Reply::error(
+                    403,
+                    "forbidden",
+                    "without server.api_key only a loopback Host is served",
+                    None,
+                ),
+            )
+        }
     }
     let segs: Vec<&str> = rq
         .path

@@ -167,7 +167,9 @@ fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Data), Fail>
     if !SESSION_INTERFACES.contains(&name) && !CREDENTIAL_INTERFACES.contains(&name) {
         return Err(INTERFACENAME_PARA_ERR);
     }
-    if CREDENTIAL_INTERFACES.contains(&name) && !super::api_key_ok(w, rq) {
+    // Refused as the envelope refuses everything, with HTTP 200: a missing key and a foreign
+    // `Host` alike are 60012 (`server::guard`).
+    if CREDENTIAL_INTERFACES.contains(&name) && super::guard(w, rq).is_err() {
         return Err(AUTH_FAIL);
     }
     match name {
@@ -349,7 +351,7 @@ const SESSION_INTERFACES: &[&str] = &[
     "qcloud.cam.userinfo",
 ];
 
-/// The interfaces that require the api key when one is set.
+/// The interfaces that require the api key when one is set, and a loopback `Host` when none is.
 const CREDENTIAL_INTERFACES: &[&str] = &[
     "qcloud.mimi.access_token",
     "qcloud.work.initagent",

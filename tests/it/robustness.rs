@@ -768,6 +768,7 @@ fn no_secret_reaches_the_log_or_a_response() {
         responses.push_str(&text);
     }
     let metrics = ureq::get(&format!("http://{addr}/metrics"))
+        .set("Authorization", &bearer)
         .call()
         .unwrap()
         .into_string()
@@ -831,13 +832,13 @@ fn bodies_are_read_whole_however_they_are_framed() {
     };
     let sized = |b: &str| {
         format!(
-            "POST /v1/sessions/check HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+            "POST /v1/sessions/check HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
             b.len()
         )
     };
     let chunked = |b: &str, pieces: usize| {
         let mut r = String::from(
-            "POST /v1/sessions/check HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+            "POST /v1/sessions/check HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
         );
         let step = b.len().div_ceil(pieces);
         for part in b.as_bytes().chunks(step) {
