@@ -191,7 +191,12 @@ pub fn seen_keys(
     window: i64,
 ) -> Vec<(String, i64)> {
     let request = format!("req {account} {signature} {timestamp} {nonce}");
-    let f = |k| message.field(k).filter(|v| !v.is_empty());
+    // A mini program's JSON data format sends `MsgId` and `CreateTime` as numbers.
+    let f = |k| match message.fields.get(k) {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
     let id = match (f("MsgId"), f("FromUserName"), f("CreateTime")) {
         (Some(id), _, _) => format!("id {id}"),
         (None, Some(from), Some(at)) => format!("from {from} {at}"),
@@ -450,6 +455,15 @@ mod tests {
         };
         assert_ne!(ticket("t@@@one"), ticket("t@@@two"));
         assert_eq!(ticket("t@@@one"), ticket("t@@@one"));
+        // A mini program's JSON data format sends numbers: the same keys as its XML.
+        let json = |text: &str| Message {
+            xml: text.to_string(),
+            fields: parse_body(text).unwrap(),
+        };
+        let retried = json(r#"{"FromUserName":"o1","CreateTime":5,"MsgId":42,"Content":"a"}"#);
+        assert_eq!(keys(&retried)[1], keys(&text)[1]);
+        let event = json(r#"{"FromUserName":"o1","CreateTime":5,"Event":"x"}"#);
+        assert_eq!(keys(&event)[1].0, seen_key("msg mp/wx1 from o1 5"));
     }
 
     #[test]
