@@ -403,11 +403,12 @@ fn hundreds_of_idle_and_trickling_connections_do_not_stall_the_server() {
     let mut slowest = Duration::ZERO;
     let mut round = 0;
     // About 2.5 s of byte-at-a-time heads (a byte per connection every 50 ms) with normal
-    // traffic in between.
+    // traffic in between. A head must be whole within the io timeout of its first byte, so the
+    // server cuts these off (408) after 1.5 s; a write that then fails is that.
     while started.elapsed() < Duration::from_millis(2500) {
         for s in trickle.iter_mut() {
             let byte = head.get(round).copied().unwrap_or(b'x');
-            s.write_all(&[byte]).unwrap();
+            let _ = s.write_all(&[byte]);
         }
         round += 1;
         let t = Instant::now();
@@ -423,15 +424,17 @@ fn hundreds_of_idle_and_trickling_connections_do_not_stall_the_server() {
         slowest < Duration::from_millis(io_timeout_ms / 2),
         "a request took {slowest:?}"
     );
-    // The idle connections and the slow bodies were cut off by the timeouts: the server closed
-    // them (EOF), or answered 408 and closed.
-    for mut s in idle.into_iter().chain(slow_bodies) {
+    // The idle connections, the slow heads and the slow bodies were cut off by the timeouts:
+    // the server closed them (EOF), or answered 408 and closed. A slow head may instead see a
+    // reset: it went on writing after the server had closed.
+    for mut s in idle.into_iter().chain(slow_bodies).chain(trickle) {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut buf = Vec::new();
         let r = s.read_to_end(&mut buf);
+        let reset = matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset);
         assert!(
-            r.is_ok(),
-            "the server did not close an idle connection: {r:?}"
+            r.is_ok() || reset,
+            "the server did not close a connection: {r:?}"
         );
         let text = String::from_utf8_lossy(&buf);
         assert!(
@@ -444,7 +447,6 @@ fn hundreds_of_idle_and_trickling_connections_do_not_stall_the_server() {
          {answered} requests answered meanwhile, slowest {slowest:?}",
         idle_n + trickle_n + 2
     );
-    drop(trickle);
 }
 
 /// A `wafer serve` child on a database with one app, talking to an in-process fake WeChat;
