@@ -14,7 +14,7 @@
 //! fresh `component_verify_ticket` push is all it takes.
 
 use crate::credential::{fetched, Broker, Fetched, Key};
-use crate::error::Error;
+use crate::error::{Error, Refusal};
 use crate::ids;
 use crate::store::Db;
 use crate::wechat::{Host, UpstreamError};
@@ -34,9 +34,9 @@ pub fn fetch_component_token(
     let c = db
         .component(component_appid)?
         .ok_or(Error::NotFound("component"))?;
-    let ticket = c.verify_ticket.ok_or_else(|| {
-        Error::Refused("no component_verify_ticket received yet (WeChat pushes one every 10 minutes to the event URL)".into())
-    })?;
+    let ticket = c
+        .verify_ticket
+        .ok_or(Error::Refused(Refusal::NoVerifyTicket))?;
     let v = broker.wechat().post(
         Host::Api,
         "/cgi-bin/component/api_component_token",

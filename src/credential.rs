@@ -13,7 +13,7 @@
 //! still-valid value is cached, serve it; WeCom's 40001 is a bad secret, not a stale token.
 
 use crate::config::Secret;
-use crate::error::Error;
+use crate::error::{Error, Refusal};
 use crate::ids;
 use crate::metrics::Metrics;
 use crate::store::{utc_day, Db};
@@ -366,15 +366,15 @@ impl Broker {
     fn check_force_allowed(&self, db: &Db, key: &Key, now: i64) -> Result<(), Error> {
         let q = db.quota(&key.id(), &utc_day(now))?;
         if q.forced >= FORCE_PER_DAY {
-            return Err(Error::Refused(format!(
-                "force refresh refused: at most {FORCE_PER_DAY} a day for one credential"
-            )));
+            return Err(Error::Refused(Refusal::ForcePerDay {
+                limit: FORCE_PER_DAY,
+            }));
         }
         if q.last_forced > 0 && now - q.last_forced < FORCE_MIN_INTERVAL_SECS {
-            return Err(Error::Refused(format!(
-                "force refresh refused: at most one every {FORCE_MIN_INTERVAL_SECS} s (next in {} s)",
-                FORCE_MIN_INTERVAL_SECS - (now - q.last_forced)
-            )));
+            return Err(Error::Refused(Refusal::ForceTooSoon {
+                every_secs: FORCE_MIN_INTERVAL_SECS,
+                next_in_secs: FORCE_MIN_INTERVAL_SECS - (now - q.last_forced),
+            }));
         }
         Ok(())
     }
@@ -385,10 +385,7 @@ impl Broker {
         let now = ids::now();
         let day = utc_day(now);
         if db.quota(&id, &day)?.blocked_until > now {
-            return Err(Error::Refused(format!(
-                "WeChat's daily quota for this credential is used up ({})",
-                errcode::DAILY_QUOTA_REACHED
-            )));
+            return Err(Error::Refused(Refusal::DailyQuota));
         }
         let mut attempt = 0;
         let fetched = loop {

@@ -26,8 +26,8 @@ pub enum Error {
     SessionWrite(String),
     /// A thing named in the path does not exist (agent, component, authoriser).
     NotFound(&'static str),
-    /// The operation is refused by policy (quota, force-refresh limits); the text says why.
-    Refused(String),
+    /// The operation is refused by policy, for this reason; each dialect says which.
+    Refused(Refusal),
     /// Something that should not happen; logged, answered as a 500.
     Internal(String),
     /// The answer would wait on WeChat and this thread must not ([`may_wait`]): the server hands
@@ -36,6 +36,45 @@ pub enum Error {
     /// The answer would wait on WeChat and no thread may wait now: the upstream pool (the
     /// server's lane) is full. Answered at once: 1005, 503 `busy` with `Retry-After: 1`.
     Busy,
+}
+
+/// Why a credential is refused without asking WeChat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// WeChat answered 45009 for this credential today: no call until the next UTC day.
+    DailyQuota,
+    /// `force` was used `limit` times today for this credential.
+    ForcePerDay { limit: i64 },
+    /// `force` is allowed once every `every_secs`; the next in `next_in_secs`.
+    ForceTooSoon { every_secs: i64, next_in_secs: i64 },
+    /// A component has no `component_verify_ticket` yet, so no component token can be fetched.
+    NoVerifyTicket,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::DailyQuota => write!(
+                f,
+                "WeChat's daily quota for this credential is used up ({})",
+                crate::wechat::errcode::DAILY_QUOTA_REACHED
+            ),
+            Refusal::ForcePerDay { limit } => write!(
+                f,
+                "force refresh refused: at most {limit} a day for one credential"
+            ),
+            Refusal::ForceTooSoon {
+                every_secs,
+                next_in_secs,
+            } => write!(
+                f,
+                "force refresh refused: at most one every {every_secs} s (next in {next_in_secs} s)"
+            ),
+            Refusal::NoVerifyTicket => f.write_str(
+                "no component_verify_ticket received yet (WeChat pushes one every 10 minutes to the event URL)",
+            ),
+        }
+    }
 }
 
 /// What a thread does when it is about to wait on WeChat ([`may_wait`]).
@@ -108,7 +147,7 @@ impl fmt::Display for Error {
             Error::Db(m) => write!(f, "database: {m}"),
             Error::SessionWrite(m) => write!(f, "session write: {m}"),
             Error::NotFound(what) => write!(f, "no such {what}"),
-            Error::Refused(m) => f.write_str(m),
+            Error::Refused(r) => write!(f, "{r}"),
             Error::Internal(m) => write!(f, "internal: {m}"),
             Error::Deferred => f.write_str("deferred to a thread that may wait on WeChat"),
             Error::Busy => f.write_str("the upstream pool is full"),

@@ -14,7 +14,7 @@ use super::{Incoming, Method, Reply, Worker};
 use crate::callback::{self, Forwarded, Message, Rejected};
 use crate::component::{self, AuthorizeLink};
 use crate::crypto::MsgCrypt;
-use crate::error::Error;
+use crate::error::{Error, Refusal};
 
 const TEXT: &str = "text/plain; charset=utf-8";
 const XML: &str = "application/xml; charset=utf-8";
@@ -430,10 +430,20 @@ fn error_page(e: Error) -> Reply {
             "WeChat unavailable",
             "WeChat could not be reached. Please try again.",
         ),
-        Error::Refused(_) => page(
+        Error::Refused(Refusal::NoVerifyTicket) => page(
             503,
             "Not ready",
             "The platform has not received its verify ticket from WeChat yet. Please try again in a few minutes.",
+        ),
+        Error::Refused(Refusal::DailyQuota) => page(
+            503,
+            "Not available today",
+            "WeChat's daily quota for this platform is used up. Please try again tomorrow.",
+        ),
+        Error::Refused(_) => page(
+            503,
+            "Not available",
+            "The platform cannot get a new token from WeChat right now. Please try again later.",
         ),
         _ => page(500, "Error", "Something went wrong."),
     }

@@ -35,7 +35,7 @@ pub fn error_reply(e: Error) -> Reply {
         Error::Upstream(_) => (502, "wechat_error", "WeChat answered an error".into()),
         Error::CodeRejected(_) => (400, "invalid_code", "WeChat rejected the login code".into()),
         Error::NotFound(what) => (404, "not_found", format!("no such {what}")),
-        Error::Refused(m) => (429, "refused", m.clone()),
+        Error::Refused(r) => (429, "refused", r.to_string()),
         Error::Db(_) => (500, "db_error", "database error".into()),
         Error::SessionWrite(_) => (
             500,

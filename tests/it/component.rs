@@ -780,3 +780,23 @@ fn authorise_by_event(env: &Env, pre_auth_code: Option<&str>) -> (i64, String) {
         ),
     )
 }
+
+#[test]
+fn a_quota_blocked_component_token_is_not_reported_as_a_missing_ticket() {
+    let env = component_env();
+    push_ticket(&env, None);
+    env.fail(json!({"path": "/cgi-bin/component/api_component_token", "errcode": 45009}));
+    let url = env.url(&format!("/wechat/component/{COMPONENT}/authorize"));
+    // The first page meets WeChat's 45009; the next one the stored quota block.
+    let (s, _, page) = get_page(&url, &[]);
+    assert_eq!(s, 502, "{page}");
+    assert!(page.contains("45009"), "{page}");
+    let (s, _, page) = get_page(&url, &[]);
+    assert!(!page.contains("verify ticket"), "{page}");
+    assert!(page.contains("quota") && s == 503, "{s} {page}");
+    assert_eq!(env.calls("/cgi-bin/component/api_component_token"), 1);
+    // The /v1 route says why too.
+    let (s, v) = component_token(&env);
+    assert_eq!((s, v["error"].as_str()), (429, Some("refused")), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("45009"), "{v}");
+}
