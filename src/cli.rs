@@ -65,12 +65,21 @@ impl Opts {
             .ok_or_else(|| format!("--{name} is required"))
     }
 
-    fn number(&mut self, name: &str) -> Result<Option<i64>, String> {
+    /// A whole number within `range` (the bounds of a duration, so that no clock overflows).
+    fn number(
+        &mut self,
+        name: &str,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Result<Option<i64>, String> {
         match self.take(name) {
             None => Ok(None),
             Some(v) => match v.parse::<i64>() {
-                Ok(n) if n > 0 => Ok(Some(n)),
-                _ => Err(format!("--{name}: expected a positive number, got {v:?}")),
+                Ok(n) if range.contains(&n) => Ok(Some(n)),
+                _ => Err(format!(
+                    "--{name}: expected a number from {} to {}, got {v:?}",
+                    range.start(),
+                    range.end()
+                )),
             },
         }
     }
@@ -204,6 +213,7 @@ fn dev(mut o: Opts) -> Result<(), String> {
                     ..Default::default()
                 },
                 crate::ids::now(),
+                &crate::credential::Key::app_prefix(DEV_APPID),
             )
         })
         .map_err(|e| format!("database {}: {e}", config.storage.path))?;
@@ -259,8 +269,8 @@ fn app_add(mut o: Opts) -> Result<(), String> {
         secret: Secret::new(o.need("secret")?),
         kind,
         title: o.take("title"),
-        login_days: o.number("login-days")?,
-        session_secs: o.number("session-secs")?,
+        login_days: o.number("login-days", crate::config::LOGIN_DAYS)?,
+        session_secs: o.number("session-secs", crate::config::SESSION_SECS)?,
         token: o.take("token").map(Secret::new),
         aes_key: o.take("aes-key").map(Secret::new),
         prev_aes_key: None,
@@ -274,7 +284,11 @@ fn app_add(mut o: Opts) -> Result<(), String> {
     let db = open_db(&mut o)?;
     o.done(0)?;
     let app = db
-        .upsert_app(&upsert, crate::ids::now())
+        .upsert_app(
+            &upsert,
+            crate::ids::now(),
+            &crate::credential::Key::app_prefix(&upsert.appid),
+        )
         .map_err(|e| format!("app add: {e}"))?;
     println!("app {} saved (app_id {})", app.appid, app.id);
     Ok(())
@@ -327,12 +341,12 @@ fn app_remove(mut o: Opts) -> Result<(), String> {
         .first()
         .ok_or("app remove: which app? (wafer app remove APPID)")?;
     if !db
-        .remove_app(appid)
+        .remove_app(appid, &crate::credential::Key::app_prefix(appid))
         .map_err(|e| format!("app remove: {e}"))?
     {
         return Err(format!("no app {appid}"));
     }
-    println!("app {appid} removed with its users and sessions");
+    println!("app {appid} removed with its users, sessions and stored tokens");
     Ok(())
 }
 

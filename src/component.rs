@@ -224,7 +224,8 @@ pub fn exchange_auth_code(
                 component_appid: component_appid.to_string(),
                 authorizer_appid: authorizer_appid.to_string(),
             };
-            db.put_credential(&key.id(), access, now + expires_in, now)?;
+            let expires_at = now + crate::credential::lifetime(expires_in);
+            db.put_credential(&key.id(), access, expires_at, now)?;
         }
     }
     Ok(Authorised {

@@ -150,6 +150,13 @@ pub struct ComponentDecl {
 fn default_kind() -> String {
     "miniprogram".into()
 }
+/// The range of an app's `login_days` (CLI `--login-days`, `app.login_days`): up to ten years.
+/// Bounded so that no lifetime added to a clock can overflow (a huge value once wrapped a
+/// session's `duration` negative).
+pub const LOGIN_DAYS: std::ops::RangeInclusive<i64> = 1..=3650;
+/// The range of an app's `session_secs` (`--session-secs`, `app.session_secs`): up to ten years.
+pub const SESSION_SECS: std::ops::RangeInclusive<i64> = 1..=3650 * 86400;
+
 pub fn default_login_days() -> i64 {
     30
 }
@@ -369,8 +376,14 @@ impl Config {
             if app.kind != "miniprogram" && app.kind != "official" {
                 return bad("app.kind", "must be \"miniprogram\" or \"official\"");
             }
-            if app.login_days <= 0 || app.session_secs <= 0 {
-                return bad("app.login_days / app.session_secs", "must be positive");
+            if !LOGIN_DAYS.contains(&app.login_days) {
+                return bad("app.login_days", "must be between 1 and 3650 (days)");
+            }
+            if !SESSION_SECS.contains(&app.session_secs) {
+                return bad(
+                    "app.session_secs",
+                    "must be between 1 and 315360000 (seconds)",
+                );
             }
         }
         for c in &self.components {

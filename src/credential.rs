@@ -23,6 +23,18 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// The longest lifetime believed from WeChat (`expires_in`; its real ones are 300 to 7200 s). A
+/// longer one is cut to this: i64::MAX once overflowed the expiry and made every read refetch.
+/// A shorter one is believed however short (zero or less is refused as garbage): serving a
+/// token past the expiry WeChat stated would be worse than fetching again, and fetches of one
+/// key are one at a time anyway.
+pub const MAX_LIFETIME_SECS: i64 = 2 * 86400;
+
+/// An upstream `expires_in` (positive) within [`MAX_LIFETIME_SECS`].
+pub fn lifetime(expires_in: i64) -> i64 {
+    expires_in.min(MAX_LIFETIME_SECS)
+}
+
 /// Forced refreshes allowed per key per UTC day, and the least time between two.
 pub const FORCE_PER_DAY: i64 = 20;
 pub const FORCE_MIN_INTERVAL_SECS: i64 = 30;
@@ -86,6 +98,12 @@ impl Key {
                 format!("component/{component_appid}/authorizer/{authorizer_appid}/access_token")
             }
         }
+    }
+
+    /// The prefix shared by every key of one app (its token and ticket), to drop them when its
+    /// secret changes or it is removed.
+    pub fn app_prefix(appid: &str) -> String {
+        format!("app/{appid}/")
     }
 
     /// The prefix shared by every key of one WeCom agent (to forget them when its secret changes).
@@ -178,8 +196,9 @@ impl State {
     /// Served to callers only with some validity left: a tenth of its life, between 1 and 30 s
     /// (expiry is kept in whole seconds, so less than a second could already be past).
     fn usable(&self, now: i64) -> bool {
-        let margin = ((self.expires_at - self.fetched_at) / 10).clamp(1, 30);
-        self.value.is_some() && now < self.expires_at - margin
+        // Saturating: a row stored before lifetimes were bounded may hold any expiry.
+        let margin = (self.expires_at.saturating_sub(self.fetched_at) / 10).clamp(1, 30);
+        self.value.is_some() && now < self.expires_at.saturating_sub(margin)
     }
 
     fn credential(&self, fresh: bool) -> Option<Credential> {
@@ -315,6 +334,7 @@ impl Broker {
         let result = match outcome {
             Ok(f) => {
                 let done = ids::now();
+                // `f.expires_in` is within `lifetime`'s bounds: this cannot overflow.
                 let expires_at = done + f.expires_in;
                 let unchanged = st.value.as_ref().is_some_and(|v| v.expose() == f.value);
                 st.value = Some(Secret::new(f.value));
@@ -354,13 +374,13 @@ impl Broker {
     /// When to renew a value fetched at `fetched` expiring at `expires`: `refresh_ahead_secs`
     /// before expiry (at most a third of its life), less up to 10% jitter so keys spread out.
     fn refresh_point(&self, fetched: i64, expires: i64) -> i64 {
-        let life = (expires - fetched).max(1);
+        let life = expires.saturating_sub(fetched).max(1);
         let ahead = self.refresh_ahead_secs.min(life / 3).max(1);
         let jitter = ids::random_bytes::<2>()
             .map(|b| u16::from_le_bytes(b) as i64)
             .unwrap_or(0)
             % (ahead / 10 + 1);
-        expires - ahead - jitter
+        expires.saturating_sub(ahead + jitter)
     }
 
     fn check_force_allowed(&self, db: &Db, key: &Key, now: i64) -> Result<(), Error> {
@@ -415,12 +435,12 @@ impl Broker {
         if fetched.value.is_empty() || fetched.expires_in <= 0 {
             return Err(Error::Upstream(UpstreamError::Garbage));
         }
-        db.put_credential(
-            &id,
-            &fetched.value,
-            ids::now() + fetched.expires_in,
-            ids::now(),
-        )?;
+        let fetched = Fetched {
+            expires_in: lifetime(fetched.expires_in),
+            ..fetched
+        };
+        let now = ids::now();
+        db.put_credential(&id, &fetched.value, now + fetched.expires_in, now)?;
         Ok(fetched)
     }
 
@@ -636,4 +656,22 @@ pub fn js_signature(
         .unwrap_or_else(|| ids::now().to_string());
     let sig = crate::crypto::jsapi_signature(ticket, &nonce, &ts, url);
     Ok((nonce, ts, sig))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_lifetimes_are_clamped() {
+        for (given, kept) in [
+            (1, 1),
+            (300, 300),
+            (7200, 7200),
+            (2 * 86400, MAX_LIFETIME_SECS),
+            (i64::MAX, MAX_LIFETIME_SECS),
+        ] {
+            assert_eq!(lifetime(given), kept, "{given}");
+        }
+    }
 }

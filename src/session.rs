@@ -146,7 +146,7 @@ pub fn login(
             new_user_id: &new_user_id,
             skey_hash: &skey_hash,
             now,
-            expires_at: now + app.login_days * 86400,
+            expires_at: now.saturating_add(app.login_days.saturating_mul(86400)),
             idle_secs: app.session_secs,
         })
         .map_err(|e| Error::SessionWrite(e.to_string()))?;
@@ -162,10 +162,14 @@ pub fn login(
     })
 }
 
-/// (duration, expires_at) of a session created now.
+/// (duration, expires_at) of a session created now. Saturating: configured lifetimes are
+/// bounded (`config::LOGIN_DAYS`), but an app stored before the bounds may hold any value.
 fn lifetimes(app: &App, now: i64) -> (i64, i64) {
-    let duration = app.session_secs.min(app.login_days * 86400);
-    (duration, now + duration)
+    let duration = app
+        .session_secs
+        .min(app.login_days.saturating_mul(86400))
+        .max(0);
+    (duration, now.saturating_add(duration))
 }
 
 /// Check a session: both ids well-formed, the session exists, belongs to `app` when one is
@@ -276,6 +280,30 @@ fn parse_stored(s: Option<&str>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lifetimes_never_overflow() {
+        let app = |login_days, session_secs| App {
+            id: 1,
+            appid: "wx1".into(),
+            secret: crate::config::Secret::new("s"),
+            kind: "miniprogram".into(),
+            title: String::new(),
+            login_days,
+            session_secs,
+            token: None,
+            aes_key: None,
+            prev_aes_key: None,
+            forward_url: None,
+        };
+        let now = 1_800_000_000;
+        assert_eq!(lifetimes(&app(30, 3600), now), (3600, now + 3600));
+        assert_eq!(lifetimes(&app(1, 999_999), now), (86400, now + 86400));
+        for (days, secs) in [(106_751_991_167_302, i64::MAX), (i64::MAX, i64::MAX)] {
+            let (duration, expires_at) = lifetimes(&app(days, secs), now);
+            assert!(duration > 0 && expires_at >= now, "{days} {secs}");
+        }
+    }
 
     #[test]
     fn stored_user_info_passes_through_only_as_a_valid_object() {

@@ -711,9 +711,15 @@ impl Db {
 
     // ---- apps ----
 
-    pub fn upsert_app(&self, a: &AppUpsert, now: i64) -> rusqlite::Result<App> {
+    /// Insert or update an app. When an existing app's secret changes, its stored credentials
+    /// (every key starting with `credentials`, `credential::Key::app_prefix`) are deleted in the
+    /// same transaction: they were fetched with the old secret.
+    pub fn upsert_app(&self, a: &AppUpsert, now: i64, credentials: &str) -> rusqlite::Result<App> {
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
         let stored = self.app_by_appid(&a.appid)?;
+        if stored.as_ref().is_some_and(|b| b.secret != a.secret) {
+            self.delete_credentials_with_prefix(credentials)?;
+        }
         let prev = next_prev_aes_key(a.prev_aes_key.as_ref(), a.aes_key.as_ref(), stored.as_ref());
         tx.execute(
             "INSERT INTO apps (appid, secret, kind, title, login_days, session_secs, token, aes_key, forward_url, created_at, prev_aes_key)
@@ -802,12 +808,16 @@ impl Db {
         apps
     }
 
-    /// Remove an app with its users and sessions (cascade). False when there was no such app.
-    pub fn remove_app(&self, appid: &str) -> rusqlite::Result<bool> {
-        Ok(self
-            .conn
-            .execute("DELETE FROM apps WHERE appid = ?1", [appid])?
-            > 0)
+    /// Remove an app with its users and sessions (cascade) and its stored credentials (every key
+    /// starting with `credentials`), in one transaction. False when there was no such app.
+    pub fn remove_app(&self, appid: &str, credentials: &str) -> rusqlite::Result<bool> {
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let removed = tx.execute("DELETE FROM apps WHERE appid = ?1", [appid])? > 0;
+        if removed {
+            self.delete_credentials_with_prefix(credentials)?;
+        }
+        tx.commit()?;
+        Ok(removed)
     }
 
     // ---- sessions ----
@@ -1074,6 +1084,10 @@ impl Db {
     }
 
     pub fn delete_credentials_with_prefix(&self, prefix: &str) -> rusqlite::Result<usize> {
+        // An empty prefix would be every credential: never what a caller means.
+        if prefix.is_empty() {
+            return Ok(0);
+        }
         self.conn.execute(
             "DELETE FROM credentials WHERE substr(key, 1, length(?1)) = ?1",
             [prefix],
@@ -1696,6 +1710,7 @@ mod tests {
                     ..Default::default()
                 },
                 0,
+                "app/wx1/",
             )
             .unwrap();
         let mut first_id = None;
@@ -1730,7 +1745,7 @@ mod tests {
             .session(&id, &crate::ids::skey_hash("skey12"))
             .unwrap()
             .is_some());
-        assert!(db.remove_app("wx1").unwrap());
+        assert!(db.remove_app("wx1", "app/wx1/").unwrap());
         let n = count(&db, "SELECT count(*) FROM sessions");
         assert_eq!(n, 0);
     }

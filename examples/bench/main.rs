@@ -606,6 +606,7 @@ fn seed(path: &Path, n: u64) {
                 ..Default::default()
             },
             now,
+            &wafer::credential::Key::app_prefix(APPID),
         )
         .expect("app");
     }

@@ -313,6 +313,8 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
                 forward_url: a.forward_url.clone(),
             },
             now,
+            // A changed secret drops the tokens fetched with the old one.
+            &crate::credential::Key::app_prefix(&a.appid),
         )
         .map_err(|e| format!("config app {}: {e}", a.appid))?;
     }

@@ -2,6 +2,7 @@
 //! in a temp dir, and the fake WeChat on loopback. Behaviour is tested at the HTTP boundary.
 
 mod access;
+mod bounds;
 mod callbacks;
 mod cli;
 mod component;
