@@ -17,13 +17,8 @@ use crate::credential::{fetched, Broker, Fetched, Key};
 use crate::error::{Error, Refusal};
 use crate::ids;
 use crate::store::Db;
-use crate::wechat::{Host, UpstreamError};
+use crate::wechat::{urls, Host, UpstreamError};
 use serde_json::{json, Map, Value};
-use std::time::Duration;
-
-/// How often a -1 ("system busy") on a dependent step is retried, and the first back-off.
-const BUSY_RETRIES: u32 = 3;
-const BUSY_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Fetch a component access token with the stored verify ticket.
 pub fn fetch_component_token(
@@ -39,7 +34,7 @@ pub fn fetch_component_token(
         .ok_or(Error::Refused(Refusal::NoVerifyTicket))?;
     let v = broker.wechat().post(
         Host::Api,
-        "/cgi-bin/component/api_component_token",
+        urls::COMPONENT_TOKEN,
         &[],
         &json!({
             "component_appid": component_appid,
@@ -64,7 +59,7 @@ pub fn fetch_authorizer_token(
         broker,
         db,
         component_appid,
-        "/cgi-bin/component/api_authorizer_token",
+        urls::AUTHORIZER_TOKEN,
         &json!({
             "component_appid": component_appid,
             "authorizer_appid": authorizer_appid,
@@ -122,7 +117,7 @@ pub fn pre_auth_code(broker: &Broker, db: &Db, component_appid: &str) -> Result<
         broker,
         db,
         component_appid,
-        "/cgi-bin/component/api_create_preauthcode",
+        urls::CREATE_PREAUTHCODE,
         &json!({"component_appid": component_appid}),
         true,
     )?;
@@ -184,7 +179,7 @@ pub fn exchange_auth_code(
         broker,
         db,
         component_appid,
-        "/cgi-bin/component/api_query_auth",
+        urls::QUERY_AUTH,
         &json!({"component_appid": component_appid, "authorization_code": auth_code}),
         true,
     )?;
@@ -331,39 +326,27 @@ pub fn handle_event(
     }
 }
 
-/// A component-token call: `POST path?component_access_token=…`. A stale component token
-/// (40001, 40014, 42001) is invalidated once and the call made again; -1 is retried with
-/// back-off when `retry_busy`.
+/// A component-token call: `POST path?component_access_token=…`, through
+/// [`Broker::with_token`] (a stale token refreshed once; -1 retried when `retry_busy`).
 fn with_component_token(
     broker: &Broker,
     db: &Db,
     component_appid: &str,
-    path: &str,
+    endpoint: &str,
     body: &Value,
     retry_busy: bool,
 ) -> Result<Value, Error> {
     let key = Key::ComponentToken {
         component_appid: component_appid.to_string(),
     };
-    let (mut refreshed, mut busy) = (false, 0);
-    loop {
-        let token = broker.get(db, &key, false)?;
-        let query = [("component_access_token", token.value.expose())];
-        match broker.wechat().post(Host::Api, path, &query, body) {
-            Ok(v) => return Ok(v),
-            Err(UpstreamError::WeChat { errcode, .. })
-                if !refreshed && matches!(errcode, 40001 | 40014 | 42001) =>
-            {
-                refreshed = true;
-                broker.invalidate(db, &key, token.value.expose())?;
-            }
-            Err(UpstreamError::WeChat { errcode: -1, .. }) if retry_busy && busy < BUSY_RETRIES => {
-                std::thread::sleep(BUSY_BACKOFF * 2u32.pow(busy));
-                busy += 1;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    broker.with_token(db, &key, retry_busy, |wechat, token| {
+        wechat.post(
+            Host::Api,
+            endpoint,
+            &[("component_access_token", token)],
+            body,
+        )
+    })
 }
 
 /// Where to send the merchant: WeChat's PC authorisation page, or the mobile one.
@@ -392,9 +375,12 @@ impl AuthorizeLink<'_> {
             q.push_str(&format!("&biz_appid={}", url_encode(b)));
         }
         if self.mobile {
-            format!("https://open.weixin.qq.com/wxaopen/safe/bindcomponent?action=bindcomponent&no_scan=1&{q}#wechat_redirect")
+            format!(
+                "{}?action=bindcomponent&no_scan=1&{q}#wechat_redirect",
+                urls::MOBILE_AUTHORIZE_PAGE
+            )
         } else {
-            format!("https://mp.weixin.qq.com/cgi-bin/componentloginpage?{q}")
+            format!("{}?{q}", urls::AUTHORIZE_PAGE)
         }
     }
 }

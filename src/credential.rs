@@ -17,7 +17,7 @@ use crate::error::{Error, Refusal};
 use crate::ids;
 use crate::metrics::Metrics;
 use crate::store::{utc_day, Db};
-use crate::wechat::{errcode, path, Host, UpstreamError, WeChat};
+use crate::wechat::{errcode, urls, Host, UpstreamError, WeChat};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -41,6 +41,10 @@ pub const FORCE_MIN_INTERVAL_SECS: i64 = 30;
 /// How often a -1 ("system busy") is retried, and the first back-off.
 const BUSY_RETRIES: u32 = 3;
 const BUSY_BACKOFF: Duration = Duration::from_millis(100);
+/// The pause before busy retry number `attempt` (from 0): 100, 200, 400 ms.
+fn busy_backoff(attempt: u32) -> Duration {
+    BUSY_BACKOFF * 2u32.pow(attempt)
+}
 /// A credential unused for this long is no longer renewed in the background.
 const KEEP_WARM_SECS: i64 = 3600;
 
@@ -129,11 +133,14 @@ impl Key {
         }
     }
 
-    fn is_work(&self) -> bool {
-        matches!(
-            self,
-            Key::WorkToken { .. } | Key::WorkCorpTicket { .. } | Key::WorkAgentTicket { .. }
-        )
+    /// The host this credential is fetched from and used on.
+    fn host(&self) -> Host {
+        match self {
+            Key::WorkToken { .. } | Key::WorkCorpTicket { .. } | Key::WorkAgentTicket { .. } => {
+                Host::Work
+            }
+            _ => Host::Api,
+        }
     }
 
     /// The token a ticket is fetched with.
@@ -415,7 +422,7 @@ impl Broker {
                     errcode: errcode::SYSTEM_BUSY,
                     ..
                 })) if attempt < BUSY_RETRIES => {
-                    std::thread::sleep(BUSY_BACKOFF * 2u32.pow(attempt));
+                    std::thread::sleep(busy_backoff(attempt));
                     attempt += 1;
                 }
                 Err(Error::Upstream(UpstreamError::WeChat {
@@ -452,14 +459,14 @@ impl Broker {
                 let v = if self.stable_token {
                     self.wechat.post(
                         Host::Api,
-                        path::STABLE_TOKEN,
+                        urls::STABLE_TOKEN,
                         &[],
                         &json!({"grant_type": "client_credential", "appid": appid, "secret": app.secret.expose(), "force_refresh": force}),
                     )?
                 } else {
                     self.wechat.get(
                         Host::Api,
-                        path::TOKEN,
+                        urls::TOKEN,
                         &[
                             ("grant_type", "client_credential"),
                             ("appid", appid),
@@ -475,7 +482,7 @@ impl Broker {
                     .ok_or(Error::NotFound("WeCom agent"))?;
                 let v = self.wechat.get(
                     Host::Work,
-                    path::WORK_GETTOKEN,
+                    urls::WORK_GETTOKEN,
                     &[("corpid", corpid), ("corpsecret", agent.secret.expose())],
                 )?;
                 fetched(&v, "access_token")
@@ -503,26 +510,51 @@ impl Broker {
     fn fetch_ticket(&self, db: &Db, key: &Key) -> Result<Fetched, Error> {
         let parent = key.parent().expect("tickets have a parent token");
         let (host, endpoint, extra): (Host, &str, &[(&str, &str)]) = match key {
-            Key::AppTicket { .. } => (Host::Api, path::TICKET_GETTICKET, &[("type", "jsapi")]),
-            Key::WorkCorpTicket { .. } => (Host::Work, path::WORK_GET_JSAPI_TICKET, &[]),
+            Key::AppTicket { .. } => (Host::Api, urls::TICKET_GETTICKET, &[("type", "jsapi")]),
+            Key::WorkCorpTicket { .. } => (Host::Work, urls::WORK_GET_JSAPI_TICKET, &[]),
             _ => (
                 Host::Work,
-                path::WORK_TICKET_GET,
+                urls::WORK_TICKET_GET,
                 &[("type", "agent_config")],
             ),
         };
-        let mut retried = false;
-        loop {
-            let token = self.get(db, &parent, false)?;
-            let mut query = vec![("access_token", token.value.expose())];
+        // The broker retries -1 around this whole fetch, so this call does not retry it again.
+        let v = self.with_token(db, &parent, false, |wechat, token| {
+            let mut query = vec![("access_token", token)];
             query.extend_from_slice(extra);
-            match self.wechat.get(host, endpoint, &query) {
-                Ok(v) => return fetched(&v, "ticket"),
-                Err(UpstreamError::WeChat { errcode: code, .. })
-                    if !retried && errcode::stale_token(code, key.is_work()) =>
+            wechat.get(host, endpoint, &query)
+        })?;
+        fetched(&v, "ticket")
+    }
+
+    /// Call WeChat with `key`'s current token (`call` gets the client and the token). When
+    /// WeChat says the token is stale ([`crate::wechat::Errcode::stale_token`] for the token's host), it is
+    /// invalidated once (if still current) and the call made again; a -1 is retried with
+    /// back-off when `retry_busy`. Every token-bearing call outside the fetchers goes through here.
+    pub fn with_token(
+        &self,
+        db: &Db,
+        key: &Key,
+        retry_busy: bool,
+        mut call: impl FnMut(&WeChat, &str) -> Result<Value, UpstreamError>,
+    ) -> Result<Value, Error> {
+        let (mut refreshed, mut busy) = (false, 0);
+        loop {
+            let token = self.get(db, key, false)?;
+            match call(&self.wechat, token.value.expose()) {
+                Ok(v) => return Ok(v),
+                Err(UpstreamError::WeChat { errcode, .. })
+                    if !refreshed && errcode.stale_token(key.host()) =>
                 {
-                    retried = true;
-                    self.invalidate(db, &parent, token.value.expose())?;
+                    refreshed = true;
+                    self.invalidate(db, key, token.value.expose())?;
+                }
+                Err(UpstreamError::WeChat {
+                    errcode: errcode::SYSTEM_BUSY,
+                    ..
+                }) if retry_busy && busy < BUSY_RETRIES => {
+                    std::thread::sleep(busy_backoff(busy));
+                    busy += 1;
                 }
                 Err(e) => return Err(e.into()),
             }

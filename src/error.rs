@@ -2,7 +2,7 @@
 //! (Wafer envelope, `/mina`, `/v1`) renders it in its own words; internal detail (SQL errors,
 //! upstream bodies) goes to the log, never into a response.
 
-use crate::wechat::UpstreamError;
+use crate::wechat::{Errcode, UpstreamError};
 use std::fmt;
 
 /// `Clone`: a refresh's error is handed to every caller that waited for it.
@@ -19,7 +19,7 @@ pub enum Error {
     /// WeChat could not be reached, timed out or answered something that is not its JSON.
     Upstream(UpstreamError),
     /// WeChat answered an errcode to a login (`jscode2session`).
-    CodeRejected(i64),
+    CodeRejected(Errcode),
     /// A database read failed.
     Db(String),
     /// A session write failed; nothing was committed.
@@ -126,7 +126,7 @@ pub fn take_deferred() -> bool {
 
 impl Error {
     /// The WeChat errcode this error carries, if any (kept in `/v1` errors and in logs).
-    pub fn errcode(&self) -> Option<i64> {
+    pub fn errcode(&self) -> Option<Errcode> {
         match self {
             Error::CodeRejected(c) => Some(*c),
             Error::Upstream(UpstreamError::WeChat { errcode, .. }) => Some(*errcode),

@@ -3,7 +3,9 @@
 //! wafer speaks HTTP to WeChat. It never logs query strings or bodies: they carry secrets.
 
 pub mod errcode;
-pub mod path;
+pub mod urls;
+
+pub use errcode::Errcode;
 
 use crate::config::WeChatConfig;
 use serde_json::Value;
@@ -28,7 +30,7 @@ pub enum UpstreamError {
     /// A 200 whose body is not a JSON object.
     Garbage,
     /// WeChat's own error: errcode non-zero.
-    WeChat { errcode: i64, errmsg: String },
+    WeChat { errcode: Errcode, errmsg: String },
     /// Not sent: this thread may not wait on an upstream now (`error::may_wait`: a server
     /// worker). Becomes `Error::Busy`, or the request is deferred to the lane.
     NotSent,
@@ -39,7 +41,7 @@ impl UpstreamError {
     pub fn is_transport(&self) -> bool {
         !matches!(self, UpstreamError::WeChat { .. })
     }
-    pub fn errcode(&self) -> Option<i64> {
+    pub fn errcode(&self) -> Option<Errcode> {
         match self {
             UpstreamError::WeChat { errcode, .. } => Some(*errcode),
             _ => None,
@@ -68,7 +70,7 @@ pub fn decode(body: &str) -> Result<Value, UpstreamError> {
     match v.get("errcode").map(|c| c.as_i64()) {
         None | Some(Some(0)) => Ok(v),
         Some(Some(errcode)) => Err(UpstreamError::WeChat {
-            errcode,
+            errcode: Errcode(errcode),
             errmsg: v
                 .get("errmsg")
                 .and_then(Value::as_str)
@@ -190,7 +192,7 @@ impl WeChat {
     ) -> Result<Code2Session, UpstreamError> {
         let v = self.get(
             Host::Api,
-            path::JSCODE2SESSION,
+            urls::JSCODE2SESSION,
             &[
                 ("appid", appid),
                 ("secret", secret),
@@ -295,7 +297,7 @@ mod tests {
     fn decode_cases() {
         let werr = |c: i64, m: &str| {
             Err(UpstreamError::WeChat {
-                errcode: c,
+                errcode: Errcode(c),
                 errmsg: m.into(),
             })
         };

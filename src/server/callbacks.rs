@@ -422,7 +422,7 @@ fn error_page(e: Error) -> Reply {
             "WeChat refused",
             &format!(
                 "WeChat answered an error (errcode {}). Please start the authorisation again.",
-                u.errcode().unwrap_or(0)
+                u.errcode().map_or(0, |c| c.0)
             ),
         ),
         Error::Upstream(_) => page(

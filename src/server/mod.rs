@@ -386,7 +386,7 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         crate::wechat::log_call(rec);
         let code = match rec.outcome {
             Ok(_) => 0,
-            Err(e) => e.errcode().unwrap_or(-2),
+            Err(e) => e.errcode().map_or(-2, |c| c.0),
         };
         m.upstream(rec.path, code);
     });

@@ -15,7 +15,7 @@ pub fn error_reply(e: Error) -> Reply {
     if matches!(e, Error::Busy | Error::Upstream(UpstreamError::NotSent)) {
         return busy();
     }
-    let errcode = e.errcode();
+    let errcode = e.errcode().map(|c| c.0);
     let (status, code, message): (u16, &str, String) = match &e {
         Error::BadRequest(m) => (400, "bad_request", m.clone()),
         Error::NoApp => (404, "unknown_app", "no such app".into()),

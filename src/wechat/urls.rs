@@ -1,6 +1,6 @@
-//! Every upstream path wafer calls, with the host it is called on (`wechat::Host`). Paths are
-//! also the `endpoint` label of `wafer_upstream_calls_total` and of the upstream log line, so
-//! they never carry a query.
+//! Every WeChat URL wafer uses: the upstream paths it calls, with the host each is called on
+//! (`wechat::Host`), and the pages it sends a browser to. Paths are also the `endpoint` label of
+//! `wafer_upstream_calls_total` and of the upstream log line, so they never carry a query.
 
 // api.weixin.qq.com (Host::Api): mini programs and official accounts.
 /// Mini-program login: a `js_code` for (openid, session_key, unionid).
@@ -12,8 +12,7 @@ pub const STABLE_TOKEN: &str = "/cgi-bin/stable_token";
 /// An official account's JS-SDK ticket (`type=jsapi`).
 pub const TICKET_GETTICKET: &str = "/cgi-bin/ticket/getticket";
 
-// api.weixin.qq.com (Host::Api): the Open Platform component. (`component.rs` still spells these
-// four out; it moves to them with issue 12's next slice, once issue 11's changes there land.)
+// api.weixin.qq.com (Host::Api): the Open Platform component.
 /// The component's own access token, from its secret and verify ticket.
 pub const COMPONENT_TOKEN: &str = "/cgi-bin/component/api_component_token";
 /// An authoriser's access token, from its refresh token.
@@ -30,3 +29,9 @@ pub const WORK_GETTOKEN: &str = "/cgi-bin/gettoken";
 pub const WORK_GET_JSAPI_TICKET: &str = "/cgi-bin/get_jsapi_ticket";
 /// A WeCom agent's JS-SDK ticket (`type=agent_config`).
 pub const WORK_TICKET_GET: &str = "/cgi-bin/ticket/get";
+
+// Pages a merchant's browser is sent to (links on the component's authorisation page), not called.
+/// WeChat's authorisation page for a component, on a PC.
+pub const AUTHORIZE_PAGE: &str = "https://mp.weixin.qq.com/cgi-bin/componentloginpage";
+/// WeChat's authorisation page for a component, inside WeChat on a phone.
+pub const MOBILE_AUTHORIZE_PAGE: &str = "https://open.weixin.qq.com/wxaopen/safe/bindcomponent";
