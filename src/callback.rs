@@ -214,7 +214,7 @@ pub fn seen_keys(
 /// The stored form of a seen-request key: hex SHA-256.
 fn seen_key(readable: &str) -> String {
     use sha2::{Digest, Sha256};
-    crate::ids::hex(&Sha256::digest(readable.as_bytes()))
+    crate::crypto::hex(&Sha256::digest(readable.as_bytes()))
 }
 
 /// A callback claimed in the seen-request memory while it is handled. Unless

@@ -681,7 +681,7 @@ pub fn js_signature(
 ) -> Result<(String, String, String), Error> {
     let nonce = match noncestr {
         Some(n) => n.to_string(),
-        None => ids::hex(&ids::random_bytes::<8>()?),
+        None => crate::crypto::hex(&ids::random_bytes::<8>()?),
     };
     let ts = timestamp
         .map(str::to_string)

@@ -12,23 +12,13 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N], getrandom::Error> {
 
 /// 32 lowercase hex characters (128 bits) from the CSPRNG: the shape of `id` and `skey`.
 pub fn random_hex32() -> Result<String, getrandom::Error> {
-    Ok(hex(&random_bytes::<16>()?))
+    Ok(crate::crypto::hex(&random_bytes::<16>()?))
 }
 
 /// sha256 of the skey: what the sessions table stores and looks up, so a copy of the database
 /// does not hand out live sessions.
 pub fn skey_hash(skey: &str) -> [u8; 32] {
     Sha256::digest(skey.as_bytes()).into()
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
 }
 
 /// True for the shape of an `id` or `skey`: exactly 32 lowercase hex characters.
@@ -62,7 +52,7 @@ mod tests {
     fn skey_hash_is_sha256() {
         // sha256("abc"), FIPS 180-2 appendix B.1.
         assert_eq!(
-            hex(&skey_hash("abc")),
+            crate::crypto::hex(&skey_hash("abc")),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }

@@ -833,40 +833,10 @@ pub fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|a| a.is_loopback())
 }
 
-/// `application/x-www-form-urlencoded` (and query string) decoding. Invalid escapes are kept as
-/// they are; invalid UTF-8 is replaced.
+/// `application/x-www-form-urlencoded` (and query string) decoding, by `form_urlencoded`.
+/// Invalid escapes are kept as they are; invalid UTF-8 is replaced.
 pub fn form_decode(s: &str) -> Vec<(String, String)> {
-    s.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    fn hex_val(b: u8) -> Option<u8> {
-        (b as char).to_digit(16).map(|d| d as u8)
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex_val(bytes[i + 1]), hex_val(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    form_urlencoded::parse(s.as_bytes()).into_owned().collect()
 }
 
 #[cfg(test)]

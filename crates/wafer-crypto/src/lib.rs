@@ -87,7 +87,8 @@ fn b64_decode(s: &str) -> Option<Vec<u8>> {
     B64_LENIENT.decode(s).ok()
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex: wafer's one hex encoder (signatures, ids, digests).
+pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
