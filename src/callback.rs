@@ -250,7 +250,7 @@ impl Drop for Claim<'_> {
     fn drop(&mut self) {
         if !self.handled {
             if let Err(e) = self.db.release_callback(&self.keys) {
-                eprintln!("callback: forgetting an unhandled callback: {e}");
+                log::error!("callback: forgetting an unhandled callback: {e}");
             }
         }
     }

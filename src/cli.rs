@@ -117,6 +117,7 @@ data commands take --db FILE (else $WAFER_DB, else the config's storage.path, el
 
 /// Run a command line (without the program name).
 pub fn run(args: &[String]) -> Result<(), String> {
+    crate::logging::init();
     let (cmd, rest) = args.split_first().ok_or(USAGE)?;
     let sub = rest.first().map(String::as_str).unwrap_or("");
     match (cmd.as_str(), sub) {
@@ -179,7 +180,7 @@ fn serve(mut o: Opts) -> Result<(), String> {
     let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
     let handle = crate::server::start(config, false)?;
     wait_for_signal()?;
-    eprintln!("wafer: shutting down");
+    log::info!("wafer: shutting down");
     handle.shutdown();
     Ok(())
 }

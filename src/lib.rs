@@ -20,7 +20,7 @@ pub mod cos;
 pub mod credential;
 pub mod error;
 pub mod ids;
-pub mod log;
+pub mod logging;
 pub mod metrics;
 pub mod seal;
 pub mod server;

@@ -244,7 +244,7 @@ impl WeChat {
             }
             Err(ureq::Error::Transport(t)) => Err(UpstreamError::Net(transport_kind(&t))),
         };
-        eprintln!(
+        log::info!(
             "forward {} {}us",
             match &outcome {
                 Ok(f) => f.status.to_string(),
@@ -281,12 +281,12 @@ pub fn log_call(rec: &CallRecord) {
         Ok(_) => "ok".to_string(),
         Err(e) => e.to_string(),
     };
-    crate::log::line(format_args!(
+    log::info!(
         "upstream {} {} {}us",
         rec.path,
         result,
         rec.elapsed.as_micros()
-    ));
+    );
 }
 
 #[cfg(test)]

@@ -49,7 +49,7 @@ pub fn route(w: &mut Worker, rq: &Incoming) -> (&'static str, Reply) {
 
 /// A refusal: 401, nothing stored, the reason in the log only.
 fn refuse(what: &str, why: &dyn std::fmt::Display) -> Reply {
-    eprintln!("callback {what} refused: {why}");
+    log::warn!("callback {what} refused: {why}");
     Reply::text(401, TEXT, "unauthorized")
 }
 
@@ -217,7 +217,7 @@ fn claim<'a>(
     ) {
         Ok(Some(claim)) => Ok(claim),
         Ok(None) => {
-            eprintln!("callback {account}: seen before; answered without applying it again");
+            log::info!("callback {account}: seen before; answered without applying it again");
             Err(success())
         }
         Err(e) => Err(db_error(e)),
@@ -297,20 +297,20 @@ fn component_events(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
     };
     match component::handle_event(&w.shared.broker, &w.db, appid, &m.fields) {
         Ok(outcome) => {
-            eprintln!("component {appid} event: {outcome:?}");
+            log::info!("component {appid} event: {outcome:?}");
             claim.handled();
             success()
         }
         // Malformed events will not improve on a retry: acknowledge them.
         Err(e @ (Error::BadRequest(_) | Error::NotFound(_))) => {
-            eprintln!("component {appid} event ignored: {e}");
+            log::warn!("component {appid} event ignored: {e}");
             claim.handled();
             success()
         }
         // WeChat or the database failed: a non-success answer makes WeChat push it again, and
         // the claim is dropped so that the retry is applied.
         Err(e) => {
-            eprintln!("component {appid} event failed: {e}");
+            log::error!("component {appid} event failed: {e}");
             Reply::text(503, TEXT, "retry")
         }
     }
@@ -332,7 +332,7 @@ fn authorize(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
         Some(_) => return page(400, "Bad request", "auth_type must be 1, 2 or 3."),
     };
     let Some(redirect_uri) = redirect_uri(w, &comp) else {
-        eprintln!("component {appid}: no redirect_uri and no server.public_url");
+        log::error!("component {appid}: no redirect_uri and no server.public_url");
         return page(
             500,
             "Not configured",
@@ -400,7 +400,7 @@ fn component_callback(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
             ),
         ),
         Ok(None) => {
-            eprintln!("component {appid}: callback refused: too many this minute");
+            log::warn!("component {appid}: callback refused: too many this minute");
             let mut r = page(
                 429,
                 "Too many requests",
@@ -414,7 +414,7 @@ fn component_callback(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
 }
 
 fn error_page(e: Error) -> Reply {
-    eprintln!("component: {e}");
+    log::warn!("component: {e}");
     match e {
         Error::NotFound(what) => page(404, "Not found", &format!("No such {what}.")),
         Error::Upstream(u) if !u.is_transport() => page(
@@ -469,6 +469,6 @@ fn html_escape(s: &str) -> String {
 }
 
 fn db_error(e: impl std::fmt::Display) -> Reply {
-    eprintln!("callback: database: {e}");
+    log::error!("callback: database: {e}");
     Reply::text(500, TEXT, "error")
 }

@@ -273,6 +273,7 @@ fn encoding_keys_ok(kind: &str, id: &str, keys: &[Option<&Secret>]) -> Result<()
 /// Open the database, apply the apps, WeCom agents and components declared in config, bind, and
 /// start the workers.
 pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
+    crate::logging::init();
     config.check_listen_needs_key().map_err(|e| e.to_string())?;
     let db_path = PathBuf::from(&config.storage.path);
     let sealer = crate::seal::Sealer::from_config(&config.storage)?;
@@ -282,7 +283,7 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         let n = db
             .seal_existing()
             .map_err(|e| format!("database {}: {e}", db_path.display()))?;
-        eprintln!(
+        log::info!(
             "wafer: secrets are sealed at rest with key id {}{}",
             s.current_id(),
             if n > 0 {
@@ -450,7 +451,7 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
     }
     // The workers hold the only handles now: the lane ends when they have.
     drop(lane);
-    eprintln!(
+    log::info!(
         "wafer listening on http://{addr} (database {}, {apps} app(s), {workers_n} workers, {} lane threads{})",
         db_path.display(),
         lane_threads.len(),
@@ -473,7 +474,7 @@ fn worker_loop(worker: &mut Worker, server: &tiny_http::Server, stop: &AtomicBoo
     // A short receive timeout rather than `unblock()`: unblock tokens can be consumed by any
     // worker (including one draining), so counting them does not reliably wake every worker.
     // Request log lines are batched while requests are queued, and written before waiting.
-    crate::log::batch_this_thread();
+    crate::logging::batch_this_thread();
     // A request that would wait on WeChat goes to the lane (`answer`).
     if worker.lane.is_some() {
         crate::error::set_waits(crate::error::Waits::Deferred);
@@ -483,7 +484,7 @@ fn worker_loop(worker: &mut Worker, server: &tiny_http::Server, stop: &AtomicBoo
         let next = match server.try_recv() {
             Ok(Some(rq)) => Some(rq),
             _ => {
-                crate::log::flush();
+                crate::logging::flush();
                 server
                     .recv_timeout(Duration::from_millis(100))
                     .ok()
@@ -498,7 +499,7 @@ fn worker_loop(worker: &mut Worker, server: &tiny_http::Server, stop: &AtomicBoo
     while let Ok(Some(rq)) = server.try_recv() {
         serve(worker, rq);
     }
-    crate::log::flush();
+    crate::logging::flush();
 }
 
 /// Read, route, answer, log, count. Never panics out: a handler panic is answered with a 500.
@@ -595,13 +596,13 @@ fn respond(worker: &Worker, answered: Answered, method: Method, started: Instant
     let _ = rq.respond(resp);
     let elapsed = started.elapsed();
     worker.shared.metrics.request(route, status, elapsed);
-    crate::log::line(format_args!(
+    log::info!(
         "{} {} {} {}us",
         method_name(method),
         path,
         status,
         elapsed.as_micros()
-    ));
+    );
 }
 
 /// A request whose handler deferred: to the lane, or refused when the lane is full. `None` when

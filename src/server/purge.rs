@@ -26,13 +26,13 @@ pub fn spawn(db: Db, stop: Arc<AtomicBool>, every: Duration) -> std::io::Result<
                     let now = crate::ids::now();
                     match db.purge_expired_sessions(now) {
                         Ok(0) => {}
-                        Ok(n) => eprintln!("purge: {n} expired session(s) deleted"),
-                        Err(e) => eprintln!("purge: {e}"),
+                        Ok(n) => log::info!("purge: {n} expired session(s) deleted"),
+                        Err(e) => log::error!("purge: {e}"),
                     }
                     // A handful of rows per callback, each kept for the callback window: one
                     // short statement.
                     if let Err(e) = db.purge_callback_seen(now) {
-                        eprintln!("purge: remembered callbacks: {e}");
+                        log::error!("purge: remembered callbacks: {e}");
                     }
                     next = Instant::now() + every;
                 }

@@ -47,7 +47,7 @@ pub fn error_reply(e: Error) -> Reply {
         Error::Deferred | Error::Busy => (503, "busy", "try again".into()),
     };
     if status >= 500 && !matches!(e, Error::Deferred) {
-        eprintln!("v1: {e}");
+        log::error!("v1: {e}");
     }
     Reply::error(status, code, &message, errcode)
 }

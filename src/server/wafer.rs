@@ -35,7 +35,7 @@ impl From<Error> for Fail {
                 | Error::Deferred
                 | Error::Busy
         ) {
-            eprintln!("mina_auth: {e}");
+            log::warn!("mina_auth: {e}");
         }
         match e {
             Error::BadRequest(_) => PARA_ERR,

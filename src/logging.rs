@@ -1,6 +1,9 @@
-//! Log lines to stderr, each written whole. `eprintln!` writes a formatted line piece by piece
-//! (one `write(2)` per piece, under stderr's lock); here a line is formatted first and written
-//! with one call.
+//! wafer's logger behind the `log` facade: wafer logs with `log::info!`/`warn!`/`error!`, and
+//! [`init`] installs this logger, which writes each record of wafer's own modules as one line
+//! to stderr, the message alone (no level, no timestamp: the lines users and tests know, such
+//! as `GET /healthz 200 85us`); records of other crates (ureq, rustls) are dropped. Each line is
+//! written whole: `eprintln!` writes a formatted line piece by piece (one `write(2)` per piece,
+//! under stderr's lock); here a line is formatted first and written with one call.
 //!
 //! A thread that opts in with [`batch_this_thread`] (the server's workers) keeps its lines in a
 //! small buffer instead and writes them in one call, as whole lines, when the buffer nears 4 KiB
@@ -26,6 +29,33 @@ struct Batch {
 
 thread_local! {
     static BATCH: RefCell<Batch> = const { RefCell::new(Batch { on: false, buf: String::new(), since: None }) };
+}
+
+/// The logger [`init`] installs.
+struct Logger;
+
+impl log::Log for Logger {
+    fn enabled(&self, meta: &log::Metadata) -> bool {
+        meta.target().starts_with("wafer")
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            line(*record.args());
+        }
+    }
+
+    fn flush(&self) {
+        flush();
+    }
+}
+
+/// Install wafer's logger (at `info`). Called by the command line and by `server::start`; a
+/// second call changes nothing.
+pub fn init() {
+    if log::set_logger(&Logger).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
 }
 
 /// Batch this thread's lines from now on (until the thread ends; call [`flush`] before waiting).
@@ -78,6 +108,32 @@ fn write_out(buf: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_are_wafers_messages_alone() {
+        use log::Log;
+        std::thread::spawn(|| {
+            batch_this_thread();
+            let record = |target: &'static str| {
+                Logger.log(
+                    &log::Record::builder()
+                        .target(target)
+                        .level(log::Level::Warn)
+                        .args(format_args!("GET /healthz 200 {}us", 85))
+                        .build(),
+                )
+            };
+            record("wafer::server");
+            BATCH.with(|b| assert_eq!(b.borrow().buf, "GET /healthz 200 85us\n"));
+            record("ureq::pool");
+            record("rustls::client");
+            BATCH.with(|b| assert_eq!(b.borrow().buf, "GET /healthz 200 85us\n"));
+            Logger.flush();
+            BATCH.with(|b| assert!(b.borrow().buf.is_empty()));
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn batched_lines_are_kept_until_flushed_or_full() {
