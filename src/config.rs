@@ -80,7 +80,7 @@ pub struct WeChatConfig {
     pub stable_token: bool,
     pub refresh_ahead_secs: u64,
     /// A callback whose `timestamp` is further than this from the server's clock is refused;
-    /// callbacks already handled are remembered this long (`callback::Claim`).
+    /// callbacks already handled are remembered this long (`push::Claim`).
     pub callback_window_secs: u64,
 }
 

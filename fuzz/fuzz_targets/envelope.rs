@@ -7,6 +7,6 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     match wafer::server::parse_envelope(data) {
         Ok((name, _para)) => assert!(!name.is_empty()),
-        Err(wafer::server::Fail(code, _)) => assert!(matches!(code, 1009 | 1002 | 1011)),
+        Err(wafer::server::EnvelopeError(code, _)) => assert!(matches!(code, 1009 | 1002 | 1011)),
     }
 });

@@ -11,10 +11,10 @@
 //! handled) is answered `success` and neither applied nor forwarded again.
 
 use super::{Incoming, Method, Reply, Worker};
-use crate::callback::{self, Forwarded, Message, Rejected};
 use crate::component::{self, AuthorizeLink};
 use crate::crypto::MsgCrypt;
 use crate::error::{Error, Refusal};
+use crate::push::{self, Forwarded, Message, Rejected};
 
 const TEXT: &str = "text/plain; charset=utf-8";
 const XML: &str = "application/xml; charset=utf-8";
@@ -70,7 +70,7 @@ impl Signed {
     /// The timestamp, if it is within `wechat.callback_window_secs` of now. Checked before the
     /// signature: a stale request is refused whoever signed it.
     fn fresh(&self, w: &Worker) -> Result<i64, Rejected> {
-        callback::fresh_timestamp(&self.timestamp, crate::ids::now(), window(w))
+        push::fresh_timestamp(&self.timestamp, crate::ids::now(), window(w))
     }
 
     fn from(rq: &Incoming) -> Signed {
@@ -112,7 +112,7 @@ fn mp(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
         Err(e) => return refuse("mp", &e),
     };
     if rq.method == Method::Get {
-        if !callback::plain_signature_ok(&token, &s.timestamp, &s.nonce, &s.signature) {
+        if !push::plain_signature_ok(&token, &s.timestamp, &s.nonce, &s.signature) {
             return refuse("mp", &Rejected::Signature);
         }
         return Reply::text(200, TEXT, s.echostr.unwrap_or_default());
@@ -128,12 +128,11 @@ fn mp(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
             appid,
         )
         .and_then(|c| {
-            callback::open_encrypted(&c, &s.msg_signature, &s.timestamp, &s.nonce, &rq.body)
+            push::open_encrypted(&c, &s.msg_signature, &s.timestamp, &s.nonce, &rq.body)
                 .map(|m| (m, Some(c)))
         })
     } else {
-        callback::open_plain(&token, &s.signature, &s.timestamp, &s.nonce, &rq.body)
-            .map(|m| (m, None))
+        push::open_plain(&token, &s.signature, &s.timestamp, &s.nonce, &rq.body).map(|m| (m, None))
     };
     match opened {
         Ok((m, c)) => {
@@ -177,12 +176,12 @@ fn work(w: &mut Worker, rq: &Incoming, corpid: &str, agentid: &str) -> Reply {
     };
     if rq.method == Method::Get {
         let echostr = s.echostr.clone().unwrap_or_default();
-        return match callback::wecom_echo(&c, &s.msg_signature, &s.timestamp, &s.nonce, &echostr) {
+        return match push::wecom_echo(&c, &s.msg_signature, &s.timestamp, &s.nonce, &echostr) {
             Ok(plain) => Reply::text(200, TEXT, plain),
             Err(e) => refuse("work", &e),
         };
     }
-    match callback::open_encrypted(&c, &s.msg_signature, &s.timestamp, &s.nonce, &rq.body) {
+    match push::open_encrypted(&c, &s.msg_signature, &s.timestamp, &s.nonce, &rq.body) {
         Ok(m) => {
             let account = format!("work/{corpid}/{agentid}");
             let keys = (
@@ -208,11 +207,11 @@ fn claim<'a>(
     w: &'a Worker,
     (account, signed): SeenAs,
     m: &Message,
-) -> Result<callback::Claim<'a>, Reply> {
+) -> Result<push::Claim<'a>, Reply> {
     let now = crate::ids::now();
-    match callback::claim(
+    match push::claim(
         &w.db,
-        callback::seen_keys(account, signed, m, now, window(w)),
+        push::seen_keys(account, signed, m, now, window(w)),
         now,
     ) {
         Ok(Some(claim)) => Ok(claim),
@@ -239,7 +238,7 @@ fn relay(
         Err(answer) => return answer,
     };
     let forwarded = match forward_url.filter(|u| !u.is_empty()) {
-        Some(url) => callback::forward(&w.shared.wechat, url, m),
+        Some(url) => push::forward(&w.shared.wechat, url, m),
         None => Forwarded::Nothing,
     };
     if forwarded != Forwarded::Failed {
@@ -258,7 +257,7 @@ fn relay(
                 } else {
                     s.timestamp.clone()
                 };
-                Reply::text(200, XML, callback::seal(c, &reply, &random, &ts, &s.nonce))
+                Reply::text(200, XML, push::seal(c, &reply, &random, &ts, &s.nonce))
             }
             // No randomness: answering in clear text would leak, so say `success` instead.
             Err(_) => success(),
@@ -285,7 +284,7 @@ fn component_events(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
         appid,
     )
     .map_err(Rejected::Crypto)
-    .and_then(|c| callback::open_encrypted(&c, &s.msg_signature, &s.timestamp, &s.nonce, &rq.body));
+    .and_then(|c| push::open_encrypted(&c, &s.msg_signature, &s.timestamp, &s.nonce, &rq.body));
     let m = match opened {
         Ok(m) => m,
         Err(e) => return refuse("component", &e),

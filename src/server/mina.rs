@@ -2,7 +2,7 @@
 //! by its numeric `app_id`, answers `{"ok":"success","msg":..,"data":..}` or
 //! `{"ok":"fail","msg":REASON}`, always HTTP 200. A renderer over the same session core.
 
-use super::wafer::Fail;
+use super::wafer::EnvelopeError;
 use super::{form_decode, Incoming, Reply, Worker};
 use crate::error::Error;
 use crate::session::{self, Encrypted};
@@ -48,7 +48,7 @@ fn fail(msg: &str) -> Reply {
 }
 
 fn fail_from(e: Error) -> Reply {
-    fail(Fail::from(e).1)
+    fail(EnvelopeError::from(e).1)
 }
 
 fn success(msg: &str, data: Value) -> Reply {

@@ -14,7 +14,7 @@ mod purge;
 mod v1;
 mod wafer;
 
-pub use wafer::{parse_envelope, Fail};
+pub use wafer::{parse_envelope, EnvelopeError};
 
 use crate::config::{Config, Secret};
 use crate::credential::Broker;
@@ -143,13 +143,13 @@ impl Reply {
 
 /// A JSON object written straight into its bytes, for the replies on the hot paths (a session
 /// check, a token read): no `Value` tree to build, walk and free. Keys come out in call order.
-pub struct Obj(Vec<u8>);
+pub struct JsonWriter(Vec<u8>);
 
-impl Obj {
-    pub fn new() -> Obj {
+impl JsonWriter {
+    pub fn new() -> JsonWriter {
         let mut b = Vec::with_capacity(256);
         b.push(b'{');
-        Obj(b)
+        JsonWriter(b)
     }
 
     fn key(&mut self, k: &str) {
@@ -165,20 +165,20 @@ impl Obj {
         let _ = serde_json::to_writer(&mut self.0, s);
     }
 
-    pub fn str(mut self, k: &str, v: &str) -> Obj {
+    pub fn str(mut self, k: &str, v: &str) -> JsonWriter {
         self.key(k);
         self.string(v);
         self
     }
 
-    pub fn opt_str(self, k: &str, v: Option<&str>) -> Obj {
+    pub fn opt_str(self, k: &str, v: Option<&str>) -> JsonWriter {
         match v {
             Some(v) => self.str(k, v),
             None => self,
         }
     }
 
-    pub fn int(mut self, k: &str, v: i64) -> Obj {
+    pub fn int(mut self, k: &str, v: i64) -> JsonWriter {
         use std::io::Write;
         self.key(k);
         let _ = write!(self.0, "{v}");
@@ -186,13 +186,13 @@ impl Obj {
     }
 
     /// `json` must already be one valid JSON value (e.g. [`crate::session::Session::user_info_json`]).
-    pub fn raw(mut self, k: &str, json: &[u8]) -> Obj {
+    pub fn raw(mut self, k: &str, json: &[u8]) -> JsonWriter {
         self.key(k);
         self.0.extend_from_slice(json);
         self
     }
 
-    pub fn value(mut self, k: &str, v: &Value) -> Obj {
+    pub fn value(mut self, k: &str, v: &Value) -> JsonWriter {
         self.key(k);
         // A Value always serialises, and writing into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut self.0, v);
@@ -209,9 +209,9 @@ impl Obj {
     }
 }
 
-impl Default for Obj {
-    fn default() -> Obj {
-        Obj::new()
+impl Default for JsonWriter {
+    fn default() -> JsonWriter {
+        JsonWriter::new()
     }
 }
 
@@ -845,10 +845,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn obj_writes_the_same_json_as_a_value() {
+    fn json_writer_writes_the_same_json_as_a_value() {
         let tricky = "q\"uote\\ 中文 \u{1} </script>";
         let v: Value = serde_json::from_slice(
-            &Obj::new()
+            &JsonWriter::new()
                 .str("a", tricky)
                 .opt_str("none", None)
                 .opt_str("some", Some("x"))
@@ -863,10 +863,13 @@ mod tests {
             json!({"a": tricky, "some": "x", "n": -42, "raw": {"k": [1, 2]}, "v": {"z": 1, "a": [true]}})
         );
         assert_eq!(
-            Obj::new().int("returnCode", 0).str("m", "OK").into_bytes(),
+            JsonWriter::new()
+                .int("returnCode", 0)
+                .str("m", "OK")
+                .into_bytes(),
             br#"{"returnCode":0,"m":"OK"}"#
         );
-        assert_eq!(Obj::new().into_bytes(), b"{}");
+        assert_eq!(JsonWriter::new().into_bytes(), b"{}");
     }
 
     #[test]

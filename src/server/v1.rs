@@ -3,7 +3,7 @@
 //! a 4xx/5xx status; internal detail goes to the log only.
 
 use super::json::{Json, Members};
-use super::{guard, Incoming, Method, Obj, Refused, Reply, Worker};
+use super::{guard, Incoming, JsonWriter, Method, Refused, Reply, Worker};
 use crate::credential::{self, Credential, Key};
 use crate::error::Error;
 use crate::session::{self, Encrypted};
@@ -243,7 +243,7 @@ fn create_session(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
 fn check_session(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
     let b = Body::parse(rq)?;
     let s = session::check(&w.db, b.str("id")?, b.str("skey")?, None, crate::ids::now())?;
-    Ok(Obj::new()
+    Ok(JsonWriter::new()
         .str("appid", &s.row.appid)
         .str("openid", &s.row.openid)
         .opt_str("unionid", s.row.unionid.as_deref())
@@ -268,7 +268,7 @@ fn revoke(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
 }
 
 fn credential_reply(c: &Credential, field: &str) -> Reply {
-    Obj::new()
+    JsonWriter::new()
         .str(field, c.value.expose())
         .int("expires_at", c.expires_at)
         .reply(200)

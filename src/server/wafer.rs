@@ -4,7 +4,7 @@
 //! Unmodified Wafer server SDKs depend on every name, type and order here.
 
 use super::json::{Json, Members};
-use super::{Incoming, Obj, Reply, Worker};
+use super::{Incoming, JsonWriter, Reply, Worker};
 use crate::config::Secret;
 use crate::cos;
 use crate::credential::{Credential, Key};
@@ -14,18 +14,18 @@ use crate::store::WorkAgent;
 use serde_json::{json, Value};
 use std::borrow::Cow;
 
-/// A failure as the envelope reports it.
-pub struct Fail(pub i64, pub &'static str);
+/// A failure as the envelope reports it: `returnCode` and `returnMessage`.
+pub struct EnvelopeError(pub i64, pub &'static str);
 
-pub const REQUEST_IS_NOT_JSON: Fail = Fail(1009, "REQUEST_IS_NOT_JSON");
-pub const NO_INTERFACENAME_PARA: Fail = Fail(1002, "NO_INTERFACENAME_PARA");
-pub const NO_PARA: Fail = Fail(1011, "NO_PARA");
-pub const INTERFACENAME_PARA_ERR: Fail = Fail(1010, "INTERFACENAME_PARA_ERR");
-pub const PARA_ERR: Fail = Fail(1003, "PARA_ERR");
-pub const AUTH_FAIL: Fail = Fail(60012, "AUTH_FAIL");
+pub const REQUEST_IS_NOT_JSON: EnvelopeError = EnvelopeError(1009, "REQUEST_IS_NOT_JSON");
+pub const NO_INTERFACENAME_PARA: EnvelopeError = EnvelopeError(1002, "NO_INTERFACENAME_PARA");
+pub const NO_PARA: EnvelopeError = EnvelopeError(1011, "NO_PARA");
+pub const INTERFACENAME_PARA_ERR: EnvelopeError = EnvelopeError(1010, "INTERFACENAME_PARA_ERR");
+pub const PARA_ERR: EnvelopeError = EnvelopeError(1003, "PARA_ERR");
+pub const AUTH_FAIL: EnvelopeError = EnvelopeError(60012, "AUTH_FAIL");
 
-impl From<Error> for Fail {
-    fn from(e: Error) -> Fail {
+impl From<Error> for EnvelopeError {
+    fn from(e: Error) -> EnvelopeError {
         if !matches!(
             e,
             Error::AuthFail
@@ -39,17 +39,17 @@ impl From<Error> for Fail {
         }
         match e {
             Error::BadRequest(_) => PARA_ERR,
-            Error::NoApp | Error::NotFound(_) => Fail(1012, "NO_APPID"),
+            Error::NoApp | Error::NotFound(_) => EnvelopeError(1012, "NO_APPID"),
             Error::AuthFail => AUTH_FAIL,
-            Error::DecryptFail => Fail(60021, "DECRYPT_FAIL"),
+            Error::DecryptFail => EnvelopeError(60021, "DECRYPT_FAIL"),
             // Busy: the upstream pool is full, answered at once (CONTRACT §3).
-            Error::Busy => Fail(1005, "WEIXIN_NET_ERR"),
-            Error::Upstream(u) if u.is_transport() => Fail(1005, "WEIXIN_NET_ERR"),
-            Error::Upstream(_) | Error::Refused(_) => Fail(1007, "WEIXIN_RETURN_ERR"),
-            Error::CodeRejected(_) => Fail(40029, "WEIXIN_CODE_ERR"),
-            Error::SessionWrite(_) => Fail(1006, "CHANGE_SESSION_ERR"),
+            Error::Busy => EnvelopeError(1005, "WEIXIN_NET_ERR"),
+            Error::Upstream(u) if u.is_transport() => EnvelopeError(1005, "WEIXIN_NET_ERR"),
+            Error::Upstream(_) | Error::Refused(_) => EnvelopeError(1007, "WEIXIN_RETURN_ERR"),
+            Error::CodeRejected(_) => EnvelopeError(40029, "WEIXIN_CODE_ERR"),
+            Error::SessionWrite(_) => EnvelopeError(1006, "CHANGE_SESSION_ERR"),
             // Deferred: replaced by the answer from the lane (`server::answer`); never sent.
-            Error::Db(_) | Error::Internal(_) | Error::Deferred => Fail(1001, "DB_ERR"),
+            Error::Db(_) | Error::Internal(_) | Error::Deferred => EnvelopeError(1001, "DB_ERR"),
         }
     }
 }
@@ -69,9 +69,9 @@ impl From<Value> for Data {
 pub fn handle(w: &mut Worker, rq: &Incoming) -> Reply {
     let (code, message, data) = match dispatch(w, rq) {
         Ok((message, data)) => (0, message, data),
-        Err(Fail(code, message)) => (code, message, Data::Text(b"\"\"".to_vec())),
+        Err(EnvelopeError(code, message)) => (code, message, Data::Text(b"\"\"".to_vec())),
     };
-    let envelope = Obj::new()
+    let envelope = JsonWriter::new()
         .int("returnCode", code)
         .str("returnMessage", message);
     let envelope = match &data {
@@ -89,7 +89,7 @@ pub fn handle(w: &mut Worker, rq: &Incoming) -> Reply {
 pub struct Para<'a>(pub Members<'a>);
 
 impl Para<'_> {
-    pub fn opt_str(&self, key: &str) -> Result<Option<&str>, Fail> {
+    pub fn opt_str(&self, key: &str) -> Result<Option<&str>, EnvelopeError> {
         match self.0.get(key) {
             None | Some(Json::Null) => Ok(None),
             Some(Json::Str(s)) if s.is_empty() => Ok(None),
@@ -98,12 +98,12 @@ impl Para<'_> {
         }
     }
 
-    pub fn str(&self, key: &str) -> Result<&str, Fail> {
+    pub fn str(&self, key: &str) -> Result<&str, EnvelopeError> {
         self.opt_str(key)?.ok_or(PARA_ERR)
     }
 
     /// `force`: a boolean, 0/1, or "0"/"1"/"true"/"false".
-    pub fn opt_bool(&self, key: &str) -> Result<bool, Fail> {
+    pub fn opt_bool(&self, key: &str) -> Result<bool, EnvelopeError> {
         match self.0.get(key) {
             None | Some(Json::Null) => Ok(false),
             Some(Json::Bool(b)) => Ok(*b),
@@ -118,7 +118,7 @@ impl Para<'_> {
     }
 
     /// An identifier clients send as a string or a number (WeCom agentid, COS appid).
-    pub fn ident(&self, key: &str) -> Result<String, Fail> {
+    pub fn ident(&self, key: &str) -> Result<String, EnvelopeError> {
         match self.0.get(key) {
             Some(Json::Number(n)) if n.is_u64() => Ok(n.to_string()),
             _ => self.str(key).map(str::to_string),
@@ -126,7 +126,7 @@ impl Para<'_> {
     }
 
     /// A non-negative integer sent as a number or a string of digits.
-    pub fn uint(&self, key: &str) -> Result<u64, Fail> {
+    pub fn uint(&self, key: &str) -> Result<u64, EnvelopeError> {
         match self.0.get(key) {
             Some(Json::Number(n)) => n.as_u64().ok_or(PARA_ERR),
             Some(Json::Str(s)) => s.trim().parse().map_err(|_| PARA_ERR),
@@ -134,7 +134,7 @@ impl Para<'_> {
         }
     }
 
-    fn encrypted(&self) -> Result<Option<Encrypted<'_>>, Fail> {
+    fn encrypted(&self) -> Result<Option<Encrypted<'_>>, EnvelopeError> {
         let iv = self.opt_str("iv")?;
         Ok(self
             .opt_str("encrypt_data")?
@@ -144,7 +144,7 @@ impl Para<'_> {
 
 /// The envelope checks of CONTRACT §3, in their order (not JSON, no `interfaceName`, no `para`):
 /// the interface name and its `para` object. Pure, so the fuzz target calls it directly.
-pub fn parse_envelope(body: &[u8]) -> Result<(Cow<'_, str>, Para<'_>), Fail> {
+pub fn parse_envelope(body: &[u8]) -> Result<(Cow<'_, str>, Para<'_>), EnvelopeError> {
     let mut body = Members::parse(body).ok_or(REQUEST_IS_NOT_JSON)?;
     let mut interface = match body.take("interface") {
         Some(Json::Object(i)) => i,
@@ -160,7 +160,7 @@ pub fn parse_envelope(body: &[u8]) -> Result<(Cow<'_, str>, Para<'_>), Fail> {
     }
 }
 
-fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Data), Fail> {
+fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Data), EnvelopeError> {
     let (name, p) = parse_envelope(&rq.body)?;
     let name = name.as_ref();
     let now = crate::ids::now();
@@ -207,7 +207,7 @@ fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Data), Fail>
                     session::check(&w.db, id, skey, Some(&app), now)?
                 }
             };
-            let data = Obj::new().raw("user_info", s.user_info_json().as_bytes());
+            let data = JsonWriter::new().raw("user_info", s.user_info_json().as_bytes());
             Ok(("AUTH_SUCCESS", Data::Text(data.into_bytes())))
         }
         "qcloud.cam.decrypt" => {

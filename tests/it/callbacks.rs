@@ -237,7 +237,7 @@ fn a_safe_mode_message_is_relayed_and_the_reply_encrypted() {
     assert_eq!(seen[0]["MsgType"], "text");
     assert_eq!(seen[0]["FromUserName"], "oUser1");
     // WeChat gets the reply encrypted and signed for this app.
-    let envelope = wafer::callback::parse_xml(&body).unwrap();
+    let envelope = wafer::push::parse_xml(&body).unwrap();
     let encrypt = envelope["Encrypt"].as_str().unwrap();
     assert_eq!(envelope["TimeStamp"], ts.as_str());
     assert_eq!(envelope["Nonce"], "n42");

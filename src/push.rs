@@ -1,4 +1,4 @@
-//! WeChat-facing callbacks, as domain logic over parsed inputs: the plain server-URL signature,
+//! What WeChat pushes to wafer (its callbacks), as domain logic over parsed inputs: the plain server-URL signature,
 //! safe-mode verify-then-decrypt of a POST body's `<Encrypt>`, WeCom's
 //! encrypted `echostr`, sealing a passive reply, reading WeChat's flat XML (or a mini program's
 //! JSON data format) into a JSON object, and
