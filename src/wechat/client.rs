@@ -2,11 +2,7 @@
 //! from config, and the one function that decodes WeChat's `{errcode, errmsg}`. Nothing else in
 //! wafer speaks HTTP to WeChat. It never logs query strings or bodies: they carry secrets.
 
-pub mod errcode;
-pub mod urls;
-
-pub use errcode::Errcode;
-
+use super::{urls, Errcode};
 use crate::config::WeChatConfig;
 use serde_json::Value;
 use std::fmt;
