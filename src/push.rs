@@ -13,6 +13,7 @@
 //! the request's: the plain signature does not cover the body.
 
 use crate::crypto::{ct_eq, sha1_sorted, CryptoError, MsgCrypt};
+use crate::error::Error;
 use crate::store::Db;
 use crate::wechat::WeChat;
 use quick_xml::events::Event;
@@ -230,7 +231,7 @@ pub struct Claim<'a> {
 /// Claim a verified callback: `None` when any of its keys is remembered (a replay, or a retry
 /// of a message already handled), which is answered `success` and not applied or forwarded
 /// again. Kept in the database, so a restart forgets nothing.
-pub fn claim(db: &Db, keys: Vec<(String, i64)>, now: i64) -> rusqlite::Result<Option<Claim<'_>>> {
+pub fn claim(db: &Db, keys: Vec<(String, i64)>, now: i64) -> Result<Option<Claim<'_>>, Error> {
     // Built only for a successful claim: dropping an unhandled `Claim` forgets its keys.
     Ok(db.claim_callback(&keys, now)?.then(|| Claim {
         db,
