@@ -2,7 +2,9 @@
 //! Every command that touches data takes `--db FILE` (else `$WAFER_DB`, else the config's
 //! `storage.path`, else `./wafer.db`). Errors come back as one line for `main` to print.
 
+use crate::accounts;
 use crate::config::{Config, Secret};
+use crate::credential::Broker;
 use crate::store::{AppUpsert, Db};
 use std::path::PathBuf;
 
@@ -174,6 +176,19 @@ fn open_db(o: &mut Opts) -> Result<Db, String> {
     open_config_db(o).map(|(_, db)| db)
 }
 
+/// The database and a broker for a command that changes accounts (`accounts` forgets their
+/// credentials through the broker) or serves a credential, under the same policy as the server.
+fn open_accounts(o: &mut Opts) -> Result<(Db, Broker), String> {
+    let (config, db) = open_config_db(o)?;
+    Ok((db, broker(&config)))
+}
+
+fn broker(config: &Config) -> Broker {
+    let wechat = std::sync::Arc::new(crate::wechat::WeChat::new(&config.wechat));
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
+    Broker::new(wechat, metrics, &config.wechat)
+}
+
 fn serve(mut o: Opts) -> Result<(), String> {
     let config = o.take("config").map(PathBuf::from);
     o.done(0)?;
@@ -204,20 +219,17 @@ fn dev(mut o: Opts) -> Result<(), String> {
     config.apply_dev_env();
     config.validate().map_err(|e| e.to_string())?;
     config.check_listen_needs_key().map_err(|e| e.to_string())?;
-    Db::open(std::path::Path::new(&config.storage.path))
-        .and_then(|db| {
-            db.upsert_app(
-                &AppUpsert {
-                    appid: DEV_APPID.into(),
-                    secret: Secret::new("dev-secret"),
-                    title: Some("wafer dev demo".into()),
-                    ..Default::default()
-                },
-                crate::ids::now(),
-                &crate::credential::Key::app_prefix(DEV_APPID),
-            )
-        })
+    let db = Db::open(std::path::Path::new(&config.storage.path))
         .map_err(|e| format!("database {}: {e}", config.storage.path))?;
+    let demo = AppUpsert {
+        appid: DEV_APPID.into(),
+        secret: Secret::new("dev-secret"),
+        title: Some("wafer dev demo".into()),
+        ..Default::default()
+    };
+    accounts::save_app(&db, &broker(&config), &demo, crate::ids::now())
+        .map_err(|e| format!("database {}: {e}", config.storage.path))?;
+    drop(db);
     // With a key, the /v1 example needs it too (the session interfaces never do).
     let bearer = if config.server.api_key.is_empty() {
         ""
@@ -282,14 +294,9 @@ fn app_add(mut o: Opts) -> Result<(), String> {
             return Err("--aes-key: an EncodingAESKey is 43 characters".into());
         }
     }
-    let db = open_db(&mut o)?;
+    let (db, broker) = open_accounts(&mut o)?;
     o.done(0)?;
-    let app = db
-        .upsert_app(
-            &upsert,
-            crate::ids::now(),
-            &crate::credential::Key::app_prefix(&upsert.appid),
-        )
+    let app = accounts::save_app(&db, &broker, &upsert, crate::ids::now())
         .map_err(|e| format!("app add: {e}"))?;
     println!("app {} saved (app_id {})", app.appid, app.id);
     Ok(())
@@ -336,15 +343,12 @@ fn app_show(mut o: Opts) -> Result<(), String> {
 }
 
 fn app_remove(mut o: Opts) -> Result<(), String> {
-    let db = open_db(&mut o)?;
+    let (db, broker) = open_accounts(&mut o)?;
     let pos = o.done(1)?;
     let appid = pos
         .first()
         .ok_or("app remove: which app? (wafer app remove APPID)")?;
-    if !db
-        .remove_app(appid, &crate::credential::Key::app_prefix(appid))
-        .map_err(|e| format!("app remove: {e}"))?
-    {
+    if !accounts::remove_app(&db, &broker, appid).map_err(|e| format!("app remove: {e}"))? {
         return Err(format!("no app {appid}"));
     }
     println!("app {appid} removed with its users, sessions and stored tokens");
@@ -379,12 +383,9 @@ fn work_add(mut o: Opts) -> Result<(), String> {
     {
         return Err("--aes-key: an EncodingAESKey is 43 characters".into());
     }
-    let db = open_db(&mut o)?;
+    let (db, broker) = open_accounts(&mut o)?;
     o.done(0)?;
-    db.upsert_work_agent(&agent, crate::ids::now())
-        .map_err(|e| format!("work add: {e}"))?;
-    let prefix = crate::credential::Key::work_agent_prefix(&agent.corpid, &agent.agentid);
-    db.delete_credentials_with_prefix(&prefix)
+    accounts::save_work_agent(&db, &broker, &agent, crate::ids::now())
         .map_err(|e| format!("work add: {e}"))?;
     println!("WeCom agent {}/{} saved", agent.corpid, agent.agentid);
     Ok(())
@@ -405,17 +406,13 @@ fn work_list(mut o: Opts) -> Result<(), String> {
 
 fn work_remove(mut o: Opts) -> Result<(), String> {
     let (corpid, agentid) = (o.need("corpid")?, o.need("agentid")?);
-    let db = open_db(&mut o)?;
+    let (db, broker) = open_accounts(&mut o)?;
     o.done(0)?;
-    if !db
-        .remove_work_agent(&corpid, &agentid)
+    if !accounts::remove_work_agent(&db, &broker, &corpid, &agentid)
         .map_err(|e| format!("work remove: {e}"))?
     {
         return Err(format!("no WeCom agent {corpid}/{agentid}"));
     }
-    let prefix = crate::credential::Key::work_agent_prefix(&corpid, &agentid);
-    db.delete_credentials_with_prefix(&prefix)
-        .map_err(|e| format!("work remove: {e}"))?;
     println!("WeCom agent {corpid}/{agentid} removed");
     Ok(())
 }
@@ -432,18 +429,10 @@ fn component_add(mut o: Opts) -> Result<(), String> {
     if c.aes_key.expose().len() != 43 {
         return Err("--aes-key: an EncodingAESKey is 43 characters".into());
     }
-    let db = open_db(&mut o)?;
+    let (db, broker) = open_accounts(&mut o)?;
     o.done(0)?;
-    let secret_changed = db
-        .upsert_component(&c, crate::ids::now())
+    accounts::save_component(&db, &broker, &c, crate::ids::now())
         .map_err(|e| format!("component add: {e}"))?;
-    if secret_changed {
-        let key = crate::credential::Key::ComponentToken {
-            component_appid: c.appid.clone(),
-        };
-        db.delete_credentials_with_prefix(&key.id())
-            .map_err(|e| format!("component add: {e}"))?;
-    }
     println!("component {} saved", c.appid);
     println!(
         "event URL (授权事件接收URL): https://YOUR-HOST/wechat/component/{}/events",
@@ -493,12 +482,11 @@ fn token_get(mut o: Opts) -> Result<(), String> {
     let appid = pos
         .first()
         .ok_or("token get: which app? (wafer token get APPID)")?;
-    let wechat = std::sync::Arc::new(crate::wechat::WeChat::new(&config.wechat));
-    let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
-    let broker = crate::credential::Broker::new(wechat, metrics, &config.wechat);
-    db.app_by_appid(appid)
-        .map_err(|e| format!("token get: {e}"))?
-        .ok_or(format!("no app {appid}"))?;
+    let broker = broker(&config);
+    match accounts::app(&db, appid) {
+        Err(crate::error::Error::NoApp) => return Err(format!("no app {appid}")),
+        other => other.map_err(|e| format!("token get: {e}"))?,
+    };
     let c = broker
         .get(
             &db,

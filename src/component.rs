@@ -26,9 +26,7 @@ pub fn fetch_component_token(
     db: &Db,
     component_appid: &str,
 ) -> Result<Fetched, Error> {
-    let c = db
-        .component(component_appid)?
-        .ok_or(Error::NotFound("component"))?;
+    let c = crate::accounts::component(db, component_appid)?;
     let ticket = c
         .verify_ticket
         .ok_or(Error::Refused(Refusal::NoVerifyTicket))?;
@@ -77,14 +75,26 @@ pub fn fetch_authorizer_token(
     fetched(&v, "authorizer_access_token")
 }
 
-fn live_authorizer(
+/// An authoriser of a registered component that has not revoked it: else `NotFound` (naming
+/// the component or the authoriser).
+pub fn live_authorizer(
     db: &Db,
     component_appid: &str,
     authorizer_appid: &str,
 ) -> Result<crate::store::Authorizer, Error> {
+    crate::accounts::component(db, component_appid)?;
     db.authorizer(component_appid, authorizer_appid)?
         .filter(|a| a.revoked_at.is_none())
         .ok_or(Error::NotFound("authoriser"))
+}
+
+/// The authorisers of a registered component that have not revoked it, oldest first.
+pub fn live_authorizers(
+    db: &Db,
+    component_appid: &str,
+) -> Result<Vec<crate::store::Authorizer>, Error> {
+    crate::accounts::component(db, component_appid)?;
+    Ok(db.list_authorizers(component_appid)?)
 }
 
 /// A pre-auth code is not handed out for a new authorisation page once it has less than this
@@ -105,8 +115,7 @@ static PRE_AUTH_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// [`PRE_AUTH_MARGIN_SECS`] left: page views, which anyone can make, do not each cost an
 /// upstream call.
 pub fn pre_auth_code(broker: &Broker, db: &Db, component_appid: &str) -> Result<String, Error> {
-    db.component(component_appid)?
-        .ok_or(Error::NotFound("component"))?;
+    crate::accounts::component(db, component_appid)?;
     let _turn = PRE_AUTH_TURN.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((code, expires_at)) = db.pre_auth_code(component_appid)? {
         if expires_at.saturating_sub(ids::now()) > PRE_AUTH_MARGIN_SECS {
@@ -146,8 +155,7 @@ pub fn exchange_from_callback(
     component_appid: &str,
     auth_code: &str,
 ) -> Result<Option<Authorised>, Error> {
-    db.component(component_appid)?
-        .ok_or(Error::NotFound("component"))?;
+    crate::accounts::component(db, component_appid)?;
     // Counted only where the call will be made (a thread that may wait on WeChat).
     crate::error::may_wait()?;
     if !db.count_query_auth(component_appid, ids::now(), QUERY_AUTH_PER_MINUTE)? {
@@ -173,8 +181,7 @@ pub fn exchange_auth_code(
     component_appid: &str,
     auth_code: &str,
 ) -> Result<Authorised, Error> {
-    db.component(component_appid)?
-        .ok_or(Error::NotFound("component"))?;
+    crate::accounts::component(db, component_appid)?;
     let v = with_component_token(
         broker,
         db,
@@ -219,8 +226,7 @@ pub fn exchange_auth_code(
                 component_appid: component_appid.to_string(),
                 authorizer_appid: authorizer_appid.to_string(),
             };
-            let expires_at = now + crate::credential::lifetime(expires_in);
-            db.put_credential(&key.id(), access, expires_at, now)?;
+            broker.seed(db, &key, access, expires_in)?;
         }
     }
     Ok(Authorised {

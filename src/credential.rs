@@ -598,11 +598,63 @@ impl Broker {
         self.refresh_holding(db, key, &entry, true, now)
     }
 
-    /// Forget every credential whose key starts with `prefix` (a revoked authoriser, say).
+    /// Forget every credential whose key starts with `prefix` (a revoked authoriser, an
+    /// account removed or its secret changed: `accounts`), stored and in memory.
     pub fn forget(&self, db: &Db, prefix: &str) -> Result<(), Error> {
         db.delete_credentials_with_prefix(prefix)?;
         let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|k, _| !k.id().starts_with(prefix));
+        Ok(())
+    }
+
+    /// Store a credential that arrived with something else (the authoriser token that
+    /// `api_query_auth` returns with the code), replacing whatever this process held for it:
+    /// the one credential not fetched by [`Broker::get`], still written only here.
+    pub fn seed(&self, db: &Db, key: &Key, value: &str, expires_in: i64) -> Result<(), Error> {
+        let now = ids::now();
+        db.put_credential(&key.id(), value, now + lifetime(expires_in), now)?;
+        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(key);
+        Ok(())
+    }
+
+    /// Another process changed the accounts (`accounts::Watch`): read again what this process
+    /// holds in memory. A key whose row is gone (its account removed, or its secret changed) is
+    /// forgotten, so it is neither served nor renewed; a key whose row another process rewrote
+    /// takes the stored value. A key being fetched right now is left to its fetch.
+    pub fn reload(&self, db: &Db) -> Result<(), Error> {
+        let held: Vec<(Key, Arc<Entry>)> = {
+            let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            map.iter().map(|(k, e)| (k.clone(), e.clone())).collect()
+        };
+        for (key, entry) in held {
+            let row = db.credential(&key.id())?;
+            let mut st = lock(&entry.state);
+            if st.refreshing || !st.loaded {
+                continue;
+            }
+            match row {
+                None => {
+                    drop(st);
+                    let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+                    if map.get(&key).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+                        map.remove(&key);
+                    }
+                }
+                Some(row) => {
+                    let same = st
+                        .value
+                        .as_ref()
+                        .is_some_and(|v| v.expose() == row.value.expose());
+                    if !same {
+                        st.value = Some(row.value);
+                        st.expires_at = row.expires_at;
+                        st.fetched_at = row.updated_at;
+                        st.refresh_at = self.refresh_point(row.updated_at, row.expires_at);
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -639,16 +691,19 @@ impl Broker {
     }
 }
 
-/// Start the background renewal thread; it stops when `stop` is set.
+/// Start the background renewal thread; it stops when `stop` is set. Every tick (200 ms) it
+/// also calls `each_tick` with its connection (the server polls for accounts changes there).
 pub fn spawn_refresher(
     broker: Arc<Broker>,
     db: Db,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    mut each_tick: impl FnMut(&Db) + Send + 'static,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("refresher".into())
         .spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                each_tick(&db);
                 broker.refresh_due(&db);
                 // The workers do not checkpoint (Db::no_autocheckpoint): this thread does.
                 let _ = db.checkpoint();

@@ -84,6 +84,11 @@ impl KnownApps {
         }
     }
 
+    /// Forget every app remembered (the accounts changed: `accounts::Watch`).
+    pub fn clear(&self) {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     /// `Ok` when `appid` is a registered app (read from `db` at most once per `ttl`), else `NoApp`.
     pub fn check(&self, db: &Db, appid: &str) -> Result<(), Error> {
         let lock = || self.seen.lock().unwrap_or_else(|e| e.into_inner());

@@ -444,6 +444,27 @@ impl Db {
         Ok(())
     }
 
+    /// The accounts generation (`meta.accounts_generation`): bumped by every change to the
+    /// apps, WeCom agents or components (`accounts`), so that every process serving this
+    /// database notices a change another one made ([`Db::accounts_generation`]).
+    pub fn bump_accounts_generation(&self) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta (name, value) VALUES ('accounts_generation', '1')
+                 ON CONFLICT (name) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+            )?
+            .execute([])?;
+        Ok(())
+    }
+
+    /// The accounts generation: 0 until the first change.
+    pub fn accounts_generation(&self) -> rusqlite::Result<i64> {
+        Ok(self
+            .meta("accounts_generation")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
     /// A value as `aad`'s column stores it: sealed under the current key when this process
     /// holds one, else the value itself (borrowed, no allocation). At most once a second it
     /// also checks whether a rotation has moved the database to a new key, and seals with that
@@ -711,15 +732,10 @@ impl Db {
 
     // ---- apps ----
 
-    /// Insert or update an app. When an existing app's secret changes, its stored credentials
-    /// (every key starting with `credentials`, `credential::Key::app_prefix`) are deleted in the
-    /// same transaction: they were fetched with the old secret.
-    pub fn upsert_app(&self, a: &AppUpsert, now: i64, credentials: &str) -> rusqlite::Result<App> {
+    /// Insert or update an app (its credentials are `accounts`' to forget).
+    pub fn upsert_app(&self, a: &AppUpsert, now: i64) -> rusqlite::Result<App> {
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
         let stored = self.app_by_appid(&a.appid)?;
-        if stored.as_ref().is_some_and(|b| b.secret != a.secret) {
-            self.delete_credentials_with_prefix(credentials)?;
-        }
         let prev = next_prev_aes_key(a.prev_aes_key.as_ref(), a.aes_key.as_ref(), stored.as_ref());
         tx.execute(
             "INSERT INTO apps (appid, secret, kind, title, login_days, session_secs, token, aes_key, forward_url, created_at, prev_aes_key)
@@ -808,16 +824,12 @@ impl Db {
         apps
     }
 
-    /// Remove an app with its users and sessions (cascade) and its stored credentials (every key
-    /// starting with `credentials`), in one transaction. False when there was no such app.
-    pub fn remove_app(&self, appid: &str, credentials: &str) -> rusqlite::Result<bool> {
-        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
-        let removed = tx.execute("DELETE FROM apps WHERE appid = ?1", [appid])? > 0;
-        if removed {
-            self.delete_credentials_with_prefix(credentials)?;
-        }
-        tx.commit()?;
-        Ok(removed)
+    /// Remove an app with its users and sessions (cascade). False when there was no such app.
+    pub fn remove_app(&self, appid: &str) -> rusqlite::Result<bool> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM apps WHERE appid = ?1", [appid])?
+            > 0)
     }
 
     // ---- sessions ----
@@ -1272,9 +1284,8 @@ impl Db {
         })
     }
 
-    /// Insert or update a component. Returns true when an existing component's secret changed,
-    /// so the caller can drop the token fetched with the old one.
-    pub fn upsert_component(&self, c: &ComponentUpsert, now: i64) -> rusqlite::Result<bool> {
+    /// Insert or update a component.
+    pub fn upsert_component(&self, c: &ComponentUpsert, now: i64) -> rusqlite::Result<()> {
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
         let stored = self.component(&c.appid)?;
         let prev = next_prev_aes_key(c.prev_aes_key.as_ref(), Some(&c.aes_key), stored.as_ref());
@@ -1295,8 +1306,7 @@ impl Db {
                 now
             ],
         )?;
-        tx.commit()?;
-        Ok(stored.is_some_and(|b| b.secret != c.secret))
+        tx.commit()
     }
 
     pub fn component(&self, appid: &str) -> rusqlite::Result<Option<Component>> {
@@ -1710,7 +1720,6 @@ mod tests {
                     ..Default::default()
                 },
                 0,
-                "app/wx1/",
             )
             .unwrap();
         let mut first_id = None;
@@ -1745,7 +1754,7 @@ mod tests {
             .session(&id, &crate::ids::skey_hash("skey12"))
             .unwrap()
             .is_some());
-        assert!(db.remove_app("wx1", "app/wx1/").unwrap());
+        assert!(db.remove_app("wx1").unwrap());
         let n = count(&db, "SELECT count(*) FROM sessions");
         assert_eq!(n, 0);
     }

@@ -606,7 +606,6 @@ fn seed(path: &Path, n: u64) {
                 ..Default::default()
             },
             now,
-            &wafer::credential::Key::app_prefix(APPID),
         )
         .expect("app");
     }

@@ -11,6 +11,7 @@
 //! handled) is answered `success` and neither applied nor forwarded again.
 
 use super::{Incoming, Method, Reply, Worker};
+use crate::accounts;
 use crate::component::{self, AuthorizeLink};
 use crate::crypto::MsgCrypt;
 use crate::error::{Error, Refusal};
@@ -98,9 +99,9 @@ fn crypt(
 /// `/wechat/mp/{appid}`: plain GET verification; POST in safe mode when the app has an
 /// EncodingAESKey, else plain.
 fn mp(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
-    let app = match w.db.app_by_appid(appid) {
-        Ok(Some(a)) => a,
-        Ok(None) => return refuse("mp", &"unknown app"),
+    let app = match accounts::app(&w.db, appid) {
+        Ok(a) => a,
+        Err(Error::NoApp) => return refuse("mp", &"unknown app"),
         Err(e) => return db_error(e),
     };
     let Some(token) = app.token.as_ref().map(|t| t.expose().to_string()) else {
@@ -152,9 +153,9 @@ fn mp(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
 
 /// `/wechat/work/{corpid}/{agentid}`: encrypted echostr on GET; verify+decrypt on POST.
 fn work(w: &mut Worker, rq: &Incoming, corpid: &str, agentid: &str) -> Reply {
-    let agent = match w.db.work_agent(corpid, agentid) {
-        Ok(Some(a)) => a,
-        Ok(None) => return refuse("work", &"unknown agent"),
+    let agent = match accounts::work_agent(&w.db, corpid, agentid) {
+        Ok(a) => a,
+        Err(Error::NotFound(_)) => return refuse("work", &"unknown agent"),
         Err(e) => return db_error(e),
     };
     let Some(token) = agent.token.as_ref() else {
@@ -267,9 +268,9 @@ fn relay(
 
 /// `POST /wechat/component/{appid}/events`: always encrypted, receive id = the component appid.
 fn component_events(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
-    let comp = match w.db.component(appid) {
-        Ok(Some(c)) => c,
-        Ok(None) => return refuse("component", &"unknown component"),
+    let comp = match accounts::component(&w.db, appid) {
+        Ok(c) => c,
+        Err(Error::NotFound(_)) => return refuse("component", &"unknown component"),
         Err(e) => return db_error(e),
     };
     let s = Signed::from(rq);
@@ -320,9 +321,11 @@ fn component_events(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
 /// shows that page only to a browser whose Referer is on the component's registered entry-page
 /// domain; a bare 302 opened from a pasted link arrives with none.
 fn authorize(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
-    let comp = match w.db.component(appid) {
-        Ok(Some(c)) => c,
-        Ok(None) => return page(404, "Unknown platform", "No such third-party platform."),
+    let comp = match accounts::component(&w.db, appid) {
+        Ok(c) => c,
+        Err(Error::NotFound(_)) => {
+            return page(404, "Unknown platform", "No such third-party platform.")
+        }
         Err(e) => return db_error(e),
     };
     let auth_type = match rq.query_param("auth_type").as_deref() {

@@ -19,7 +19,7 @@ pub use wafer::{parse_envelope, EnvelopeError};
 use crate::config::{Config, Secret};
 use crate::credential::Broker;
 use crate::metrics::Metrics;
-use crate::store::{AppUpsert, ComponentUpsert, Db};
+use crate::store::Db;
 use crate::wechat::WeChat;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -257,19 +257,6 @@ impl Handle {
     }
 }
 
-/// Declared EncodingAESKeys (current and previous) must be 43 characters. Checked at start-up
-/// rather than in `Config::validate`, so the example file's placeholders still validate; a real
-/// start-up refuses a key that could never decrypt anything (a malformed previous key would
-/// otherwise make every safe-mode message fail, the current key's included).
-fn encoding_keys_ok(kind: &str, id: &str, keys: &[Option<&Secret>]) -> Result<(), String> {
-    if keys.iter().flatten().any(|k| k.expose().len() != 43) {
-        return Err(format!(
-            "{kind}.aes_key ({id}): an EncodingAESKey is 43 characters"
-        ));
-    }
-    Ok(())
-}
-
 /// Open the database, apply the apps, WeCom agents and components declared in config, bind, and
 /// start the workers.
 pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
@@ -293,94 +280,6 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
             }
         );
     }
-    let now = crate::ids::now();
-    for a in &config.apps {
-        encoding_keys_ok(
-            "app",
-            &a.appid,
-            &[a.aes_key.as_ref(), a.prev_aes_key.as_ref()],
-        )?;
-        db.upsert_app(
-            &AppUpsert {
-                appid: a.appid.clone(),
-                secret: a.secret.clone(),
-                kind: Some(a.kind.clone()),
-                title: Some(a.title.clone()),
-                login_days: Some(a.login_days),
-                session_secs: Some(a.session_secs),
-                token: a.token.clone(),
-                aes_key: a.aes_key.clone(),
-                prev_aes_key: a.prev_aes_key.clone(),
-                forward_url: a.forward_url.clone(),
-            },
-            now,
-            // A changed secret drops the tokens fetched with the old one.
-            &crate::credential::Key::app_prefix(&a.appid),
-        )
-        .map_err(|e| format!("config app {}: {e}", a.appid))?;
-    }
-    for c in &config.components {
-        encoding_keys_ok(
-            "component",
-            &c.appid,
-            &[Some(&c.aes_key), c.prev_aes_key.as_ref()],
-        )?;
-        let secret_changed = db
-            .upsert_component(
-                &ComponentUpsert {
-                    appid: c.appid.clone(),
-                    secret: c.secret.clone(),
-                    token: c.token.clone(),
-                    aes_key: c.aes_key.clone(),
-                    prev_aes_key: c.prev_aes_key.clone(),
-                    redirect_uri: c.redirect_uri.clone(),
-                },
-                now,
-            )
-            .map_err(|e| format!("config component {}: {e}", c.appid))?;
-        if secret_changed {
-            let key = crate::credential::Key::ComponentToken {
-                component_appid: c.appid.clone(),
-            };
-            db.delete_credentials_with_prefix(&key.id())
-                .map_err(|e| format!("config component {}: {e}", c.appid))?;
-        }
-    }
-    for a in &config.work_agents {
-        let id = format!("{}/{}", a.corpid, a.agentid);
-        encoding_keys_ok(
-            "work_agent",
-            &id,
-            &[a.aes_key.as_ref(), a.prev_aes_key.as_ref()],
-        )?;
-        // A changed secret means the cached tokens belong to the old one.
-        let secret_changed = db
-            .work_agent(&a.corpid, &a.agentid)
-            .map_err(|e| format!("database: {e}"))?
-            .is_some_and(|b| b.secret != a.secret);
-        db.upsert_work_agent(
-            &crate::store::WorkAgent {
-                corpid: a.corpid.clone(),
-                agentid: a.agentid.clone(),
-                secret: a.secret.clone(),
-                remark: a.remark.clone(),
-                token: a.token.clone(),
-                aes_key: a.aes_key.clone(),
-                prev_aes_key: a.prev_aes_key.clone(),
-                forward_url: a.forward_url.clone(),
-            },
-            now,
-        )
-        .map_err(|e| format!("config work_agent {}/{}: {e}", a.corpid, a.agentid))?;
-        if secret_changed {
-            let prefix = crate::credential::Key::work_agent_prefix(&a.corpid, &a.agentid);
-            db.delete_credentials_with_prefix(&prefix)
-                .map_err(|e| format!("database: {e}"))?;
-        }
-    }
-    let apps = db.list_apps().map_err(|e| format!("database: {e}"))?.len();
-    drop(db);
-
     let metrics = Arc::new(Metrics::default());
     let m = metrics.clone();
     let wechat = WeChat::new(&config.wechat).with_observer(move |rec| {
@@ -391,6 +290,12 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         };
         m.upstream(rec.path, code);
     });
+    let wechat = Arc::new(wechat);
+    let broker = Arc::new(Broker::new(wechat.clone(), metrics.clone(), &config.wechat));
+    crate::accounts::apply_config(&db, &broker, &config, crate::ids::now())?;
+    let apps = db.list_apps().map_err(|e| format!("database: {e}"))?.len();
+    drop(db);
+
     let listen_addr: SocketAddr = config
         .server
         .listen
@@ -404,8 +309,6 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
     let answers = server.answers_in_flight();
     let server = Arc::new(server);
     let workers_n = config.server.workers;
-    let wechat = Arc::new(wechat);
-    let broker = Arc::new(Broker::new(wechat.clone(), metrics.clone(), &config.wechat));
     let shared = Arc::new(Shared {
         config,
         wechat,
@@ -419,7 +322,17 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
     let stop = Arc::new(AtomicBool::new(false));
     let refresher_db = Db::open_with(&db_path, sealer.clone())
         .map_err(|e| format!("database {}: {e}", db_path.display()))?;
-    let refresher = crate::credential::spawn_refresher(broker, refresher_db, stop.clone())
+    // Changes to the accounts made by another process (the CLI) are noticed on the refresher's
+    // tick: the broker reloads what it holds, and the known apps are read again.
+    let mut accounts = crate::accounts::Watch::new(&refresher_db)
+        .map_err(|e| format!("database {}: {e}", db_path.display()))?;
+    let watching = shared.clone();
+    let refresher =
+        crate::credential::spawn_refresher(broker, refresher_db, stop.clone(), move |db| {
+            if accounts.poll(db, &watching.broker) {
+                watching.known_apps.clear();
+            }
+        })
         .map_err(|e| format!("spawning the refresher: {e}"))?;
     let purger_db = Db::open_with(&db_path, sealer.clone())
         .map_err(|e| format!("database {}: {e}", db_path.display()))?;

@@ -4,6 +4,8 @@
 
 use super::json::{Json, Members};
 use super::{guard, Incoming, JsonWriter, Method, Refused, Reply, Worker};
+use crate::accounts;
+use crate::component;
 use crate::credential::{self, Credential, Key};
 use crate::error::Error;
 use crate::session::{self, Encrypted};
@@ -350,8 +352,7 @@ fn work_credential(
     key: &Key,
     field: &str,
 ) -> Result<Reply, Error> {
-    w.db.work_agent(corpid, agentid)?
-        .ok_or(Error::NotFound("WeCom agent"))?;
+    accounts::work_agent(&w.db, corpid, agentid)?;
     let c = w.shared.broker.get(&w.db, key, false)?;
     Ok(credential_reply(&c, field))
 }
@@ -370,8 +371,7 @@ fn work_signature(
         Some(_) => return Err(Error::BadRequest("agent must be a boolean".into())),
     };
     let (nonce, ts) = nonce_and_timestamp(&b)?;
-    w.db.work_agent(corpid, agentid)?
-        .ok_or(Error::NotFound("WeCom agent"))?;
+    accounts::work_agent(&w.db, corpid, agentid)?;
     let (c, a) = (corpid.to_string(), agentid.to_string());
     let key = if agent {
         Key::WorkAgentTicket {
@@ -398,7 +398,7 @@ fn work_signature(
 }
 
 fn component_token(w: &mut Worker, appid: &str) -> Result<Reply, Error> {
-    w.db.component(appid)?.ok_or(Error::NotFound("component"))?;
+    accounts::component(&w.db, appid)?;
     let key = Key::ComponentToken {
         component_appid: appid.to_string(),
     };
@@ -408,26 +408,21 @@ fn component_token(w: &mut Worker, appid: &str) -> Result<Reply, Error> {
 
 /// The accounts that authorised a component and have not revoked it.
 fn authorizers(w: &mut Worker, appid: &str) -> Result<Reply, Error> {
-    w.db.component(appid)?.ok_or(Error::NotFound("component"))?;
-    let list: Vec<Value> =
-        w.db.list_authorizers(appid)?
-            .into_iter()
-            .map(|a| {
-                json!({
-                    "authorizer_appid": a.authorizer_appid,
-                    "authorized_at": a.authorized_at,
-                    "func_info": serde_json::from_str::<Value>(&a.func_info).unwrap_or(json!([])),
-                })
+    let list: Vec<Value> = component::live_authorizers(&w.db, appid)?
+        .into_iter()
+        .map(|a| {
+            json!({
+                "authorizer_appid": a.authorizer_appid,
+                "authorized_at": a.authorized_at,
+                "func_info": serde_json::from_str::<Value>(&a.func_info).unwrap_or(json!([])),
             })
-            .collect();
+        })
+        .collect();
     Ok(Reply::json(200, &Value::Array(list)))
 }
 
 fn authorizer_token(w: &mut Worker, appid: &str, authorizer: &str) -> Result<Reply, Error> {
-    w.db.component(appid)?.ok_or(Error::NotFound("component"))?;
-    w.db.authorizer(appid, authorizer)?
-        .filter(|a| a.revoked_at.is_none())
-        .ok_or(Error::NotFound("authoriser"))?;
+    component::live_authorizer(&w.db, appid, authorizer)?;
     let key = Key::AuthorizerToken {
         component_appid: appid.to_string(),
         authorizer_appid: authorizer.to_string(),

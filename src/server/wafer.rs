@@ -5,6 +5,7 @@
 
 use super::json::{Json, Members};
 use super::{Incoming, JsonWriter, Reply, Worker};
+use crate::accounts;
 use crate::config::Secret;
 use crate::cos;
 use crate::credential::{Credential, Key};
@@ -261,11 +262,7 @@ fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Data), Envel
                 prev_aes_key: None,
                 forward_url: None,
             };
-            w.db.upsert_work_agent(&agent, now).map_err(Error::from)?;
-            // A new secret makes the agent's hosted tokens stale.
-            w.shared
-                .broker
-                .forget(&w.db, &Key::work_agent_prefix(corpid, &agentid))?;
+            accounts::save_work_agent(&w.db, &w.shared.broker, &agent, now)?;
             Ok((
                 "INIT_AGENT_SUCCESS",
                 json!({"corpid": corpid, "agentid": agentid}).into(),
@@ -274,13 +271,7 @@ fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Data), Envel
         "qcloud.work.access_token" | "qcloud.work.ticket" | "qcloud.work.agent.ticket" => {
             let (corpid, agentid) = (p.str("corpid")?.to_string(), p.ident("agentid")?);
             let force = p.opt_bool("force")?;
-            if w.db
-                .work_agent(&corpid, &agentid)
-                .map_err(Error::from)?
-                .is_none()
-            {
-                return Err(Error::NotFound("WeCom agent").into());
-            }
+            accounts::work_agent(&w.db, &corpid, &agentid)?;
             let (key, field) = match name {
                 "qcloud.work.access_token" => (
                     Key::WorkToken {

@@ -569,3 +569,92 @@ fn an_app_removed_with_the_cli_stops_being_served_within_a_second() {
         assert_eq!(s, 404);
     }
 }
+
+/// What another process changes in the accounts (here the real CLI on the same database) a
+/// running server notices within a second: a removed WeCom agent is not found and its tokens are
+/// neither served nor renewed; re-added with a new secret, its token is fetched with that secret
+/// rather than the one remembered from before.
+#[test]
+fn a_wecom_agent_removed_with_the_cli_is_seen_by_a_running_server_within_a_second() {
+    let env = Env::new();
+    let db = env.db_path();
+    let db = db.to_str().unwrap();
+    let r = env.wafer(
+        "qcloud.work.initagent",
+        json!({"corpid": "wwcorp", "agentid": "1000002", "agentsecret": "first-secret"}),
+    );
+    assert_eq!(code(&r), (0, "INIT_AGENT_SUCCESS"));
+    let route = "/v1/work/wwcorp/1000002/access_token";
+    let (s, v) = env.v1("GET", route, None, None);
+    assert_eq!(s, 200, "{v}");
+    let first = v["access_token"].as_str().unwrap().to_string();
+    let (s, _) = env.v1("GET", "/v1/work/wwcorp/1000002/jsapi_ticket", None, None);
+    assert_eq!(s, 200);
+
+    let (ok, _, err) = crate::cli::run(crate::cli::wafer().args([
+        "work",
+        "remove",
+        "--corpid",
+        "wwcorp",
+        "--agentid",
+        "1000002",
+        "--db",
+        db,
+    ]));
+    assert!(ok, "{err}");
+    let removed = Instant::now();
+    let upstream = || env.calls("/cgi-bin/gettoken") + env.calls("/cgi-bin/get_jsapi_ticket");
+    let calls_then = upstream();
+    let not_found = loop {
+        let (s, v) = env.v1("GET", route, None, None);
+        if s == 404 || removed.elapsed() > Duration::from_secs(3) {
+            break (s, v);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(not_found.0, 404, "{}", not_found.1);
+    assert!(removed.elapsed() < Duration::from_millis(1500));
+    let r = env.wafer(
+        "qcloud.work.access_token",
+        json!({"corpid": "wwcorp", "agentid": "1000002"}),
+    );
+    assert_eq!(code(&r).0, 1012, "{r}");
+    assert_eq!(
+        env.count("credentials WHERE key LIKE 'work/wwcorp/1000002/%'"),
+        0,
+        "nothing of the agent's is stored"
+    );
+
+    // Back with a new secret: the token is the new secret's, not the one the server held.
+    let (ok, _, err) = crate::cli::run(crate::cli::wafer().args([
+        "work",
+        "add",
+        "--corpid",
+        "wwcorp",
+        "--agentid",
+        "1000002",
+        "--secret",
+        "second-secret",
+        "--db",
+        db,
+    ]));
+    assert!(ok, "{err}");
+    let added = Instant::now();
+    let served = loop {
+        let (s, v) = env.v1("GET", route, None, None);
+        let t = v["access_token"].as_str().unwrap_or_default().to_string();
+        if (s == 200 && t != first) || added.elapsed() > Duration::from_secs(3) {
+            break (s, t);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(served.0, 200);
+    assert_ne!(
+        served.1, first,
+        "the removed agent's remembered token is served"
+    );
+    assert!(added.elapsed() < Duration::from_millis(1500));
+    assert!(token_valid(&env, &served.1));
+    // One call for the new secret's token; none for the removed agent in between.
+    assert_eq!(upstream(), calls_then + 1);
+}

@@ -1,0 +1,215 @@
+//! The accounts: the apps, WeCom agents and Open Platform components wafer hosts. The only code
+//! that registers, changes or removes one (the CLI, the configuration applied at start and the
+//! envelope's `qcloud.work.initagent` all call it), and so the only place that decides when an
+//! account's credentials go: when it is new, removed, or its secret changed, through
+//! `Broker::forget` (the broker stays the only writer of credentials).
+//!
+//! Every change bumps the database's accounts generation; every serving process polls it
+//! ([`Watch`], on the refresher thread, every 200 ms) and on a change reloads what its broker
+//! holds in memory, so a change another process made (the CLI today) is seen within a second.
+//!
+//! Lookups for the handlers (`app`, `work_agent`, `component`) answer the domain error the
+//! dialects render (`NoApp`, `NotFound`), so that no handler reads the database itself.
+
+use crate::config::{Config, Secret};
+use crate::credential::{Broker, Key};
+use crate::error::Error;
+use crate::store::{App, AppUpsert, Component, ComponentUpsert, Db, WorkAgent};
+
+/// A registered app, or `NoApp`.
+pub fn app(db: &Db, appid: &str) -> Result<App, Error> {
+    db.app_by_appid(appid)?.ok_or(Error::NoApp)
+}
+
+/// A registered WeCom agent, or `NotFound`.
+pub fn work_agent(db: &Db, corpid: &str, agentid: &str) -> Result<WorkAgent, Error> {
+    db.work_agent(corpid, agentid)?
+        .ok_or(Error::NotFound("WeCom agent"))
+}
+
+/// A registered component, or `NotFound`.
+pub fn component(db: &Db, appid: &str) -> Result<Component, Error> {
+    db.component(appid)?.ok_or(Error::NotFound("component"))
+}
+
+/// Register or update an app. Its token and ticket go when it is new or its secret changed.
+pub fn save_app(db: &Db, broker: &Broker, a: &AppUpsert, now: i64) -> Result<App, Error> {
+    let before = db.app_by_appid(&a.appid)?;
+    let app = db.upsert_app(a, now)?;
+    if before.is_none_or(|b| b.secret != a.secret) {
+        broker.forget(db, &Key::app_prefix(&a.appid))?;
+    }
+    changed(db)?;
+    Ok(app)
+}
+
+/// Remove an app with its users, sessions and credentials. False when there was no such app.
+pub fn remove_app(db: &Db, broker: &Broker, appid: &str) -> Result<bool, Error> {
+    if !db.remove_app(appid)? {
+        return Ok(false);
+    }
+    broker.forget(db, &Key::app_prefix(appid))?;
+    changed(db)?;
+    Ok(true)
+}
+
+/// Register or update a WeCom agent. Its tokens and tickets go when it is new or its secret
+/// changed.
+pub fn save_work_agent(db: &Db, broker: &Broker, a: &WorkAgent, now: i64) -> Result<(), Error> {
+    let before = db.work_agent(&a.corpid, &a.agentid)?;
+    db.upsert_work_agent(a, now)?;
+    if before.is_none_or(|b| b.secret != a.secret) {
+        broker.forget(db, &Key::work_agent_prefix(&a.corpid, &a.agentid))?;
+    }
+    changed(db)
+}
+
+/// Remove a WeCom agent with its credentials. False when there was no such agent.
+pub fn remove_work_agent(
+    db: &Db,
+    broker: &Broker,
+    corpid: &str,
+    agentid: &str,
+) -> Result<bool, Error> {
+    if !db.remove_work_agent(corpid, agentid)? {
+        return Ok(false);
+    }
+    broker.forget(db, &Key::work_agent_prefix(corpid, agentid))?;
+    changed(db)?;
+    Ok(true)
+}
+
+/// Register or update a component. Its component token goes when it is new or its secret
+/// changed (its authorisers keep theirs: they were granted to the component, not the secret).
+pub fn save_component(
+    db: &Db,
+    broker: &Broker,
+    c: &ComponentUpsert,
+    now: i64,
+) -> Result<(), Error> {
+    let before = db.component(&c.appid)?;
+    db.upsert_component(c, now)?;
+    if before.is_none_or(|b| b.secret != c.secret) {
+        let key = Key::ComponentToken {
+            component_appid: c.appid.clone(),
+        };
+        broker.forget(db, &key.id())?;
+    }
+    changed(db)
+}
+
+/// Note a change for every process serving this database ([`Watch`]).
+fn changed(db: &Db) -> Result<(), Error> {
+    Ok(db.bump_accounts_generation()?)
+}
+
+/// Declared EncodingAESKeys (current and previous) must be 43 characters. Checked at start-up
+/// rather than in `Config::validate`, so the example file's placeholders still validate; a real
+/// start-up refuses a key that could never decrypt anything (a malformed previous key would
+/// otherwise make every safe-mode message fail, the current key's included).
+fn encoding_keys_ok(kind: &str, id: &str, keys: &[Option<&Secret>]) -> Result<(), String> {
+    if keys.iter().flatten().any(|k| k.expose().len() != 43) {
+        return Err(format!(
+            "{kind}.aes_key ({id}): an EncodingAESKey is 43 characters"
+        ));
+    }
+    Ok(())
+}
+
+/// Apply the apps, components and WeCom agents declared in the configuration (`[[app]]`,
+/// `[[component]]`, `[[work_agent]]`), as `wafer serve` does at start. Errors name the entry.
+pub fn apply_config(db: &Db, broker: &Broker, config: &Config, now: i64) -> Result<(), String> {
+    for a in &config.apps {
+        encoding_keys_ok(
+            "app",
+            &a.appid,
+            &[a.aes_key.as_ref(), a.prev_aes_key.as_ref()],
+        )?;
+        let upsert = AppUpsert {
+            appid: a.appid.clone(),
+            secret: a.secret.clone(),
+            kind: Some(a.kind.clone()),
+            title: Some(a.title.clone()),
+            login_days: Some(a.login_days),
+            session_secs: Some(a.session_secs),
+            token: a.token.clone(),
+            aes_key: a.aes_key.clone(),
+            prev_aes_key: a.prev_aes_key.clone(),
+            forward_url: a.forward_url.clone(),
+        };
+        save_app(db, broker, &upsert, now).map_err(|e| format!("config app {}: {e}", a.appid))?;
+    }
+    for c in &config.components {
+        encoding_keys_ok(
+            "component",
+            &c.appid,
+            &[Some(&c.aes_key), c.prev_aes_key.as_ref()],
+        )?;
+        let upsert = ComponentUpsert {
+            appid: c.appid.clone(),
+            secret: c.secret.clone(),
+            token: c.token.clone(),
+            aes_key: c.aes_key.clone(),
+            prev_aes_key: c.prev_aes_key.clone(),
+            redirect_uri: c.redirect_uri.clone(),
+        };
+        save_component(db, broker, &upsert, now)
+            .map_err(|e| format!("config component {}: {e}", c.appid))?;
+    }
+    for a in &config.work_agents {
+        let id = format!("{}/{}", a.corpid, a.agentid);
+        encoding_keys_ok(
+            "work_agent",
+            &id,
+            &[a.aes_key.as_ref(), a.prev_aes_key.as_ref()],
+        )?;
+        let agent = WorkAgent {
+            corpid: a.corpid.clone(),
+            agentid: a.agentid.clone(),
+            secret: a.secret.clone(),
+            remark: a.remark.clone(),
+            token: a.token.clone(),
+            aes_key: a.aes_key.clone(),
+            prev_aes_key: a.prev_aes_key.clone(),
+            forward_url: a.forward_url.clone(),
+        };
+        save_work_agent(db, broker, &agent, now)
+            .map_err(|e| format!("config work_agent {id}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// How a serving process notices a change to the accounts made by another (or by itself): the
+/// accounts generation, read at most every time [`Watch::poll`] is called (the refresher thread:
+/// every 200 ms).
+pub struct Watch {
+    seen: i64,
+}
+
+impl Watch {
+    /// Start from the generation the database has now.
+    pub fn new(db: &Db) -> Result<Watch, Error> {
+        Ok(Watch {
+            seen: db.accounts_generation()?,
+        })
+    }
+
+    /// True when the accounts changed since the last poll; the broker has then reloaded what it
+    /// holds in memory (removed accounts' and changed secrets' credentials forgotten). The
+    /// caller forgets whatever else it remembers about accounts.
+    pub fn poll(&mut self, db: &Db, broker: &Broker) -> bool {
+        let Ok(now) = db.accounts_generation() else {
+            return false;
+        };
+        if now == self.seen {
+            return false;
+        }
+        if let Err(e) = broker.reload(db) {
+            // Tried again at the next poll.
+            log::warn!("wafer: reloading credentials after an accounts change: {e}");
+            return false;
+        }
+        self.seen = now;
+        true
+    }
+}
