@@ -26,6 +26,12 @@
 //! - `authorizer_refresh_token` unknown or not this authoriser's → 61023 "refresh_token is
 //!   invalid"; known but the authoriser revoked the platform → 61003 "component is not
 //!   authorized by this account".
+//! - A few APIs called with a token, for wafer's gateway: `/cgi-bin/message/custom/send` and
+//!   WeCom's `/cgi-bin/message/send` echo what they received (query, `Content-Type`, body),
+//!   `/wxa/getwxacodeunlimit` answers PNG bytes (`wxacode_png`), `/cgi-bin/media/upload`
+//!   reports the multipart file it received (size, type, name, SHA-1), and
+//!   `/cgi-bin/component/api_get_authorizer_list` lists a component's authorisers.
+//!   `POST /__mock__/revoke_token {access_token}` makes WeChat refuse a token at once.
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -52,7 +58,8 @@ const MAX_LIFETIME_SECS: u64 = 10 * 365 * 24 * 3600;
 const SUPERSEDE_GRACE: Duration = Duration::from_secs(300);
 const PRE_AUTH_CODE_SECS: u64 = 1800;
 const AUTH_CODE_SECS: u64 = 3600;
-const MAX_BODY: u64 = 1 << 20;
+/// Room for the gateway's largest relayed body (10 MiB by default) and then some.
+const MAX_BODY: u64 = 16 << 20;
 /// Session keys handed out are remembered in two generations of this many entries each, so a
 /// load test of millions of logins does not grow the mock without bound.
 const HANDED_OUT_GENERATION: usize = 100_000;
@@ -163,14 +170,22 @@ fn serve(state: &Arc<Mutex<State>>, mut rq: Request) {
         // An unreadable or oversized body is answered like any other malformed JSON body.
         body.clear();
     }
-    let (path, query) = rq.url().split_once('?').unwrap_or((rq.url(), ""));
+    let url = rq.url().to_owned();
+    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+    let content_type = rq
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Content-Type"))
+        .map(|h| h.value.as_str().to_owned());
+    let input = Input {
+        query: parse_query(query),
+        raw_query: query.to_owned(),
+        content_type,
+        body,
+    };
     if let Some(handler) = outgoing_route(rq.method().as_str(), path) {
         // These call back into the server under test, which may call the mock in turn: they
         // run without the state lock (they need no state).
-        let input = Input {
-            query: parse_query(query),
-            body,
-        };
         let reply = match catch_unwind(AssertUnwindSafe(|| handler(&input))) {
             Ok(Ok(v)) => Reply::json(200, &v),
             Ok(Err(e)) => e.reply(),
@@ -184,10 +199,6 @@ fn serve(state: &Arc<Mutex<State>>, mut rq: Request) {
     let Some(route) = find_route(rq.method().as_str(), path) else {
         let reply = Reply::json(404, &json!({"errcode": -1, "errmsg": "mock: unknown path"}));
         return respond(rq, reply);
-    };
-    let input = Input {
-        query: parse_query(query),
-        body,
     };
     let fault = if route.upstream {
         lock(state).record_call(route.path)
@@ -214,9 +225,14 @@ fn answer(state: &Mutex<State>, route: &Route, input: &Input, fault: Option<&Fau
     if let Some(reply) = fault.and_then(Fault::reply) {
         return reply;
     }
-    let run = || (route.handler)(&mut lock(state), input, Instant::now());
+    let run = || match route.handler {
+        Handler::Json(f) => {
+            f(&mut lock(state), input, Instant::now()).map(|v| Reply::json(200, &v))
+        }
+        Handler::Raw(f) => f(&mut lock(state), input, Instant::now()),
+    };
     match catch_unwind(AssertUnwindSafe(run)) {
-        Ok(Ok(body)) => Reply::json(200, &body),
+        Ok(Ok(reply)) => reply,
         Ok(Err(err)) => err.reply(),
         Err(_) => Reply::json(
             500,
@@ -226,7 +242,7 @@ fn answer(state: &Mutex<State>, route: &Route, input: &Input, fault: Option<&Fau
 }
 
 fn respond(rq: Request, reply: Reply) {
-    let mut response = Response::from_string(reply.body).with_status_code(reply.status);
+    let mut response = Response::from_data(reply.body).with_status_code(reply.status);
     if let Ok(header) = Header::from_bytes("Content-Type", reply.content_type) {
         response.add_header(header);
     }
@@ -243,7 +259,7 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 struct Reply {
     status: u16,
     content_type: &'static str,
-    body: String,
+    body: Vec<u8>,
 }
 
 impl Reply {
@@ -251,7 +267,7 @@ impl Reply {
         Reply {
             status,
             content_type: JSON_TYPE,
-            body: body.to_string(),
+            body: body.to_string().into_bytes(),
         }
     }
 
@@ -262,7 +278,7 @@ impl Reply {
         Reply {
             status,
             content_type: HTML_TYPE,
-            body,
+            body: body.into_bytes(),
         }
     }
 }
@@ -309,6 +325,9 @@ type Params = Map<String, Value>;
 
 struct Input {
     query: Params,
+    /// The query string as sent, for the echoing APIs.
+    raw_query: String,
+    content_type: Option<String>,
     body: Vec<u8>,
 }
 
@@ -396,7 +415,13 @@ fn check_app(appid: &str, secret: &str) -> Result<(), WxErr> {
 // ---------------------------------------------------------------------------------------------
 // Routes
 
-type Handler = fn(&mut State, &Input, Instant) -> Result<Value, WxErr>;
+/// A handler: most answer JSON (HTTP 200, or WeChat's errcode); a few answer other bytes (an
+/// image), or JSON with extra detail, in a reply of their own.
+#[derive(Clone, Copy)]
+enum Handler {
+    Json(fn(&mut State, &Input, Instant) -> Result<Value, WxErr>),
+    Raw(fn(&mut State, &Input, Instant) -> Result<Reply, WxErr>),
+}
 
 struct Route {
     /// `None` for upstream paths: WeChat does not care much, and neither does the mock.
@@ -407,21 +432,36 @@ struct Route {
     handler: Handler,
 }
 
-const fn upstream(path: &'static str, handler: Handler) -> Route {
+type JsonHandler = fn(&mut State, &Input, Instant) -> Result<Value, WxErr>;
+
+const fn upstream(path: &'static str, handler: JsonHandler) -> Route {
     Route {
         method: None,
         path,
         upstream: true,
-        handler,
+        handler: Handler::Json(handler),
     }
 }
 
-const fn control(method: &'static str, path: &'static str, handler: Handler) -> Route {
+/// An upstream path whose handler answers bytes of its own (an image).
+const fn upstream_raw(
+    path: &'static str,
+    handler: fn(&mut State, &Input, Instant) -> Result<Reply, WxErr>,
+) -> Route {
+    Route {
+        method: None,
+        path,
+        upstream: true,
+        handler: Handler::Raw(handler),
+    }
+}
+
+const fn control(method: &'static str, path: &'static str, handler: JsonHandler) -> Route {
     Route {
         method: Some(method),
         path,
         upstream: false,
-        handler,
+        handler: Handler::Json(handler),
     }
 }
 
@@ -440,6 +480,14 @@ const ROUTES: &[Route] = &[
     ),
     upstream("/cgi-bin/component/api_query_auth", query_auth),
     upstream("/cgi-bin/component/api_authorizer_token", authorizer_token),
+    upstream(
+        "/cgi-bin/component/api_get_authorizer_list",
+        authorizer_list,
+    ),
+    upstream("/cgi-bin/message/custom/send", custom_send),
+    upstream_raw("/wxa/getwxacodeunlimit", wxacode_unlimit),
+    upstream("/cgi-bin/media/upload", media_upload),
+    upstream("/cgi-bin/message/send", wecom_send),
     control("GET", "/__mock__/calls", calls),
     control("POST", "/__mock__/fail", fail),
     control("POST", "/__mock__/reset", reset),
@@ -447,6 +495,7 @@ const ROUTES: &[Route] = &[
     control("POST", "/__mock__/session_key", pin_session_key),
     control("GET", "/__mock__/session_key", handed_out_session_key),
     control("GET", "/__mock__/token_status", token_status),
+    control("POST", "/__mock__/revoke_token", revoke_token),
     control("POST", "/__mock__/component/authorize", authorize),
     control("POST", "/__mock__/component/revoke", revoke),
 ];
@@ -730,6 +779,182 @@ fn authorizer_token(st: &mut State, input: &Input, now: Instant) -> Result<Value
     }))
 }
 
+// --- APIs called with a token -----------------------------------------------------------------
+//
+// A few of the many APIs a business calls with a hosted token (through wafer's gateway): a JSON
+// one, a binary one, an upload and a WeCom one. Each checks its token the way WeChat does and
+// reports what it received, so a test can see exactly what was relayed.
+
+/// `/cgi-bin/message/custom/send?access_token=` (a customer-service message; stands for any JSON
+/// API called with an app's or an authoriser's token): `{errcode: 0, errmsg, owner, query,
+/// content_type, body}`: the token's owner (appid), the query string as sent, the request's
+/// `Content-Type` and its body as text. Unknown or revoked token → 40001, expired → 42001.
+fn custom_send(st: &mut State, input: &Input, now: Instant) -> Result<Value, WxErr> {
+    let grant = st
+        .tokens
+        .check_param(&input.query, "access_token", MP_TOKENS, now)?;
+    Ok(echo(&grant.owner, input))
+}
+
+/// WeCom's `/cgi-bin/message/send?access_token=`: the same echo (owner: the corpid). WeCom
+/// answers an unknown token with 40014 (its 40001 is a wrong secret, at `gettoken`), an
+/// expired one with 42001.
+fn wecom_send(st: &mut State, input: &Input, now: Instant) -> Result<Value, WxErr> {
+    let grant = st
+        .tokens
+        .check_param(&input.query, "access_token", &[Family::WecomToken], now)
+        .map_err(|e| match e.errcode {
+            40001 => wx(40014, "invalid access_token"),
+            _ => e,
+        })?;
+    let corpid = grant.owner.split('\n').next().unwrap_or_default();
+    Ok(echo(corpid, input))
+}
+
+fn echo(owner: &str, input: &Input) -> Value {
+    json!({
+        "errcode": 0,
+        "errmsg": "ok",
+        "owner": owner,
+        "query": input.raw_query,
+        "content_type": input.content_type,
+        "body": String::from_utf8_lossy(&input.body),
+    })
+}
+
+/// The bytes `/wxa/getwxacodeunlimit` answers for `scene`: a PNG signature, the scene, then
+/// every byte value once (so a relay that treats them as text is caught).
+pub fn wxacode_png(scene: &str) -> Vec<u8> {
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend_from_slice(scene.as_bytes());
+    png.extend(0..=255u8);
+    png
+}
+
+/// `POST /wxa/getwxacodeunlimit?access_token=` `{scene, ...}`: an `image/png` answer
+/// ([`wxacode_png`]); errors are JSON, as WeChat's are.
+fn wxacode_unlimit(st: &mut State, input: &Input, now: Instant) -> Result<Reply, WxErr> {
+    st.tokens
+        .check_param(&input.query, "access_token", MP_TOKENS, now)?;
+    let body = input.json()?;
+    let scene = need(&body, "scene", 40169, "invalid length for scene")?;
+    Ok(Reply {
+        status: 200,
+        content_type: "image/png",
+        body: wxacode_png(scene),
+    })
+}
+
+/// `POST /cgi-bin/media/upload?access_token=&type=image` with a `multipart/form-data` body whose
+/// `media` part is the file: WeChat's `{type, media_id, created_at}` plus what arrived:
+/// `received_bytes`, the part's `content_type` and `filename`, and the `sha1` of its bytes.
+fn media_upload(st: &mut State, input: &Input, now: Instant) -> Result<Value, WxErr> {
+    st.tokens
+        .check_param(&input.query, "access_token", MP_TOKENS, now)?;
+    let kind = text(&input.query, "type")
+        .filter(|t| ["image", "voice", "video", "thumb"].contains(t))
+        .ok_or_else(|| wx(40004, "invalid media type"))?;
+    let parts = input
+        .content_type
+        .as_deref()
+        .and_then(|ct| multipart_parts(ct, &input.body))
+        .ok_or_else(|| wx(41005, "media data missing"))?;
+    let media = parts
+        .iter()
+        .find(|p| p.name == "media")
+        .ok_or_else(|| wx(41005, "media data missing"))?;
+    let created_at = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Ok(json!({
+        "type": kind,
+        "media_id": format!("mock_media_{}", URL_SAFE_NO_PAD.encode(random_bytes::<12>())),
+        "created_at": created_at,
+        "received_bytes": media.data.len(),
+        "content_type": media.content_type,
+        "filename": media.filename,
+        "sha1": wafer_crypto::hex(&Sha1::digest(media.data)),
+    }))
+}
+
+/// One part of a `multipart/form-data` body.
+struct Part<'a> {
+    name: String,
+    filename: Option<String>,
+    content_type: Option<String>,
+    data: &'a [u8],
+}
+
+/// The parts of a `multipart/form-data` body (RFC 7578), or `None` when it is not one.
+fn multipart_parts<'a>(content_type: &str, body: &'a [u8]) -> Option<Vec<Part<'a>>> {
+    let mut params = content_type.split(';').map(str::trim);
+    if !params.next()?.eq_ignore_ascii_case("multipart/form-data") {
+        return None;
+    }
+    let boundary = params
+        .find_map(|p| p.strip_prefix("boundary="))?
+        .trim_matches('"');
+    let first = format!("--{boundary}");
+    let next = format!("\r\n--{boundary}");
+    let mut rest = &body[find(body, first.as_bytes())? + first.len()..];
+    let mut parts = Vec::new();
+    while !rest.starts_with(b"--") {
+        rest = rest.strip_prefix(b"\r\n")?;
+        let head_end = find(rest, b"\r\n\r\n")?;
+        let head = std::str::from_utf8(&rest[..head_end]).ok()?;
+        let content = &rest[head_end + 4..];
+        let end = find(content, next.as_bytes())?;
+        let mut part = Part {
+            name: String::new(),
+            filename: None,
+            content_type: None,
+            data: &content[..end],
+        };
+        for line in head.split("\r\n") {
+            let (field, value) = line.split_once(':')?;
+            if field.eq_ignore_ascii_case("Content-Type") {
+                part.content_type = Some(value.trim().to_owned());
+            } else if field.eq_ignore_ascii_case("Content-Disposition") {
+                for param in value.split(';').map(str::trim) {
+                    if let Some(v) = param.strip_prefix("name=") {
+                        part.name = v.trim_matches('"').to_owned();
+                    } else if let Some(v) = param.strip_prefix("filename=") {
+                        part.filename = Some(v.trim_matches('"').to_owned());
+                    }
+                }
+            }
+        }
+        parts.push(part);
+        rest = &content[end + next.len()..];
+    }
+    Some(parts)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `POST /cgi-bin/component/api_get_authorizer_list?component_access_token=`
+/// `{component_appid, offset, count}`: the accounts authorised to the component (those holding
+/// a live refresh token), sorted.
+fn authorizer_list(st: &mut State, input: &Input, now: Instant) -> Result<Value, WxErr> {
+    let (component, _) = component_call(st, input, now)?;
+    let authorizers: std::collections::BTreeSet<&str> = st
+        .tokens
+        .by_value
+        .values()
+        .filter(|m| {
+            m.family == Family::RefreshToken && m.owner == component && m.life == Life::Live
+        })
+        .map(|m| m.subject.as_str())
+        .collect();
+    let list: Vec<Value> = authorizers
+        .iter()
+        .map(|a| json!({"authorizer_appid": a}))
+        .collect();
+    Ok(json!({"total_count": list.len(), "list": list}))
+}
+
 // --- Control routes ---------------------------------------------------------------------------
 
 fn calls(st: &mut State, _input: &Input, _now: Instant) -> Result<Value, WxErr> {
@@ -818,6 +1043,20 @@ fn handed_out_session_key(st: &mut State, input: &Input, _now: Instant) -> Resul
             errcode: 40029,
             errmsg: "mock: no session_key was handed out for that code".into(),
         }),
+    }
+}
+
+/// `POST /__mock__/revoke_token {access_token}`: WeChat stops accepting that token at once (as
+/// when another party resets it), so the next call with it answers 40001 (WeCom: 40014).
+fn revoke_token(st: &mut State, input: &Input, _now: Instant) -> Result<Value, WxErr> {
+    let spec = input.control_json(&["access_token"])?;
+    let value = need_ctl(&spec, "access_token")?;
+    match st.tokens.by_value.get_mut(value) {
+        Some(m) => {
+            m.life = Life::Revoked;
+            Ok(json!({"ok": true}))
+        }
+        None => Err(bad("no such token")),
     }
 }
 
@@ -1100,7 +1339,7 @@ impl Fault {
         let raw = |status, body: &String| Reply {
             status,
             content_type: JSON_TYPE,
-            body: body.clone(),
+            body: body.clone().into_bytes(),
         };
         match (self.status, self.errcode, &self.body) {
             (Some(status), _, Some(body)) => Some(raw(status, body)),

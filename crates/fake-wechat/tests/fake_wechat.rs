@@ -841,3 +841,215 @@ fn shutdown_stops_serving_and_base_url_is_loopback() {
         .call();
     assert!(after.is_err(), "still serving after shutdown");
 }
+
+#[test]
+fn token_checked_apis_echo_what_they_received() {
+    let m = Mock::start();
+    let token = m.token("wx1");
+    let path = format!("/cgi-bin/message/custom/send?access_token={token}&x=%E4%BD%A0");
+    let a = answer(
+        ureq::post(&m.url(&path))
+            .set("Content-Type", "application/json")
+            .send_string(r#"{"touser":"o1","msgtype":"text"}"#),
+    );
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        a.json(),
+        json!({
+            "errcode": 0,
+            "errmsg": "ok",
+            "owner": "wx1",
+            "query": format!("access_token={token}&x=%E4%BD%A0"),
+            "content_type": "application/json",
+            "body": r#"{"touser":"o1","msgtype":"text"}"#,
+        })
+    );
+    // Unknown, missing and revoked tokens are WeChat's 40001 / 41001.
+    let send = |t: &str| {
+        m.post(
+            &format!("/cgi-bin/message/custom/send?access_token={t}"),
+            json!({}),
+        )
+    };
+    assert_eq!(errcode(&send("nope")), 40001);
+    assert_eq!(
+        errcode(&m.post("/cgi-bin/message/custom/send", json!({}))),
+        41001
+    );
+    assert_eq!(
+        m.post("/__mock__/revoke_token", json!({"access_token": token})),
+        json!({"ok": true})
+    );
+    assert_eq!(errcode(&send(&token)), 40001);
+    assert_eq!(m.status(&token)["valid"], false);
+    assert_eq!(
+        m.post_raw("/__mock__/revoke_token", r#"{"access_token":"nope"}"#)
+            .status,
+        400
+    );
+    // Expired: 42001.
+    m.post("/__mock__/config", json!({"token_lifetime_secs": 1}));
+    let short = m.token("wx2");
+    assert_eq!(send(&short)["owner"], "wx2");
+    thread::sleep(Duration::from_millis(1100));
+    assert_eq!(errcode(&send(&short)), 42001);
+    let calls = m.calls();
+    assert_eq!(calls["/cgi-bin/message/custom/send"], 6);
+}
+
+#[test]
+fn wecom_send_answers_40014_for_an_unknown_token() {
+    let m = Mock::start();
+    let token = m.get("/cgi-bin/gettoken?corpid=ww1&corpsecret=agent1")["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let sent = m.post(
+        &format!("/cgi-bin/message/send?access_token={token}"),
+        json!({"touser": "u1"}),
+    );
+    assert_eq!(sent["errcode"], 0);
+    assert_eq!(sent["owner"], "ww1", "the corp, never the secret");
+    assert_eq!(sent["body"], r#"{"touser":"u1"}"#);
+    let mp = m.token("wx1");
+    for t in ["nope", mp.as_str()] {
+        let body = m.post(
+            &format!("/cgi-bin/message/send?access_token={t}"),
+            json!({}),
+        );
+        assert_eq!(errcode(&body), 40014, "{t}");
+    }
+}
+
+#[test]
+fn wxacode_is_png_bytes_and_its_errors_are_json() {
+    let m = Mock::start();
+    let token = m.token("wx1");
+    let url = m.url(&format!("/wxa/getwxacodeunlimit?access_token={token}"));
+    let resp = ureq::post(&url)
+        .send_json(json!({"scene": "a=1"}))
+        .expect("200");
+    assert_eq!(resp.header("Content-Type"), Some("image/png"));
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut resp.into_reader(), &mut bytes).unwrap();
+    assert_eq!(bytes, fake_wechat::wxacode_png("a=1"));
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"));
+    assert_eq!(bytes.len(), 8 + 3 + 256);
+
+    let a = answer(ureq::post(&url).send_json(json!({})));
+    assert_eq!(a.content_type, "application/json; charset=utf-8");
+    assert_eq!(errcode(&a.json()), 40169);
+    let a = answer(
+        ureq::post(&m.url("/wxa/getwxacodeunlimit?access_token=nope"))
+            .send_json(json!({"scene": "a"})),
+    );
+    assert_eq!(errcode(&a.json()), 40001);
+}
+
+/// A `multipart/form-data` body with one file part named `media`.
+fn multipart(boundary: &str, filename: &str, content_type: &str, data: &[u8]) -> Vec<u8> {
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"media\"; filename=\"{filename}\"\r\n\
+         Content-Type: {content_type}\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(data);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    body
+}
+
+#[test]
+fn media_upload_reports_the_file_it_received() {
+    use sha1::Digest;
+    let m = Mock::start();
+    let token = m.token("wx1");
+    // 2 MiB of every byte value, with CRLFs and dashes that could pass for a boundary.
+    let data: Vec<u8> = (0..2 << 20).map(|i| (i % 251) as u8).collect();
+    let boundary = "----wafer-test-boundary";
+    let body = multipart(boundary, "cat.png", "image/png", &data);
+    let upload = |query: &str, body: &[u8]| {
+        answer(
+            ureq::post(&m.url(&format!("/cgi-bin/media/upload?{query}")))
+                .set(
+                    "Content-Type",
+                    &format!("multipart/form-data; boundary={boundary}"),
+                )
+                .send_bytes(body),
+        )
+    };
+    let got = upload(&format!("access_token={token}&type=image"), &body).json();
+    assert_eq!(got["type"], "image");
+    assert!(got["media_id"].as_str().unwrap().starts_with("mock_media_"));
+    assert_eq!(got["received_bytes"], data.len());
+    assert_eq!(got["content_type"], "image/png");
+    assert_eq!(got["filename"], "cat.png");
+    let sha1 = sha1::Sha1::digest(&data);
+    let hex: String = sha1.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(got["sha1"], hex);
+
+    let cases = [
+        (format!("access_token={token}"), body.clone(), 40004),
+        (
+            format!("access_token={token}&type=doc"),
+            body.clone(),
+            40004,
+        ),
+        (
+            format!("access_token={token}&type=image"),
+            b"no parts".to_vec(),
+            41005,
+        ),
+        (
+            "access_token=nope&type=image".to_string(),
+            body.clone(),
+            40001,
+        ),
+    ];
+    for (query, body, expected) in cases {
+        assert_eq!(errcode(&upload(&query, &body).json()), expected, "{query}");
+    }
+}
+
+#[test]
+fn authorizer_list_names_the_live_authorisations() {
+    let m = Mock::start();
+    let token = m.post(
+        "/cgi-bin/component/api_component_token",
+        json!({"component_appid": "wxc", "component_appsecret": "s", "component_verify_ticket": "t"}),
+    );
+    let ct = token["component_access_token"].as_str().unwrap().to_owned();
+    let list_path =
+        format!("/cgi-bin/component/api_get_authorizer_list?component_access_token={ct}");
+    let list = || {
+        m.post(
+            &list_path,
+            json!({"component_appid": "wxc", "offset": 0, "count": 100}),
+        )
+    };
+    assert_eq!(list(), json!({"total_count": 0, "list": []}));
+    for authorizer in ["wxb", "wxa"] {
+        let code = m.post(
+            "/__mock__/component/authorize",
+            json!({"component_appid": "wxc", "authorizer_appid": authorizer}),
+        )["auth_code"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let auth = m.post(
+            &format!("/cgi-bin/component/api_query_auth?component_access_token={ct}"),
+            json!({"component_appid": "wxc", "authorization_code": code}),
+        );
+        assert_eq!(auth["authorization_info"]["authorizer_appid"], authorizer);
+    }
+    assert_eq!(
+        list(),
+        json!({"total_count": 2, "list": [{"authorizer_appid": "wxa"}, {"authorizer_appid": "wxb"}]})
+    );
+    m.post(
+        "/__mock__/component/revoke",
+        json!({"component_appid": "wxc", "authorizer_appid": "wxa"}),
+    );
+    assert_eq!(list()["total_count"], 1);
+    let other = m.post(&list_path, json!({"component_appid": "wxother"}));
+    assert_eq!(errcode(&other), 40013);
+}
