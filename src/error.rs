@@ -157,8 +157,8 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-impl From<rusqlite::Error> for Error {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<crate::store::Error> for Error {
+    fn from(e: crate::store::Error) -> Self {
         Error::Db(e.to_string())
     }
 }

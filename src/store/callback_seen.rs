@@ -1,0 +1,70 @@
+//! The `callback_seen` table: callbacks already handled (`push::Claim` builds the keys), each
+//! remembered until its expiry.
+
+use super::{Db, Error, Result};
+use rusqlite::{params, TransactionBehavior};
+
+impl Db {
+    // ---- callbacks already handled ----
+
+    /// Remember every key until its expiry, all or none: true when none of them was remembered
+    /// (an expired row counts as forgotten), false (and nothing written) when one was.
+    pub fn claim_callback(&self, keys: &[(String, i64)], now: i64) -> Result<bool> {
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        for (key, expires_at) in keys {
+            let fresh = tx
+                .prepare_cached(
+                    "INSERT INTO callback_seen (key, expires_at) VALUES (?1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at
+                     WHERE callback_seen.expires_at <= ?3",
+                )?
+                .execute(params![key, expires_at, now])?;
+            if fresh == 0 {
+                return Ok(false); // the transaction rolls back on drop
+            }
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Forget keys claimed for a callback that was not handled after all.
+    pub fn release_callback(&self, keys: &[(String, i64)]) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("DELETE FROM callback_seen WHERE key = ?1 AND expires_at = ?2")?;
+        for (key, expires_at) in keys {
+            stmt.execute(params![key, expires_at])?;
+        }
+        Ok(())
+    }
+
+    /// Delete the remembered callbacks whose time has passed. Returns how many went.
+    pub fn purge_callback_seen(&self, now: i64) -> Result<usize> {
+        self.conn
+            .prepare_cached("DELETE FROM callback_seen WHERE expires_at <= ?1")?
+            .execute([now])
+            .map_err(Error::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::tests::{count, db};
+
+    #[test]
+    fn callbacks_are_claimed_all_or_none_and_forgotten_after_their_time() {
+        let (_dir, db) = db();
+        let k = |s: &str, at: i64| (s.to_string(), at);
+        assert!(db.claim_callback(&[k("a", 100), k("b", 100)], 10).unwrap());
+        assert_eq!(count(&db, "SELECT count(*) FROM callback_seen"), 2);
+        // One key remembered: nothing claimed, nothing written.
+        assert!(!db.claim_callback(&[k("c", 100), k("b", 100)], 10).unwrap());
+        assert_eq!(count(&db, "SELECT count(*) FROM callback_seen"), 2);
+        // Released keys can be claimed again; expired ones count as forgotten.
+        db.release_callback(&[k("a", 100)]).unwrap();
+        assert!(db.claim_callback(&[k("a", 100)], 10).unwrap());
+        assert!(db.claim_callback(&[k("b", 200)], 100).unwrap());
+        assert_eq!(db.purge_callback_seen(150).unwrap(), 1);
+        assert_eq!(count(&db, "SELECT count(*) FROM callback_seen"), 1);
+    }
+}

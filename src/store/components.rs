@@ -1,0 +1,318 @@
+//! The `components` and `authorizers` tables: Open Platform components (secret, callback keys,
+//! verify ticket, pre-auth code, the minute's `api_query_auth` count) and the accounts that
+//! authorised them (refresh token, scopes, authorisation and revocation times).
+
+use super::{next_prev_aes_key, Db, Error, Result};
+use crate::config::Secret;
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
+
+/// An Open Platform component as registered (`component add`, `[[component]]`).
+#[derive(Debug, Clone)]
+pub struct Component {
+    pub appid: String,
+    pub secret: Secret,
+    pub token: Secret,
+    pub aes_key: Secret,
+    pub prev_aes_key: Option<Secret>,
+    pub redirect_uri: Option<String>,
+    /// The last `component_verify_ticket` WeChat pushed, and when.
+    pub verify_ticket: Option<Secret>,
+    pub ticket_at: Option<i64>,
+}
+
+/// What `component add` and `[[component]]` write. A changed `aes_key` moves the stored one to
+/// `prev_aes_key` (unless one is given), so messages in flight during a rotation still open.
+#[derive(Debug, Clone)]
+pub struct ComponentUpsert {
+    pub appid: String,
+    pub secret: Secret,
+    pub token: Secret,
+    pub aes_key: Secret,
+    pub prev_aes_key: Option<Secret>,
+    pub redirect_uri: Option<String>,
+}
+
+/// An account that authorised a component.
+#[derive(Debug, Clone)]
+pub struct Authorizer {
+    pub component_appid: String,
+    pub authorizer_appid: String,
+    pub refresh_token: Secret,
+    /// JSON as WeChat sent it.
+    pub func_info: String,
+    pub authorized_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+const COMPONENT_COLUMNS: &str =
+    "appid, secret, token, aes_key, prev_aes_key, redirect_uri, verify_ticket, ticket_at";
+
+const AUTHORIZER_COLUMNS: &str =
+    "component_appid, authorizer_appid, refresh_token, func_info, authorized_at, revoked_at";
+
+impl Db {
+    // ---- Open Platform components ----
+
+    fn component_from_row(&self, r: &rusqlite::Row) -> rusqlite::Result<Component> {
+        Ok(Component {
+            appid: r.get(0)?,
+            secret: self.secret("components.secret", r, 1)?,
+            token: self.secret("components.token", r, 2)?,
+            aes_key: self.secret("components.aes_key", r, 3)?,
+            prev_aes_key: self.secret_opt("components.prev_aes_key", r, 4)?,
+            redirect_uri: r.get(5)?,
+            verify_ticket: self.secret_opt("components.verify_ticket", r, 6)?,
+            ticket_at: r.get(7)?,
+        })
+    }
+
+    fn authorizer_from_row(&self, r: &rusqlite::Row) -> rusqlite::Result<Authorizer> {
+        Ok(Authorizer {
+            component_appid: r.get(0)?,
+            authorizer_appid: r.get(1)?,
+            refresh_token: self.secret("authorizers.refresh_token", r, 2)?,
+            func_info: r.get(3)?,
+            authorized_at: r.get(4)?,
+            revoked_at: r.get(5)?,
+        })
+    }
+
+    /// Insert or update a component.
+    pub fn upsert_component(&self, c: &ComponentUpsert, now: i64) -> Result<()> {
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let stored = self.component(&c.appid)?;
+        let prev = next_prev_aes_key(c.prev_aes_key.as_ref(), Some(&c.aes_key), stored.as_ref());
+        tx.execute(
+            "INSERT INTO components (appid, secret, token, aes_key, prev_aes_key, redirect_uri, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (appid) DO UPDATE SET secret = ?2, token = ?3,
+               prev_aes_key = ?5,
+               aes_key = ?4,
+               redirect_uri = COALESCE(?6, redirect_uri)",
+            params![
+                c.appid,
+                self.seal("components.secret", c.secret.expose())?,
+                self.seal("components.token", c.token.expose())?,
+                self.seal("components.aes_key", c.aes_key.expose())?,
+                self.seal_opt("components.prev_aes_key", prev.as_ref().map(Secret::expose))?,
+                c.redirect_uri,
+                now
+            ],
+        )?;
+        tx.commit().map_err(Error::from)
+    }
+
+    pub fn component(&self, appid: &str) -> Result<Option<Component>> {
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {COMPONENT_COLUMNS} FROM components WHERE appid = ?1"
+            ))?
+            .query_row([appid], |r| self.component_from_row(r))
+            .optional()
+            .map_err(Error::from)
+    }
+
+    pub fn list_components(&self) -> Result<Vec<Component>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {COMPONENT_COLUMNS} FROM components ORDER BY appid"
+        ))?;
+        let components = stmt
+            .query_map([], |r| self.component_from_row(r))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(components)
+    }
+
+    /// Keep the ticket WeChat just pushed, made at `created` (its `CreateTime`), unless the
+    /// stored one is newer. False when nothing changed (no such component, or a newer ticket).
+    pub fn set_verify_ticket(&self, appid: &str, ticket: &str, created: i64) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "UPDATE components SET verify_ticket = ?2, ticket_at = ?3
+                 WHERE appid = ?1 AND (ticket_at IS NULL OR ticket_at <= ?3)",
+            )?
+            .execute(params![
+                appid,
+                self.seal("components.verify_ticket", ticket)?,
+                created
+            ])?
+            > 0)
+    }
+
+    /// The stored pre-auth code and its expiry (unix seconds), if any.
+    pub fn pre_auth_code(&self, appid: &str) -> Result<Option<(String, i64)>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT pre_auth_code, pre_auth_expires_at FROM components WHERE appid = ?1",
+            )?
+            .query_row([appid], |r| {
+                Ok(r.get::<_, Option<String>>(0)?
+                    .zip(r.get::<_, Option<i64>>(1)?))
+            })
+            .optional()?
+            .flatten())
+    }
+
+    pub fn set_pre_auth_code(&self, appid: &str, code: &str, expires_at: i64) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE components SET pre_auth_code = ?2, pre_auth_expires_at = ?3 WHERE appid = ?1",
+            )?
+            .execute(params![appid, code, expires_at])?;
+        Ok(())
+    }
+
+    /// Forget the stored pre-auth code: only if it is `code` when one is given.
+    pub fn forget_pre_auth_code(&self, appid: &str, code: Option<&str>) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE components SET pre_auth_code = NULL, pre_auth_expires_at = NULL
+                 WHERE appid = ?1 AND (?2 IS NULL OR pre_auth_code = ?2)",
+            )?
+            .execute(params![appid, code])?;
+        Ok(())
+    }
+
+    /// Count one `api_query_auth` call in the current minute (`now / 60`), if fewer than
+    /// `per_minute` were made in it: one statement, so concurrent callers cannot both take the
+    /// last one. False when the minute's calls are used up (or there is no such component).
+    pub fn count_query_auth(&self, appid: &str, now: i64, per_minute: i64) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "UPDATE components SET
+                   query_auth_calls = CASE WHEN query_auth_minute = ?2 THEN query_auth_calls + 1 ELSE 1 END,
+                   query_auth_minute = ?2
+                 WHERE appid = ?1 AND (query_auth_minute != ?2 OR query_auth_calls < ?3)",
+            )?
+            .execute(params![appid, now.div_euclid(60), per_minute])?
+            > 0)
+    }
+
+    /// Record an authorisation (new, renewed or re-granted after a revocation): the refresh
+    /// token and the function scopes, in one statement.
+    pub fn upsert_authorizer(
+        &self,
+        component_appid: &str,
+        authorizer_appid: &str,
+        refresh_token: &str,
+        func_info: &str,
+        now: i64,
+    ) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO authorizers (component_appid, authorizer_appid, refresh_token, func_info, authorized_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (component_appid, authorizer_appid) DO UPDATE SET
+                   refresh_token = ?3, func_info = ?4, authorized_at = ?5, revoked_at = NULL",
+            )?
+            .execute(params![
+                component_appid,
+                authorizer_appid,
+                self.seal("authorizers.refresh_token", refresh_token)?,
+                func_info,
+                now
+            ])?;
+        Ok(())
+    }
+
+    pub fn authorizer(
+        &self,
+        component_appid: &str,
+        authorizer_appid: &str,
+    ) -> Result<Option<Authorizer>> {
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {AUTHORIZER_COLUMNS} FROM authorizers
+                 WHERE component_appid = ?1 AND authorizer_appid = ?2"
+            ))?
+            .query_row([component_appid, authorizer_appid], |r| {
+                self.authorizer_from_row(r)
+            })
+            .optional()
+            .map_err(Error::from)
+    }
+
+    /// The authorisers of a component that have not revoked it, oldest first.
+    pub fn list_authorizers(&self, component_appid: &str) -> Result<Vec<Authorizer>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {AUTHORIZER_COLUMNS} FROM authorizers
+             WHERE component_appid = ?1 AND revoked_at IS NULL
+             ORDER BY authorized_at, authorizer_appid"
+        ))?;
+        let list = stmt
+            .query_map([component_appid], |r| self.authorizer_from_row(r))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(list)
+    }
+
+    /// Store a rotated refresh token (only for a live authorisation).
+    pub fn set_refresh_token(
+        &self,
+        component_appid: &str,
+        authorizer_appid: &str,
+        refresh_token: &str,
+    ) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE authorizers SET refresh_token = ?3
+                 WHERE component_appid = ?1 AND authorizer_appid = ?2 AND revoked_at IS NULL",
+            )?
+            .execute(params![
+                component_appid,
+                authorizer_appid,
+                self.seal("authorizers.refresh_token", refresh_token)?
+            ])?;
+        Ok(())
+    }
+
+    /// Mark an authorisation revoked by an event made at `created`. False when there was no
+    /// live one, or it was authorised after `created` (the same second still revokes).
+    pub fn revoke_authorizer(
+        &self,
+        component_appid: &str,
+        authorizer_appid: &str,
+        created: i64,
+        now: i64,
+    ) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "UPDATE authorizers SET revoked_at = ?4
+                 WHERE component_appid = ?1 AND authorizer_appid = ?2 AND revoked_at IS NULL
+                   AND authorized_at <= ?3",
+            )?
+            .execute(params![component_appid, authorizer_appid, created, now])?
+            > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::db;
+
+    #[test]
+    fn query_auth_calls_are_counted_per_clock_minute() {
+        let (_dir, db) = db();
+        let c = ComponentUpsert {
+            appid: "wxc".into(),
+            secret: Secret::new("s"),
+            token: Secret::new("t"),
+            aes_key: Secret::new("k"),
+            prev_aes_key: None,
+            redirect_uri: None,
+        };
+        db.upsert_component(&c, 0).unwrap();
+        let allowed = |now| {
+            (0..5)
+                .filter(|_| db.count_query_auth("wxc", now, 3).unwrap())
+                .count()
+        };
+        assert_eq!(allowed(600), 3);
+        assert_eq!(allowed(659), 0, "the same minute");
+        assert_eq!(allowed(660), 3, "the next one");
+        assert!(!db.count_query_auth("wxnone", 660, 3).unwrap());
+    }
+}

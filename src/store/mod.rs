@@ -1,0 +1,765 @@
+//! Storage: the only module that touches rusqlite. One `Db` (one SQLite connection) per worker
+//! thread, WAL, a busy timeout, prepared statements cached per connection. The schema is the
+//! top-level `schema.sql`, embedded and applied by `PRAGMA user_version`.
+//!
+//! Every multi-row change (a login, an app removal) is one transaction: a failure leaves the
+//! database as it was.
+//!
+//! Secrets at rest (CONTRACT §11) are sealed here and nowhere else: with a key (a `Sealer`,
+//! `seal.rs`) every column of [`SEALED`] is written sealed and opened on read, so the rest of
+//! the code sees plain values. Without a key nothing is sealed and reading costs a prefix check.
+//! The `meta` row `seal_key_id` says which key a database is sealed with: a keyless open of a
+//! sealed database, or an open with another key, is refused.
+//!
+//! One file per table (`apps`, `sessions`: users and sessions, `credentials`: credentials and
+//! quotas, `work_agents`, `components`: components and authorisers, `callback_seen`); this file
+//! holds the connection, the migrations, the sealing seam, the session writers' turn and
+//! [`Error`]. The seam another backend implements is `Db`'s public methods and the row types:
+//! none of them carries a rusqlite type, and every failure is a [`store::Error`](Error).
+
+use crate::config::Secret;
+use crate::seal::{OpenError, Sealer};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::borrow::Cow;
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+mod apps;
+mod callback_seen;
+mod components;
+mod credentials;
+mod sessions;
+mod work_agents;
+
+pub use apps::{App, AppUpsert};
+pub use components::{Authorizer, Component, ComponentUpsert};
+pub use credentials::{utc_day, Quota, StoredCredential};
+pub use sessions::{LoginResult, LoginWrite, SessionRow, MAX_SESSIONS_PER_USER, PURGE_SLICE};
+pub use work_agents::WorkAgent;
+
+/// A storage failure: what the database (or sealing) said, in words for the log and an
+/// operator; whether it was another writer holding the lock past this connection's wait.
+#[derive(Debug, Clone)]
+pub struct Error {
+    message: String,
+    busy: bool,
+}
+
+impl Error {
+    /// Another writer held the lock for longer than this connection waits.
+    pub fn is_busy(&self) -> bool {
+        self.busy
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Error {
+        Error {
+            busy: is_busy(&e),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// What every public `Db` method answers.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Migrations by `user_version`: entry `i` takes the database from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../schema.sql"),
+    CALLBACK_SEEN,
+    META,
+    COMPONENT_PRE_AUTH,
+];
+
+/// Callbacks already handled, so that a replayed request or WeChat's retry of a message is not
+/// applied or forwarded again (`callback::Claim`). `key` is built only by `callback`; a row is
+/// forgotten once `expires_at` has passed (the hourly purge deletes it).
+const CALLBACK_SEEN: &str = "
+CREATE TABLE callback_seen (
+    key          TEXT    PRIMARY KEY,
+    expires_at   INTEGER NOT NULL
+);
+CREATE INDEX callback_seen_by_expiry ON callback_seen (expires_at);
+";
+
+/// Named facts about the database itself: `seal_key_id`, the id of the key its values are
+/// sealed with (absent: none is); `seal_key_file`, where `wafer key rotate` read the key it
+/// moved them to (a path, not a secret), so that a serving wafer can adopt it.
+const META: &str = "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);";
+
+/// A component's pre-auth code, reused for every authorisation page until an authorisation
+/// consumes it or it nears expiry; and the minute's count of `api_query_auth` calls that
+/// unauthenticated `/callback` requests caused (`component`).
+const COMPONENT_PRE_AUTH: &str = "
+ALTER TABLE components ADD COLUMN pre_auth_code TEXT;
+ALTER TABLE components ADD COLUMN pre_auth_expires_at INTEGER;
+ALTER TABLE components ADD COLUMN query_auth_minute INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE components ADD COLUMN query_auth_calls INTEGER NOT NULL DEFAULT 0;
+";
+
+/// Every sealed column, as `table.column` (also the associated data a value is sealed for, so a
+/// value copied to another column does not open there). A new secret column joins this list
+/// and is written with `Db::seal` and read with `Db::unseal` (`users.phone_info` will).
+pub const SEALED: &[&str] = &[
+    "apps.secret",
+    "apps.token",
+    "apps.aes_key",
+    "apps.prev_aes_key",
+    "users.session_key",
+    "users.user_info",
+    "credentials.value",
+    "work_agents.secret",
+    "work_agents.token",
+    "work_agents.aes_key",
+    "work_agents.prev_aes_key",
+    "components.secret",
+    "components.token",
+    "components.aes_key",
+    "components.prev_aes_key",
+    "components.verify_ticket",
+    "authorizers.refresh_token",
+];
+
+/// Rows re-sealed per write transaction by [`Db::seal_existing`].
+const SEAL_BATCH: usize = 256;
+
+pub struct Db {
+    conn: Connection,
+    sealer: Option<Arc<Sealer>>,
+    /// How long a write on this connection waits for its turn and SQLite's write lock together
+    /// ([`BUSY_TIMEOUT`] unless [`Db::wait_for_writes`] says otherwise); also its busy timeout.
+    write_wait: Duration,
+}
+
+/// A refusal or failure of our own, reported through `rusqlite::Error` like every store error.
+fn store_error(msg: impl Into<String>) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+        Some(msg.into()),
+    )
+}
+
+/// An account with an EncodingAESKey and the previous one (apps, WeCom agents, components).
+trait AesKeys {
+    fn aes_keys(&self) -> (Option<&Secret>, Option<&Secret>);
+}
+
+impl AesKeys for App {
+    fn aes_keys(&self) -> (Option<&Secret>, Option<&Secret>) {
+        (self.aes_key.as_ref(), self.prev_aes_key.as_ref())
+    }
+}
+
+impl AesKeys for WorkAgent {
+    fn aes_keys(&self) -> (Option<&Secret>, Option<&Secret>) {
+        (self.aes_key.as_ref(), self.prev_aes_key.as_ref())
+    }
+}
+
+impl AesKeys for Component {
+    fn aes_keys(&self) -> (Option<&Secret>, Option<&Secret>) {
+        (Some(&self.aes_key), self.prev_aes_key.as_ref())
+    }
+}
+
+/// The next `prev_aes_key` of an upsert: the one given, else the stored key when the key
+/// changes (messages in flight during a rotation still open), else the stored previous key.
+/// Decided here, not in SQL: sealed values of one key differ every time, so only their plain
+/// values can be compared.
+fn next_prev_aes_key(
+    given: Option<&Secret>,
+    new_key: Option<&Secret>,
+    stored: Option<&impl AesKeys>,
+) -> Option<Secret> {
+    if let Some(p) = given {
+        return Some(p.clone());
+    }
+    let (stored_key, stored_prev) = stored?.aes_keys();
+    match (new_key, stored_key) {
+        (Some(n), Some(k)) if n != k => Some(k.clone()),
+        _ => stored_prev.cloned(),
+    }
+}
+
+/// How long a write waits for its turn and SQLite's write lock together before it fails (a
+/// login answers 1006): another process holding the lock (the CLI, a backup, another instance)
+/// makes writes fail after this long, not queue up behind each other. A connection may wait
+/// less ([`Db::wait_for_writes`]: the server's workers).
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Session writes in this process take turns here before asking SQLite for its write lock. SQLite
+/// waits for a busy lock by sleeping (1, 2, 5, 10 … 100 ms), so workers contending on it lose
+/// whole milliseconds; the turn is handed over at once. A writer waits for the turn and then for
+/// SQLite within one deadline ([`BUSY_TIMEOUT`] from when it asked), so writers queued behind one
+/// that is stuck on another process each fail at their own deadline, not one after another. A
+/// session check's slide only ever tries the turn ([`Db::try_touch_session`]).
+struct Turn {
+    taken: Mutex<bool>,
+    freed: Condvar,
+}
+
+static SESSION_WRITES: Turn = Turn {
+    taken: Mutex::new(false),
+    freed: Condvar::new(),
+};
+
+/// The turn, while held.
+struct TurnGuard;
+
+impl Turn {
+    fn lock(&self) -> std::sync::MutexGuard<'_, bool> {
+        self.taken.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wait for the turn until `deadline`; `None` past it.
+    fn take_by(&'static self, deadline: Instant) -> Option<TurnGuard> {
+        let mut taken = self.lock();
+        while *taken {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            taken = self
+                .freed
+                .wait_timeout(taken, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *taken = true;
+        Some(TurnGuard)
+    }
+
+    /// The turn if it is free now.
+    fn try_take(&'static self) -> Option<TurnGuard> {
+        let mut taken = self.lock();
+        if *taken {
+            return None;
+        }
+        *taken = true;
+        Some(TurnGuard)
+    }
+}
+
+impl Drop for TurnGuard {
+    fn drop(&mut self) {
+        *SESSION_WRITES.lock() = false;
+        SESSION_WRITES.freed.notify_one();
+    }
+}
+
+/// `SQLITE_BUSY` with a note: what a write that ran out of time answers, whether it waited in
+/// this process's turn or in SQLite.
+fn busy(note: &str) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+        Some(note.to_string()),
+    )
+}
+
+/// Is this SQLite saying that someone else holds the lock?
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Create the database file readable and writable by its owner only (0600, whatever the umask),
+/// before SQLite opens it: SQLite gives the -wal and -shm files it creates the main file's mode,
+/// so all three are owner-only. An existing file (and its -wal and -shm) that others may read is
+/// tightened to its owner's bits, with one line on stderr: every secret in it was readable. A
+/// file we cannot tighten (someone else's) is left as it is, and said so.
+fn owner_only(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let owner_only = std::fs::Permissions::from_mode(0o600);
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        // The umask may have taken bits away from 0600; make it exactly that.
+        Ok(file) => return file.set_permissions(owner_only),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = Path::new(&file);
+        let Ok(meta) = std::fs::metadata(file) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        if mode & 0o077 == 0 || !meta.is_file() {
+            continue;
+        }
+        match std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode & 0o700)) {
+            Ok(()) => eprintln!(
+                "wafer: {} was readable by others (mode {:o}); now by its owner only",
+                file.display(),
+                mode & 0o777
+            ),
+            Err(e) => eprintln!(
+                "wafer: {} is readable by others (mode {:o}) and could not be tightened: {e}",
+                file.display(),
+                mode & 0o777
+            ),
+        }
+    }
+    Ok(())
+}
+
+impl Db {
+    /// Open (creating if needed) and bring the schema up to date, without a key: refused on a
+    /// sealed database.
+    pub fn open(path: &Path) -> Result<Db> {
+        Db::open_with(path, None)
+    }
+
+    /// Open with the key the process holds, if any (`storage.key_file`). Refused when the
+    /// database is sealed and there is no key, or it is sealed with a key this is not (unless
+    /// a rotation names where that key is and this process can read it). A database that has
+    /// never been sealed opens either way; [`Db::seal_existing`] seals it.
+    pub fn open_with(path: &Path, sealer: Option<Arc<Sealer>>) -> Result<Db> {
+        let db = Db::open_unchecked(path, sealer)?;
+        let Some(sealed_with) = db.meta("seal_key_id")? else {
+            return Ok(db);
+        };
+        let Some(s) = &db.sealer else {
+            return Err(Error::from(store_error(format!(
+                "the database is sealed (key id {sealed_with}): set storage.key_file (or WAFER_KEY_FILE) to its key file"
+            ))));
+        };
+        if !s.holds(&sealed_with) {
+            db.seek_key(s, &sealed_with, true);
+        }
+        if !s.holds(&sealed_with) {
+            return Err(Error::from(store_error(format!(
+                "storage.key_file is key id {}, but the database is sealed with key id {sealed_with}: wrong key file",
+                s.current_id()
+            ))));
+        }
+        Ok(db)
+    }
+
+    fn open_unchecked(path: &Path, sealer: Option<Arc<Sealer>>) -> rusqlite::Result<Db> {
+        owner_only(path).map_err(|e| {
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                Some(format!("making it readable by its owner only: {e}")),
+            )
+        })?;
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.set_prepared_statement_cache_capacity(64);
+        let mut db = Db {
+            conn,
+            sealer,
+            write_wait: BUSY_TIMEOUT,
+        };
+        db.migrate()?;
+        Ok(db)
+    }
+
+    /// Make writes on this connection wait at most `wait` (for their turn and SQLite's lock
+    /// together) rather than [`BUSY_TIMEOUT`].
+    pub fn wait_for_writes(&mut self, wait: Duration) -> Result<()> {
+        self.conn.busy_timeout(wait)?;
+        self.write_wait = wait;
+        Ok(())
+    }
+
+    fn migrate(&mut self) -> rusqlite::Result<()> {
+        // Read first: an up-to-date database (every open but the first) needs no write lock, so
+        // opening a connection never waits behind a writer (the start-up purge, a login storm).
+        let version: usize = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version >= MIGRATIONS.len() {
+            return Ok(());
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+        }
+        tx.commit()
+    }
+
+    // ---- sealing at rest (CONTRACT §11; the key and cipher are `seal.rs`) ----
+
+    /// A `meta` value: a named fact about the database itself.
+    pub fn meta(&self, name: &str) -> Result<Option<String>> {
+        self.conn
+            .prepare_cached("SELECT value FROM meta WHERE name = ?1")?
+            .query_row([name], |r| r.get(0))
+            .optional()
+            .map_err(Error::from)
+    }
+
+    fn set_meta(&self, name: &str, value: &str) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta (name, value) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET value = ?2",
+            )?
+            .execute([name, value])?;
+        Ok(())
+    }
+
+    /// The accounts generation (`meta.accounts_generation`): bumped by every change to the
+    /// apps, WeCom agents or components (`accounts`), so that every process serving this
+    /// database notices a change another one made ([`Db::accounts_generation`]).
+    pub fn bump_accounts_generation(&self) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta (name, value) VALUES ('accounts_generation', '1')
+                 ON CONFLICT (name) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+            )?
+            .execute([])?;
+        Ok(())
+    }
+
+    /// The accounts generation: 0 until the first change.
+    pub fn accounts_generation(&self) -> Result<i64> {
+        Ok(self
+            .meta("accounts_generation")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// A value as `aad`'s column stores it: sealed under the current key when this process
+    /// holds one, else the value itself (borrowed, no allocation). At most once a second it
+    /// also checks whether a rotation has moved the database to a new key, and seals with that
+    /// one from then on (so a rotation running beside this process finishes).
+    fn seal<'a>(&self, aad: &str, plain: &'a str) -> rusqlite::Result<Cow<'a, str>> {
+        let Some(s) = &self.sealer else {
+            return Ok(Cow::Borrowed(plain));
+        };
+        if s.due(false) {
+            if let Ok(Some(id)) = self.meta("seal_key_id") {
+                if id != s.current_id() {
+                    self.seek_key(s, &id, true);
+                }
+            }
+        }
+        s.seal(aad, plain)
+            .map(Cow::Owned)
+            .map_err(|e| store_error(format!("sealing {aad}: no random bytes: {e}")))
+    }
+
+    fn seal_opt<'a>(
+        &self,
+        aad: &str,
+        plain: Option<&'a str>,
+    ) -> rusqlite::Result<Option<Cow<'a, str>>> {
+        plain.map(|p| self.seal(aad, p)).transpose()
+    }
+
+    /// A stored value of `aad`'s column in clear. A value in clear (never sealed) comes back as
+    /// it is, with no allocation; a sealed one needs the key its id names.
+    fn unseal(&self, aad: &str, stored: String) -> rusqlite::Result<String> {
+        let Some(id) = crate::crypto::sealed_key_id(&stored) else {
+            return Ok(stored);
+        };
+        let Some(s) = &self.sealer else {
+            return Err(store_error(format!(
+                "{aad} is sealed (key id {id}) and no storage.key_file is set"
+            )));
+        };
+        match s.open(aad, &stored) {
+            Err(OpenError::UnknownKey(id)) => {
+                self.seek_key(s, &id, false);
+                s.open(aad, &stored)
+            }
+            opened => opened,
+        }
+        .map_err(|e| store_error(format!("{aad}: {e}")))
+    }
+
+    fn unseal_opt(&self, aad: &str, stored: Option<String>) -> rusqlite::Result<Option<String>> {
+        stored.map(|v| self.unseal(aad, v)).transpose()
+    }
+
+    fn secret(&self, aad: &str, r: &rusqlite::Row, i: usize) -> rusqlite::Result<Secret> {
+        self.unseal(aad, r.get(i)?).map(Secret::new)
+    }
+
+    fn secret_opt(
+        &self,
+        aad: &str,
+        r: &rusqlite::Row,
+        i: usize,
+    ) -> rusqlite::Result<Option<Secret>> {
+        Ok(self.unseal_opt(aad, r.get(i)?)?.map(Secret::new))
+    }
+
+    /// Adopt key `id` from the file a rotation recorded (`meta.seal_key_file`), if this process
+    /// can read it and it is that key. Unless `now`, at most once per `Sealer::RECHECK_MS`.
+    fn seek_key(&self, s: &Sealer, id: &str, now: bool) {
+        if !(now || s.due(true)) {
+            return;
+        }
+        let Ok(Some(file)) = self.meta("seal_key_file") else {
+            return;
+        };
+        match Sealer::read_key_file(Path::new(&file), "the rotation's key file") {
+            Ok(key) if key.id() == id => {
+                if s.adopt(key) {
+                    eprintln!("wafer: the database moved to key id {id} (a rotation): sealing with it, from {file}");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("wafer: key id {id} is needed: {e}"),
+        }
+    }
+
+    /// Seal every value of [`SEALED`] that is not sealed under the current key: values in
+    /// clear, and values under another key this process holds (a rotation). The current key
+    /// is recorded in `meta` first, so from then on a keyless open is refused. The values go in
+    /// write transactions of [`SEAL_BATCH`] rows, each row rewritten only if unchanged since it
+    /// was read (a serving wafer may write beside a rotation). Clear text is not left behind in
+    /// the files: overwritten cells are zeroed (`secure_delete`), the first sealing rebuilds the
+    /// file (`VACUUM`: free pages may hold clear text deleted long ago) and the WAL is truncated.
+    /// Returns how many values were sealed; values under a key this process does not hold are
+    /// an error saying how many.
+    pub fn seal_existing(&self) -> Result<usize> {
+        let Some(s) = self.sealer.clone() else {
+            return Ok(0);
+        };
+        let current = s.current_id();
+        self.set_meta("seal_key_id", &current)?;
+        self.conn.pragma_update(None, "secure_delete", "ON")?;
+        let prefix = format!("v1:{current}:");
+        let (mut sealed, mut were_clear, mut unknown) = (0, 0, 0);
+        for aad in SEALED {
+            let (table, column) = aad.split_once('.').unwrap_or_default();
+            let mut select = self.conn.prepare(&format!(
+                "SELECT rowid, {column} FROM {table}
+                 WHERE rowid > ?1 AND {column} IS NOT NULL AND substr({column}, 1, ?2) != ?3
+                 ORDER BY rowid LIMIT {SEAL_BATCH}"
+            ))?;
+            let update =
+                format!("UPDATE {table} SET {column} = ?1 WHERE rowid = ?2 AND {column} = ?3");
+            let mut after = i64::MIN;
+            loop {
+                let batch = select
+                    .query_map(params![after, prefix.len(), prefix], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let Some(&(last, _)) = batch.last() else {
+                    break;
+                };
+                after = last;
+                let tx = rusqlite::Transaction::new_unchecked(
+                    &self.conn,
+                    TransactionBehavior::Immediate,
+                )?;
+                for (rowid, stored) in &batch {
+                    let clear = crate::crypto::sealed_key_id(stored).is_none();
+                    let plain = if clear {
+                        Cow::Borrowed(stored.as_str())
+                    } else {
+                        match s.open(aad, stored) {
+                            Ok(p) => Cow::Owned(p),
+                            Err(OpenError::UnknownKey(_)) => {
+                                unknown += 1;
+                                continue;
+                            }
+                            Err(e) => return Err(Error::from(store_error(format!("{aad}: {e}")))),
+                        }
+                    };
+                    let value = s
+                        .seal(aad, &plain)
+                        .map_err(|e| store_error(format!("sealing {aad}: no random bytes: {e}")))?;
+                    let n = tx
+                        .prepare_cached(&update)?
+                        .execute(params![value, rowid, stored])?;
+                    sealed += n;
+                    if clear {
+                        were_clear += n;
+                    }
+                }
+                tx.commit()?;
+            }
+        }
+        if were_clear > 0 {
+            if let Err(e) = self.conn.execute_batch("VACUUM") {
+                eprintln!("wafer: VACUUM after sealing failed ({e}): values deleted before may linger in clear in free pages until a VACUUM");
+            }
+        }
+        if sealed > 0 {
+            let _ = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        }
+        if unknown > 0 {
+            return Err(Error::from(store_error(format!(
+                "{unknown} value(s) are sealed under a key other than key id {current}: use the key file they were sealed with, or finish `wafer key rotate`"
+            ))));
+        }
+        Ok(sealed)
+    }
+
+    /// Move every sealed value to `key` (`wafer key rotate`), read from `file`: the file is
+    /// recorded first, then the key id, so a serving wafer that finds the new id also finds
+    /// where its key is; then [`Db::seal_existing`]. A database never sealed is sealed.
+    pub fn rotate_to(&mut self, key: crate::crypto::SealKey, file: &Path) -> Result<usize> {
+        match &self.sealer {
+            Some(s) => {
+                s.adopt(key);
+            }
+            None => self.sealer = Some(Arc::new(Sealer::new(key))),
+        }
+        let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+        self.set_meta("seal_key_file", &file.to_string_lossy())?;
+        self.seal_existing()
+    }
+
+    /// Leave checkpoints to someone else ([`Db::checkpoint`] on another connection): a
+    /// connection that commits otherwise copies the WAL back into the database itself every
+    /// thousand pages, and stalls the request it is serving (and every writer behind it).
+    pub fn no_autocheckpoint(&self) -> Result<()> {
+        self.conn
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(Error::from)
+    }
+
+    /// Bound this connection's page cache (SQLite's default is 2 MiB).
+    pub fn set_cache_kib(&self, kib: i64) -> Result<()> {
+        self.conn
+            .pragma_update(None, "cache_size", -kib)
+            .map_err(Error::from)
+    }
+
+    /// Copy what the WAL holds back into the database, without waiting for readers or writers.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            .map_err(Error::from)
+    }
+
+    /// Run `write` (one statement, or a transaction it begins and ends) in this process's turn of
+    /// session writes, within `bound` for the turn and SQLite's write lock together: past it,
+    /// `SQLITE_BUSY`.
+    fn session_write<T>(
+        &self,
+        bound: Duration,
+        write: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        let deadline = Instant::now() + bound;
+        let _turn = SESSION_WRITES
+            .take_by(deadline)
+            .ok_or_else(|| busy("waited too long for this process's other writers"))?;
+        self.conn
+            .busy_timeout(deadline.saturating_duration_since(Instant::now()))?;
+        let written = write(&self.conn);
+        let restored = self.conn.busy_timeout(self.write_wait);
+        let written = written?;
+        restored?;
+        Ok(written)
+    }
+
+    /// What `/healthz` asks: a read of a table, then a committed write, the write within `bound`
+    /// (its turn and SQLite's lock together). The write sets the header's `user_version` to the
+    /// value it has, inside a write transaction: one page really committed, with no table of its
+    /// own. `Err` says which failed and why, in words for an operator.
+    pub fn health(&self, bound: Duration) -> std::result::Result<(), String> {
+        self.conn
+            .prepare_cached("SELECT count(*) FROM (SELECT 1 FROM apps LIMIT 1)")
+            .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+            .map_err(|e| format!("database cannot read: {e}"))?;
+        self.session_write(bound, |conn| {
+            let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+            let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            tx.pragma_update(None, "user_version", version)?;
+            tx.commit()
+        })
+        .map_err(|e| {
+            let why = match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                    format!("locked by another writer for over {} ms", bound.as_millis())
+                }
+                Some(rusqlite::ErrorCode::DiskFull) => "disk full".to_string(),
+                Some(rusqlite::ErrorCode::ReadOnly) => "read-only".to_string(),
+                _ => e.to_string(),
+            };
+            format!("database cannot write: {why}")
+        })
+    }
+
+    pub fn integrity_check(&self) -> Result<String> {
+        self.conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(Error::from)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn count(db: &Db, sql: &str) -> i64 {
+        db.conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    pub(crate) fn db() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db")).unwrap();
+        (dir, db)
+    }
+
+    #[test]
+    fn opening_an_up_to_date_database_does_not_wait_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.db");
+        drop(Db::open(&p).unwrap());
+        let writer = Connection::open(&p).unwrap();
+        writer.execute_batch("BEGIN IMMEDIATE").unwrap();
+        // With the write lock held elsewhere (the start-up purge, say), a new connection opens at
+        // once; before, it waited out the 5 s busy timeout and failed.
+        let started = std::time::Instant::now();
+        let db = Db::open(&p).unwrap();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // It reads; it cannot write, and says so within its bound.
+        let started = std::time::Instant::now();
+        assert_eq!(
+            db.health(Duration::from_millis(200)),
+            Err("database cannot write: locked by another writer for over 200 ms".into())
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+        writer.execute_batch("COMMIT").unwrap();
+        // The probe's write is a real commit: another connection sees the database change.
+        let version = |c: &Connection| -> i64 {
+            c.query_row("PRAGMA data_version", [], |r| r.get(0))
+                .unwrap()
+        };
+        let before = version(&writer);
+        db.health(Duration::from_millis(200)).unwrap();
+        assert_ne!(version(&writer), before);
+    }
+
+    #[test]
+    fn migrate_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.db");
+        drop(Db::open(&p).unwrap());
+        let db = Db::open(&p).unwrap();
+        assert_eq!(db.integrity_check().unwrap(), "ok");
+    }
+}

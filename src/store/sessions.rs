@@ -1,0 +1,351 @@
+//! The `users` and `sessions` tables: logins, session checks (the slide), revocation, user data
+//! and the purge of expired sessions. Session writes take this process's turn
+//! (`SESSION_WRITES`) before SQLite's lock.
+
+use super::{is_busy, Db, Error, Result, SESSION_WRITES};
+use crate::config::Secret;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::time::{Duration, Instant};
+
+/// The longest one purge transaction holds the write lock (logins wait at most about this).
+pub const PURGE_SLICE: Duration = Duration::from_millis(50);
+
+/// How many live sessions (devices) one user may hold; the oldest are evicted beyond it.
+pub const MAX_SESSIONS_PER_USER: i64 = 10;
+
+/// A session row joined with its user and app, as a session check sees it.
+#[derive(Debug)]
+pub struct SessionRow {
+    pub user_id: String,
+    pub app_pk: i64,
+    pub appid: String,
+    pub openid: String,
+    pub unionid: Option<String>,
+    pub session_key: Secret,
+    pub user_info: Option<String>,
+    pub created: i64,
+    pub expires_at: i64,
+    pub idle_secs: i64,
+    pub last_visit: i64,
+}
+
+/// What a login writes, in one transaction.
+pub struct LoginWrite<'a> {
+    pub app_pk: i64,
+    pub openid: &'a str,
+    pub unionid: Option<&'a str>,
+    pub session_key: &'a str,
+    /// New user data to store; `None` keeps what is stored.
+    pub user_info: Option<&'a str>,
+    pub new_user_id: &'a str,
+    pub skey_hash: &'a [u8; 32],
+    pub now: i64,
+    pub expires_at: i64,
+    pub idle_secs: i64,
+}
+
+pub struct LoginResult {
+    pub user_id: String,
+    pub is_new_user: bool,
+    pub user_info: Option<String>,
+}
+
+impl Db {
+    /// Record a login: upsert the user, insert the session, evict the oldest sessions beyond
+    /// the cap. One transaction: either all of it is stored or none.
+    /// Fails (`SQLITE_BUSY`) after this connection's write wait ([`BUSY_TIMEOUT`]).
+    pub fn record_login(&mut self, w: &LoginWrite) -> Result<LoginResult> {
+        let session_key = self.seal("users.session_key", w.session_key)?;
+        let user_info = self.seal_opt("users.user_info", w.user_info)?;
+        let mut login = self.session_write(self.write_wait, |conn| {
+            Self::login_tx(conn, w, &session_key, user_info.as_deref())
+        })?;
+        // Stored user data is opened only when this login brought none.
+        if w.user_info.is_none() {
+            login.user_info = self.unseal_opt("users.user_info", login.user_info)?;
+        }
+        Ok(login)
+    }
+
+    /// The login's transaction, with `session_key` and `user_info` as they are stored (sealed
+    /// or not). The answer's `user_info` is the one given, else the stored one as stored.
+    fn login_tx(
+        conn: &Connection,
+        w: &LoginWrite,
+        session_key: &str,
+        user_info: Option<&str>,
+    ) -> rusqlite::Result<LoginResult> {
+        let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+        let existing: Option<(String, Option<String>)> = tx
+            .prepare_cached("SELECT id, user_info FROM users WHERE app = ?1 AND openid = ?2")?
+            .query_row(params![w.app_pk, w.openid], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let is_new_user = existing.is_none();
+        let (user_id, user_info) = match existing {
+            Some((id, stored)) => {
+                tx.prepare_cached(
+                    "UPDATE users SET session_key = ?2, unionid = COALESCE(?3, unionid),
+                       user_info = COALESCE(?4, user_info), updated_at = ?5 WHERE id = ?1",
+                )?
+                .execute(params![id, session_key, w.unionid, user_info, w.now])?;
+                (id, w.user_info.map(str::to_string).or(stored))
+            }
+            None => {
+                tx.prepare_cached(
+                    "INSERT INTO users (id, app, openid, unionid, session_key, user_info, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![w.new_user_id, w.app_pk, w.openid, w.unionid, session_key, user_info, w.now])?;
+                (w.new_user_id.to_string(), w.user_info.map(str::to_string))
+            }
+        };
+        tx.prepare_cached(
+            "INSERT INTO sessions (skey_hash, user_id, created, expires_at, idle_secs, last_visit)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?3)",
+        )?
+        .execute(params![
+            &w.skey_hash[..],
+            user_id,
+            w.now,
+            w.expires_at,
+            w.idle_secs
+        ])?;
+        tx.prepare_cached(
+            "DELETE FROM sessions WHERE user_id = ?1 AND seq NOT IN
+               (SELECT seq FROM sessions WHERE user_id = ?1 ORDER BY seq DESC LIMIT ?2)",
+        )?
+        .execute(params![user_id, MAX_SESSIONS_PER_USER])?;
+        tx.commit()?;
+        Ok(LoginResult {
+            user_id,
+            is_new_user,
+            user_info,
+        })
+    }
+
+    /// The session with this skey hash, if it belongs to user `id`. One indexed lookup.
+    pub fn session(&self, id: &str, skey_hash: &[u8; 32]) -> Result<Option<SessionRow>> {
+        self.conn
+            .prepare_cached(
+                "SELECT s.user_id, u.app, a.appid, u.openid, u.unionid, u.session_key, u.user_info,
+                        s.created, s.expires_at, s.idle_secs, s.last_visit
+                 FROM sessions s JOIN users u ON u.id = s.user_id JOIN apps a ON a.id = u.app
+                 WHERE s.skey_hash = ?1 AND s.user_id = ?2",
+            )?
+            .query_row(params![&skey_hash[..], id], |r| {
+                Ok(SessionRow {
+                    user_id: r.get(0)?,
+                    app_pk: r.get(1)?,
+                    appid: r.get(2)?,
+                    openid: r.get(3)?,
+                    unionid: r.get(4)?,
+                    session_key: self.secret("users.session_key", r, 5)?,
+                    user_info: self.unseal_opt("users.user_info", r.get(6)?)?,
+                    created: r.get(7)?,
+                    expires_at: r.get(8)?,
+                    idle_secs: r.get(9)?,
+                    last_visit: r.get(10)?,
+                })
+            })
+            .optional()
+            .map_err(Error::from)
+    }
+
+    /// Slide a session's `last_visit` if that can be done now: without waiting for the turn or
+    /// for SQLite's lock. `Ok(false)` when someone else is writing (the slide is skipped; the
+    /// next check tries again).
+    pub fn try_touch_session(&self, skey_hash: &[u8; 32], now: i64) -> Result<bool> {
+        let Some(_turn) = SESSION_WRITES.try_take() else {
+            return Ok(false);
+        };
+        self.conn.busy_timeout(Duration::ZERO)?;
+        let touched = self
+            .conn
+            .prepare_cached(
+                "UPDATE sessions SET last_visit = ?2 WHERE skey_hash = ?1 AND last_visit < ?2",
+            )
+            .and_then(|mut s| s.execute(params![&skey_hash[..], now]));
+        self.conn.busy_timeout(self.write_wait)?;
+        match touched {
+            Ok(_) => Ok(true),
+            Err(e) if is_busy(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn revoke_session(&self, skey_hash: &[u8; 32]) -> Result<bool> {
+        self.session_write(self.write_wait, |conn| {
+            Ok(conn
+                .prepare_cached("DELETE FROM sessions WHERE skey_hash = ?1")?
+                .execute(params![&skey_hash[..]])?
+                > 0)
+        })
+        .map_err(Error::from)
+    }
+
+    pub fn set_user_info(&self, user_id: &str, user_info: &str, now: i64) -> Result<()> {
+        let user_info = self.seal("users.user_info", user_info)?;
+        self.session_write(self.write_wait, |conn| {
+            conn.prepare_cached("UPDATE users SET user_info = ?2, updated_at = ?3 WHERE id = ?1")?
+                .execute(params![user_id, user_info, now])?;
+            Ok(())
+        })
+        .map_err(Error::from)
+    }
+
+    /// Delete sessions past either clock. Returns how many went.
+    ///
+    /// The sliding clock is not indexed, so finding them is a scan of the table (~150 ms at a
+    /// million sessions). One `DELETE` would hold SQLite's write lock for the whole scan (and
+    /// for all the deletions: 10.6 s for half a million), and every login and sliding check
+    /// would wait. Instead the scan is a read (no write lock), and the deletions go in write
+    /// transactions of at most [`PURGE_SLICE`] each, checking both clocks again (a session may
+    /// have been used in between), so writers get their turn in between.
+    pub fn purge_expired_sessions(&self, now: i64) -> Result<usize> {
+        self.purge_in_slices(now, PURGE_SLICE).map_err(Error::from)
+    }
+
+    fn purge_in_slices(&self, now: i64, slice: Duration) -> rusqlite::Result<usize> {
+        let seqs: Vec<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT seq FROM sessions WHERE expires_at < ?1 OR last_visit + idle_secs < ?1",
+            )?
+            .query_map([now], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut purged = 0;
+        let mut left = seqs.as_slice();
+        while !left.is_empty() {
+            purged += self.session_write(self.write_wait, |conn| {
+                let tx =
+                    rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+                let started = Instant::now();
+                let mut purged = 0;
+                {
+                    let mut delete = tx.prepare_cached(
+                        "DELETE FROM sessions
+                         WHERE seq = ?1 AND (expires_at < ?2 OR last_visit + idle_secs < ?2)",
+                    )?;
+                    while let Some((seq, rest)) = left.split_first() {
+                        purged += delete.execute(params![seq, now])?;
+                        left = rest;
+                        if started.elapsed() >= slice {
+                            break;
+                        }
+                    }
+                }
+                tx.commit()?;
+                Ok(purged)
+            })?;
+        }
+        Ok(purged)
+    }
+
+    /// Sessions not yet past either clock (for `/metrics`).
+    pub fn count_live_sessions(&self, now: i64) -> Result<i64> {
+        self.conn
+            .prepare_cached(
+                "SELECT count(*) FROM sessions WHERE expires_at >= ?1 AND last_visit + idle_secs >= ?1",
+            )?
+            .query_row([now], |r| r.get(0)).map_err(Error::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+    use crate::store::tests::{count, db};
+    use crate::store::AppUpsert;
+
+    #[test]
+    fn purge_goes_in_slices_and_spares_the_live() {
+        let (_d, db) = db();
+        db.conn
+            .execute_batch(
+                "INSERT INTO apps (id, appid, secret, created_at) VALUES (1, 'wx1', 's', 0);
+                 INSERT INTO users (id, app, openid, session_key, updated_at) VALUES ('u', 1, 'o', 'k', 0);",
+            )
+            .unwrap();
+        // 2,500 sessions (over two batches): every third past the absolute clock, every third
+        // idle past the sliding one, the rest live.
+        let now = 1_000_000;
+        for i in 0..2500i64 {
+            let (expires_at, last_visit) = match i % 3 {
+                0 => (now - 1, now),
+                1 => (now + 100, now - 200),
+                _ => (now + 100, now - 50),
+            };
+            db.conn
+                .execute(
+                    "INSERT INTO sessions (skey_hash, user_id, created, expires_at, idle_secs, last_visit)
+                     VALUES (?1, 'u', 0, ?2, 100, ?3)",
+                    params![&crate::ids::skey_hash(&i.to_string())[..], expires_at, last_visit],
+                )
+                .unwrap();
+        }
+        let live = 2500 / 3;
+        // A zero slice: one deletion per write transaction, so the slicing itself is exercised.
+        assert_eq!(
+            db.purge_in_slices(now, Duration::ZERO).unwrap(),
+            2500 - live
+        );
+        let left: i64 = db
+            .conn
+            .query_row("SELECT count(*) FROM sessions WHERE expires_at > ?1 AND last_visit + idle_secs >= ?1", [now], |r| r.get(0))
+            .unwrap();
+        let all = count(&db, "SELECT count(*) FROM sessions");
+        assert_eq!((left, all), (live as i64, live as i64));
+        assert_eq!(db.purge_expired_sessions(now).unwrap(), 0);
+    }
+
+    #[test]
+    fn login_caps_sessions_and_keeps_id() {
+        let (_d, mut db) = db();
+        let app = db
+            .upsert_app(
+                &AppUpsert {
+                    appid: "wx1".into(),
+                    secret: Secret::new("s"),
+                    ..Default::default()
+                },
+                0,
+            )
+            .unwrap();
+        let mut first_id = None;
+        for i in 0..(MAX_SESSIONS_PER_USER + 3) {
+            let hash = crate::ids::skey_hash(&format!("skey{i}"));
+            let r = db
+                .record_login(&LoginWrite {
+                    app_pk: app.id,
+                    openid: "o1",
+                    unionid: None,
+                    session_key: "k",
+                    user_info: None,
+                    new_user_id: &format!("{i:032x}"),
+                    skey_hash: &hash,
+                    now: 1000 + i,
+                    expires_at: 100_000,
+                    idle_secs: 100,
+                })
+                .unwrap();
+            assert_eq!(r.is_new_user, i == 0);
+            let id = first_id.get_or_insert(r.user_id.clone());
+            assert_eq!(&r.user_id, id);
+        }
+        let id = first_id.unwrap();
+        let n = count(&db, "SELECT count(*) FROM sessions");
+        assert_eq!(n, MAX_SESSIONS_PER_USER);
+        assert!(db
+            .session(&id, &crate::ids::skey_hash("skey0"))
+            .unwrap()
+            .is_none());
+        assert!(db
+            .session(&id, &crate::ids::skey_hash("skey12"))
+            .unwrap()
+            .is_some());
+        assert!(db.remove_app("wx1").unwrap());
+        let n = count(&db, "SELECT count(*) FROM sessions");
+        assert_eq!(n, 0);
+    }
+}
