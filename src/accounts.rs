@@ -5,8 +5,9 @@
 //! `Broker::forget` (the broker stays the only writer of credentials).
 //!
 //! Every change bumps the database's accounts generation; every serving process polls it
-//! ([`Watch`], on the refresher thread, every 200 ms) and on a change reloads what its broker
-//! holds in memory, so a change another process made (the CLI today) is seen within a second.
+//! ([`spawn_watch`]: its own thread and connection, every 200 ms) and on a change reloads what
+//! its broker holds in memory, so a change another process made (the CLI today) is seen within
+//! a second.
 //!
 //! Lookups for the handlers (`app`, `work_agent`, `component`) answer the domain error the
 //! dialects render (`NoApp`, `NotFound`), so that no handler reads the database itself.
@@ -15,6 +16,9 @@ use crate::config::{Config, Secret};
 use crate::credential::{Broker, Key};
 use crate::error::Error;
 use crate::store::{App, AppUpsert, Component, ComponentUpsert, Db, WorkAgent};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// A registered app, or `NoApp`.
 pub fn app(db: &Db, appid: &str) -> Result<App, Error> {
@@ -179,9 +183,34 @@ pub fn apply_config(db: &Db, broker: &Broker, config: &Config, now: i64) -> Resu
     Ok(())
 }
 
+/// How often a serving process reads the accounts generation ([`spawn_watch`]).
+pub const WATCH_EVERY: Duration = Duration::from_millis(200);
+
+/// Start the thread that notices changes to the accounts ([`Watch`], every [`WATCH_EVERY`], on
+/// its own connection, so that a renewal waiting on WeChat cannot delay it): on a change the
+/// broker reloads what it holds and `on_change` forgets whatever else the server remembers
+/// about accounts. It stops when `stop` is set.
+pub fn spawn_watch(
+    db: Db,
+    broker: Arc<Broker>,
+    stop: Arc<AtomicBool>,
+    on_change: impl Fn() + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let mut watch = Watch::new(&db).map_err(std::io::Error::other)?;
+    std::thread::Builder::new()
+        .name("accounts-watch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                if watch.poll(&db, &broker) {
+                    on_change();
+                }
+                std::thread::sleep(WATCH_EVERY);
+            }
+        })
+}
+
 /// How a serving process notices a change to the accounts made by another (or by itself): the
-/// accounts generation, read at most every time [`Watch::poll`] is called (the refresher thread:
-/// every 200 ms).
+/// accounts generation, read each time [`Watch::poll`] is called.
 pub struct Watch {
     seen: i64,
 }

@@ -691,19 +691,16 @@ impl Broker {
     }
 }
 
-/// Start the background renewal thread; it stops when `stop` is set. Every tick (200 ms) it
-/// also calls `each_tick` with its connection (the server polls for accounts changes there).
+/// Start the background renewal thread; it stops when `stop` is set.
 pub fn spawn_refresher(
     broker: Arc<Broker>,
     db: Db,
     stop: Arc<std::sync::atomic::AtomicBool>,
-    mut each_tick: impl FnMut(&Db) + Send + 'static,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("refresher".into())
         .spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                each_tick(&db);
                 broker.refresh_due(&db);
                 // The workers do not checkpoint (Db::no_autocheckpoint): this thread does.
                 let _ = db.checkpoint();

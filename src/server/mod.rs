@@ -223,7 +223,7 @@ pub struct Handle {
     /// The lane's threads (`lane`): they end after the workers, once its queue is empty.
     lane: Vec<JoinHandle<()>>,
     refresher: Option<JoinHandle<()>>,
-    /// The session purger (`purge`).
+    /// The session purger (`purge`) and the accounts watch (`accounts::spawn_watch`).
     background: Vec<JoinHandle<()>>,
     /// Answers given but not yet written to their clients by tiny_http's connection threads.
     answers: tiny_http::AnswersInFlight,
@@ -322,18 +322,18 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
     let stop = Arc::new(AtomicBool::new(false));
     let refresher_db = Db::open_with(&db_path, sealer.clone())
         .map_err(|e| format!("database {}: {e}", db_path.display()))?;
-    // Changes to the accounts made by another process (the CLI) are noticed on the refresher's
-    // tick: the broker reloads what it holds, and the known apps are read again.
-    let mut accounts = crate::accounts::Watch::new(&refresher_db)
+    let refresher = crate::credential::spawn_refresher(broker, refresher_db, stop.clone())
+        .map_err(|e| format!("spawning the refresher: {e}"))?;
+    // Changes to the accounts made by another process (the CLI): the broker reloads what it
+    // holds, and the known apps are read again.
+    let watch_db = Db::open_with(&db_path, sealer.clone())
         .map_err(|e| format!("database {}: {e}", db_path.display()))?;
     let watching = shared.clone();
-    let refresher =
-        crate::credential::spawn_refresher(broker, refresher_db, stop.clone(), move |db| {
-            if accounts.poll(db, &watching.broker) {
-                watching.known_apps.clear();
-            }
+    let watch =
+        crate::accounts::spawn_watch(watch_db, shared.broker.clone(), stop.clone(), move || {
+            watching.known_apps.clear()
         })
-        .map_err(|e| format!("spawning the refresher: {e}"))?;
+        .map_err(|e| format!("spawning the accounts watch: {e}"))?;
     let purger_db = Db::open_with(&db_path, sealer.clone())
         .map_err(|e| format!("database {}: {e}", db_path.display()))?;
     let purger = purge::spawn(purger_db, stop.clone(), purge::PURGE_EVERY)
@@ -376,7 +376,7 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         workers,
         lane: lane_threads,
         refresher: Some(refresher),
-        background: vec![purger],
+        background: vec![purger, watch],
         answers,
         io_timeout,
         shared,

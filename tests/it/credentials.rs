@@ -658,3 +658,60 @@ fn a_wecom_agent_removed_with_the_cli_is_seen_by_a_running_server_within_a_secon
     // One call for the new secret's token; none for the removed agent in between.
     assert_eq!(upstream(), calls_then + 1);
 }
+
+/// The change notice does not wait behind a slow WeChat: while the background renewal is stuck
+/// on an upstream call, a WeCom agent re-keyed with the CLI is still served its new secret's
+/// token within a second.
+#[test]
+fn an_accounts_change_is_seen_while_a_renewal_waits_on_wechat() {
+    let env = Env::with(|c| c.wechat.timeout_ms = 5000);
+    let db = env.db_path();
+    let db = db.to_str().unwrap();
+    let r = env.wafer(
+        "qcloud.work.initagent",
+        json!({"corpid": "wwcorp", "agentid": "1000002", "agentsecret": "first-secret"}),
+    );
+    assert_eq!(code(&r), (0, "INIT_AGENT_SUCCESS"));
+    let route = "/v1/work/wwcorp/1000002/access_token";
+    let (s, v) = env.v1("GET", route, None, None);
+    assert_eq!(s, 200, "{v}");
+    let first = v["access_token"].as_str().unwrap().to_string();
+    // The app's token lives 6 s, so it is renewed after about 4 s; that renewal hangs 4 s.
+    env.mock_post("/__mock__/config", json!({"token_lifetime_secs": 6}));
+    assert_eq!(token(&env).0, 200);
+    env.fail(json!({"path": STABLE, "delay_ms": 4000}));
+    let started = Instant::now();
+    while env.calls(STABLE) < 2 {
+        assert!(started.elapsed() < Duration::from_secs(10), "no renewal");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let (ok, _, err) = crate::cli::run(crate::cli::wafer().args([
+        "work",
+        "add",
+        "--corpid",
+        "wwcorp",
+        "--agentid",
+        "1000002",
+        "--secret",
+        "second-secret",
+        "--db",
+        db,
+    ]));
+    assert!(ok, "{err}");
+    let added = Instant::now();
+    let served = loop {
+        let (s, v) = env.v1("GET", route, None, None);
+        let t = v["access_token"].as_str().unwrap_or_default().to_string();
+        if (s == 200 && t != first) || added.elapsed() > Duration::from_secs(6) {
+            break t;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_ne!(served, first, "the old secret's token is still served");
+    assert!(
+        added.elapsed() < Duration::from_millis(1500),
+        "seen after {:?}",
+        added.elapsed()
+    );
+}
