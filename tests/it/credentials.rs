@@ -570,50 +570,68 @@ fn an_app_removed_with_the_cli_stops_being_served_within_a_second() {
     }
 }
 
+const AGENT_TOKEN: &str = "/v1/work/wwcorp/1000002/access_token";
+
+/// A running server with WeCom agent wwcorp/1000002 (registered by `initagent`) whose token it
+/// has fetched: the server, its database path, the token.
+fn agent_with_a_token(adjust: impl FnOnce(&mut wafer::config::Config)) -> (Env, String, String) {
+    let env = Env::with(adjust);
+    let db = env.db_path().to_str().unwrap().to_string();
+    let r = env.wafer(
+        "qcloud.work.initagent",
+        json!({"corpid": "wwcorp", "agentid": "1000002", "agentsecret": "first-secret"}),
+    );
+    assert_eq!(code(&r), (0, "INIT_AGENT_SUCCESS"));
+    let (s, v) = env.v1("GET", AGENT_TOKEN, None, None);
+    assert_eq!(s, 200, "{v}");
+    let token = v["access_token"].as_str().unwrap().to_string();
+    (env, db, token)
+}
+
+/// `wafer work ARGS… --corpid wwcorp --agentid 1000002 --db DB` through the real binary.
+fn cli_work(db: &str, args: &[&str]) {
+    let mut cmd = crate::cli::wafer();
+    cmd.arg("work")
+        .args(args)
+        .args(["--corpid", "wwcorp", "--agentid", "1000002", "--db", db]);
+    let (ok, _, err) = crate::cli::run(&mut cmd);
+    assert!(ok, "{err}");
+}
+
+/// Ask for `route` every 50 ms until `done` says yes of (status, body) or `bound` has passed:
+/// the last answer and how long it took.
+fn answer_within(
+    env: &Env,
+    route: &str,
+    bound: Duration,
+    done: impl Fn(u16, &Value) -> bool,
+) -> ((u16, Value), Duration) {
+    let started = Instant::now();
+    loop {
+        let (s, v) = env.v1("GET", route, None, None);
+        if done(s, &v) || started.elapsed() > bound {
+            return ((s, v), started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// What another process changes in the accounts (here the real CLI on the same database) a
 /// running server notices within a second: a removed WeCom agent is not found and its tokens are
 /// neither served nor renewed; re-added with a new secret, its token is fetched with that secret
 /// rather than the one remembered from before.
 #[test]
 fn a_wecom_agent_removed_with_the_cli_is_seen_by_a_running_server_within_a_second() {
-    let env = Env::new();
-    let db = env.db_path();
-    let db = db.to_str().unwrap();
-    let r = env.wafer(
-        "qcloud.work.initagent",
-        json!({"corpid": "wwcorp", "agentid": "1000002", "agentsecret": "first-secret"}),
-    );
-    assert_eq!(code(&r), (0, "INIT_AGENT_SUCCESS"));
-    let route = "/v1/work/wwcorp/1000002/access_token";
-    let (s, v) = env.v1("GET", route, None, None);
-    assert_eq!(s, 200, "{v}");
-    let first = v["access_token"].as_str().unwrap().to_string();
+    let (env, db, first) = agent_with_a_token(|_| {});
     let (s, _) = env.v1("GET", "/v1/work/wwcorp/1000002/jsapi_ticket", None, None);
     assert_eq!(s, 200);
 
-    let (ok, _, err) = crate::cli::run(crate::cli::wafer().args([
-        "work",
-        "remove",
-        "--corpid",
-        "wwcorp",
-        "--agentid",
-        "1000002",
-        "--db",
-        db,
-    ]));
-    assert!(ok, "{err}");
-    let removed = Instant::now();
+    cli_work(&db, &["remove"]);
     let upstream = || env.calls("/cgi-bin/gettoken") + env.calls("/cgi-bin/get_jsapi_ticket");
     let calls_then = upstream();
-    let not_found = loop {
-        let (s, v) = env.v1("GET", route, None, None);
-        if s == 404 || removed.elapsed() > Duration::from_secs(3) {
-            break (s, v);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(not_found.0, 404, "{}", not_found.1);
-    assert!(removed.elapsed() < Duration::from_millis(1500));
+    let ((s, v), took) = answer_within(&env, AGENT_TOKEN, Duration::from_secs(3), |s, _| s == 404);
+    assert_eq!(s, 404, "{v}");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
     let r = env.wafer(
         "qcloud.work.access_token",
         json!({"corpid": "wwcorp", "agentid": "1000002"}),
@@ -626,35 +644,18 @@ fn a_wecom_agent_removed_with_the_cli_is_seen_by_a_running_server_within_a_secon
     );
 
     // Back with a new secret: the token is the new secret's, not the one the server held.
-    let (ok, _, err) = crate::cli::run(crate::cli::wafer().args([
-        "work",
-        "add",
-        "--corpid",
-        "wwcorp",
-        "--agentid",
-        "1000002",
-        "--secret",
-        "second-secret",
-        "--db",
-        db,
-    ]));
-    assert!(ok, "{err}");
-    let added = Instant::now();
-    let served = loop {
-        let (s, v) = env.v1("GET", route, None, None);
-        let t = v["access_token"].as_str().unwrap_or_default().to_string();
-        if (s == 200 && t != first) || added.elapsed() > Duration::from_secs(3) {
-            break (s, t);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(served.0, 200);
+    cli_work(&db, &["add", "--secret", "second-secret"]);
+    let ((s, v), took) = answer_within(&env, AGENT_TOKEN, Duration::from_secs(3), |s, v| {
+        s == 200 && v["access_token"] != first.as_str()
+    });
+    assert_eq!(s, 200, "{v}");
+    let served = v["access_token"].as_str().unwrap();
     assert_ne!(
-        served.1, first,
+        served, first,
         "the removed agent's remembered token is served"
     );
-    assert!(added.elapsed() < Duration::from_millis(1500));
-    assert!(token_valid(&env, &served.1));
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    assert!(token_valid(&env, served));
     // One call for the new secret's token; none for the removed agent in between.
     assert_eq!(upstream(), calls_then + 1);
 }
@@ -664,18 +665,7 @@ fn a_wecom_agent_removed_with_the_cli_is_seen_by_a_running_server_within_a_secon
 /// token within a second.
 #[test]
 fn an_accounts_change_is_seen_while_a_renewal_waits_on_wechat() {
-    let env = Env::with(|c| c.wechat.timeout_ms = 5000);
-    let db = env.db_path();
-    let db = db.to_str().unwrap();
-    let r = env.wafer(
-        "qcloud.work.initagent",
-        json!({"corpid": "wwcorp", "agentid": "1000002", "agentsecret": "first-secret"}),
-    );
-    assert_eq!(code(&r), (0, "INIT_AGENT_SUCCESS"));
-    let route = "/v1/work/wwcorp/1000002/access_token";
-    let (s, v) = env.v1("GET", route, None, None);
-    assert_eq!(s, 200, "{v}");
-    let first = v["access_token"].as_str().unwrap().to_string();
+    let (env, db, first) = agent_with_a_token(|c| c.wechat.timeout_ms = 5000);
     // The app's token lives 6 s, so it is renewed after about 4 s; that renewal hangs 4 s.
     env.mock_post("/__mock__/config", json!({"token_lifetime_secs": 6}));
     assert_eq!(token(&env).0, 200);
@@ -686,32 +676,14 @@ fn an_accounts_change_is_seen_while_a_renewal_waits_on_wechat() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    let (ok, _, err) = crate::cli::run(crate::cli::wafer().args([
-        "work",
-        "add",
-        "--corpid",
-        "wwcorp",
-        "--agentid",
-        "1000002",
-        "--secret",
-        "second-secret",
-        "--db",
-        db,
-    ]));
-    assert!(ok, "{err}");
-    let added = Instant::now();
-    let served = loop {
-        let (s, v) = env.v1("GET", route, None, None);
-        let t = v["access_token"].as_str().unwrap_or_default().to_string();
-        if (s == 200 && t != first) || added.elapsed() > Duration::from_secs(6) {
-            break t;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_ne!(served, first, "the old secret's token is still served");
-    assert!(
-        added.elapsed() < Duration::from_millis(1500),
-        "seen after {:?}",
-        added.elapsed()
+    cli_work(&db, &["add", "--secret", "second-secret"]);
+    let ((_, v), took) = answer_within(&env, AGENT_TOKEN, Duration::from_secs(6), |s, v| {
+        s == 200 && v["access_token"] != first.as_str()
+    });
+    assert_ne!(
+        v["access_token"],
+        first.as_str(),
+        "the old secret's token is still served"
     );
+    assert!(took < Duration::from_millis(1500), "seen after {took:?}");
 }
