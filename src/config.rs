@@ -38,6 +38,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageConfig,
     pub wechat: WeChatConfig,
+    pub gateway: GatewayConfig,
     #[serde(rename = "app")]
     pub apps: Vec<AppDecl>,
     #[serde(rename = "work_agent")]
@@ -82,6 +83,27 @@ pub struct WeChatConfig {
     /// A callback whose `timestamp` is further than this from the server's clock is refused;
     /// callbacks already handled are remembered this long (`push::Claim`).
     pub callback_window_secs: u64,
+}
+
+/// The WeChat API gateway (CONTRACT §9, `gateway::Gateway`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// The largest body relayed, either way: a larger request is refused 413, a larger answer
+    /// 502 `upstream_too_large`.
+    pub max_body_bytes: u64,
+    /// The bytes of bodies all gateway calls may hold at once; a call that would go past it is
+    /// answered 503 `busy` without being relayed.
+    pub max_inflight_bytes: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            max_body_bytes: 10 << 20,
+            max_inflight_bytes: 64 << 20,
+        }
+    }
 }
 
 /// An app declared in the config file; applied to the database at start-up (insert or update).
@@ -369,6 +391,19 @@ impl Config {
                 "must be between 60 and 86400",
             );
         }
+        let gateway = &self.gateway;
+        if !(1024..=1 << 30).contains(&gateway.max_body_bytes) {
+            return bad(
+                "gateway.max_body_bytes",
+                "must be between 1024 and 1073741824",
+            );
+        }
+        if !(gateway.max_body_bytes..=1 << 40).contains(&gateway.max_inflight_bytes) {
+            return bad(
+                "gateway.max_inflight_bytes",
+                "must be at least gateway.max_body_bytes and at most 1099511627776",
+            );
+        }
         for app in &self.apps {
             if app.appid.is_empty() {
                 return bad("app.appid", "must not be empty");
@@ -416,6 +451,8 @@ mod tests {
         assert_eq!(c.wechat.refresh_ahead_secs, 600);
         assert_eq!(c.wechat.callback_window_secs, 300);
         assert_eq!(c.server.public_url, "");
+        assert_eq!(c.gateway.max_body_bytes, 10_485_760);
+        assert_eq!(c.gateway.max_inflight_bytes, 67_108_864);
     }
 
     #[test]
@@ -446,6 +483,16 @@ mod tests {
             .unwrap_err()
             .0
             .starts_with("wechat.callback_window_secs"));
+        for (text, key) in [
+            ("[gateway]\nmax_body_bytes = 10", "gateway.max_body_bytes"),
+            (
+                "[gateway]\nmax_body_bytes = 2048\nmax_inflight_bytes = 1024",
+                "gateway.max_inflight_bytes",
+            ),
+        ] {
+            let e = Config::parse(text).unwrap().validate().unwrap_err().0;
+            assert!(e.starts_with(key), "{text:?} gave {e:?}");
+        }
         let c = Config::parse("[server]\nio_timeout_ms = 5").unwrap();
         assert!(c
             .validate()

@@ -134,7 +134,7 @@ impl Key {
     }
 
     /// The host this credential is fetched from and used on.
-    fn host(&self) -> Host {
+    pub fn host(&self) -> Host {
         match self {
             Key::WorkToken { .. } | Key::WorkCorpTicket { .. } | Key::WorkAgentTicket { .. } => {
                 Host::Work
@@ -530,14 +530,16 @@ impl Broker {
     /// Call WeChat with `key`'s current token (`call` gets the client and the token). When
     /// WeChat says the token is stale ([`crate::wechat::Errcode::stale_token`] for the token's host), it is
     /// invalidated once (if still current) and the call made again; a -1 is retried with
-    /// back-off when `retry_busy`. Every token-bearing call outside the fetchers goes through here.
-    pub fn with_token(
+    /// back-off when `retry_busy`. Every token-bearing call outside the fetchers goes through here,
+    /// the gateway's relay included (its `call` answers WeChat's raw answer, and reports a
+    /// stale one as `UpstreamError::WeChat` itself).
+    pub fn with_token<T>(
         &self,
         db: &Db,
         key: &Key,
         retry_busy: bool,
-        mut call: impl FnMut(&WeChat, &str) -> Result<Value, UpstreamError>,
-    ) -> Result<Value, Error> {
+        mut call: impl FnMut(&WeChat, &str) -> Result<T, UpstreamError>,
+    ) -> Result<T, Error> {
         let (mut refreshed, mut busy) = (false, 0);
         loop {
             let token = self.get(db, key, false)?;

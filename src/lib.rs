@@ -19,6 +19,7 @@ pub mod config;
 pub mod cos;
 pub mod credential;
 pub mod error;
+pub mod gateway;
 pub mod ids;
 pub mod logging;
 pub mod metrics;

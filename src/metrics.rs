@@ -21,6 +21,7 @@ struct Inner {
     latency_total: u64,
     upstream: BTreeMap<(String, i64), u64>,
     refreshes: BTreeMap<(String, &'static str), u64>,
+    gateway: BTreeMap<(&'static str, &'static str, i64), u64>,
 }
 
 #[derive(Default)]
@@ -57,6 +58,13 @@ impl Metrics {
     pub fn refresh(&self, kind: &str, outcome: &'static str) {
         let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         *m.refreshes.entry((kind.to_string(), outcome)).or_default() += 1;
+    }
+
+    /// One gateway call (`gateway::Gateway`): target kind, API family (a fixed set, else
+    /// `other`), WeChat's errcode (0 success, -2 transport failure or an error page).
+    pub fn gateway_call(&self, target: &'static str, api: &'static str, errcode: i64) {
+        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        *m.gateway.entry((target, api, errcode)).or_default() += 1;
     }
 
     pub fn render(&self, live_sessions: Option<i64>) -> String {
@@ -101,6 +109,13 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "wafer_token_refreshes_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        out.push_str("# TYPE wafer_gateway_calls_total counter\n");
+        for ((target, api, errcode), n) in &m.gateway {
+            let _ = writeln!(
+                out,
+                "wafer_gateway_calls_total{{target=\"{target}\",api=\"{api}\",errcode=\"{errcode}\"}} {n}"
             );
         }
         out.push_str("# TYPE wafer_lane_full_total counter\n");

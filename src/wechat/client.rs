@@ -89,6 +89,9 @@ const MAX_ANSWER_BYTES: u64 = 1 << 20;
 
 pub struct WeChat {
     agent: ureq::Agent,
+    /// The gateway's agent (`relay`): the same timeouts, and no redirect is followed, so a
+    /// relayed call never leaves the configured host.
+    pub(super) relay_agent: ureq::Agent,
     api_base: String,
     work_api_base: String,
     observer: Box<dyn Fn(&CallRecord) + Send + Sync>,
@@ -103,13 +106,15 @@ pub struct Code2Session {
 
 impl WeChat {
     pub fn new(cfg: &WeChatConfig) -> WeChat {
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_millis(cfg.timeout_ms))
-            .max_idle_connections_per_host(64)
-            .user_agent(concat!("wafer/", env!("CARGO_PKG_VERSION")))
-            .build();
+        let builder = || {
+            ureq::AgentBuilder::new()
+                .timeout(Duration::from_millis(cfg.timeout_ms))
+                .max_idle_connections_per_host(64)
+                .user_agent(concat!("wafer/", env!("CARGO_PKG_VERSION")))
+        };
         WeChat {
-            agent,
+            agent: builder().build(),
+            relay_agent: builder().redirects(0).build(),
             api_base: cfg.api_base.trim_end_matches('/').to_string(),
             work_api_base: cfg.work_api_base.trim_end_matches('/').to_string(),
             observer: Box::new(log_call),
@@ -120,6 +125,14 @@ impl WeChat {
     pub fn with_observer(mut self, f: impl Fn(&CallRecord) + Send + Sync + 'static) -> WeChat {
         self.observer = Box::new(f);
         self
+    }
+
+    /// The configured base URL of `host` (no trailing slash).
+    pub(super) fn base(&self, host: Host) -> &str {
+        match host {
+            Host::Api => &self.api_base,
+            Host::Work => &self.work_api_base,
+        }
     }
 
     pub fn get(
@@ -150,10 +163,7 @@ impl WeChat {
     ) -> Result<Value, UpstreamError> {
         // The one check that holds whatever the caller forgot: a worker never waits on WeChat.
         crate::error::may_wait().map_err(|_| UpstreamError::NotSent)?;
-        let base = match host {
-            Host::Api => &self.api_base,
-            Host::Work => &self.work_api_base,
-        };
+        let base = self.base(host);
         let started = Instant::now();
         let mut req = match body {
             Some(_) => self.agent.post(&format!("{base}{path}")),
@@ -263,7 +273,7 @@ fn read_body(resp: ureq::Response) -> Result<String, UpstreamError> {
 }
 
 /// A transport error's kind, without the URL (which carries the secret in its query).
-fn transport_kind(t: &ureq::Transport) -> String {
+pub(super) fn transport_kind(t: &ureq::Transport) -> String {
     let kind = format!("{:?}", t.kind());
     match t.message() {
         Some(m) if !m.contains('?') => format!("{kind}: {m}"),

@@ -35,3 +35,19 @@ pub const WORK_TICKET_GET: &str = "/cgi-bin/ticket/get";
 pub const AUTHORIZE_PAGE: &str = "https://mp.weixin.qq.com/cgi-bin/componentloginpage";
 /// WeChat's authorisation page for a component, inside WeChat on a phone.
 pub const MOBILE_AUTHORIZE_PAGE: &str = "https://open.weixin.qq.com/wxaopen/safe/bindcomponent";
+
+/// Paths that issue or reset credentials (CONTRACT §9): the gateway never relays them, so no
+/// caller can reset a token wafer hosts (or read one it should get from wafer's own routes).
+/// Every path wafer fetches a credential from, and `clear_quota`.
+pub const CREDENTIAL_PATHS: &[&str] = &[
+    TOKEN,
+    STABLE_TOKEN,
+    TICKET_GETTICKET,
+    WORK_GETTOKEN,
+    WORK_GET_JSAPI_TICKET,
+    WORK_TICKET_GET,
+    COMPONENT_TOKEN,
+    AUTHORIZER_TOKEN,
+    QUERY_AUTH,
+    "/cgi-bin/clear_quota",
+];
