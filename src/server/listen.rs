@@ -9,7 +9,8 @@
 //!   header lines 16 KiB → 431) and in time (`server.io_timeout_ms` from the first byte → 408);
 //!   ambiguous framing is refused (400, 501, 505). Every refusal closes the connection.
 //! - **Bodies** are read whole by the connection's thread too, before a worker sees the request:
-//!   at most `server.max_body_bytes` (413, unread when `Content-Length` says so), within
+//!   at most `server.max_body_bytes` (413, unread when `Content-Length` says so; the gateway's
+//!   routes, `gateway::parse_route`, `gateway.max_body_bytes` instead), within
 //!   `server.io_timeout_ms` of the head's end (408). A worker reads the body from memory.
 //! - **Answers** are written by the connection's thread from memory, after the worker has
 //!   moved on, each write bounded by `server.io_timeout_ms`; so is every read. A connection
@@ -26,11 +27,19 @@ pub fn bind(
     addr: SocketAddr,
     io_timeout: Duration,
     max_body_bytes: usize,
+    gateway_max_body_bytes: usize,
 ) -> std::io::Result<tiny_http::Server> {
     let listener = std::net::TcpListener::bind(addr)?;
     let mut limits = tiny_http::Limits::default();
     limits.io_timeout = Some(io_timeout);
     limits.max_buffered_body = Some(max_body_bytes);
+    limits.body_limit = Some(tiny_http::BodyLimit::new(move |_, target| {
+        let path = target.split_once('?').map_or(target, |(p, _)| p);
+        match crate::gateway::parse_route(path) {
+            Some(_) => gateway_max_body_bytes,
+            None => max_body_bytes,
+        }
+    }));
     tiny_http::Server::from_listener_with_limits(listener, None, limits)
         .map_err(std::io::Error::other)
 }

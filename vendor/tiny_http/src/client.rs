@@ -182,7 +182,7 @@ impl ClientConnection {
     /// Reads a request from the stream.
     /// Blocks until the header has been read.
     fn read(&mut self) -> Result<Request, ReadError> {
-        let limits = self.limits;
+        let limits = self.limits.clone();
         // Our turn on the stream comes once the previous request's body has been read.
         let reader = self
             .next_header_source
@@ -222,6 +222,11 @@ impl ClientConnection {
         let body = check_framing(&headers, &version)?;
         let remote_addr = self.remote_addr.as_ref().ok().copied().flatten();
         if let Some(max) = limits.max_buffered_body {
+            // wafer's fix: a route may take a body of another size (`Limits::body_limit`).
+            let max = match &limits.body_limit {
+                Some(decide) if body != Body::None => decide.limit(&method, &path),
+                _ => max,
+            };
             return self.read_buffered(method, path, version, headers, remote_addr, body, max);
         }
         // The body is read by whoever takes the request, each read bounded by the io timeout.

@@ -197,7 +197,7 @@ pub struct ServerConfig {
 /// let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
 /// let server = tiny_http::Server::from_listener_with_limits(listener, None, limits).unwrap();
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Limits {
     /// The longest request line (method, target and version, without the CRLF); a longer one
@@ -222,7 +222,44 @@ pub struct Limits {
     /// answer is written), and `Request::upgrade` is not supported. Default `None` (bodies are
     /// read from the socket by whoever reads the request, as upstream).
     pub max_buffered_body: Option<usize>,
+    /// With `max_buffered_body`: decides each request's own limit from its method and target
+    /// (path and query, as sent) instead, so that a few routes may take larger bodies than the
+    /// rest. Default `None` (every request gets `max_buffered_body`).
+    pub body_limit: Option<BodyLimit>,
 }
+
+/// A per-request body limit (wafer's fix, `Limits::body_limit`): a function of the request's
+/// method and target (path and query, as sent), called once per request with a body, on the
+/// connection's thread, before any of the body is read.
+#[derive(Clone)]
+pub struct BodyLimit(Arc<DecideLimit>);
+
+type DecideLimit = dyn Fn(&Method, &str) -> usize + Send + Sync;
+
+impl BodyLimit {
+    pub fn new(decide: impl Fn(&Method, &str) -> usize + Send + Sync + 'static) -> BodyLimit {
+        BodyLimit(Arc::new(decide))
+    }
+
+    fn limit(&self, method: &Method, target: &str) -> usize {
+        (self.0)(method, target)
+    }
+}
+
+impl std::fmt::Debug for BodyLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BodyLimit(..)")
+    }
+}
+
+/// The same limit is the same function.
+impl PartialEq for BodyLimit {
+    fn eq(&self, other: &BodyLimit) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for BodyLimit {}
 
 impl Default for Limits {
     fn default() -> Limits {
@@ -231,6 +268,7 @@ impl Default for Limits {
             max_header_bytes: 16 * 1024,
             io_timeout: None,
             max_buffered_body: None,
+            body_limit: None,
         }
     }
 }
@@ -479,7 +517,12 @@ fn accept_loop(
             })
             .map(|streams| {
                 streams.map(|(read_closable, write_closable)| {
-                    ClientConnection::new(write_closable, read_closable, limits, answers.clone())
+                    ClientConnection::new(
+                        write_closable,
+                        read_closable,
+                        limits.clone(),
+                        answers.clone(),
+                    )
                 })
             });
 

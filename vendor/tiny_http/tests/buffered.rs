@@ -241,3 +241,69 @@ fn an_oversized_body_sent_in_full_still_gets_its_413() {
         text
     );
 }
+
+/// `Limits::body_limit` (wafer's fix): one route takes larger bodies than the rest.
+#[test]
+fn a_route_may_take_a_larger_body_than_the_rest() {
+    let mut limits = tiny_http::Limits::default();
+    limits.io_timeout = Some(IO_TIMEOUT);
+    limits.max_buffered_body = Some(MAX_BODY);
+    limits.body_limit = Some(tiny_http::BodyLimit::new(|method, target| {
+        match (method, target.starts_with("/upload/")) {
+            (tiny_http::Method::Post, true) => 8 * MAX_BODY,
+            _ => MAX_BODY,
+        }
+    }));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server =
+        Arc::new(tiny_http::Server::from_listener_with_limits(listener, None, limits).unwrap());
+    let addr = server.server_addr().to_ip().unwrap();
+    std::thread::spawn(move || {
+        while let Ok(mut rq) = server.recv() {
+            let mut body = Vec::new();
+            rq.as_reader().read_to_end(&mut body).unwrap();
+            let answer = format!("{} {}", rq.url(), body.len());
+            let _ = rq.respond(tiny_http::Response::from_string(answer));
+        }
+    });
+    let post = |method: &str, target: &str, len: usize| {
+        let mut request = format!(
+            "{method} {target} HTTP/1.1\r\nHost: a\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+        )
+        .into_bytes();
+        request.resize(request.len() + len, b'x');
+        exchange(addr, &request)
+    };
+    let big = 4 * MAX_BODY;
+    let cases = [
+        ("POST", "/upload/a?x=1", big, format!("/upload/a?x=1 {big}")),
+        (
+            "POST",
+            "/upload/a",
+            8 * MAX_BODY,
+            format!("/upload/a {}", 8 * MAX_BODY),
+        ),
+        (
+            "POST",
+            "/upload/a",
+            8 * MAX_BODY + 1,
+            "HTTP/1.1 413".to_string(),
+        ),
+        ("PUT", "/upload/a", big, "HTTP/1.1 413".to_string()),
+        ("POST", "/other", big, "HTTP/1.1 413".to_string()),
+        ("POST", "/other", MAX_BODY, format!("/other {MAX_BODY}")),
+    ];
+    for (method, target, len, expected) in cases {
+        let text = post(method, target, len);
+        let ok = if expected.starts_with("HTTP/") {
+            text.starts_with(&expected)
+        } else {
+            text.ends_with(&expected)
+        };
+        assert!(
+            ok,
+            "{method} {target} {len}: {}",
+            &text[..text.len().min(200)]
+        );
+    }
+}
