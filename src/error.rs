@@ -2,6 +2,7 @@
 //! (Wafer envelope, `/mina`, `/v1`) renders it in its own words; internal detail (SQL errors,
 //! upstream bodies) goes to the log, never into a response.
 
+use crate::store;
 use crate::wechat::{Errcode, UpstreamError};
 use std::fmt;
 
@@ -21,9 +22,9 @@ pub enum Error {
     /// WeChat answered an errcode to a login (`jscode2session`).
     CodeRejected(Errcode),
     /// A database read failed.
-    Db(String),
+    Db(store::Error),
     /// A session write failed; nothing was committed.
-    SessionWrite(String),
+    SessionWrite(store::Error),
     /// A thing named in the path does not exist (agent, component, authoriser).
     NotFound(&'static str),
     /// The operation is refused by policy, for this reason; each dialect says which.
@@ -157,9 +158,9 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-impl From<crate::store::Error> for Error {
-    fn from(e: crate::store::Error) -> Self {
-        Error::Db(e.to_string())
+impl From<store::Error> for Error {
+    fn from(e: store::Error) -> Self {
+        Error::Db(e)
     }
 }
 

@@ -154,7 +154,7 @@ pub fn login(
             expires_at: now.saturating_add(app.login_days.saturating_mul(86400)),
             idle_secs: app.session_secs,
         })
-        .map_err(|e| Error::SessionWrite(e.to_string()))?;
+        .map_err(Error::SessionWrite)?;
     Ok(Login {
         id: written.user_id,
         skey,
@@ -225,7 +225,7 @@ fn within_clocks(db: &Db, row: SessionRow, hash: &[u8; 32], now: i64) -> Result<
     let step = (row.idle_secs / 10).min(60);
     if now - row.last_visit >= step.max(1) {
         db.try_touch_session(hash, now)
-            .map_err(|e| Error::SessionWrite(e.to_string()))?;
+            .map_err(Error::SessionWrite)?;
     }
     Ok(Session { row })
 }
@@ -253,7 +253,7 @@ pub fn set_user_info(
 ) -> Result<(Session, Value), Error> {
     let (session, value) = decrypt(db, id, skey, enc, now)?;
     db.set_user_info(&session.row.user_id, &value.to_string(), now)
-        .map_err(|e| Error::SessionWrite(e.to_string()))?;
+        .map_err(Error::SessionWrite)?;
     Ok((session, value))
 }
 
@@ -261,7 +261,7 @@ pub fn set_user_info(
 pub fn revoke(db: &Db, id: &str, skey: &str, now: i64) -> Result<(), Error> {
     check(db, id, skey, None, now)?;
     db.revoke_session(&ids::skey_hash(skey))
-        .map_err(|e| Error::SessionWrite(e.to_string()))?;
+        .map_err(Error::SessionWrite)?;
     Ok(())
 }
 

@@ -302,12 +302,12 @@ fn owner_only(path: &Path) -> std::io::Result<()> {
             continue;
         }
         match std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode & 0o700)) {
-            Ok(()) => eprintln!(
+            Ok(()) => log::warn!(
                 "wafer: {} was readable by others (mode {:o}); now by its owner only",
                 file.display(),
                 mode & 0o777
             ),
-            Err(e) => eprintln!(
+            Err(e) => log::warn!(
                 "wafer: {} is readable by others (mode {:o}) and could not be tightened: {e}",
                 file.display(),
                 mode & 0o777
@@ -520,11 +520,11 @@ impl Db {
         match Sealer::read_key_file(Path::new(&file), "the rotation's key file") {
             Ok(key) if key.id() == id => {
                 if s.adopt(key) {
-                    eprintln!("wafer: the database moved to key id {id} (a rotation): sealing with it, from {file}");
+                    log::warn!("wafer: the database moved to key id {id} (a rotation): sealing with it, from {file}");
                 }
             }
             Ok(_) => {}
-            Err(e) => eprintln!("wafer: key id {id} is needed: {e}"),
+            Err(e) => log::warn!("wafer: key id {id} is needed: {e}"),
         }
     }
 
@@ -600,7 +600,7 @@ impl Db {
         }
         if were_clear > 0 {
             if let Err(e) = self.conn.execute_batch("VACUUM") {
-                eprintln!("wafer: VACUUM after sealing failed ({e}): values deleted before may linger in clear in free pages until a VACUUM");
+                log::warn!("wafer: VACUUM after sealing failed ({e}): values deleted before may linger in clear in free pages until a VACUUM");
             }
         }
         if sealed > 0 {
