@@ -156,8 +156,6 @@ pub fn exchange_from_callback(
     auth_code: &str,
 ) -> Result<Option<Authorised>, Error> {
     crate::accounts::component(db, component_appid)?;
-    // Counted only where the call will be made (a thread that may wait on WeChat).
-    crate::error::may_wait()?;
     if !db.count_query_auth(component_appid, ids::now(), QUERY_AUTH_PER_MINUTE)? {
         return Ok(None);
     }

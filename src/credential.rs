@@ -262,11 +262,15 @@ impl Broker {
         map.entry(key.clone()).or_default().clone()
     }
 
-    /// Serve a credential: from memory when usable, else from one upstream fetch shared by every
-    /// caller that needs it at the same time. `force` asks for a new one within the limits.
-    pub fn get(&self, db: &Db, key: &Key, force: bool) -> Result<Credential, Error> {
-        let entry = self.entry(key);
-        let now = ids::now();
+    /// The entry's state, marked used now, with its row loaded from the database the first
+    /// time in this process.
+    fn used_state<'e>(
+        &self,
+        db: &Db,
+        key: &Key,
+        entry: &'e Entry,
+        now: i64,
+    ) -> Result<MutexGuard<'e, State>, Error> {
         let mut st = lock(&entry.state);
         st.last_used = now;
         if !st.loaded {
@@ -278,11 +282,34 @@ impl Broker {
                 st.refresh_at = self.refresh_point(row.updated_at, row.expires_at);
             }
         }
+        Ok(st)
+    }
+
+    /// Serve a credential from memory (its row read from the database the first time) without
+    /// waiting on anyone: `None` when it would take a fetch, ours or another caller's. This is
+    /// what a server worker calls; on `None` the request goes to the upstream pool, which calls
+    /// [`Broker::get`].
+    pub fn try_get(&self, db: &Db, key: &Key) -> Result<Option<Credential>, Error> {
+        let entry = self.entry(key);
+        let now = ids::now();
+        let st = self.used_state(db, key, &entry, now)?;
+        Ok(if st.usable(now) {
+            st.credential(false)
+        } else {
+            None
+        })
+    }
+
+    /// Serve a credential: from memory when usable, else from one upstream fetch shared by every
+    /// caller that needs it at the same time. `force` asks for a new one within the limits. May
+    /// wait on WeChat: never called on a server worker (which calls [`Broker::try_get`]).
+    pub fn get(&self, db: &Db, key: &Key, force: bool) -> Result<Credential, Error> {
+        let entry = self.entry(key);
+        let now = ids::now();
+        let mut st = self.used_state(db, key, &entry, now)?;
         if !force && st.usable(now) {
             return Ok(st.credential(false).expect("usable implies a value"));
         }
-        // Waiting for a fetch (ours or another caller's) is for a thread that may wait.
-        crate::error::may_wait()?;
         if st.refreshing {
             // Someone else is fetching: wait for that result rather than calling again.
             return self.wait_for(&entry, st, now);
@@ -565,9 +592,8 @@ impl Broker {
 
     /// Invalidate-if-current: a caller got "token invalid" with `stale`. Refresh only if `stale`
     /// is still the current value (else someone already did); answer the current credential.
+    /// Nearly always a refresh: may wait on WeChat, like [`Broker::get`].
     pub fn invalidate(&self, db: &Db, key: &Key, stale: &str) -> Result<Credential, Error> {
-        // Nearly always a refresh: for a thread that may wait.
-        crate::error::may_wait()?;
         let entry = self.entry(key);
         let now = ids::now();
         let mut st = lock(&entry.state);

@@ -31,11 +31,9 @@ pub enum Error {
     Refused(Refusal),
     /// Something that should not happen; logged, answered as a 500.
     Internal(String),
-    /// The answer would wait on WeChat and this thread must not ([`may_wait`]): the server hands
-    /// the request to a thread that may. Never sent to a client.
-    Deferred,
-    /// The answer would wait on WeChat and no thread may wait now: the upstream pool (the
-    /// server's lane) is full. Answered at once: 1005, 503 `busy` with `Retry-After: 1`.
+    /// The answer would wait on WeChat and no thread may wait now (the server's upstream pool is
+    /// full, or a worker reached WeChat: `wechat::UpstreamError::NotSent`). Answered at once:
+    /// 1005, 503 `busy` with `Retry-After: 1`.
     Busy,
 }
 
@@ -78,53 +76,6 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// What a thread does when it is about to wait on WeChat ([`may_wait`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Waits {
-    /// Wait (lane threads, the refresher, the CLI).
-    Allowed,
-    /// Answer `Error::Deferred`: the server hands the request to a thread that may wait (a
-    /// server worker while the lane has room: `server::lane`).
-    Deferred,
-    /// Answer `Error::Busy`: nobody may wait on WeChat for this request now (a server worker
-    /// whose lane is full).
-    Refused,
-}
-
-thread_local! {
-    /// What this thread does about waiting on WeChat.
-    static WAITS: std::cell::Cell<Waits> = const { std::cell::Cell::new(Waits::Allowed) };
-    /// Whether [`may_wait`] answered `Error::Deferred` on this thread since [`take_deferred`].
-    static DEFERRED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Set what this thread does when it is about to wait on WeChat (see [`may_wait`]); returns what
-/// it did before.
-pub fn set_waits(w: Waits) -> Waits {
-    WAITS.with(|c| c.replace(w))
-}
-
-/// Called before anything that would wait on WeChat (a login's `jscode2session`, a credential
-/// fetch or another caller's; `wechat.rs` checks it again before every call): `Ok` on a thread
-/// that may wait, `Err(Error::Deferred)` on a worker (nothing may have been written before it,
-/// since the request is routed again from the start elsewhere), `Err(Error::Busy)` on a worker
-/// whose lane is full.
-pub fn may_wait() -> Result<(), Error> {
-    match WAITS.with(|c| c.get()) {
-        Waits::Allowed => Ok(()),
-        Waits::Deferred => {
-            DEFERRED.with(|d| d.set(true));
-            Err(Error::Deferred)
-        }
-        Waits::Refused => Err(Error::Busy),
-    }
-}
-
-/// Did [`may_wait`] answer `Error::Deferred` on this thread since the last call? (Clears.)
-pub fn take_deferred() -> bool {
-    DEFERRED.with(|d| d.replace(false))
-}
-
 impl Error {
     /// The WeChat errcode this error carries, if any (kept in `/v1` errors and in logs).
     pub fn errcode(&self) -> Option<Errcode> {
@@ -150,7 +101,6 @@ impl fmt::Display for Error {
             Error::NotFound(what) => write!(f, "no such {what}"),
             Error::Refused(r) => write!(f, "{r}"),
             Error::Internal(m) => write!(f, "internal: {m}"),
-            Error::Deferred => f.write_str("deferred to a thread that may wait on WeChat"),
             Error::Busy => f.write_str("the upstream pool is full"),
         }
     }

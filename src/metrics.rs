@@ -27,8 +27,9 @@ struct Inner {
 #[derive(Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
-    /// Requests the lane (`server::lane`) was full for, answered on a worker instead.
-    lane_full: AtomicU64,
+    /// Requests the upstream pool (`server::upstream`) was full for, answered busy by a worker
+    /// (exposed under the lane's old name, which dashboards know).
+    upstream_full: AtomicU64,
 }
 
 impl Metrics {
@@ -43,9 +44,9 @@ impl Metrics {
         m.latency_total += 1;
     }
 
-    /// One request the lane had no room for (its worker answered it).
-    pub fn lane_full(&self) {
-        self.lane_full.fetch_add(1, Ordering::Relaxed);
+    /// One request the upstream pool had no room for (its worker answered it busy).
+    pub fn upstream_full(&self) {
+        self.upstream_full.fetch_add(1, Ordering::Relaxed);
     }
 
     /// One upstream call; `errcode` 0 for success, -2 for a transport failure or garbage.
@@ -122,7 +123,7 @@ impl Metrics {
         let _ = writeln!(
             out,
             "wafer_lane_full_total {}",
-            self.lane_full.load(Ordering::Relaxed)
+            self.upstream_full.load(Ordering::Relaxed)
         );
         if let Some(n) = live_sessions {
             out.push_str("# TYPE wafer_live_sessions gauge\n");

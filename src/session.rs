@@ -126,7 +126,6 @@ pub fn login(
     if code.is_empty() {
         return Err(Error::BadRequest("code is empty".into()));
     }
-    crate::error::may_wait()?;
     let c2s = wechat
         .jscode2session(&app.appid, app.secret.expose(), code)
         .map_err(|e| match e {

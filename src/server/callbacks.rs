@@ -21,33 +21,6 @@ const TEXT: &str = "text/plain; charset=utf-8";
 const XML: &str = "application/xml; charset=utf-8";
 const HTML: &str = "text/html; charset=utf-8";
 
-pub fn route(w: &mut Worker, rq: &Incoming) -> (&'static str, Reply) {
-    let segs: Vec<&str> = rq.path.trim_start_matches("/wechat/").split('/').collect();
-    match (rq.method, segs.as_slice()) {
-        (Method::Get | Method::Post, ["mp", appid]) => ("/wechat/mp/{appid}", mp(w, rq, appid)),
-        (Method::Get | Method::Post, ["work", corpid, agentid]) => (
-            "/wechat/work/{corpid}/{agentid}",
-            work(w, rq, corpid, agentid),
-        ),
-        (Method::Post, ["component", appid, "events"]) => (
-            "/wechat/component/{appid}/events",
-            component_events(w, rq, appid),
-        ),
-        (Method::Get, ["component", appid, "authorize"]) => (
-            "/wechat/component/{appid}/authorize",
-            authorize(w, rq, appid),
-        ),
-        (Method::Get, ["component", appid, "callback"]) => (
-            "/wechat/component/{appid}/callback",
-            component_callback(w, rq, appid),
-        ),
-        (_, ["mp", _] | ["work", _, _] | ["component", _, "events" | "authorize" | "callback"]) => {
-            ("-", super::method_not_allowed())
-        }
-        _ => ("-", super::not_found()),
-    }
-}
-
 /// A refusal: 401, nothing stored, the reason in the log only.
 fn refuse(what: &str, why: &dyn std::fmt::Display) -> Reply {
     log::warn!("callback {what} refused: {why}");
@@ -98,7 +71,8 @@ fn crypt(
 
 /// `/wechat/mp/{appid}`: plain GET verification; POST in safe mode when the app has an
 /// EncodingAESKey, else plain.
-fn mp(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
+pub fn mp(w: &mut Worker, rq: &Incoming) -> Reply {
+    let appid = rq.param(0);
     let app = match accounts::app(&w.db, appid) {
         Ok(a) => a,
         Err(Error::NoApp) => return refuse("mp", &"unknown app"),
@@ -152,7 +126,8 @@ fn mp(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
 }
 
 /// `/wechat/work/{corpid}/{agentid}`: encrypted echostr on GET; verify+decrypt on POST.
-fn work(w: &mut Worker, rq: &Incoming, corpid: &str, agentid: &str) -> Reply {
+pub fn work(w: &mut Worker, rq: &Incoming) -> Reply {
+    let (corpid, agentid) = (rq.param(0), rq.param(1));
     let agent = match accounts::work_agent(&w.db, corpid, agentid) {
         Ok(a) => a,
         Err(Error::NotFound(_)) => return refuse("work", &"unknown agent"),
@@ -267,7 +242,8 @@ fn relay(
 }
 
 /// `POST /wechat/component/{appid}/events`: always encrypted, receive id = the component appid.
-fn component_events(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
+pub fn component_events(w: &mut Worker, rq: &Incoming) -> Reply {
+    let appid = rq.param(0);
     let comp = match accounts::component(&w.db, appid) {
         Ok(c) => c,
         Err(Error::NotFound(_)) => return refuse("component", &"unknown component"),
@@ -320,7 +296,8 @@ fn component_events(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
 /// wafer's own origin that links (and at once navigates) to WeChat's authorisation page. WeChat
 /// shows that page only to a browser whose Referer is on the component's registered entry-page
 /// domain; a bare 302 opened from a pasted link arrives with none.
-fn authorize(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
+pub fn authorize(w: &mut Worker, rq: &Incoming) -> Reply {
+    let appid = rq.param(0);
     let comp = match accounts::component(&w.db, appid) {
         Ok(c) => c,
         Err(Error::NotFound(_)) => {
@@ -388,7 +365,8 @@ fn redirect_uri(w: &Worker, comp: &crate::store::Component) -> Option<String> {
 }
 
 /// `GET /wechat/component/{appid}/callback?auth_code=..&expires_in=..`.
-fn component_callback(w: &mut Worker, rq: &Incoming, appid: &str) -> Reply {
+pub fn component_callback(w: &mut Worker, rq: &Incoming) -> Reply {
+    let appid = rq.param(0);
     let Some(code) = rq.query_param("auth_code").filter(|c| !c.is_empty()) else {
         return page(400, "Bad request", "The authorisation code is missing.");
     };

@@ -2,23 +2,13 @@
 //! `data` with that session's key (adding the watermark), so the decrypt path can be tried end to
 //! end without a phone. Never enabled by `wafer serve`.
 
-use super::v1::{error_reply, Body};
-use super::{Incoming, Method, Reply, Worker};
+use super::v1::Body;
+use super::{Incoming, Reply, Worker};
 use crate::error::Error;
 use crate::session;
 use serde_json::{json, Value};
 
-pub fn route(w: &mut Worker, rq: &Incoming) -> (&'static str, Reply) {
-    match (rq.method, rq.path) {
-        (Method::Post, "/dev/encrypted_data") => (
-            "/dev/encrypted_data",
-            encrypted_data(w, rq).unwrap_or_else(error_reply),
-        ),
-        _ => ("-", super::not_found()),
-    }
-}
-
-fn encrypted_data(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
+pub fn encrypted_data(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
     let b = Body::parse(rq)?;
     let now = crate::ids::now();
     let s = session::check(&w.db, b.str("id")?, b.str("skey")?, None, now)?;

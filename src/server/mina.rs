@@ -47,7 +47,7 @@ fn fail(msg: &str) -> Reply {
     Reply::json(200, &json!({"ok": "fail", "msg": msg}))
 }
 
-fn fail_from(e: Error) -> Reply {
+pub fn fail_from(e: Error) -> Reply {
     fail(EnvelopeError::from(e).1)
 }
 

@@ -1,16 +1,18 @@
-//! The HTTP server: the only module that touches tiny_http. A `listen::Front` (tiny_http) shared
-//! by N worker threads, each with its own SQLite connection, each looping on `recv`. A request is
-//! read once into an `Incoming` (body bounded by `server.max_body_bytes`), routed to a dialect
-//! (`wafer`, `mina`, `v1`, `dev`), and answered with a `Reply`. A panic in a handler becomes a 500
-//! and the worker goes on. Shutdown stops taking new work, finishes what is in hand, and joins.
+//! The HTTP server: the only module that touches tiny_http. One tiny_http server shared by N
+//! worker threads, each with its own SQLite connection, each looping on `recv`. A request is
+//! read once into an `Incoming` (body bounded by `server.max_body_bytes`), routed once by the
+//! route table (`routes`), and answered with a `Reply`, on the worker or, when it may wait on
+//! WeChat, on the upstream pool (`upstream`). A panic in a handler becomes a 500 and the thread
+//! goes on. Shutdown stops taking new work, finishes what is in hand, and joins.
 
 mod callbacks;
 mod dev;
 mod json;
-mod lane;
 mod listen;
 mod mina;
 mod purge;
+mod routes;
+mod upstream;
 mod v1;
 mod wafer;
 
@@ -49,12 +51,51 @@ pub struct Shared {
 /// removed with the CLI while the server runs is still served tokens for at most this long.
 pub const KNOWN_APP_TTL: Duration = Duration::from_secs(1);
 
-/// One worker's own state: its database connection and the shared parts.
+/// What a handler runs with: a database connection (a worker's own, or one an upstream thread
+/// checked out for this request) and the shared parts.
 pub struct Worker {
     pub db: Db,
     pub shared: Arc<Shared>,
-    /// Where requests that may wait on an upstream go; `None` on the lane's own threads.
-    lane: Option<lane::Lane>,
+}
+
+/// May a handler wait on WeChat (or a `forward_url`) for this request?
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// On a worker: memory and the database only. What would wait answers
+    /// [`Outcome::NeedsUpstream`] instead, having written nothing.
+    Forbidden,
+    /// On the upstream pool.
+    Allowed,
+}
+
+/// What a handler that may wait made of a request.
+pub enum Outcome {
+    Reply(Reply),
+    /// Answering would wait on WeChat, and this thread may not ([`Wait::Forbidden`]): the
+    /// upstream pool runs the same handler again with [`Wait::Allowed`]. Nothing was written.
+    NeedsUpstream,
+}
+
+impl From<Reply> for Outcome {
+    fn from(r: Reply) -> Outcome {
+        Outcome::Reply(r)
+    }
+}
+
+/// A credential for a handler: with [`Wait::Forbidden`] only one usable from memory (the
+/// broker's `try_get`; `None` then means the request needs the upstream pool, and a forced
+/// refresh always does), else from the broker, fetched if need be.
+pub fn credential(
+    w: &Worker,
+    key: &crate::credential::Key,
+    force: bool,
+    wait: Wait,
+) -> Result<Option<crate::credential::Credential>, crate::error::Error> {
+    match wait {
+        Wait::Allowed => w.shared.broker.get(&w.db, key, force).map(Some),
+        Wait::Forbidden if force => Ok(None),
+        Wait::Forbidden => w.shared.broker.try_get(&w.db, key),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,9 +113,16 @@ pub struct Incoming<'a> {
     pub query: &'a str,
     pub headers: &'a [tiny_http::Header],
     pub body: Vec<u8>,
+    /// The route pattern's `{name}` segments, in order ([`Incoming::param`]).
+    pub params: routes::Params,
 }
 
 impl Incoming<'_> {
+    /// The route pattern's `i`th `{name}` segment (`""` when it has none).
+    pub fn param(&self, i: usize) -> &str {
+        self.params.get(self.path, i)
+    }
+
     /// A header by case-insensitive name.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -220,8 +268,8 @@ pub struct Handle {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
-    /// The lane's threads (`lane`): they end after the workers, once its queue is empty.
-    lane: Vec<JoinHandle<()>>,
+    /// The upstream pool (`upstream`): closed after the workers, once its requests are answered.
+    upstream: upstream::Upstream<upstream::Job>,
     refresher: Option<JoinHandle<()>>,
     /// The session purger (`purge`) and the accounts watch (`accounts::spawn_watch`).
     background: Vec<JoinHandle<()>>,
@@ -242,9 +290,7 @@ impl Handle {
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
-        for l in self.lane.drain(..) {
-            let _ = l.join();
-        }
+        self.upstream.close();
         // The server is gone with the last worker; connection threads still write the answers
         // given (each write bounded by the io timeout).
         self.answers.wait(self.io_timeout);
@@ -343,11 +389,24 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         .map_err(|e| format!("database {}: {e}", db_path.display()))?;
     let purger = purge::spawn(purger_db, stop.clone(), purge::PURGE_EVERY)
         .map_err(|e| format!("spawning the purger: {e}"))?;
-    let (lane, lane_threads) = lane::spawn(
-        (workers_n * lane::THREADS_PER_WORKER).min(lane::MAX_THREADS),
-        &shared,
-        &db_path,
-    )?;
+    let upstream_bound = (workers_n * upstream::IN_FLIGHT_PER_WORKER).min(upstream::MAX_IN_FLIGHT);
+    let connections = upstream::Connections::new(workers_n.max(4));
+    let pool_shared = shared.clone();
+    let upstream = upstream::Upstream::new(
+        upstream_bound,
+        upstream::IDLE_EXIT,
+        move |job: upstream::Job| match connections.checkout(&pool_shared) {
+            Ok(db) => {
+                let mut w = Worker {
+                    db,
+                    shared: pool_shared.clone(),
+                };
+                answer_upstream(&mut w, job);
+                connections.give_back(w.db);
+            }
+            Err(e) => answer_without_db(&pool_shared, job, e),
+        },
+    );
     let mut workers = Vec::with_capacity(workers_n);
     for i in 0..workers_n {
         let mut db = Db::open_with(&db_path, sealer.clone())
@@ -358,28 +417,25 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         let mut worker = Worker {
             db,
             shared: shared.clone(),
-            lane: Some(lane.clone()),
         };
-        let (server, stop) = (server.clone(), stop.clone());
+        let (server, stop, upstream) = (server.clone(), stop.clone(), upstream.clone());
+        // The name tells `wechat` that this thread never waits on an upstream.
         let t = std::thread::Builder::new()
-            .name(format!("worker-{i}"))
-            .spawn(move || worker_loop(&mut worker, &server, &stop))
+            .name(format!("{}{i}", crate::wechat::WORKER_THREAD_PREFIX))
+            .spawn(move || worker_loop(&mut worker, &upstream, &server, &stop))
             .map_err(|e| format!("spawning worker: {e}"))?;
         workers.push(t);
     }
-    // The workers hold the only handles now: the lane ends when they have.
-    drop(lane);
     log::info!(
-        "wafer listening on http://{addr} (database {}, {apps} app(s), {workers_n} workers, {} lane threads{})",
+        "wafer listening on http://{addr} (database {}, {apps} app(s), {workers_n} workers, up to {upstream_bound} upstream threads{})",
         db_path.display(),
-        lane_threads.len(),
         if dev { ", dev mode" } else { "" }
     );
     Ok(Handle {
         addr,
         stop,
         workers,
-        lane: lane_threads,
+        upstream,
         refresher: Some(refresher),
         background: vec![purger, watch],
         answers,
@@ -388,15 +444,16 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
     })
 }
 
-fn worker_loop(worker: &mut Worker, server: &tiny_http::Server, stop: &AtomicBool) {
+fn worker_loop(
+    worker: &mut Worker,
+    upstream: &upstream::Upstream<upstream::Job>,
+    server: &tiny_http::Server,
+    stop: &AtomicBool,
+) {
     // A short receive timeout rather than `unblock()`: unblock tokens can be consumed by any
     // worker (including one draining), so counting them does not reliably wake every worker.
     // Request log lines are batched while requests are queued, and written before waiting.
     crate::logging::batch_this_thread();
-    // A request that would wait on WeChat goes to the lane (`answer`).
-    if worker.lane.is_some() {
-        crate::error::set_waits(crate::error::Waits::Deferred);
-    }
     while !stop.load(Ordering::SeqCst) {
         // The fork's accept loop reports no errors here: it retries them itself.
         let next = match server.try_recv() {
@@ -410,95 +467,180 @@ fn worker_loop(worker: &mut Worker, server: &tiny_http::Server, stop: &AtomicBoo
             }
         };
         if let Some(rq) = next {
-            serve(worker, rq);
+            serve(worker, upstream, rq);
         }
     }
     // Drain what tiny_http already accepted, then leave.
     while let Ok(Some(rq)) = server.try_recv() {
-        serve(worker, rq);
+        serve(worker, upstream, rq);
     }
     crate::logging::flush();
 }
 
-/// Read, route, answer, log, count. Never panics out: a handler panic is answered with a 500.
-/// A request that may wait on an upstream is handed to the lane instead (`lane`), once read.
-fn serve(worker: &mut Worker, mut rq: tiny_http::Request) {
+/// Read, route (once), answer, log, count, on a worker. A request whose route is answered by
+/// the upstream pool, or whose handler answered [`Outcome::NeedsUpstream`], goes there; when the
+/// pool is full it is answered busy at once, in its route's words. Never panics out: a handler
+/// panic is answered with a 500.
+fn serve(
+    worker: &mut Worker,
+    upstream: &upstream::Upstream<upstream::Job>,
+    mut rq: tiny_http::Request,
+) {
     let started = Instant::now();
     let method = match rq.method() {
         tiny_http::Method::Get | tiny_http::Method::Head => Method::Get,
         tiny_http::Method::Post => Method::Post,
         _ => Method::Other,
     };
-    // Owned: the log line needs the path after the request has been answered. The query is what
-    // follows it (after the '?'), borrowed in `answer`.
+    // Owned: the log line needs the path after the request has been answered (and the upstream
+    // pool needs it on another thread). The query is what follows it (after the '?').
     let path = rq
         .url()
         .split_once('?')
         .map_or(rq.url(), |(p, _)| p)
         .to_string();
-    let body = Ok(read_body(&mut rq));
-    let job = lane::Job {
-        rq,
-        method,
-        path,
-        body,
-        started,
+    let body = read_body(&mut rq);
+    let (route, params) = match route(worker, &rq, method, &path) {
+        Ok(found) => found,
+        Err((label, reply)) => {
+            return respond(&worker.shared, rq, label, reply, method, &path, started)
+        }
     };
-    let job = match &worker.lane {
-        Some(lane) => match lane.offer(job) {
-            lane::Offer::Taken => return,
-            lane::Offer::Declined(job) => job,
-            lane::Offer::Full(job) => {
-                let started = job.started;
-                let answered = refuse(worker, job);
-                return respond(worker, answered, method, started);
-            }
-        },
-        None => job,
-    };
-    answer(worker, job);
-}
-
-/// What a request was answered, with what `respond` needs: the route pattern, the reply, the
-/// request to answer and its path.
-type Answered = (&'static str, Reply, tiny_http::Request, String);
-
-/// Route a read request, answer it, log it and count it (on a worker or a lane thread). A worker
-/// whose handler found it would have to wait on WeChat (`Error::Deferred`) hands the request to
-/// the lane instead, or, with the lane full, refuses it (`refuse`).
-fn answer(worker: &mut Worker, job: lane::Job) {
-    let lane::Job {
-        rq,
-        method,
-        path,
-        body,
-        started,
-    } = job;
-    let answered = match body {
-        Err(reply) => ("-", reply, rq, path),
-        Ok(body) => match route_once(worker, &rq, method, &path, body) {
-            Routed::Done(route, reply) => (route, reply, rq, path),
-            Routed::Deferred(body) => {
-                let job = lane::Job {
+    let body = if route.pool == routes::Pool::Workers {
+        let incoming = incoming(&rq, method, &path, body, params);
+        match run_caught(route, worker, &incoming, Wait::Forbidden) {
+            Outcome::Reply(reply) => {
+                return respond(
+                    &worker.shared,
                     rq,
+                    route.label,
+                    reply,
                     method,
-                    path,
-                    body: Ok(body),
+                    &path,
                     started,
-                };
-                match answer_waiting(worker, job) {
-                    Some(answered) => answered,
-                    None => return,
-                }
+                )
             }
-        },
+            Outcome::NeedsUpstream => incoming.body,
+        }
+    } else {
+        body
     };
-    respond(worker, answered, method, started);
+    let job = upstream::Job {
+        rq,
+        method,
+        path,
+        body,
+        started,
+        route,
+        params,
+    };
+    if let Some(job) = upstream.submit(job) {
+        worker.shared.metrics.upstream_full();
+        let reply = job.route.dialect.busy();
+        respond(
+            &worker.shared,
+            job.rq,
+            job.route.label,
+            reply,
+            method,
+            &job.path,
+            started,
+        );
+    }
 }
 
-/// Write the reply, log the request and count it.
-fn respond(worker: &Worker, answered: Answered, method: Method, started: Instant) {
-    let (route, reply, rq, path) = answered;
+/// The route for a request, or the answer when there is none (with its metrics label). Every
+/// `/v1` path is behind [`guard`] first, known or not.
+fn route(
+    w: &Worker,
+    rq: &tiny_http::Request,
+    method: Method,
+    path: &str,
+) -> Result<(&'static routes::Route, routes::Params), (&'static str, Reply)> {
+    if path.starts_with("/v1/") {
+        let incoming = incoming(rq, method, path, Vec::new(), routes::Params::default());
+        guard(w, &incoming).map_err(|refused| ("/v1", v1::refused(refused)))?;
+    }
+    match routes::find(method, path, w.shared.dev) {
+        routes::Found::Route(route, params) => Ok((route, params)),
+        routes::Found::WrongMethod(route) => Err(("-", route.dialect.wrong_method())),
+        routes::Found::None => Err(("-", not_found())),
+    }
+}
+
+fn incoming<'a>(
+    rq: &'a tiny_http::Request,
+    method: Method,
+    path: &'a str,
+    body: Vec<u8>,
+    params: routes::Params,
+) -> Incoming<'a> {
+    Incoming {
+        method,
+        path,
+        query: rq.url().get(path.len() + 1..).unwrap_or(""),
+        headers: rq.headers(),
+        body,
+        params,
+    }
+}
+
+/// Run a route's handler inside `catch_unwind`: a panic becomes a 500.
+fn run_caught(route: &routes::Route, w: &mut Worker, rq: &Incoming, wait: Wait) -> Outcome {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| route.run(w, rq, wait)))
+        .unwrap_or_else(|_| Outcome::Reply(Reply::error(500, "internal", "internal error", None)))
+}
+
+/// Answer, on the upstream pool, a request a worker routed (its handler allowed to wait).
+fn answer_upstream(w: &mut Worker, job: upstream::Job) {
+    let upstream::Job {
+        rq,
+        method,
+        path,
+        body,
+        started,
+        route,
+        params,
+    } = job;
+    let incoming = incoming(&rq, method, &path, body, params);
+    let reply = match run_caught(route, w, &incoming, Wait::Allowed) {
+        Outcome::Reply(reply) => reply,
+        Outcome::NeedsUpstream => {
+            log::error!(
+                "bug: {} answered NeedsUpstream with waiting allowed",
+                route.label
+            );
+            Reply::error(500, "internal", "internal error", None)
+        }
+    };
+    drop(incoming);
+    respond(&w.shared, rq, route.label, reply, method, &path, started);
+}
+
+/// Answer a request the upstream pool could not get a database connection for.
+fn answer_without_db(shared: &Shared, job: upstream::Job, why: crate::store::Error) {
+    let reply = job.route.dialect.error(crate::error::Error::Db(why));
+    respond(
+        shared,
+        job.rq,
+        job.route.label,
+        reply,
+        job.method,
+        &job.path,
+        job.started,
+    );
+}
+
+/// Write the reply, log the request and count it under `label`.
+fn respond(
+    shared: &Shared,
+    rq: tiny_http::Request,
+    label: &'static str,
+    reply: Reply,
+    method: Method,
+    path: &str,
+    started: Instant,
+) {
     let status = reply.status;
     let mut resp = tiny_http::Response::from_data(reply.body).with_status_code(status);
     if let Ok(h) =
@@ -513,7 +655,7 @@ fn respond(worker: &Worker, answered: Answered, method: Method, started: Instant
     }
     let _ = rq.respond(resp);
     let elapsed = started.elapsed();
-    worker.shared.metrics.request(route, status, elapsed);
+    shared.metrics.request(label, status, elapsed);
     log::info!(
         "{} {} {} {}us",
         method_name(method),
@@ -521,83 +663,6 @@ fn respond(worker: &Worker, answered: Answered, method: Method, started: Instant
         status,
         elapsed.as_micros()
     );
-}
-
-/// A request whose handler deferred: to the lane, or refused when the lane is full. `None` when
-/// the lane took it.
-fn answer_waiting(worker: &mut Worker, job: lane::Job) -> Option<Answered> {
-    let job = match &worker.lane {
-        Some(lane) => lane.hand_over(job)?,
-        None => job,
-    };
-    Some(refuse(worker, job))
-}
-
-/// Answer, on a worker and at once, a request that would wait on an upstream while the lane is
-/// full: a callback with 503 `busy` and `Retry-After: 1` (WeChat sends it again), anything else
-/// routed with every wait on WeChat refused (`error::Waits::Refused`), so that a login or a
-/// credential not in memory answers `Error::Busy` in its dialect's words (1005, 503 `busy`,
-/// `WEIXIN_NET_ERR`) and everything that does not wait is answered as usual.
-fn refuse(worker: &mut Worker, job: lane::Job) -> Answered {
-    let lane::Job {
-        rq,
-        method,
-        path,
-        body,
-        ..
-    } = job;
-    let body = match body {
-        Ok(body) => body,
-        Err(reply) => return ("-", reply, rq, path),
-    };
-    if path.starts_with("/wechat/") {
-        return ("/wechat/*", v1::busy(), rq, path);
-    }
-    let before = crate::error::set_waits(crate::error::Waits::Refused);
-    let routed = route_once(worker, &rq, method, &path, body);
-    crate::error::set_waits(before);
-    match routed {
-        Routed::Done(route, reply) => (route, reply, rq, path),
-        // Cannot happen with waits refused; answered rather than lost.
-        Routed::Deferred(_) => (
-            "-",
-            Reply::error(500, "internal", "internal error", None),
-            rq,
-            path,
-        ),
-    }
-}
-
-enum Routed {
-    Done(&'static str, Reply),
-    /// A handler deferred (`Error::Deferred`); the body, to hand the request on.
-    Deferred(Vec<u8>),
-}
-
-/// Run the router on one request, inside `catch_unwind`: a panic becomes a 500.
-fn route_once(
-    worker: &mut Worker,
-    rq: &tiny_http::Request,
-    method: Method,
-    path: &str,
-    body: Vec<u8>,
-) -> Routed {
-    let incoming = Incoming {
-        method,
-        path,
-        query: rq.url().get(path.len() + 1..).unwrap_or(""),
-        headers: rq.headers(),
-        body,
-    };
-    let routed =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| route(worker, &incoming)));
-    if crate::error::take_deferred() {
-        return Routed::Deferred(incoming.body);
-    }
-    match routed {
-        Ok((route, reply)) => Routed::Done(route, reply),
-        Err(_) => Routed::Done("-", Reply::error(500, "internal", "internal error", None)),
-    }
 }
 
 fn method_name(m: Method) -> &'static str {
@@ -615,27 +680,6 @@ fn read_body(rq: &mut tiny_http::Request) -> Vec<u8> {
     // Reading a buffer in memory cannot fail.
     let _ = rq.as_reader().read_to_end(&mut body);
     body
-}
-
-/// Route to a dialect. Returns the route pattern (the metrics label) and the reply.
-fn route(w: &mut Worker, rq: &Incoming) -> (&'static str, Reply) {
-    let path = rq.path;
-    match (rq.method, path) {
-        (Method::Post, "/mina_auth/" | "/mina_auth" | "/") => ("/mina_auth/", wafer::handle(w, rq)),
-        (Method::Post, "/mina/login") => ("/mina/login", mina::login(w, rq)),
-        (Method::Post, "/mina/auth") => ("/mina/auth", mina::auth(w, rq)),
-        (Method::Get, "/healthz") => ("/healthz", healthz(w)),
-        (Method::Get, "/metrics") => ("/metrics", metrics(w, rq)),
-        _ if path.starts_with("/v1/") => v1::route(w, rq),
-        _ if path.starts_with("/wechat/") => callbacks::route(w, rq),
-        _ if path.starts_with("/dev/") && w.shared.dev => dev::route(w, rq),
-        (
-            _,
-            "/mina_auth/" | "/mina_auth" | "/" | "/mina/login" | "/mina/auth" | "/healthz"
-            | "/metrics",
-        ) => ("-", method_not_allowed()),
-        _ => ("-", not_found()),
-    }
 }
 
 pub fn not_found() -> Reply {
@@ -663,12 +707,12 @@ const HEALTH_WRITE_BOUND: Duration = Duration::from_millis(300);
 
 /// How long a write on a worker (a revocation, user data, an agent's secret) waits for its turn
 /// and SQLite's lock together before it fails: a worker never waits the whole busy timeout
-/// (`store::BUSY_TIMEOUT`, which logins on the lane get) while checks queue behind it.
+/// (`store::BUSY_TIMEOUT`, which logins on the upstream pool get) while checks queue behind it.
 const WORKER_WRITE_WAIT: Duration = Duration::from_millis(500);
 
 /// 200 when the database answers a read and a committed write (within [`HEALTH_WRITE_BOUND`]),
 /// else 503 with the reason (`store::Db::health`).
-fn healthz(w: &Worker) -> Reply {
+fn healthz(w: &mut Worker, _: &Incoming) -> Reply {
     match w.db.health(HEALTH_WRITE_BOUND) {
         Ok(()) => Reply::json(200, &json!({"status": "ok"})),
         Err(reason) => Reply::json(503, &json!({"status": "degraded", "reason": reason})),
@@ -676,7 +720,7 @@ fn healthz(w: &Worker) -> Reply {
 }
 
 /// Prometheus text; behind the api key when one is set (Prometheus sends it as a bearer token).
-fn metrics(w: &Worker, rq: &Incoming) -> Reply {
+fn metrics(w: &mut Worker, rq: &Incoming) -> Reply {
     let key = &w.shared.config.server.api_key;
     if !key.is_empty() && !bearer_ok(key, rq) {
         return unauthorized();

@@ -3,10 +3,10 @@
 //! a 4xx/5xx status; internal detail goes to the log only.
 
 use super::json::{Json, Members};
-use super::{guard, Incoming, JsonWriter, Method, Refused, Reply, Worker};
+use super::{credential, Incoming, JsonWriter, Outcome, Refused, Reply, Wait, Worker};
 use crate::accounts;
 use crate::component;
-use crate::credential::{self, Credential, Key};
+use crate::credential::{self as credentials, Credential, Key};
 use crate::error::Error;
 use crate::session::{self, Encrypted};
 use crate::wechat::UpstreamError;
@@ -45,17 +45,16 @@ pub fn error_reply(e: Error) -> Reply {
             "the session could not be stored".into(),
         ),
         Error::Internal(_) => (500, "internal", "internal error".into()),
-        // Replaced by the answer from the lane (`server::answer`); never sent.
-        Error::Deferred | Error::Busy => (503, "busy", "try again".into()),
+        Error::Busy => (503, "busy", "try again".into()),
     };
-    if status >= 500 && !matches!(e, Error::Deferred) {
+    if status >= 500 {
         log::error!("v1: {e}");
     }
     Reply::error(status, code, &message, errcode)
 }
 
-/// 503 `busy` with `Retry-After: 1`: the request would wait on WeChat and the upstream pool (the
-/// lane) is full (CONTRACT §5).
+/// 503 `busy` with `Retry-After: 1`: the request would wait on WeChat and the upstream pool is
+/// full (CONTRACT §5).
 pub fn busy() -> Reply {
     let mut reply = Reply::error(
         503,
@@ -97,123 +96,20 @@ impl<'a> Body<'a> {
     }
 }
 
-pub fn route(w: &mut Worker, rq: &Incoming) -> (&'static str, Reply) {
-    match guard(w, rq) {
-        Ok(()) => {}
-        Err(Refused::NoKey) => return ("/v1", super::unauthorized()),
-        Err(Refused::ForeignHost) => {
-            return (
-                "/v1",
-                Reply::error(
-                    403,
-                    "forbidden",
-                    "without server.api_key only a loopback Host is served",
-                    None,
-                ),
-            )
-        }
+/// A request [`super::guard`] refused, in the `/v1` shape.
+pub fn refused(why: Refused) -> Reply {
+    match why {
+        Refused::NoKey => super::unauthorized(),
+        Refused::ForeignHost => Reply::error(
+            403,
+            "forbidden",
+            "without server.api_key only a loopback Host is served",
+            None,
+        ),
     }
-    let segs: Vec<&str> = rq
-        .path
-        .strip_prefix("/v1/")
-        .unwrap_or(rq.path)
-        .split('/')
-        .collect();
-    let (label, result): (&'static str, Result<Reply, Error>) = match (rq.method, segs.as_slice()) {
-        (Method::Post, ["sessions"]) => ("/v1/sessions", create_session(w, rq)),
-        (Method::Post, ["sessions", "check"]) => ("/v1/sessions/check", check_session(w, rq)),
-        (Method::Post, ["sessions", "decrypt"]) => ("/v1/sessions/decrypt", decrypt(w, rq)),
-        (Method::Post, ["sessions", "revoke"]) => ("/v1/sessions/revoke", revoke(w, rq)),
-        (Method::Get, ["apps", appid, "access_token"]) => {
-            let force = matches!(rq.query_param("force").as_deref(), Some("1" | "true"));
-            (
-                "/v1/apps/{appid}/access_token",
-                app_credential(
-                    w,
-                    appid,
-                    Key::AppToken {
-                        appid: appid.to_string(),
-                    },
-                    force,
-                    "access_token",
-                ),
-            )
-        }
-        (Method::Post, ["apps", appid, "access_token", "invalidate"]) => (
-            "/v1/apps/{appid}/access_token/invalidate",
-            invalidate(w, rq, appid),
-        ),
-        (Method::Get, ["apps", appid, "jsapi_ticket"]) => (
-            "/v1/apps/{appid}/jsapi_ticket",
-            app_credential(
-                w,
-                appid,
-                Key::AppTicket {
-                    appid: appid.to_string(),
-                },
-                false,
-                "ticket",
-            ),
-        ),
-        (Method::Post, ["apps", appid, "jsapi_signature"]) => (
-            "/v1/apps/{appid}/jsapi_signature",
-            app_signature(w, rq, appid),
-        ),
-        (
-            Method::Get,
-            ["work", corpid, agentid, what @ ("access_token" | "jsapi_ticket" | "agent_ticket")],
-        ) => {
-            let (c, a) = (corpid.to_string(), agentid.to_string());
-            let (key, field, label) = match *what {
-                "access_token" => (
-                    Key::WorkToken {
-                        corpid: c,
-                        agentid: a,
-                    },
-                    "access_token",
-                    "/v1/work/{corpid}/{agentid}/access_token",
-                ),
-                "jsapi_ticket" => (
-                    Key::WorkCorpTicket {
-                        corpid: c,
-                        agentid: a,
-                    },
-                    "ticket",
-                    "/v1/work/{corpid}/{agentid}/jsapi_ticket",
-                ),
-                _ => (
-                    Key::WorkAgentTicket {
-                        corpid: c,
-                        agentid: a,
-                    },
-                    "ticket",
-                    "/v1/work/{corpid}/{agentid}/agent_ticket",
-                ),
-            };
-            (label, work_credential(w, corpid, agentid, &key, field))
-        }
-        (Method::Post, ["work", corpid, agentid, "jsapi_signature"]) => (
-            "/v1/work/{corpid}/{agentid}/jsapi_signature",
-            work_signature(w, rq, corpid, agentid),
-        ),
-        (Method::Get, ["components", appid, "access_token"]) => (
-            "/v1/components/{appid}/access_token",
-            component_token(w, appid),
-        ),
-        (Method::Get, ["components", appid, "authorizers"]) => {
-            ("/v1/components/{appid}/authorizers", authorizers(w, appid))
-        }
-        (Method::Get, ["components", appid, "authorizers", authorizer, "access_token"]) => (
-            "/v1/components/{appid}/authorizers/{authorizer}/access_token",
-            authorizer_token(w, appid, authorizer),
-        ),
-        (Method::Post, ["cos", "sign"]) => ("/v1/cos/sign", cos_sign(rq)),
-        _ => return ("-", super::not_found()),
-    };
-    (label, result.unwrap_or_else(error_reply))
 }
 
-fn create_session(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
+pub fn create_session(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
     let b = Body::parse(rq)?;
     let appid = b.str("appid")?;
     let code = b.str("code")?;
@@ -242,7 +138,7 @@ fn create_session(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
     Ok(Reply::json(201, &v))
 }
 
-fn check_session(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
+pub fn check_session(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
     let b = Body::parse(rq)?;
     let s = session::check(&w.db, b.str("id")?, b.str("skey")?, None, crate::ids::now())?;
     Ok(JsonWriter::new()
@@ -253,7 +149,7 @@ fn check_session(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
         .reply(200))
 }
 
-fn decrypt(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
+pub fn decrypt(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
     let b = Body::parse(rq)?;
     let enc = Encrypted {
         data: b.str("encrypted_data")?,
@@ -263,10 +159,19 @@ fn decrypt(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
     Ok(Reply::json(200, &json!({"data": data})))
 }
 
-fn revoke(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
+pub fn revoke(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
     let b = Body::parse(rq)?;
     session::revoke(&w.db, b.str("id")?, b.str("skey")?, crate::ids::now())?;
     Ok(Reply::no_content())
+}
+
+/// A credential read on a worker or the upstream pool: `None` (not in memory, on a worker) is
+/// for the upstream pool.
+fn served(c: Option<Credential>, field: &str) -> Outcome {
+    match c {
+        Some(c) => credential_reply(&c, field).into(),
+        None => Outcome::NeedsUpstream,
+    }
 }
 
 fn credential_reply(c: &Credential, field: &str) -> Reply {
@@ -279,17 +184,34 @@ fn credential_reply(c: &Credential, field: &str) -> Reply {
 /// An app's token or ticket; unknown apps are 404 before anything is fetched.
 fn app_credential(
     w: &mut Worker,
-    appid: &str,
+    rq: &Incoming,
     key: Key,
     force: bool,
     field: &str,
-) -> Result<Reply, Error> {
-    w.shared.known_apps.check(&w.db, appid)?;
-    let c = w.shared.broker.get(&w.db, &key, force)?;
-    Ok(credential_reply(&c, field))
+    wait: Wait,
+) -> Result<Outcome, Error> {
+    w.shared.known_apps.check(&w.db, rq.param(0))?;
+    Ok(served(credential(w, &key, force, wait)?, field))
 }
 
-fn invalidate(w: &mut Worker, rq: &Incoming, appid: &str) -> Result<Reply, Error> {
+pub fn app_token(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
+    let force = matches!(rq.query_param("force").as_deref(), Some("1" | "true"));
+    let key = Key::AppToken {
+        appid: rq.param(0).to_string(),
+    };
+    app_credential(w, rq, key, force, "access_token", wait)
+}
+
+pub fn app_ticket(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
+    let key = Key::AppTicket {
+        appid: rq.param(0).to_string(),
+    };
+    app_credential(w, rq, key, false, "ticket", wait)
+}
+
+/// Always a refresh in practice (the caller holds a token WeChat refused): on the upstream pool.
+pub fn invalidate(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
+    let appid = rq.param(0);
     let b = Body::parse(rq)?;
     let stale = b.str("access_token")?;
     w.shared.known_apps.check(&w.db, appid)?;
@@ -325,44 +247,66 @@ fn timestamp_json(ts: &str) -> Value {
         .unwrap_or_else(|_| json!(ts))
 }
 
-fn app_signature(w: &mut Worker, rq: &Incoming, appid: &str) -> Result<Reply, Error> {
+pub fn app_signature(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
+    let appid = rq.param(0);
     let b = Body::parse(rq)?;
     let url = b.str("url")?;
     let (nonce, ts) = nonce_and_timestamp(&b)?;
     w.shared.known_apps.check(&w.db, appid)?;
-    let ticket = w.shared.broker.get(
-        &w.db,
-        &Key::AppTicket {
-            appid: appid.to_string(),
-        },
-        false,
-    )?;
+    let key = Key::AppTicket {
+        appid: appid.to_string(),
+    };
+    let Some(ticket) = credential(w, &key, false, wait)? else {
+        return Ok(Outcome::NeedsUpstream);
+    };
     let (nonce, ts, sig) =
-        credential::js_signature(ticket.value.expose(), url, nonce, ts.as_deref())?;
+        credentials::js_signature(ticket.value.expose(), url, nonce, ts.as_deref())?;
     Ok(Reply::json(
         200,
         &json!({"appId": appid, "timestamp": timestamp_json(&ts), "nonceStr": nonce, "signature": sig}),
-    ))
+    )
+    .into())
+}
+
+/// The key of one WeCom agent's credential named by the route's `{corpid}` and `{agentid}`.
+fn work_key(rq: &Incoming, key: fn(String, String) -> Key) -> Key {
+    key(rq.param(0).to_string(), rq.param(1).to_string())
 }
 
 fn work_credential(
     w: &mut Worker,
-    corpid: &str,
-    agentid: &str,
+    rq: &Incoming,
     key: &Key,
     field: &str,
-) -> Result<Reply, Error> {
-    accounts::work_agent(&w.db, corpid, agentid)?;
-    let c = w.shared.broker.get(&w.db, key, false)?;
-    Ok(credential_reply(&c, field))
+    wait: Wait,
+) -> Result<Outcome, Error> {
+    accounts::work_agent(&w.db, rq.param(0), rq.param(1))?;
+    Ok(served(credential(w, key, false, wait)?, field))
 }
 
-fn work_signature(
-    w: &mut Worker,
-    rq: &Incoming,
-    corpid: &str,
-    agentid: &str,
-) -> Result<Reply, Error> {
+pub fn work_token(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
+    let key = work_key(rq, |corpid, agentid| Key::WorkToken { corpid, agentid });
+    work_credential(w, rq, &key, "access_token", wait)
+}
+
+pub fn work_corp_ticket(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
+    let key = work_key(rq, |corpid, agentid| Key::WorkCorpTicket {
+        corpid,
+        agentid,
+    });
+    work_credential(w, rq, &key, "ticket", wait)
+}
+
+pub fn work_agent_ticket(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
+    let key = work_key(rq, |corpid, agentid| Key::WorkAgentTicket {
+        corpid,
+        agentid,
+    });
+    work_credential(w, rq, &key, "ticket", wait)
+}
+
+pub fn work_signature(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
+    let (corpid, agentid) = (rq.param(0), rq.param(1));
     let b = Body::parse(rq)?;
     let url = b.str("url")?;
     let agent = match b.0.get("agent") {
@@ -384,9 +328,11 @@ fn work_signature(
             agentid: a,
         }
     };
-    let ticket = w.shared.broker.get(&w.db, &key, false)?;
+    let Some(ticket) = credential(w, &key, false, wait)? else {
+        return Ok(Outcome::NeedsUpstream);
+    };
     let (nonce, ts, sig) =
-        credential::js_signature(ticket.value.expose(), url, nonce, ts.as_deref())?;
+        credentials::js_signature(ticket.value.expose(), url, nonce, ts.as_deref())?;
     let mut v = json!({"corpid": corpid});
     if agent {
         v["agentid"] = json!(agentid);
@@ -394,20 +340,21 @@ fn work_signature(
     v["timestamp"] = timestamp_json(&ts);
     v["nonceStr"] = json!(nonce);
     v["signature"] = json!(sig);
-    Ok(Reply::json(200, &v))
+    Ok(Reply::json(200, &v).into())
 }
 
-fn component_token(w: &mut Worker, appid: &str) -> Result<Reply, Error> {
+pub fn component_token(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
+    let appid = rq.param(0);
     accounts::component(&w.db, appid)?;
     let key = Key::ComponentToken {
         component_appid: appid.to_string(),
     };
-    let c = w.shared.broker.get(&w.db, &key, false)?;
-    Ok(credential_reply(&c, "access_token"))
+    Ok(served(credential(w, &key, false, wait)?, "access_token"))
 }
 
 /// The accounts that authorised a component and have not revoked it.
-fn authorizers(w: &mut Worker, appid: &str) -> Result<Reply, Error> {
+pub fn authorizers(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
+    let appid = rq.param(0);
     let list: Vec<Value> = component::live_authorizers(&w.db, appid)?
         .into_iter()
         .map(|a| {
@@ -421,14 +368,14 @@ fn authorizers(w: &mut Worker, appid: &str) -> Result<Reply, Error> {
     Ok(Reply::json(200, &Value::Array(list)))
 }
 
-fn authorizer_token(w: &mut Worker, appid: &str, authorizer: &str) -> Result<Reply, Error> {
+pub fn authorizer_token(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
+    let (appid, authorizer) = (rq.param(0), rq.param(1));
     component::live_authorizer(&w.db, appid, authorizer)?;
     let key = Key::AuthorizerToken {
         component_appid: appid.to_string(),
         authorizer_appid: authorizer.to_string(),
     };
-    let c = w.shared.broker.get(&w.db, &key, false)?;
-    Ok(credential_reply(&c, "access_token"))
+    Ok(served(credential(w, &key, false, wait)?, "access_token"))
 }
 
 /// `params` / `headers` as a JSON object of strings (numbers are accepted and printed).
@@ -448,7 +395,7 @@ fn pairs(b: &Body, key: &str) -> Result<Vec<(String, String)>, Error> {
     }
 }
 
-fn cos_sign(rq: &Incoming) -> Result<Reply, Error> {
+pub fn cos_sign(_: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
     let b = Body::parse(rq)?;
     let (id, key) = (b.str("secret_id")?, b.str("secret_key")?);
     let (method, path) = (b.str("method")?, b.str("path")?);

@@ -4,7 +4,7 @@
 //! Unmodified Wafer server SDKs depend on every name, type and order here.
 
 use super::json::{Json, Members};
-use super::{Incoming, JsonWriter, Reply, Worker};
+use super::{credential, Incoming, JsonWriter, Outcome, Reply, Wait, Worker};
 use crate::accounts;
 use crate::config::Secret;
 use crate::cos;
@@ -33,7 +33,6 @@ impl From<Error> for EnvelopeError {
                 | Error::DecryptFail
                 | Error::BadRequest(_)
                 | Error::NoApp
-                | Error::Deferred
                 | Error::Busy
         ) {
             log::warn!("mina_auth: {e}");
@@ -49,8 +48,7 @@ impl From<Error> for EnvelopeError {
             Error::Upstream(_) | Error::Refused(_) => EnvelopeError(1007, "WEIXIN_RETURN_ERR"),
             Error::CodeRejected(_) => EnvelopeError(40029, "WEIXIN_CODE_ERR"),
             Error::SessionWrite(_) => EnvelopeError(1006, "CHANGE_SESSION_ERR"),
-            // Deferred: replaced by the answer from the lane (`server::answer`); never sent.
-            Error::Db(_) | Error::Internal(_) | Error::Deferred => EnvelopeError(1001, "DB_ERR"),
+            Error::Db(_) | Error::Internal(_) => EnvelopeError(1001, "DB_ERR"),
         }
     }
 }
@@ -67,11 +65,27 @@ impl From<Value> for Data {
     }
 }
 
-pub fn handle(w: &mut Worker, rq: &Incoming) -> Reply {
-    let (code, message, data) = match dispatch(w, rq) {
-        Ok((message, data)) => (0, message, data),
-        Err(EnvelopeError(code, message)) => (code, message, Data::Text(b"\"\"".to_vec())),
-    };
+/// Answer an envelope. With [`Wait::Forbidden`] (on a worker), a login, or a credential not
+/// usable from memory, answers [`Outcome::NeedsUpstream`], having written nothing: which
+/// interfaces may wait is decided by the interface name, after the parse.
+pub fn handle(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
+    Ok(match dispatch(w, rq, wait) {
+        Ok(Some((message, data))) => render(0, message, data).into(),
+        Ok(None) => Outcome::NeedsUpstream,
+        Err(fail) => render_fail(fail).into(),
+    })
+}
+
+/// A domain error as the envelope answers it.
+pub fn render_error(e: Error) -> Reply {
+    render_fail(EnvelopeError::from(e))
+}
+
+fn render_fail(EnvelopeError(code, message): EnvelopeError) -> Reply {
+    render(code, message, Data::Text(b"\"\"".to_vec()))
+}
+
+fn render(code: i64, message: &str, data: Data) -> Reply {
     let envelope = JsonWriter::new()
         .int("returnCode", code)
         .str("returnMessage", message);
@@ -161,7 +175,12 @@ pub fn parse_envelope(body: &[u8]) -> Result<(Cow<'_, str>, Para<'_>), EnvelopeE
     }
 }
 
-fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Data), EnvelopeError> {
+/// The interface's answer; `None`: it must wait on WeChat and `wait` forbids it.
+fn dispatch(
+    w: &mut Worker,
+    rq: &Incoming,
+    wait: Wait,
+) -> Result<Option<(&'static str, Data)>, EnvelopeError> {
     let (name, p) = parse_envelope(&rq.body)?;
     let name = name.as_ref();
     let now = crate::ids::now();
@@ -173,11 +192,13 @@ fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Data), Envel
     if CREDENTIAL_INTERFACES.contains(&name) && super::guard(w, rq).is_err() {
         return Err(AUTH_FAIL);
     }
-    match name {
+    let answer = match name {
         "qcloud.cam.id_skey" => {
-            // On a worker, defer before the app read rather than at `session::login`'s own check:
-            // the lane routes the whole request again anyway.
-            crate::error::may_wait()?;
+            // A login always waits on WeChat (`jscode2session`): on a worker, nothing more is
+            // read here.
+            if wait == Wait::Forbidden {
+                return Ok(None);
+            }
             let code = p.str("code")?;
             let encrypted = p.encrypted()?;
             let app = session::resolve_app(&w.db, p.opt_str("appid")?)?;
@@ -237,13 +258,12 @@ fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Data), Envel
             let force = p.opt_bool("force")?;
             // Unknown apps stop here, so arbitrary appids never become broker entries.
             w.shared.known_apps.check(&w.db, appid)?;
-            let c = w.shared.broker.get(
-                &w.db,
-                &Key::AppToken {
-                    appid: appid.into(),
-                },
-                force,
-            )?;
+            let key = Key::AppToken {
+                appid: appid.into(),
+            };
+            let Some(c) = credential(w, &key, force, wait)? else {
+                return Ok(None);
+            };
             Ok((
                 token_message(&c),
                 json!({"appid": appid, "access_token": c.value.expose(), "exp": c.expires_at})
@@ -295,7 +315,9 @@ fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Data), Envel
                     "agent_ticket",
                 ),
             };
-            let c = w.shared.broker.get(&w.db, &key, force)?;
+            let Some(c) = credential(w, &key, force, wait)? else {
+                return Ok(None);
+            };
             let mut data = json!({"corpid": corpid});
             if field != "ticket" {
                 data["agentid"] = json!(agentid);
@@ -332,7 +354,8 @@ fn dispatch(w: &mut Worker, rq: &Incoming) -> Result<(&'static str, Data), Envel
             Ok(("COS_SIGN_SUCCESS", json!(sign).into()))
         }
         _ => Err(INTERFACENAME_PARA_ERR),
-    }
+    };
+    answer.map(Some)
 }
 
 const SESSION_INTERFACES: &[&str] = &[

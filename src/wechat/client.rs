@@ -27,8 +27,8 @@ pub enum UpstreamError {
     Garbage,
     /// WeChat's own error: errcode non-zero.
     WeChat { errcode: Errcode, errmsg: String },
-    /// Not sent: this thread may not wait on an upstream now (`error::may_wait`: a server
-    /// worker). Becomes `Error::Busy`, or the request is deferred to the lane.
+    /// Not sent: this thread may not wait on an upstream ([`may_wait_here`]: a server worker,
+    /// which a handler should have sent to the upstream pool instead). Becomes `Error::Busy`.
     NotSent,
 }
 
@@ -104,6 +104,29 @@ pub struct Code2Session {
     pub unionid: Option<String>,
 }
 
+/// Server workers are the threads named with this prefix (`server::start` names them so): they
+/// answer from memory and the database only, and never wait on an upstream.
+pub const WORKER_THREAD_PREFIX: &str = "worker-";
+
+/// May this thread wait on an upstream? Not a server worker ([`WORKER_THREAD_PREFIX`]): a handler
+/// there that needs WeChat answers `server::Outcome::NeedsUpstream` before it gets here. This is
+/// the check that holds if one forgot.
+pub fn may_wait_here() -> bool {
+    !std::thread::current()
+        .name()
+        .is_some_and(|n| n.starts_with(WORKER_THREAD_PREFIX))
+}
+
+/// Is this a server worker about to wait on `what`? Logged as the bug it is; the caller then
+/// sends nothing and answers "not sent" (busy).
+pub(crate) fn on_a_worker(what: &str) -> bool {
+    if may_wait_here() {
+        return false;
+    }
+    log::error!("bug: a server worker was about to wait on {what}; answered busy instead");
+    true
+}
+
 impl WeChat {
     pub fn new(cfg: &WeChatConfig) -> WeChat {
         let builder = || {
@@ -162,7 +185,9 @@ impl WeChat {
         body: Option<&Value>,
     ) -> Result<Value, UpstreamError> {
         // The one check that holds whatever the caller forgot: a worker never waits on WeChat.
-        crate::error::may_wait().map_err(|_| UpstreamError::NotSent)?;
+        if on_a_worker(path) {
+            return Err(UpstreamError::NotSent);
+        }
         let base = self.base(host);
         let started = Instant::now();
         let mut req = match body {
@@ -240,7 +265,9 @@ impl WeChat {
         body: &Value,
         timeout: Duration,
     ) -> Result<Forwarded, UpstreamError> {
-        crate::error::may_wait().map_err(|_| UpstreamError::NotSent)?;
+        if on_a_worker("forward_url") {
+            return Err(UpstreamError::NotSent);
+        }
         let started = Instant::now();
         let sent = self.agent.post(url).timeout(timeout).send_json(body);
         let outcome = match sent {
@@ -321,42 +348,45 @@ mod tests {
     }
 
     #[test]
-    fn a_thread_that_may_not_wait_sends_nothing() {
-        use crate::error::{set_waits, take_deferred, Waits};
+    fn a_worker_thread_sends_nothing() {
         let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         upstream.set_nonblocking(true).unwrap();
         let base = format!("http://{}", upstream.local_addr().unwrap());
-        let wechat = WeChat::new(&WeChatConfig {
+        let wechat = std::sync::Arc::new(WeChat::new(&WeChatConfig {
             api_base: base.clone(),
             work_api_base: base.clone(),
             timeout_ms: 500,
             ..WeChatConfig::default()
-        });
+        }));
         let forward = format!("{base}/forward");
-        for waits in [Waits::Deferred, Waits::Refused] {
-            set_waits(waits);
-            let got = wechat.get(Host::Api, "/cgi-bin/token", &[]);
-            let forwarded = wechat.post_json_to(&forward, &Value::Null, Duration::from_secs(1));
-            let deferred = take_deferred();
-            set_waits(Waits::Allowed);
-            assert_eq!(got, Err(UpstreamError::NotSent), "{waits:?}");
-            assert!(
-                matches!(forwarded, Err(UpstreamError::NotSent)),
-                "{waits:?}"
-            );
-            // Deferred: the request goes to the lane; refused: it is answered busy.
-            assert_eq!(deferred, waits == Waits::Deferred);
-            assert_eq!(
-                crate::error::Error::from(got.unwrap_err()).to_string(),
-                "the upstream pool is full"
-            );
-        }
+        let on_worker = {
+            let wechat = wechat.clone();
+            std::thread::Builder::new()
+                .name(format!("{WORKER_THREAD_PREFIX}0"))
+                .spawn(move || {
+                    assert!(!may_wait_here());
+                    let got = wechat.get(Host::Api, "/cgi-bin/token", &[]);
+                    let forwarded =
+                        wechat.post_json_to(&forward, &Value::Null, Duration::from_secs(1));
+                    (got, forwarded.map(|f| f.status))
+                })
+                .unwrap()
+        };
+        let (got, forwarded) = on_worker.join().unwrap();
+        assert_eq!(got, Err(UpstreamError::NotSent));
+        assert_eq!(forwarded, Err(UpstreamError::NotSent));
+        // Answered busy in every dialect.
+        assert_eq!(
+            crate::error::Error::from(got.unwrap_err()).to_string(),
+            "the upstream pool is full"
+        );
         // Nothing reached the upstream.
         assert_eq!(
             upstream.accept().map(|_| ()).unwrap_err().kind(),
             std::io::ErrorKind::WouldBlock
         );
         // A thread that may wait sends.
+        assert!(may_wait_here());
         assert!(matches!(
             wechat.get(Host::Api, "/cgi-bin/token", &[]),
             Err(UpstreamError::Net(_))

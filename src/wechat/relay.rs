@@ -35,7 +35,7 @@ pub struct Relayed {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RelayError {
-    /// Not sent: this thread may not wait on WeChat now (`error::may_wait`).
+    /// Not sent: this thread may not wait on WeChat (a server worker: `client::may_wait_here`).
     NotSent,
     /// Connection refused, DNS, TLS, a timeout, or the answer broke off.
     Unreachable(String),
@@ -46,7 +46,9 @@ pub enum RelayError {
 impl WeChat {
     /// Send `rq` to WeChat and read its answer, any status, within `max_answer` bytes.
     pub fn relay(&self, rq: &RelayRequest) -> Result<Relayed, RelayError> {
-        crate::error::may_wait().map_err(|_| RelayError::NotSent)?;
+        if super::client::on_a_worker(rq.path) {
+            return Err(RelayError::NotSent);
+        }
         let sep = if rq.query.is_empty() { "" } else { "?" };
         let url = format!("{}/{}{sep}{}", self.base(rq.host), rq.path, rq.query);
         let mut req = self.relay_agent.request(rq.method, &url);

@@ -941,6 +941,40 @@ fn more_logins_waiting_on_wechat_than_workers_do_not_hold_up_checks() {
     eprintln!("robustness: {checks} checks while {n} logins waited, slowest {slowest:?}");
 }
 
+#[test]
+fn logins_on_a_slow_wechat_all_wait_at_once_past_a_fixed_thread_count() {
+    // Twenty logins at once on one worker while WeChat takes a second per login: the upstream
+    // pool starts a thread for each (its bound is 20 per worker), so they all wait together and
+    // all succeed within about a second. (Before: the lane's four fixed threads per worker took
+    // them four at a time, and the last answered after five seconds.)
+    let env = Arc::new(Env::with(|c| {
+        c.wechat.timeout_ms = 5000;
+        c.server.workers = 1;
+    }));
+    let n = 20;
+    env.fail(json!({"path": "/sns/jscode2session", "delay_ms": 1000, "times": n}));
+    let gate = Arc::new(std::sync::Barrier::new(n));
+    let logins: Vec<_> = (0..n)
+        .map(|i| {
+            let (env, gate) = (env.clone(), gate.clone());
+            std::thread::spawn(move || {
+                gate.wait();
+                let started = Instant::now();
+                let r = env.wafer("qcloud.cam.id_skey", json!({"code": format!("slow-{i}")}));
+                (code_of(&r), started.elapsed())
+            })
+        })
+        .collect();
+    let answers: Vec<(i64, Duration)> = logins.into_iter().map(|l| l.join().unwrap()).collect();
+    let slowest = answers.iter().map(|a| a.1).max().unwrap();
+    eprintln!("robustness: {n} logins on a 1 s WeChat with one worker, slowest {slowest:?}");
+    assert!(answers.iter().all(|a| a.0 == 0), "{answers:?}");
+    assert!(
+        slowest < Duration::from_millis(3000),
+        "the slowest of {n} logins took {slowest:?}"
+    );
+}
+
 fn code_of(r: &Value) -> i64 {
     code(r).0
 }

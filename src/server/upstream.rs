@@ -1,0 +1,318 @@
+//! The upstream pool: the threads that answer requests that may wait on someone else (WeChat
+//! for a login or a cold credential, a business endpoint for a forwarded callback), so that
+//! however many of them wait, the workers stay free for session checks and token reads.
+//!
+//! A worker hands a request over ([`Upstream::submit`]) when its route's pool is
+//! `routes::Pool::Upstream`, or when its handler answered `Outcome::NeedsUpstream`. Here the
+//! route's handler runs with waiting allowed (`server::answer_upstream`), the request is not
+//! routed again.
+//!
+//! The pool grows with demand: a request finds an idle thread, or a new one is started for it,
+//! up to a bound on requests at once ([`IN_FLIGHT_PER_WORKER`], at most [`MAX_IN_FLIGHT`]); a
+//! thread idle for [`IDLE_EXIT`] ends. Past
+//! the bound the request is given back and its worker answers it busy at once (the route's
+//! dialect: 1005 in the envelope, 503 `busy` with `Retry-After: 1` on `/v1` and for callbacks,
+//! `WEIXIN_NET_ERR` on `/mina`), counted in `wafer_lane_full_total`. Nothing queues behind a
+//! busy thread: what is admitted starts at once. The pool knows nothing of requests: it runs
+//! what `server::start` tells it to with each job.
+//!
+//! Database connections are not per thread: a request checks one out of [`Connections`] (an
+//! idle one, or a new one opened for it) for as long as its handler runs, and gives it back; a
+//! few idle ones are kept ([`Connections::new`]). A waiting login therefore holds a connection
+//! (its handler's `session::login` writes once WeChat has answered), an idle thread none.
+
+use super::routes::{Params, Route};
+use super::{Method, Shared};
+use crate::store::Db;
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Requests in the upstream pool at once, per worker (the bound is what the old fixed lane held:
+/// 4 threads and 16 queued places per worker).
+pub const IN_FLIGHT_PER_WORKER: usize = 20;
+/// At most this many requests in the pool however many workers (`server.workers` may be up to
+/// 1024): each costs a thread, and while its handler runs, a database connection.
+pub const MAX_IN_FLIGHT: usize = 320;
+/// A thread idle this long ends.
+pub const IDLE_EXIT: Duration = Duration::from_secs(30);
+/// A pool connection's page cache, KiB (a worker's is SQLite's default, 2 MiB).
+const CACHE_KIB: i64 = 256;
+
+/// A request read whole, routed, with what its answer and log line need.
+pub struct Job {
+    pub rq: tiny_http::Request,
+    pub method: Method,
+    pub path: String,
+    pub body: Vec<u8>,
+    pub started: Instant,
+    pub route: &'static Route,
+    pub params: Params,
+}
+
+/// The database connections the pool's requests check out (see the module doc).
+pub struct Connections {
+    idle: Mutex<Vec<Db>>,
+    keep: usize,
+}
+
+impl Connections {
+    pub fn new(keep: usize) -> Connections {
+        Connections {
+            idle: Mutex::new(Vec::with_capacity(keep)),
+            keep,
+        }
+    }
+
+    /// An idle connection, or a new one.
+    pub fn checkout(&self, shared: &Shared) -> Result<Db, crate::store::Error> {
+        if let Some(db) = lock(&self.idle).pop() {
+            return Ok(db);
+        }
+        let db = Db::open_with(&shared.db_path, shared.sealer.clone())?;
+        let _ = db.no_autocheckpoint(); // the refresher thread checkpoints
+        let _ = db.set_cache_kib(CACHE_KIB);
+        Ok(db)
+    }
+
+    /// Keep `db` for the next request, unless [`Connections::new`]'s `keep` are idle already.
+    pub fn give_back(&self, db: Db) {
+        let mut idle = lock(&self.idle);
+        if idle.len() < self.keep {
+            idle.push(db);
+        }
+    }
+}
+
+struct State<J> {
+    jobs: VecDeque<J>,
+    /// Jobs taken and not finished (queued or running): the bound is on these.
+    in_flight: usize,
+    /// Threads alive, and of those, waiting for a job.
+    threads: usize,
+    idle: usize,
+    closed: bool,
+}
+
+struct Inner<J> {
+    state: Mutex<State<J>>,
+    /// A job was queued, or the pool closed.
+    work: Condvar,
+    /// A thread ended.
+    gone: Condvar,
+    max_in_flight: usize,
+    idle_exit: Duration,
+    run: Box<dyn Fn(J) + Send + Sync>,
+}
+
+/// A handle on the upstream pool (workers hold clones; `server::Handle` closes it).
+pub struct Upstream<J> {
+    inner: Arc<Inner<J>>,
+}
+
+impl<J> Clone for Upstream<J> {
+    fn clone(&self) -> Self {
+        Upstream {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<J: Send + 'static> Upstream<J> {
+    /// A pool for at most `max_in_flight` jobs at once, each given to `run` on a thread of the
+    /// pool; threads idle for `idle_exit` end. No thread is started yet.
+    pub fn new(
+        max_in_flight: usize,
+        idle_exit: Duration,
+        run: impl Fn(J) + Send + Sync + 'static,
+    ) -> Upstream<J> {
+        Upstream {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    jobs: VecDeque::new(),
+                    in_flight: 0,
+                    threads: 0,
+                    idle: 0,
+                    closed: false,
+                }),
+                work: Condvar::new(),
+                gone: Condvar::new(),
+                max_in_flight,
+                idle_exit,
+                run: Box::new(run),
+            }),
+        }
+    }
+
+    /// Take `job` if the pool has room (`None`): an idle thread or a new one runs it at once.
+    /// Otherwise give it back, for the worker to answer busy.
+    pub fn submit(&self, job: J) -> Option<J> {
+        let inner = &*self.inner;
+        let mut st = lock(&inner.state);
+        if st.closed || st.in_flight >= inner.max_in_flight {
+            return Some(job);
+        }
+        st.in_flight += 1;
+        st.jobs.push_back(job);
+        if st.jobs.len() <= st.idle {
+            // An idle thread takes it (each looks for a job before it ends).
+            inner.work.notify_one();
+            return None;
+        }
+        st.threads += 1;
+        let pool = self.clone();
+        let started = std::thread::Builder::new()
+            .name(format!("upstream-{}", st.threads))
+            .spawn(move || pool.thread());
+        if started.is_err() {
+            st.threads -= 1;
+            st.in_flight -= 1;
+            return st.jobs.pop_back();
+        }
+        None
+    }
+
+    /// One thread: run jobs until idle for `idle_exit`, or closed with nothing left.
+    fn thread(self) {
+        let inner = &*self.inner;
+        let mut st = lock(&inner.state);
+        loop {
+            if let Some(job) = st.jobs.pop_front() {
+                drop(st);
+                // The runner catches a handler's panic itself; this keeps the count right if
+                // anything else panics.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (inner.run)(job)));
+                st = lock(&inner.state);
+                st.in_flight -= 1;
+                continue;
+            }
+            if st.closed {
+                break;
+            }
+            st.idle += 1;
+            let (next, waited) = inner
+                .work
+                .wait_timeout(st, inner.idle_exit)
+                .unwrap_or_else(|e| e.into_inner());
+            st = next;
+            st.idle -= 1;
+            if waited.timed_out() && st.jobs.is_empty() {
+                break;
+            }
+        }
+        st.threads -= 1;
+        drop(st);
+        inner.gone.notify_all();
+    }
+
+    /// Take nothing more; wait for every thread to finish what it has and end.
+    pub fn close(&self) {
+        let inner = &*self.inner;
+        let mut st = lock(&inner.state);
+        st.closed = true;
+        inner.work.notify_all();
+        while st.threads > 0 {
+            st = inner.gone.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Threads alive now.
+    #[cfg(test)]
+    fn threads(&self) -> usize {
+        lock(&self.inner.state).threads
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::{channel, Receiver, Sender};
+
+    /// A pool whose jobs wait until the test lets them go, and report when they start.
+    fn gated(max: usize, idle_exit: Duration) -> (Upstream<Receiver<()>>, Receiver<()>) {
+        let (started_tx, started) = channel::<()>();
+        let started_tx = Mutex::new(started_tx);
+        let pool = Upstream::new(max, idle_exit, move |gate: Receiver<()>| {
+            let _ = lock(&started_tx).send(());
+            let _ = gate.recv();
+        });
+        (pool, started)
+    }
+
+    fn job() -> (Sender<()>, Receiver<()>) {
+        channel()
+    }
+
+    #[test]
+    fn a_full_pool_gives_jobs_back_and_grows_only_with_demand() {
+        let (pool, started) = gated(3, IDLE_EXIT);
+        assert_eq!(pool.threads(), 0, "no thread before a job");
+        let mut gates = Vec::new();
+        for _ in 0..3 {
+            let (go, gate) = job();
+            assert!(pool.submit(gate).is_none(), "taken while there is room");
+            gates.push(go);
+        }
+        // All three run at once, each on a thread of its own.
+        for _ in 0..3 {
+            started.recv_timeout(Duration::from_secs(5)).unwrap();
+        }
+        assert_eq!(pool.threads(), 3);
+        // Full: the next is given back at once.
+        let (_go, gate) = job();
+        assert!(pool.submit(gate).is_some(), "given back when full");
+        // One finishes: its idle thread takes the next job, no new thread.
+        gates.pop().unwrap().send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (go, gate) = job();
+            match pool.submit(gate) {
+                None => {
+                    gates.push(go);
+                    break;
+                }
+                Some(_) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the finished job's room never came back"
+                    );
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+        started.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(pool.threads(), 3);
+        for go in gates {
+            go.send(()).unwrap();
+        }
+        pool.close();
+        assert_eq!(pool.threads(), 0);
+        // Closed: nothing is taken.
+        let (_go, gate) = job();
+        assert!(pool.submit(gate).is_some());
+    }
+
+    #[test]
+    fn idle_threads_end() {
+        let (pool, started) = gated(4, Duration::from_millis(50));
+        let (go, gate) = job();
+        assert!(pool.submit(gate).is_none());
+        started.recv_timeout(Duration::from_secs(5)).unwrap();
+        go.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool.threads() > 0 {
+            assert!(Instant::now() < deadline, "an idle thread did not end");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // And a new one starts for the next job.
+        let (go, gate) = job();
+        assert!(pool.submit(gate).is_none());
+        started.recv_timeout(Duration::from_secs(5)).unwrap();
+        go.send(()).unwrap();
+        pool.close();
+    }
+}
