@@ -5,7 +5,7 @@
 //! hosted and refreshed ahead of expiry, and WeChat's callbacks are verified and decrypted.
 //!
 //! The dependency direction is one way (see ARCHITECTURE.md):
-//! `main → cli → server → {accounts, session, credential, component, push} → {wechat, store, crypto}`.
+//! `main → cli → server → {accounts, session, credential, component, push, gateway} → {wechat, store, crypto}`.
 //! Only `server` touches tiny_http, only `wechat` touches ureq, only `store` touches rusqlite.
 //! `crypto` is the `wafer-crypto` crate (no I/O at all), re-exported so `crate::crypto::…` reads
 //! as before. The fake WeChat is the `fake-wechat` crate, used only by `cli` (`wafer dev`,

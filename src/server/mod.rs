@@ -7,6 +7,7 @@
 
 mod callbacks;
 mod dev;
+mod gateway;
 mod json;
 mod listen;
 mod mina;
@@ -45,6 +46,8 @@ pub struct Shared {
     pub db_path: PathBuf,
     /// The key values are sealed with at rest (`storage.key_file`), for every connection.
     pub sealer: Option<Arc<crate::seal::Sealer>>,
+    /// The WeChat API gateway: its limits and the bodies in flight.
+    pub gateway: crate::gateway::Gateway,
 }
 
 /// How long the credential routes trust that an app exists before reading it again: an app
@@ -109,6 +112,8 @@ pub enum Method {
 /// tiny_http's request (no copies of the head on the hot path).
 pub struct Incoming<'a> {
     pub method: Method,
+    /// The method as sent (`HEAD`, `PUT`, …), for the gateway, which relays it.
+    pub verb: &'a str,
     pub path: &'a str,
     pub query: &'a str,
     pub headers: &'a [tiny_http::Header],
@@ -360,6 +365,7 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
     let answers = server.answers_in_flight();
     let server = Arc::new(server);
     let workers_n = config.server.workers;
+    let gateway = crate::gateway::Gateway::new(&config.gateway, metrics.clone());
     let shared = Arc::new(Shared {
         config,
         wechat,
@@ -369,6 +375,7 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         dev,
         db_path: db_path.clone(),
         sealer: sealer.clone(),
+        gateway,
     });
     let stop = Arc::new(AtomicBool::new(false));
     let refresher_db = Db::open_with(&db_path, sealer.clone())
@@ -577,6 +584,7 @@ fn incoming<'a>(
 ) -> Incoming<'a> {
     Incoming {
         method,
+        verb: rq.method().as_str(),
         path,
         query: rq.url().get(path.len() + 1..).unwrap_or(""),
         headers: rq.headers(),
@@ -643,9 +651,11 @@ fn respond(
 ) {
     let status = reply.status;
     let mut resp = tiny_http::Response::from_data(reply.body).with_status_code(status);
-    if let Ok(h) =
+    // Empty: the reply names its own (a relayed answer's, in `headers`) or none.
+    let content_type = (!reply.content_type.is_empty()).then(|| {
         tiny_http::Header::from_bytes(&b"Content-Type"[..], reply.content_type.as_bytes())
-    {
+    });
+    if let Some(Ok(h)) = content_type {
         resp.add_header(h);
     }
     for (k, v) in reply.headers {

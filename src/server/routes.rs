@@ -11,10 +11,13 @@
 //! allowed to wait. Either way the request is routed once, here.
 //!
 //! A pattern's `{name}` segment matches any one segment (empty too) and is read by the handler
-//! as `rq.param(0)`, `rq.param(1)` in order. The session check rows come first: they are the hot
+//! as `rq.param(0)`, `rq.param(1)` in order; a last `{*name}` matches the rest of the path, one
+//! or more segments whatever they hold (the gateway's `{path}`, which its handler checks). The session check rows come first: they are the hot
 //! path.
 
-use super::{callbacks, dev, mina, v1, wafer, Incoming, Method, Outcome, Reply, Wait, Worker};
+use super::{
+    callbacks, dev, gateway, mina, v1, wafer, Incoming, Method, Outcome, Reply, Wait, Worker,
+};
 use crate::error::Error;
 
 /// Which threads answer a route.
@@ -118,6 +121,7 @@ impl Route {
 const GET: &[Method] = &[Method::Get];
 const POST: &[Method] = &[Method::Post];
 const GET_POST: &[Method] = &[Method::Get, Method::Post];
+const ANY: &[Method] = &[Method::Get, Method::Post, Method::Other];
 
 const fn row(
     methods: &'static [Method],
@@ -287,6 +291,35 @@ pub static ROUTES: &[Route] = &[
         MayWait(v1::authorizer_token),
     ),
     row(POST, "/v1/cos/sign", V1, Workers, Fallible(v1::cos_sign)),
+    // The WeChat API gateway (CONTRACT §9): any method; it waits on WeChat.
+    row(
+        ANY,
+        "/v1/apps/{appid}/wechat/{*path}",
+        V1,
+        Upstream,
+        Replies(gateway::call),
+    ),
+    row(
+        ANY,
+        "/v1/work/{corpid}/{agentid}/wechat/{*path}",
+        V1,
+        Upstream,
+        Replies(gateway::call),
+    ),
+    row(
+        ANY,
+        "/v1/components/{appid}/authorizers/{authorizer}/wechat/{*path}",
+        V1,
+        Upstream,
+        Replies(gateway::call),
+    ),
+    row(
+        ANY,
+        "/v1/components/{appid}/wechat/{*path}",
+        V1,
+        Upstream,
+        Replies(gateway::call),
+    ),
     // WeChat's callbacks (signed by WeChat; they may wait on a forward_url or WeChat)
     row(
         GET_POST,
@@ -335,10 +368,10 @@ pub static ROUTES: &[Route] = &[
     },
 ];
 
-/// Where a pattern's `{name}` segments are in the path (at most two), for `Incoming::param`.
+/// Where a pattern's `{name}` segments are in the path (at most three), for `Incoming::param`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Params {
-    spans: [(u16, u16); 2],
+    spans: [(u16, u16); 3],
     len: u8,
 }
 
@@ -363,6 +396,13 @@ fn matches(pattern: &str, path: &str) -> Option<Params> {
         match (pat.next(), segs.next()) {
             (None, None) => return Some(params),
             (Some(p), Some(s)) => {
+                if p.starts_with("{*") {
+                    // The rest of the path, from this segment on.
+                    let slot = params.spans.get_mut(usize::from(params.len))?;
+                    *slot = (u16::try_from(at).ok()?, u16::try_from(path.len()).ok()?);
+                    params.len += 1;
+                    return Some(params);
+                }
                 if p.starts_with('{') {
                     let slot = params.spans.get_mut(usize::from(params.len))?;
                     *slot = (u16::try_from(at).ok()?, u16::try_from(at + s.len()).ok()?);
@@ -414,7 +454,7 @@ mod tests {
     /// Every route: (method, path) → (label, pool, params).
     #[test]
     fn every_route_has_its_pool_and_label() {
-        use Method::{Get, Post};
+        use Method::{Get, Other, Post};
         let cases: &[(Method, &str, &str, Pool, &[&str])] = &[
             (Post, "/mina_auth/", "/mina_auth/", Workers, &[]),
             (Post, "/mina_auth", "/mina_auth/", Workers, &[]),
@@ -572,6 +612,34 @@ mod tests {
                 Workers,
                 &[],
             ),
+            (
+                Post,
+                "/v1/apps/wx1/wechat/cgi-bin/message/custom/send",
+                "/v1/apps/{appid}/wechat/{*path}",
+                Upstream,
+                &["wx1", "cgi-bin/message/custom/send"],
+            ),
+            (
+                Other,
+                "/v1/work/ww1/1000002/wechat/cgi-bin//x/",
+                "/v1/work/{corpid}/{agentid}/wechat/{*path}",
+                Upstream,
+                &["ww1", "1000002", "cgi-bin//x/"],
+            ),
+            (
+                Get,
+                "/v1/components/wxc/authorizers/wxa/wechat/x",
+                "/v1/components/{appid}/authorizers/{authorizer}/wechat/{*path}",
+                Upstream,
+                &["wxc", "wxa", "x"],
+            ),
+            (
+                Post,
+                "/v1/components/wxc/wechat/cgi-bin/component/api_get_authorizer_list",
+                "/v1/components/{appid}/wechat/{*path}",
+                Upstream,
+                &["wxc", "cgi-bin/component/api_get_authorizer_list"],
+            ),
             // An empty segment is a parameter too (the handler answers it: no such app).
             (
                 Get,
@@ -632,6 +700,8 @@ mod tests {
             (Get, "/wechat/mp"),
             (Post, "/wechat/mp/wx1/x"),
             (Post, "/dev/encrypted_data"),
+            // The gateway's `{path}` is one segment at least.
+            (Post, "/v1/apps/wx1/wechat"),
         ] {
             assert!(
                 matches!(find(method, path, false), Found::None),

@@ -365,7 +365,7 @@ fn a_configured_redirect_uri_is_used_and_unknown_components_are_404() {
 }
 
 /// Authorise `authorizer` through the browser flow; returns the callback page's status.
-fn authorise(env: &Env, authorizer: &str) -> u16 {
+pub fn authorise(env: &Env, authorizer: &str) -> u16 {
     let (s, location) =
         authorize_link(&env.url(&format!("/wechat/component/{COMPONENT}/authorize")));
     assert_eq!(s, 200, "{location}");

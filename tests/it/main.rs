@@ -7,6 +7,7 @@ mod callbacks;
 mod cli;
 mod component;
 mod credentials;
+mod gateway;
 mod harness;
 mod overload;
 mod robustness;
