@@ -5,11 +5,12 @@
 //! Invariants: the `session_key` never leaves this module in a result meant for a client; only a
 //! hash of the `skey` is stored; a login that fails at any step writes nothing.
 
+use crate::credential::{Broker, Key};
 use crate::crypto;
 use crate::error::Error;
 use crate::ids;
 use crate::store::{App, Db, LoginWrite, SessionRow};
-use crate::wechat::{UpstreamError, WeChat};
+use crate::wechat::{errcode, urls, Host, UpstreamError, WeChat};
 use serde_json::Value;
 
 /// `encryptedData` as a client sent it; `iv: None` is the legacy scheme (IV = key, no watermark).
@@ -51,6 +52,23 @@ impl Session {
             Some(s) if is_json_object(s) => s.trim(),
             _ => "null",
         }
+    }
+}
+
+impl Session {
+    /// The user's phone number (`{phoneNumber, purePhoneNumber, countryCode}`) as JSON text,
+    /// once known and valid; `None` otherwise.
+    pub fn phone_info_json(&self) -> Option<&str> {
+        self.row
+            .phone_info
+            .as_deref()
+            .filter(|s| is_json_object(s))
+            .map(str::trim)
+    }
+
+    /// The user's phone number as a value, once known.
+    pub fn phone_info(&self) -> Option<Value> {
+        Some(parse_stored(self.row.phone_info.as_deref())).filter(Value::is_object)
     }
 }
 
@@ -229,6 +247,87 @@ fn within_clocks(db: &Db, row: SessionRow, hash: &[u8; 32], now: i64) -> Result<
     Ok(Session { row })
 }
 
+/// Check a session of the app `appid` names, else of the only mini-program app (the envelope's
+/// `appid`, which may be left out while one mini-program app is registered).
+pub fn check_in(
+    db: &Db,
+    id: &str,
+    skey: &str,
+    appid: Option<&str>,
+    now: i64,
+) -> Result<Session, Error> {
+    match appid {
+        Some(appid) => check_for_appid(db, id, skey, appid, now),
+        None => {
+            let app = resolve_app(db, None)?;
+            check(db, id, skey, Some(&app), now)
+        }
+    }
+}
+
+/// The fields of WeChat's `phone_info` that are stored and answered (its `watermark` is checked,
+/// not kept).
+const PHONE_FIELDS: [&str; 3] = ["phoneNumber", "purePhoneNumber", "countryCode"];
+
+/// The user's phone number from the `code` the mini program's `getPhoneNumber` gave: asked of
+/// WeChat with the app's access token (a stale one renewed once), checked (the watermark must
+/// name the session's app), stored on the user (sealed) and answered as
+/// `{phoneNumber, purePhoneNumber, countryCode}`. A code WeChat refuses is `CodeRejected`.
+pub fn phone_number(
+    broker: &Broker,
+    db: &Db,
+    session: &Session,
+    code: &str,
+    now: i64,
+) -> Result<Value, Error> {
+    if code.is_empty() {
+        return Err(Error::BadRequest("code is empty".into()));
+    }
+    let appid = &session.row.appid;
+    let key = Key::AppToken {
+        appid: appid.clone(),
+    };
+    let body = serde_json::json!({ "code": code });
+    let answer = broker
+        .with_token(db, &key, true, |wechat, token| {
+            wechat.post(
+                Host::Api,
+                urls::GET_USER_PHONE_NUMBER,
+                &[("access_token", token)],
+                &body,
+            )
+        })
+        .map_err(|e| match e.errcode() {
+            Some(c @ errcode::INVALID_CODE) => Error::CodeRejected(c),
+            _ => e,
+        })?;
+    let info = phone_info_of(&answer, appid)?;
+    db.set_phone_info(&session.row.user_id, &info.to_string(), now)
+        .map_err(Error::SessionWrite)?;
+    Ok(info)
+}
+
+/// The stored `phone_info` from WeChat's answer, whose watermark must name `appid`.
+fn phone_info_of(answer: &Value, appid: &str) -> Result<Value, Error> {
+    let refuse = |what| Err(Error::Upstream(UpstreamError::Unexpected(what)));
+    let Some(info) = answer.get("phone_info").and_then(Value::as_object) else {
+        return refuse("getuserphonenumber without phone_info");
+    };
+    if info.get("watermark").and_then(|w| w.get("appid")) != Some(&Value::from(appid)) {
+        return refuse("a phone number watermarked for another app");
+    }
+    let mut kept = serde_json::Map::new();
+    for field in PHONE_FIELDS {
+        match info.get(field) {
+            Some(v @ (Value::String(_) | Value::Number(_))) => {
+                kept.insert(field.to_string(), v.clone());
+            }
+            _ => return refuse("getuserphonenumber without a phone number"),
+        }
+    }
+    Ok(Value::Object(kept))
+}
+
 /// Decrypt `encryptedData` with a valid session's key.
 pub fn decrypt(
     db: &Db,
@@ -306,6 +405,35 @@ mod tests {
         for (days, secs) in [(106_751_991_167_302, i64::MAX), (i64::MAX, i64::MAX)] {
             let (duration, expires_at) = lifetimes(&app(days, secs), now);
             assert!(duration > 0 && expires_at >= now, "{days} {secs}");
+        }
+    }
+
+    #[test]
+    fn a_phone_number_is_kept_only_when_watermarked_for_the_app() {
+        let answer = |appid: &str| {
+            serde_json::json!({"errcode": 0, "phone_info": {"phoneNumber": "13800138000",
+                "purePhoneNumber": "13800138000", "countryCode": "86",
+                "watermark": {"appid": appid, "timestamp": 1}}})
+        };
+        assert_eq!(
+            phone_info_of(&answer("wx1"), "wx1").unwrap(),
+            serde_json::json!({"phoneNumber": "13800138000", "purePhoneNumber": "13800138000",
+                "countryCode": "86"})
+        );
+        let mut no_number = answer("wx1");
+        no_number["phone_info"]["purePhoneNumber"] = Value::Null;
+        for bad in [
+            answer("wx2"),
+            answer(""),
+            serde_json::json!({"errcode": 0}),
+            serde_json::json!({"phone_info": {"phoneNumber": "1"}}),
+            no_number,
+        ] {
+            let e = phone_info_of(&bad, "wx1").unwrap_err();
+            assert!(
+                matches!(e, Error::Upstream(UpstreamError::Unexpected(_))),
+                "{bad}: {e}"
+            );
         }
     }
 

@@ -97,7 +97,13 @@ pub fn auth(w: &mut Worker, rq: &Incoming) -> Reply {
     let result = session::resolve_app_by_id(&w.db, app_id)
         .and_then(|app| session::check(&w.db, uuid, skey, Some(&app), now));
     match result {
-        Ok(s) => success("AUTH_SUCCESS", json!({"user_info": s.user_info()})),
+        Ok(s) => {
+            let mut data = json!({"user_info": s.user_info()});
+            if let Some(phone) = s.phone_info() {
+                data["phone_info"] = phone;
+            }
+            success("AUTH_SUCCESS", data)
+        }
         Err(e) => fail_from(e),
     }
 }

@@ -245,6 +245,14 @@ impl JsonWriter {
         self
     }
 
+    /// [`JsonWriter::raw`] when there is a value; nothing otherwise.
+    pub fn opt_raw(self, k: &str, json: Option<&str>) -> JsonWriter {
+        match json {
+            Some(json) => self.raw(k, json.as_bytes()),
+            None => self,
+        }
+    }
+
     pub fn value(mut self, k: &str, v: &Value) -> JsonWriter {
         self.key(k);
         // A Value always serialises, and writing into a Vec cannot fail.

@@ -214,6 +214,13 @@ pub static ROUTES: &[Route] = &[
         Fallible(v1::revoke),
     ),
     row(
+        POST,
+        "/v1/sessions/phone_number",
+        V1,
+        Upstream,
+        Fallible(v1::phone_number),
+    ),
+    row(
         GET,
         "/v1/apps/{appid}/access_token",
         V1,
@@ -483,6 +490,13 @@ mod tests {
                 "/v1/sessions/revoke",
                 "/v1/sessions/revoke",
                 Workers,
+                &[],
+            ),
+            (
+                Post,
+                "/v1/sessions/phone_number",
+                "/v1/sessions/phone_number",
+                Upstream,
                 &[],
             ),
             (

@@ -146,7 +146,18 @@ pub fn check_session(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
         .str("openid", &s.row.openid)
         .opt_str("unionid", s.row.unionid.as_deref())
         .raw("user_info", s.user_info_json().as_bytes())
+        .opt_raw("phone_info", s.phone_info_json())
         .reply(200))
+}
+
+/// `POST /v1/sessions/phone_number` `{id, skey, code}` (on the upstream pool: it waits on
+/// WeChat): `{phone_info}`, stored on the user.
+pub fn phone_number(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
+    let b = Body::parse(rq)?;
+    let now = crate::ids::now();
+    let s = session::check(&w.db, b.str("id")?, b.str("skey")?, None, now)?;
+    let info = session::phone_number(&w.shared.broker, &w.db, &s, b.str("code")?, now)?;
+    Ok(Reply::json(200, &json!({ "phone_info": info })))
 }
 
 pub fn decrypt(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {

@@ -222,15 +222,21 @@ fn dispatch(
         }
         "qcloud.cam.auth" => {
             let (id, skey) = (p.str("id")?, p.str("skey")?);
-            let s = match p.opt_str("appid")? {
-                Some(appid) => session::check_for_appid(&w.db, id, skey, appid, now)?,
-                None => {
-                    let app = session::resolve_app(&w.db, None)?;
-                    session::check(&w.db, id, skey, Some(&app), now)?
-                }
-            };
-            let data = JsonWriter::new().raw("user_info", s.user_info_json().as_bytes());
+            let s = session::check_in(&w.db, id, skey, p.opt_str("appid")?, now)?;
+            let data = JsonWriter::new()
+                .raw("user_info", s.user_info_json().as_bytes())
+                .opt_raw("phone_info", s.phone_info_json());
             Ok(("AUTH_SUCCESS", Data::Text(data.into_bytes())))
+        }
+        "qcloud.cam.phone" => {
+            // Always waits on WeChat (`getuserphonenumber`): on a worker, nothing more is read.
+            if wait == Wait::Forbidden {
+                return Ok(None);
+            }
+            let (id, skey, code) = (p.str("id")?, p.str("skey")?, p.str("code")?);
+            let s = session::check_in(&w.db, id, skey, p.opt_str("appid")?, now)?;
+            let info = session::phone_number(&w.shared.broker, &w.db, &s, code, now)?;
+            Ok(("PHONE_SUCCESS", json!({ "phone_info": info }).into()))
         }
         "qcloud.cam.decrypt" => {
             let (id, skey) = (p.str("id")?, p.str("skey")?);
@@ -363,6 +369,7 @@ const SESSION_INTERFACES: &[&str] = &[
     "qcloud.cam.auth",
     "qcloud.cam.decrypt",
     "qcloud.cam.userinfo",
+    "qcloud.cam.phone",
 ];
 
 /// The interfaces that require the api key when one is set, and a loopback `Host` when none is.

@@ -79,6 +79,7 @@ const MIGRATIONS: &[&str] = &[
     CALLBACK_SEEN,
     META,
     COMPONENT_PRE_AUTH,
+    PHONE_INFO,
 ];
 
 /// Callbacks already handled, so that a replayed request or WeChat's retry of a message is not
@@ -107,9 +108,13 @@ ALTER TABLE components ADD COLUMN query_auth_minute INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE components ADD COLUMN query_auth_calls INTEGER NOT NULL DEFAULT 0;
 ";
 
+/// A user's phone number (`qcloud.cam.phone`, `/v1/sessions/phone_number`): sealed JSON
+/// `{phoneNumber, purePhoneNumber, countryCode}`.
+const PHONE_INFO: &str = "ALTER TABLE users ADD COLUMN phone_info TEXT;";
+
 /// Every sealed column, as `table.column` (also the associated data a value is sealed for, so a
 /// value copied to another column does not open there). A new secret column joins this list
-/// and is written with `Db::seal` and read with `Db::unseal` (`users.phone_info` will).
+/// and is written with `Db::seal` and read with `Db::unseal`.
 pub const SEALED: &[&str] = &[
     "apps.secret",
     "apps.token",
@@ -117,6 +122,7 @@ pub const SEALED: &[&str] = &[
     "apps.prev_aes_key",
     "users.session_key",
     "users.user_info",
+    "users.phone_info",
     "credentials.value",
     "work_agents.secret",
     "work_agents.token",

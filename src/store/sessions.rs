@@ -23,10 +23,19 @@ pub struct SessionRow {
     pub unionid: Option<String>,
     pub session_key: Secret,
     pub user_info: Option<String>,
+    /// `{phoneNumber, purePhoneNumber, countryCode}` once known (`Db::set_phone_info`).
+    pub phone_info: Option<String>,
     pub created: i64,
     pub expires_at: i64,
     pub idle_secs: i64,
     pub last_visit: i64,
+}
+
+/// A sealed JSON column of `users` written after the login.
+#[derive(Clone, Copy)]
+enum UserColumn {
+    UserInfo,
+    PhoneInfo,
 }
 
 /// What a login writes, in one transaction.
@@ -128,7 +137,7 @@ impl Db {
         self.conn
             .prepare_cached(
                 "SELECT s.user_id, u.app, a.appid, u.openid, u.unionid, u.session_key, u.user_info,
-                        s.created, s.expires_at, s.idle_secs, s.last_visit
+                        s.created, s.expires_at, s.idle_secs, s.last_visit, u.phone_info
                  FROM sessions s JOIN users u ON u.id = s.user_id JOIN apps a ON a.id = u.app
                  WHERE s.skey_hash = ?1 AND s.user_id = ?2",
             )?
@@ -141,6 +150,7 @@ impl Db {
                     unionid: r.get(4)?,
                     session_key: self.secret("users.session_key", r, 5)?,
                     user_info: self.unseal_opt("users.user_info", r.get(6)?)?,
+                    phone_info: self.unseal_opt("users.phone_info", r.get(11)?)?,
                     created: r.get(7)?,
                     expires_at: r.get(8)?,
                     idle_secs: r.get(9)?,
@@ -183,11 +193,37 @@ impl Db {
         .map_err(Error::from)
     }
 
+    /// Store a user's data (the decrypted JSON object), sealed.
     pub fn set_user_info(&self, user_id: &str, user_info: &str, now: i64) -> Result<()> {
-        let user_info = self.seal("users.user_info", user_info)?;
+        self.set_user_column(UserColumn::UserInfo, user_id, user_info, now)
+    }
+
+    /// Store a user's phone number (JSON), sealed.
+    pub fn set_phone_info(&self, user_id: &str, phone_info: &str, now: i64) -> Result<()> {
+        self.set_user_column(UserColumn::PhoneInfo, user_id, phone_info, now)
+    }
+
+    fn set_user_column(
+        &self,
+        column: UserColumn,
+        user_id: &str,
+        value: &str,
+        now: i64,
+    ) -> Result<()> {
+        let (aad, update) = match column {
+            UserColumn::UserInfo => (
+                "users.user_info",
+                "UPDATE users SET user_info = ?2, updated_at = ?3 WHERE id = ?1",
+            ),
+            UserColumn::PhoneInfo => (
+                "users.phone_info",
+                "UPDATE users SET phone_info = ?2, updated_at = ?3 WHERE id = ?1",
+            ),
+        };
+        let value = self.seal(aad, value)?;
         self.session_write(self.write_wait, |conn| {
-            conn.prepare_cached("UPDATE users SET user_info = ?2, updated_at = ?3 WHERE id = ?1")?
-                .execute(params![user_id, user_info, now])?;
+            conn.prepare_cached(update)?
+                .execute(params![user_id, value, now])?;
             Ok(())
         })
         .map_err(Error::from)

@@ -27,15 +27,21 @@ pub enum UpstreamError {
     Garbage,
     /// WeChat's own error: errcode non-zero.
     WeChat { errcode: Errcode, errmsg: String },
+    /// WeChat's JSON, but not an answer to what was asked (a phone number watermarked for
+    /// another app): refused like an error WeChat returned, not like an unreachable WeChat.
+    Unexpected(&'static str),
     /// Not sent: this thread may not wait on an upstream ([`may_wait_here`]: a server worker,
     /// which a handler should have sent to the upstream pool instead). Becomes `Error::Busy`.
     NotSent,
 }
 
 impl UpstreamError {
-    /// A transport-level failure (as opposed to WeChat saying no).
+    /// A transport-level failure (as opposed to WeChat saying no, or saying something else).
     pub fn is_transport(&self) -> bool {
-        !matches!(self, UpstreamError::WeChat { .. })
+        !matches!(
+            self,
+            UpstreamError::WeChat { .. } | UpstreamError::Unexpected(_)
+        )
     }
     pub fn errcode(&self) -> Option<Errcode> {
         match self {
@@ -52,6 +58,7 @@ impl fmt::Display for UpstreamError {
             UpstreamError::Status(s) => write!(f, "HTTP status {s}"),
             UpstreamError::Garbage => f.write_str("answer is not JSON"),
             UpstreamError::WeChat { errcode, errmsg } => write!(f, "errcode {errcode}: {errmsg}"),
+            UpstreamError::Unexpected(what) => write!(f, "unexpected answer: {what}"),
             UpstreamError::NotSent => f.write_str("not sent: no thread may wait on it now"),
         }
     }

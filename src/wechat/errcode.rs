@@ -19,6 +19,8 @@ pub const INVALID_CREDENTIAL: Errcode = Errcode(40001);
 pub const INVALID_ACCESS_TOKEN: Errcode = Errcode(40014);
 /// "access_token expired".
 pub const ACCESS_TOKEN_EXPIRED: Errcode = Errcode(42001);
+/// "invalid code": a login code, or a `getPhoneNumber` code, WeChat does not accept.
+pub const INVALID_CODE: Errcode = Errcode(40029);
 /// "reach max api daily quota limit": no further call for this credential until UTC midnight.
 pub const DAILY_QUOTA_REACHED: Errcode = Errcode(45009);
 

@@ -22,6 +22,10 @@ pub const CREATE_PREAUTHCODE: &str = "/cgi-bin/component/api_create_preauthcode"
 /// An `auth_code` exchanged for the authoriser's tokens.
 pub const QUERY_AUTH: &str = "/cgi-bin/component/api_query_auth";
 
+// api.weixin.qq.com (Host::Api), with an app's access token.
+/// A user's phone number, from the `code` of the mini program's `getPhoneNumber`.
+pub const GET_USER_PHONE_NUMBER: &str = "/wxa/business/getuserphonenumber";
+
 // qyapi.weixin.qq.com (Host::Work): WeCom.
 /// A WeCom agent's access token (`corpid` + the agent's secret).
 pub const WORK_GETTOKEN: &str = "/cgi-bin/gettoken";

@@ -10,6 +10,7 @@ mod credentials;
 mod gateway;
 mod harness;
 mod overload;
+mod phone;
 mod robustness;
 mod sealing;
 mod sessions;

@@ -124,6 +124,12 @@ fn store_every_kind_of_secret(env: &Env) -> ((String, String), Vec<String>) {
         r["returnData"]["id"].as_str().unwrap().to_string(),
         r["returnData"]["skey"].as_str().unwrap().to_string(),
     );
+    let r = env.wafer(
+        "qcloud.cam.phone",
+        json!({"id": session.0, "skey": session.1, "code": "seal-phone"}),
+    );
+    assert_eq!(code(&r), (0, "PHONE_SUCCESS"), "{r}");
+    let phone = fake_wechat::phone_number_for("seal-phone");
     let (s, t) = env.v1("GET", &format!("/v1/apps/{APPID}/access_token"), None, None);
     assert_eq!(s, 200, "{t}");
     let app_token = t["access_token"].as_str().unwrap().to_string();
@@ -164,6 +170,7 @@ fn store_every_kind_of_secret(env: &Env) -> ((String, String), Vec<String>) {
         APP_AES,
         &session_key,
         NICK,
+        &phone,
         &app_token,
         WORK_SECRET,
         &work_token,

@@ -31,6 +31,9 @@
 //!   `/wxa/getwxacodeunlimit` answers PNG bytes (`wxacode_png`), `/cgi-bin/media/upload`
 //!   reports the multipart file it received (size, type, name, SHA-1), and
 //!   `/cgi-bin/component/api_get_authorizer_list` lists a component's authorisers.
+//! - `/wxa/business/getuserphonenumber` (token checked) answers a phone number derived from the
+//!   `code` (the same code, the same number), watermarked with the token's appid; codes `bad…`
+//!   → 40029, `other…` → a watermark naming another app (`wxsomeoneelse0001`).
 //!   `POST /__mock__/revoke_token {access_token}` makes WeChat refuse a token at once.
 #![forbid(unsafe_code)]
 
@@ -484,6 +487,7 @@ const ROUTES: &[Route] = &[
         "/cgi-bin/component/api_get_authorizer_list",
         authorizer_list,
     ),
+    upstream("/wxa/business/getuserphonenumber", user_phone_number),
     upstream("/cgi-bin/message/custom/send", custom_send),
     upstream_raw("/wxa/getwxacodeunlimit", wxacode_unlimit),
     upstream("/cgi-bin/media/upload", media_upload),
@@ -953,6 +957,55 @@ fn authorizer_list(st: &mut State, input: &Input, now: Instant) -> Result<Value,
         .map(|a| json!({"authorizer_appid": a}))
         .collect();
     Ok(json!({"total_count": list.len(), "list": list}))
+}
+
+/// The app a phone number is watermarked for when the code starts `other`.
+pub const FOREIGN_WATERMARK_APPID: &str = "wxsomeoneelse0001";
+
+/// The 11-digit mainland number `/wxa/business/getuserphonenumber` answers for `code`.
+pub fn phone_number_for(code: &str) -> String {
+    let digest = Sha1::digest(code.as_bytes());
+    let digits: String = digest
+        .iter()
+        .take(9)
+        .map(|b| char::from(b'0' + b % 10))
+        .collect();
+    format!("13{digits}")
+}
+
+/// `POST /wxa/business/getuserphonenumber?access_token=` `{code}` (the code a mini program's
+/// `getPhoneNumber` gave): `{errcode: 0, errmsg, phone_info: {phoneNumber, purePhoneNumber,
+/// countryCode, watermark: {timestamp, appid}}}`, the number from [`phone_number_for`] and the
+/// watermark naming the token's app. Codes `bad…` → 40029; `other…` → watermarked for
+/// [`FOREIGN_WATERMARK_APPID`].
+fn user_phone_number(st: &mut State, input: &Input, now: Instant) -> Result<Value, WxErr> {
+    let grant = st
+        .tokens
+        .check_param(&input.query, "access_token", MP_TOKENS, now)?;
+    let body = input.json()?;
+    let code = need(&body, "code", 41008, "missing code")?;
+    if code.starts_with("bad") {
+        return Err(wx(40029, "invalid code"));
+    }
+    let appid = if code.starts_with("other") {
+        FOREIGN_WATERMARK_APPID
+    } else {
+        grant.owner.as_str()
+    };
+    let number = phone_number_for(code);
+    let timestamp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Ok(json!({
+        "errcode": 0,
+        "errmsg": "ok",
+        "phone_info": {
+            "phoneNumber": number,
+            "purePhoneNumber": number,
+            "countryCode": "86",
+            "watermark": {"timestamp": timestamp, "appid": appid},
+        },
+    }))
 }
 
 // --- Control routes ---------------------------------------------------------------------------
