@@ -405,7 +405,8 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
     let purger = purge::spawn(purger_db, stop.clone(), purge::PURGE_EVERY)
         .map_err(|e| format!("spawning the purger: {e}"))?;
     let upstream_bound = (workers_n * upstream::IN_FLIGHT_PER_WORKER).min(upstream::MAX_IN_FLIGHT);
-    let connections = upstream::Connections::new(workers_n.max(4));
+    let connections =
+        upstream::Connections::new(upstream_bound.min(upstream::MAX_KEPT_CONNECTIONS));
     let pool_shared = shared.clone();
     let upstream = upstream::Upstream::new(
         upstream_bound,

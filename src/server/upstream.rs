@@ -17,8 +17,8 @@
 //! what `server::start` tells it to with each job.
 //!
 //! Database connections are not per thread: a request checks one out of [`Connections`] (an
-//! idle one, or a new one opened for it) for as long as its handler runs, and gives it back; a
-//! few idle ones are kept ([`Connections::new`]). A waiting login therefore holds a connection
+//! idle one, or a new one opened for it) for as long as its handler runs, and gives it back; as
+//! many as were in use at once are kept, up to [`MAX_KEPT_CONNECTIONS`]. A waiting login therefore holds a connection
 //! (its handler's `session::login` writes once WeChat has answered), an idle thread none.
 
 use super::routes::{Params, Route};
@@ -34,6 +34,10 @@ pub const IN_FLIGHT_PER_WORKER: usize = 20;
 /// At most this many requests in the pool however many workers (`server.workers` may be up to
 /// 1024): each costs a thread, and while its handler runs, a database connection.
 pub const MAX_IN_FLIGHT: usize = 320;
+/// Connections kept open between requests, at most: opening one per request costs a login about
+/// a tenth more CPU (the benchmark's logins through the fake WeChat), so as many as were needed at
+/// once are kept, up to this many (the old lane held 4 per worker, at most 64, all the time).
+pub const MAX_KEPT_CONNECTIONS: usize = 64;
 /// A thread idle this long ends.
 pub const IDLE_EXIT: Duration = Duration::from_secs(30);
 /// A pool connection's page cache, KiB (a worker's is SQLite's default, 2 MiB).
