@@ -156,6 +156,7 @@ pub fn apply_config(db: &Db, broker: &Broker, config: &Config, now: i64) -> Resu
             aes_key: c.aes_key.clone(),
             prev_aes_key: c.prev_aes_key.clone(),
             redirect_uri: c.redirect_uri.clone(),
+            forward_url: c.forward_url.clone(),
         };
         save_component(db, broker, &upsert, now)
             .map_err(|e| format!("config component {}: {e}", c.appid))?;

@@ -110,7 +110,7 @@ pub const USAGE: &str = "usage: wafer <command>
   app list | app show ID | app remove ID
   work add --corpid C --agentid A --secret S [--remark R] [--token T] [--aes-key K] [--forward-url URL]
   work list | work remove --corpid C --agentid A
-  component add --appid ID --secret S --token T --aes-key K [--redirect-uri URL]
+  component add --appid ID --secret S --token T --aes-key K [--redirect-uri URL] [--forward-url URL]
   component list
   token get APPID [--force]             print the current access token
   session purge                         delete expired sessions now
@@ -425,6 +425,7 @@ fn component_add(mut o: Opts) -> Result<(), String> {
         aes_key: Secret::new(o.need("aes-key")?),
         prev_aes_key: None,
         redirect_uri: o.take("redirect-uri"),
+        forward_url: o.take("forward-url"),
     };
     if c.aes_key.expose().len() != 43 {
         return Err("--aes-key: an EncodingAESKey is 43 characters".into());

@@ -227,10 +227,83 @@ pub fn exchange_auth_code(
             broker.seed(db, &key, access, expires_in)?;
         }
     }
+    // The profile is a nicety: a failure to fetch it never fails the authorisation (the next
+    // read of the authoriser tries again).
+    if let Err(e) = fetch_authorizer_info(broker, db, component_appid, authorizer_appid) {
+        log::warn!("component {component_appid}: authoriser info for {authorizer_appid}: {e}");
+    }
     Ok(Authorised {
         authorizer_appid: authorizer_appid.to_string(),
         func_info,
     })
+}
+
+/// Fetch an authoriser's profile (`api_get_authorizer_info`'s `authorizer_info`) and store it
+/// with the authoriser; answers it.
+pub fn fetch_authorizer_info(
+    broker: &Broker,
+    db: &Db,
+    component_appid: &str,
+    authorizer_appid: &str,
+) -> Result<Value, Error> {
+    let v = with_component_token(
+        broker,
+        db,
+        component_appid,
+        urls::GET_AUTHORIZER_INFO,
+        &json!({"component_appid": component_appid, "authorizer_appid": authorizer_appid}),
+        true,
+    )?;
+    let info = v
+        .get("authorizer_info")
+        .filter(|i| i.is_object())
+        .ok_or(Error::Upstream(UpstreamError::Garbage))?;
+    db.set_authorizer_info(component_appid, authorizer_appid, &info.to_string())?;
+    Ok(info.clone())
+}
+
+/// A live authoriser with its profile (`None` while no fetch has succeeded).
+pub struct AuthorizerView {
+    pub authorizer: crate::store::Authorizer,
+    pub info: Option<Value>,
+}
+
+/// A live authoriser and its stored profile, without asking WeChat: `info` is `None` when none
+/// is stored yet (then [`authorizer_view_fetching`] asks for it).
+pub fn authorizer_view(
+    db: &Db,
+    component_appid: &str,
+    authorizer_appid: &str,
+) -> Result<AuthorizerView, Error> {
+    let authorizer = live_authorizer(db, component_appid, authorizer_appid)?;
+    let info = authorizer
+        .info
+        .as_deref()
+        .and_then(|i| serde_json::from_str::<Value>(i).ok())
+        .filter(Value::is_object);
+    Ok(AuthorizerView { authorizer, info })
+}
+
+/// [`authorizer_view`], with the profile fetched from WeChat when none is stored (an authoriser
+/// whose fetch failed, or stored before profiles were fetched). A failed fetch leaves `info`
+/// `None`: it is tried again on the next read.
+pub fn authorizer_view_fetching(
+    broker: &Broker,
+    db: &Db,
+    component_appid: &str,
+    authorizer_appid: &str,
+) -> Result<AuthorizerView, Error> {
+    let mut view = authorizer_view(db, component_appid, authorizer_appid)?;
+    if view.info.is_none() {
+        match fetch_authorizer_info(broker, db, component_appid, authorizer_appid) {
+            Ok(info) => view.info = Some(info),
+            Err(Error::Busy) => return Err(Error::Busy),
+            Err(e) => log::warn!(
+                "component {component_appid}: authoriser info for {authorizer_appid}: {e}"
+            ),
+        }
+    }
+    Ok(view)
 }
 
 /// What an event did (for the log and the tests).
@@ -244,6 +317,19 @@ pub enum EventOutcome {
     /// An event older than the state it would change (a late delivery): nothing changed.
     Outdated(String),
     Ignored(String),
+}
+
+impl EventOutcome {
+    /// Did the event change (or confirm) an authorisation? Those are relayed to the component's
+    /// `forward_url`, once.
+    pub fn is_authorisation(&self) -> bool {
+        matches!(
+            self,
+            EventOutcome::Authorised(_)
+                | EventOutcome::AlreadyAuthorised(_)
+                | EventOutcome::Revoked(_)
+        )
+    }
 }
 
 /// Handle one decrypted authorisation event (`InfoType`). An error means WeChat should retry

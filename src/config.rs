@@ -167,6 +167,8 @@ pub struct ComponentDecl {
     pub aes_key: Secret,
     pub prev_aes_key: Option<Secret>,
     pub redirect_uri: Option<String>,
+    /// Where the component's authorisation events are relayed as JSON.
+    pub forward_url: Option<String>,
 }
 
 fn default_kind() -> String {

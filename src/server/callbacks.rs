@@ -275,6 +275,13 @@ pub fn component_events(w: &mut Worker, rq: &Incoming) -> Reply {
         Ok(outcome) => {
             log::info!("component {appid} event: {outcome:?}");
             claim.handled();
+            // Relayed once the event is applied, and at most once: the claim is already
+            // handled, so neither a failed relay nor WeChat's retry relays it again.
+            if let Some(url) = comp.forward_url.as_deref().filter(|u| !u.is_empty()) {
+                if outcome.is_authorisation() {
+                    push::forward(&w.shared.wechat, url, &m);
+                }
+            }
             success()
         }
         // Malformed events will not improve on a retry: acknowledge them.

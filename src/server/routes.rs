@@ -292,6 +292,13 @@ pub static ROUTES: &[Route] = &[
     ),
     row(
         GET,
+        "/v1/components/{appid}/authorizers/{authorizer}",
+        V1,
+        Workers,
+        MayWait(v1::authorizer),
+    ),
+    row(
+        GET,
         "/v1/components/{appid}/authorizers/{authorizer}/access_token",
         V1,
         Workers,
@@ -568,6 +575,13 @@ mod tests {
                 "/v1/components/{appid}/authorizers",
                 Workers,
                 &["wxc"],
+            ),
+            (
+                Get,
+                "/v1/components/wxc/authorizers/wxa",
+                "/v1/components/{appid}/authorizers/{authorizer}",
+                Workers,
+                &["wxc", "wxa"],
             ),
             (
                 Get,

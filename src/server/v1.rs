@@ -367,16 +367,41 @@ pub fn component_token(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Outc
 pub fn authorizers(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
     let appid = rq.param(0);
     let list: Vec<Value> = component::live_authorizers(&w.db, appid)?
-        .into_iter()
-        .map(|a| {
-            json!({
-                "authorizer_appid": a.authorizer_appid,
-                "authorized_at": a.authorized_at,
-                "func_info": serde_json::from_str::<Value>(&a.func_info).unwrap_or(json!([])),
-            })
-        })
+        .iter()
+        .map(authorizer_json)
         .collect();
     Ok(Reply::json(200, &Value::Array(list)))
+}
+
+/// `{authorizer_appid, authorized_at, func_info}` of an authoriser.
+fn authorizer_json(a: &crate::store::Authorizer) -> Value {
+    json!({
+        "authorizer_appid": a.authorizer_appid,
+        "authorized_at": a.authorized_at,
+        "func_info": serde_json::from_str::<Value>(&a.func_info).unwrap_or(json!([])),
+    })
+}
+
+/// `GET /v1/components/{appid}/authorizers/{authorizer}`: the authoriser with `info`, its
+/// profile. On a worker when the profile is stored; a read without one goes to the upstream
+/// pool, which asks WeChat for it (`info: null` when that fails too).
+pub fn authorizer(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
+    let (appid, authorizer) = (rq.param(0), rq.param(1));
+    let view = match wait {
+        Wait::Forbidden => {
+            let view = component::authorizer_view(&w.db, appid, authorizer)?;
+            if view.info.is_none() {
+                return Ok(Outcome::NeedsUpstream);
+            }
+            view
+        }
+        Wait::Allowed => {
+            component::authorizer_view_fetching(&w.shared.broker, &w.db, appid, authorizer)?
+        }
+    };
+    let mut v = authorizer_json(&view.authorizer);
+    v["info"] = view.info.unwrap_or(Value::Null);
+    Ok(Reply::json(200, &v).into())
 }
 
 pub fn authorizer_token(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {

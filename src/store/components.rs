@@ -15,6 +15,8 @@ pub struct Component {
     pub aes_key: Secret,
     pub prev_aes_key: Option<Secret>,
     pub redirect_uri: Option<String>,
+    /// Where the authorisation events are relayed (as JSON), if anywhere.
+    pub forward_url: Option<String>,
     /// The last `component_verify_ticket` WeChat pushed, and when.
     pub verify_ticket: Option<Secret>,
     pub ticket_at: Option<i64>,
@@ -30,6 +32,7 @@ pub struct ComponentUpsert {
     pub aes_key: Secret,
     pub prev_aes_key: Option<Secret>,
     pub redirect_uri: Option<String>,
+    pub forward_url: Option<String>,
 }
 
 /// An account that authorised a component.
@@ -42,13 +45,15 @@ pub struct Authorizer {
     pub func_info: String,
     pub authorized_at: i64,
     pub revoked_at: Option<i64>,
+    /// WeChat's `authorizer_info` (JSON), once a fetch succeeded.
+    pub info: Option<String>,
 }
 
 const COMPONENT_COLUMNS: &str =
-    "appid, secret, token, aes_key, prev_aes_key, redirect_uri, verify_ticket, ticket_at";
+    "appid, secret, token, aes_key, prev_aes_key, redirect_uri, verify_ticket, ticket_at, forward_url";
 
 const AUTHORIZER_COLUMNS: &str =
-    "component_appid, authorizer_appid, refresh_token, func_info, authorized_at, revoked_at";
+    "component_appid, authorizer_appid, refresh_token, func_info, authorized_at, revoked_at, info";
 
 impl Db {
     // ---- Open Platform components ----
@@ -63,6 +68,7 @@ impl Db {
             redirect_uri: r.get(5)?,
             verify_ticket: self.secret_opt("components.verify_ticket", r, 6)?,
             ticket_at: r.get(7)?,
+            forward_url: r.get(8)?,
         })
     }
 
@@ -74,6 +80,7 @@ impl Db {
             func_info: r.get(3)?,
             authorized_at: r.get(4)?,
             revoked_at: r.get(5)?,
+            info: r.get(6)?,
         })
     }
 
@@ -83,12 +90,13 @@ impl Db {
         let stored = self.component(&c.appid)?;
         let prev = next_prev_aes_key(c.prev_aes_key.as_ref(), Some(&c.aes_key), stored.as_ref());
         tx.execute(
-            "INSERT INTO components (appid, secret, token, aes_key, prev_aes_key, redirect_uri, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+            "INSERT INTO components (appid, secret, token, aes_key, prev_aes_key, redirect_uri, created_at, forward_url)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT (appid) DO UPDATE SET secret = ?2, token = ?3,
                prev_aes_key = ?5,
                aes_key = ?4,
-               redirect_uri = COALESCE(?6, redirect_uri)",
+               redirect_uri = COALESCE(?6, redirect_uri),
+               forward_url = COALESCE(?8, forward_url)",
             params![
                 c.appid,
                 self.seal("components.secret", c.secret.expose())?,
@@ -96,7 +104,8 @@ impl Db {
                 self.seal("components.aes_key", c.aes_key.expose())?,
                 self.seal_opt("components.prev_aes_key", prev.as_ref().map(Secret::expose))?,
                 c.redirect_uri,
-                now
+                now,
+                c.forward_url
             ],
         )?;
         tx.commit().map_err(Error::from)
@@ -247,6 +256,21 @@ impl Db {
         Ok(list)
     }
 
+    /// Store an authoriser's profile (`api_get_authorizer_info`'s `authorizer_info`, JSON).
+    pub fn set_authorizer_info(
+        &self,
+        component_appid: &str,
+        authorizer_appid: &str,
+        info: &str,
+    ) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE authorizers SET info = ?3 WHERE component_appid = ?1 AND authorizer_appid = ?2",
+            )?
+            .execute(params![component_appid, authorizer_appid, info])?;
+        Ok(())
+    }
+
     /// Store a rotated refresh token (only for a live authorisation).
     pub fn set_refresh_token(
         &self,
@@ -303,6 +327,7 @@ mod tests {
             aes_key: Secret::new("k"),
             prev_aes_key: None,
             redirect_uri: None,
+            forward_url: None,
         };
         db.upsert_component(&c, 0).unwrap();
         let allowed = |now| {

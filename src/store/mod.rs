@@ -80,6 +80,7 @@ const MIGRATIONS: &[&str] = &[
     META,
     COMPONENT_PRE_AUTH,
     PHONE_INFO,
+    AUTHORIZER_INFO,
 ];
 
 /// Callbacks already handled, so that a replayed request or WeChat's retry of a message is not
@@ -111,6 +112,14 @@ ALTER TABLE components ADD COLUMN query_auth_calls INTEGER NOT NULL DEFAULT 0;
 /// A user's phone number (`qcloud.cam.phone`, `/v1/sessions/phone_number`): sealed JSON
 /// `{phoneNumber, purePhoneNumber, countryCode}`.
 const PHONE_INFO: &str = "ALTER TABLE users ADD COLUMN phone_info TEXT;";
+
+/// An authoriser's profile as WeChat's `api_get_authorizer_info` gave it (`authorizer_info`
+/// JSON; NULL until a fetch succeeded); a component's `forward_url`, where its authorisation
+/// events are relayed.
+const AUTHORIZER_INFO: &str = "
+ALTER TABLE authorizers ADD COLUMN info TEXT;
+ALTER TABLE components ADD COLUMN forward_url TEXT;
+";
 
 /// Every sealed column, as `table.column` (also the associated data a value is sealed for, so a
 /// value copied to another column does not open there). A new secret column joins this list

@@ -21,6 +21,8 @@ pub const AUTHORIZER_TOKEN: &str = "/cgi-bin/component/api_authorizer_token";
 pub const CREATE_PREAUTHCODE: &str = "/cgi-bin/component/api_create_preauthcode";
 /// An `auth_code` exchanged for the authoriser's tokens.
 pub const QUERY_AUTH: &str = "/cgi-bin/component/api_query_auth";
+/// An authoriser's profile (`authorizer_info`: nick_name, user_name, principal_name, …).
+pub const GET_AUTHORIZER_INFO: &str = "/cgi-bin/component/api_get_authorizer_info";
 
 // api.weixin.qq.com (Host::Api), with an app's access token.
 /// A user's phone number, from the `code` of the mini program's `getPhoneNumber`.

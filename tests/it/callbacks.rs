@@ -24,7 +24,7 @@ const WECOM_AGENT: &str = "1000002";
 
 /// A business endpoint on loopback: records every body it is sent, waits `delay`, answers
 /// `reply`. Returns its URL and the bodies seen.
-fn forward_target(reply: &'static str, delay: Duration) -> (String, Arc<Mutex<Vec<Value>>>) {
+pub fn forward_target(reply: &'static str, delay: Duration) -> (String, Arc<Mutex<Vec<Value>>>) {
     forward_target_failing(reply, delay, 0)
 }
 

@@ -29,6 +29,7 @@ fn component() -> ComponentDecl {
         aes_key: Secret::new(CKEY),
         prev_aes_key: None,
         redirect_uri: None,
+        forward_url: None,
     }
 }
 
@@ -341,6 +342,7 @@ fn a_configured_redirect_uri_is_used_and_unknown_components_are_404() {
             aes_key: Secret::new(CKEY),
             prev_aes_key: None,
             redirect_uri: Some("https://platform.example/wx/done".into()),
+            forward_url: None,
         }]
     });
     push_ticket(&env, None);
@@ -447,6 +449,8 @@ fn component_add_and_list_never_print_secrets() {
             key,
             "--redirect-uri",
             "https://platform.example/cb",
+            "--forward-url",
+            "http://127.0.0.1:9/component-events",
             "--db",
             db,
         ]))
@@ -466,6 +470,11 @@ fn component_add_and_list_never_print_secrets() {
     for secret in ["very-secret-value", "very-secret-token", CKEY] {
         assert!(!out.contains(secret), "{out}");
     }
+    let forward: String = rusqlite::Connection::open(db)
+        .unwrap()
+        .query_row("SELECT forward_url FROM components", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(forward, "http://127.0.0.1:9/component-events");
 }
 
 #[test]
@@ -782,4 +791,132 @@ fn a_quota_blocked_component_token_is_not_reported_as_a_missing_ticket() {
     let (s, v) = component_token(&env);
     assert_eq!((s, v["error"].as_str()), (429, Some("refused")), "{v}");
     assert!(v["message"].as_str().unwrap().contains("45009"), "{v}");
+}
+
+const INFO_PATH: &str = "/cgi-bin/component/api_get_authorizer_info";
+
+fn authorizer_view(env: &Env, authorizer: &str) -> (u16, Value) {
+    env.v1(
+        "GET",
+        &format!("/v1/components/{COMPONENT}/authorizers/{authorizer}"),
+        None,
+        None,
+    )
+}
+
+#[test]
+fn authoriser_info_is_fetched_when_an_account_authorises_and_served() {
+    let env = component_env();
+    push_ticket(&env, None);
+    assert_eq!(authorise(&env, AUTHORIZER), 200);
+    assert_eq!(env.calls(INFO_PATH), 1);
+    let (s, v) = authorizer_view(&env, AUTHORIZER);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        keys(&v),
+        ["authorizer_appid", "authorized_at", "func_info", "info"]
+    );
+    assert_eq!(v["authorizer_appid"], AUTHORIZER);
+    assert!(v["authorized_at"].as_i64().unwrap() > 0, "{v}");
+    assert_eq!(
+        v["func_info"],
+        json!([{"funcscope_category": {"id": 1}}, {"funcscope_category": {"id": 17}}])
+    );
+    assert_eq!(v["info"]["nick_name"], format!("Mock {AUTHORIZER}"), "{v}");
+    assert!(v["info"]["user_name"].as_str().unwrap().starts_with("gh_"));
+    // Served from what is stored.
+    assert_eq!(authorizer_view(&env, AUTHORIZER).1, v);
+    assert_eq!(env.calls(INFO_PATH), 1);
+
+    // `updateauthorized` fetches it again.
+    let auth = env.mock_post(
+        "/__mock__/component/authorize",
+        json!({"component_appid": COMPONENT, "authorizer_appid": AUTHORIZER}),
+    );
+    let (s, body) = push_event(
+        &env,
+        "updateauthorized",
+        &format!(
+            "<AuthorizerAppid>{AUTHORIZER}</AuthorizerAppid><AuthorizationCode>{}</AuthorizationCode>",
+            auth["auth_code"].as_str().unwrap()
+        ),
+    );
+    assert_eq!((s, body.as_str()), (200, "success"));
+    assert_eq!(env.calls(INFO_PATH), 2);
+
+    // Unknown and revoked authorisers are 404, without asking WeChat.
+    assert_eq!(authorizer_view(&env, "wxnobody00000001").0, 404);
+    let (s, _) = push_event(
+        &env,
+        "unauthorized",
+        &format!("<AuthorizerAppid>{AUTHORIZER}</AuthorizerAppid>"),
+    );
+    assert_eq!(s, 200);
+    assert_eq!(authorizer_view(&env, AUTHORIZER).0, 404);
+    assert_eq!(env.calls(INFO_PATH), 2);
+}
+
+#[test]
+fn a_failed_info_fetch_never_fails_the_authorisation_and_a_later_read_fills_it_in() {
+    let env = component_env();
+    push_ticket(&env, None);
+    // WeChat refuses the profile at the authorisation and at the first read.
+    env.fail(json!({"path": INFO_PATH, "errcode": 61003, "times": 2}));
+    assert_eq!(authorise(&env, AUTHORIZER), 200);
+    assert_eq!(authorizer_token(&env, AUTHORIZER).0, 200);
+    let (s, v) = authorizer_view(&env, AUTHORIZER);
+    assert_eq!((s, &v["info"]), (200, &Value::Null), "{v}");
+    assert_eq!(v["authorizer_appid"], AUTHORIZER);
+    let (s, v) = authorizer_view(&env, AUTHORIZER);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["info"]["nick_name"], format!("Mock {AUTHORIZER}"), "{v}");
+    assert_eq!(env.calls(INFO_PATH), 3);
+
+    // An authoriser stored before profiles were fetched: the next read fills it in.
+    env.sql()
+        .execute("UPDATE authorizers SET info = NULL", [])
+        .unwrap();
+    let (s, v) = authorizer_view(&env, AUTHORIZER);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["info"]["nick_name"], format!("Mock {AUTHORIZER}"), "{v}");
+    assert_eq!(env.calls(INFO_PATH), 4);
+}
+
+#[test]
+fn authorisation_events_are_relayed_once_to_the_forward_url() {
+    let (url, seen) = crate::callbacks::forward_target("success", std::time::Duration::ZERO);
+    let env = Env::with(|c| {
+        c.server.public_url = PUBLIC_URL.into();
+        c.components = vec![ComponentDecl {
+            forward_url: Some(url),
+            ..component()
+        }];
+    });
+    let relayed = || seen.lock().unwrap().clone();
+    // The ticket is the platform's own business: not relayed.
+    push_ticket(&env, None);
+    assert_eq!(relayed(), Vec::<Value>::new());
+
+    assert_eq!(authorise_by_event(&env, None), (200, "success".into()));
+    let who = format!("<AuthorizerAppid>{AUTHORIZER}</AuthorizerAppid>");
+    let revoked = sealed_event("unauthorized", &who, wafer::ids::now(), "rev1");
+    let post = |(path, body): &(String, String)| {
+        env.request("POST", &env.url(path), &[], Some(body.as_bytes()))
+    };
+    assert_eq!(post(&revoked), (200, "success".into()));
+    // A replay of the same push is neither applied nor relayed again.
+    assert_eq!(post(&revoked), (200, "success".into()));
+
+    let events = relayed();
+    let kinds: Vec<_> = events.iter().map(|e| e["InfoType"].clone()).collect();
+    assert_eq!(
+        kinds,
+        [json!("authorized"), json!("unauthorized")],
+        "{events:?}"
+    );
+    for e in &events {
+        assert_eq!(e["AuthorizerAppid"], AUTHORIZER, "{e}");
+        assert_eq!(e["AppId"], COMPONENT, "{e}");
+    }
+    assert!(events[0]["AuthorizationCode"].is_string(), "{}", events[0]);
 }

@@ -94,6 +94,7 @@ fn seal_config(c: &mut Config, key_file: Option<&str>) {
         aes_key: Secret::new(CKEY),
         prev_aes_key: None,
         redirect_uri: None,
+        forward_url: None,
     }];
 }
 

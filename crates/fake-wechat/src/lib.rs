@@ -34,6 +34,9 @@
 //! - `/wxa/business/getuserphonenumber` (token checked) answers a phone number derived from the
 //!   `code` (the same code, the same number), watermarked with the token's appid; codes `bad…`
 //!   → 40029, `other…` → a watermark naming another app (`wxsomeoneelse0001`).
+//! - `/cgi-bin/component/api_get_authorizer_info` answers a profile derived from the
+//!   authoriser's appid (`nick_name` `Mock <appid>`, `user_name` `gh_…`) while it is authorised
+//!   (else 61003).
 //!   `POST /__mock__/revoke_token {access_token}` makes WeChat refuse a token at once.
 #![forbid(unsafe_code)]
 
@@ -486,6 +489,10 @@ const ROUTES: &[Route] = &[
     upstream(
         "/cgi-bin/component/api_get_authorizer_list",
         authorizer_list,
+    ),
+    upstream(
+        "/cgi-bin/component/api_get_authorizer_info",
+        authorizer_info,
     ),
     upstream("/wxa/business/getuserphonenumber", user_phone_number),
     upstream("/cgi-bin/message/custom/send", custom_send),
@@ -957,6 +964,47 @@ fn authorizer_list(st: &mut State, input: &Input, now: Instant) -> Result<Value,
         .map(|a| json!({"authorizer_appid": a}))
         .collect();
     Ok(json!({"total_count": list.len(), "list": list}))
+}
+
+/// Does `component` hold a live refresh token for `authorizer` (it is authorised)?
+fn authorised(st: &State, component: &str, authorizer: &str) -> bool {
+    st.tokens.by_value.values().any(|m| {
+        m.family == Family::RefreshToken
+            && m.owner == component
+            && m.subject == authorizer
+            && m.life == Life::Live
+    })
+}
+
+/// `POST /cgi-bin/component/api_get_authorizer_info?component_access_token=`
+/// `{component_appid, authorizer_appid}`: WeChat's `{authorizer_info, authorization_info}` for an
+/// account authorised to the component, its profile derived from its appid; else 61003.
+fn authorizer_info(st: &mut State, input: &Input, now: Instant) -> Result<Value, WxErr> {
+    let (component, body) = component_call(st, input, now)?;
+    let authorizer = need(&body, "authorizer_appid", 41002, "authorizer_appid missing")?;
+    if !authorised(st, &component, authorizer) {
+        return Err(wx(61003, "component is not authorized by this account"));
+    }
+    Ok(json!({
+        "authorizer_info": {
+            "nick_name": format!("Mock {authorizer}"),
+            "head_img": format!("https://mock.invalid/head/{authorizer}.png"),
+            "service_type_info": {"id": 2},
+            "verify_type_info": {"id": 0},
+            "user_name": derived_id("gh_", authorizer),
+            "principal_name": format!("Mock Company of {authorizer}"),
+            "alias": "",
+            "business_info": {"open_store": 0, "open_scan": 0, "open_pay": 0, "open_card": 0, "open_shake": 0},
+            "qrcode_url": format!("https://mock.invalid/qrcode/{authorizer}.jpg"),
+        },
+        "authorization_info": {
+            "authorizer_appid": authorizer,
+            "func_info": [
+                {"funcscope_category": {"id": 1}},
+                {"funcscope_category": {"id": 17}},
+            ],
+        },
+    }))
 }
 
 /// The app a phone number is watermarked for when the code starts `other`.
