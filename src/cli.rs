@@ -115,6 +115,9 @@ pub const USAGE: &str = "usage: wafer <command>
   token get APPID [--force]             print the current access token
   session purge                         delete expired sessions now
   key rotate --new-key-file F           re-seal every sealed value under the key in F
+  import wafer --from mysql://USER:PASS@HOST:PORT/cAuth [--appid ID] [--tz ZONE]
+                                        move in from an original Wafer: its apps, users and
+                                        live sessions (every id/skey keeps working)
 data commands take --db FILE (else $WAFER_DB, else the config's storage.path, else ./wafer.db)";
 
 /// Run a command line (without the program name).
@@ -143,6 +146,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         ("component", "list") => component_list(Opts::parse(&rest[1..])?),
         ("token", "get") => token_get(Opts::parse(&rest[1..])?),
         ("key", "rotate") => key_rotate(Opts::parse(&rest[1..])?),
+        ("import", "wafer") => import_wafer(Opts::parse(&rest[1..])?),
         ("help" | "--help" | "-h", _) => {
             println!("{USAGE}");
             Ok(())
@@ -536,6 +540,58 @@ fn key_rotate(mut o: Opts) -> Result<(), String> {
     println!(
         "now set storage.key_file (or WAFER_KEY_FILE) to {} and restart wafer; keep the old key file until then",
         file.display()
+    );
+    Ok(())
+}
+
+/// `wafer import wafer --from mysql://…/cAuth`: an original Wafer's app, users and live sessions
+/// into this database (CONTRACT §10; `import_wafer`). The source's password is never printed.
+fn import_wafer(mut o: Opts) -> Result<(), String> {
+    let opts = crate::import_wafer::Options {
+        from: o.need("from")?,
+        appid: o.take("appid"),
+        tz: o.take("tz"),
+    };
+    if let Some(tz) = &opts.tz {
+        crate::import_wafer::check_tz(tz)?;
+    }
+    // `--db` may name a MySQL database once wafer has that backend; not yet.
+    if let Some(db) = o
+        .values
+        .iter()
+        .find_map(|(n, v)| (n == "db").then_some(v.as_deref()))
+    {
+        if db.is_some_and(|d| d.starts_with("mysql://")) {
+            return Err(
+                "import wafer: --db mysql://… is not supported yet (wafer stores in SQLite for now); give a SQLite file".into(),
+            );
+        }
+    }
+    let (db, broker) = open_accounts(&mut o)?;
+    o.done(0)?;
+    let r = crate::import_wafer::run(&db, &broker, &opts, crate::ids::now())
+        .map_err(|e| format!("import wafer: {e}"))?;
+    let c = &r.counts;
+    if r.app_added {
+        println!("app {}: added", r.appid);
+    } else {
+        println!("app {}: already registered, kept as it is", r.appid);
+    }
+    println!(
+        "users: {} imported, {} skipped (open_id already a wafer user), {} skipped (uuid already a wafer id)",
+        c.users, c.openid_known, c.id_taken
+    );
+    println!(
+        "sessions: {} imported, {} expired (not imported), {} beyond {} per user, {} under an older uuid of the same open_id",
+        c.sessions, c.expired, c.over_cap, crate::store::MAX_SESSIONS_PER_USER, c.other_uuid
+    );
+    println!(
+        "rows skipped as unusable (no open_id or session_key, uuid/skey not 32 lowercase hex): {}",
+        c.malformed
+    );
+    println!(
+        "user_info empty or not base64 JSON (stored as null): {}",
+        c.no_user_info
     );
     Ok(())
 }

@@ -6,7 +6,8 @@
 //!
 //! The dependency direction is one way (see ARCHITECTURE.md):
 //! `main → cli → server → {accounts, session, credential, component, push, gateway} → {wechat, store, crypto}`.
-//! Only `server` touches tiny_http, only `wechat` touches ureq, only `store` touches rusqlite.
+//! Only `server` touches tiny_http, only `wechat` touches ureq, only `store` touches rusqlite
+//! (and `import_wafer` alone the `mysql` driver, to read an original Wafer's database).
 //! `crypto` is the `wafer-crypto` crate (no I/O at all), re-exported so `crate::crypto::…` reads
 //! as before. The fake WeChat is the `fake-wechat` crate, used only by `cli` (`wafer dev`,
 //! `wafer mock-wechat`) and by tests.
@@ -21,6 +22,7 @@ pub mod credential;
 pub mod error;
 pub mod gateway;
 pub mod ids;
+pub mod import_wafer;
 pub mod logging;
 pub mod metrics;
 pub mod push;

@@ -35,7 +35,10 @@ mod work_agents;
 pub use apps::{App, AppUpsert};
 pub use components::{Authorizer, Component, ComponentUpsert};
 pub use credentials::{utc_day, Quota, StoredCredential};
-pub use sessions::{LoginResult, LoginWrite, SessionRow, MAX_SESSIONS_PER_USER, PURGE_SLICE};
+pub use sessions::{
+    Imported, ImportedSession, ImportedUser, LoginResult, LoginWrite, SessionRow,
+    MAX_SESSIONS_PER_USER, PURGE_SLICE,
+};
 pub use work_agents::WorkAgent;
 
 /// A storage failure: what the database (or sealing) said, in words for the log and an

@@ -59,7 +59,94 @@ pub struct LoginResult {
     pub user_info: Option<String>,
 }
 
+/// A user moved in from another server (`wafer import wafer`) with its live sessions, written
+/// as they were there: its `id`, each session's `skey` hash and both clocks.
+pub struct ImportedUser<'a> {
+    pub app_pk: i64,
+    pub id: &'a str,
+    pub openid: &'a str,
+    pub session_key: &'a str,
+    pub user_info: Option<&'a str>,
+    pub now: i64,
+    pub sessions: &'a [ImportedSession],
+}
+
+#[derive(Debug)]
+pub struct ImportedSession {
+    pub skey_hash: [u8; 32],
+    pub created: i64,
+    pub last_visit: i64,
+    pub expires_at: i64,
+    pub idle_secs: i64,
+}
+
+/// What [`Db::import_user`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Imported {
+    /// The user and this many sessions were written.
+    Added(usize),
+    /// The app already has a user with this openid: nothing was written.
+    OpenidKnown,
+    /// Another user already has this id: nothing was written.
+    IdTaken,
+}
+
 impl Db {
+    /// Write an imported user and its sessions in one transaction, unless the openid (or the
+    /// id) is already there: so an import run twice adds nothing the second time. A session
+    /// whose skey hash is already stored is left out.
+    pub fn import_user(&self, u: &ImportedUser) -> Result<Imported> {
+        let session_key = self.seal("users.session_key", u.session_key)?;
+        let user_info = self.seal_opt("users.user_info", u.user_info)?;
+        self.session_write(self.write_wait, |conn| {
+            let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+            let openid_known = tx
+                .prepare_cached("SELECT 1 FROM users WHERE app = ?1 AND openid = ?2")?
+                .exists(params![u.app_pk, u.openid])?;
+            if openid_known {
+                return Ok(Imported::OpenidKnown);
+            }
+            if tx
+                .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
+                .exists([u.id])?
+            {
+                return Ok(Imported::IdTaken);
+            }
+            tx.prepare_cached(
+                "INSERT INTO users (id, app, openid, session_key, user_info, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                u.id,
+                u.app_pk,
+                u.openid,
+                session_key,
+                user_info,
+                u.now
+            ])?;
+            let mut added = 0;
+            for s in u.sessions {
+                added += tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO sessions
+                           (skey_hash, user_id, created, expires_at, idle_secs, last_visit)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?
+                    .execute(params![
+                        &s.skey_hash[..],
+                        u.id,
+                        s.created,
+                        s.expires_at,
+                        s.idle_secs,
+                        s.last_visit
+                    ])?;
+            }
+            tx.commit()?;
+            Ok(Imported::Added(added))
+        })
+        .map_err(Error::from)
+    }
+
     /// Record a login: upsert the user, insert the session, evict the oldest sessions beyond
     /// the cap. One transaction: either all of it is stored or none.
     /// Fails (`SQLITE_BUSY`) after this connection's write wait ([`BUSY_TIMEOUT`]).

@@ -10,6 +10,7 @@ mod component;
 mod credentials;
 mod gateway;
 mod harness;
+mod import;
 mod mysql;
 mod overload;
 mod phone;

@@ -75,7 +75,7 @@ const TICKET: &str = "ticket@@@sealtestverifyticket";
 const AUTHORIZER: &str = "wxsealauthor0001";
 
 /// A key file of 32 random bytes, 0600, in `dir`.
-fn key_file(dir: &Path, name: &str, byte: u8) -> String {
+pub fn key_file(dir: &Path, name: &str, byte: u8) -> String {
     let p = dir.join(name);
     std::fs::write(&p, [byte; 32]).unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
