@@ -9,13 +9,17 @@ use crate::error::Error;
 /// The longest validity we sign for: COS itself caps v4 signatures at 90 days.
 const MAX_EXPIRY_SECS: u64 = 90 * 86400;
 
-/// v4 multi-effect signature. `expiration` is either seconds from now or, when larger than
-/// `now`, an absolute unix time (clients use both forms).
+/// v4 multi-effect signature, for the one file `filepath` names (`f = /APPID/BUCKET/PATH`), or
+/// for the whole bucket when there is none (`f` empty): never wider than asked. `expiration` is
+/// either seconds from now or, when larger than `now`, an absolute unix time (clients use both
+/// forms).
+#[allow(clippy::too_many_arguments)]
 pub fn v4_reusable(
     appid: &str,
     bucket: &str,
     sid: &str,
     skey: &str,
+    filepath: Option<&str>,
     expiration: u64,
     now: u64,
     rand: u32,
@@ -30,12 +34,16 @@ pub fn v4_reusable(
             "expiration must be between 1 s and 90 days".into(),
         ));
     }
+    let fileid = filepath
+        .map(|path| crypto::cos_v4_fileid(appid, bucket, path))
+        .unwrap_or_default();
     Ok(crypto::cos_v4_sign(
-        appid, bucket, sid, skey, expire, now, rand, "",
+        appid, bucket, sid, skey, expire, now, rand, &fileid,
     ))
 }
 
-/// v4 single-effect signature for one file (`e = 0`, `f = /APPID/BUCKET/PATH`).
+/// v4 single-effect signature for one file (`e = 0`, `f = /APPID/BUCKET/PATH`; an empty
+/// `filepath` gives `f = /APPID/BUCKET/`).
 pub fn v4_nonreusable(
     appid: &str,
     bucket: &str,

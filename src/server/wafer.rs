@@ -342,6 +342,7 @@ fn dispatch(
                     bucket,
                     sid,
                     skey,
+                    p.opt_str("filepath")?,
                     p.uint("expiration")?,
                     now,
                     cos::v4_rand()?,
@@ -352,7 +353,7 @@ fn dispatch(
                     bucket,
                     sid,
                     skey,
-                    p.str("filepath")?,
+                    p.opt_str("filepath")?.unwrap_or(""),
                     now,
                     cos::v4_rand()?,
                 )

@@ -484,34 +484,26 @@ fn cos_signatures() {
         let r = env.wafer(name, para);
         assert_eq!(code(&r), (0, "COS_SIGN_SUCCESS"), "{r}");
         let sign = r["returnData"].as_str().unwrap();
-        use base64::Engine;
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(sign)
-            .unwrap();
-        let original = String::from_utf8(raw[20..].to_vec()).unwrap();
-        let f: std::collections::HashMap<_, _> = original
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .collect();
+        let f = cos_v4_original(sign);
         let (e, t, rnd): (u64, u64, u32) = (
             f["e"].parse().unwrap(),
             f["t"].parse().unwrap(),
             f["r"].parse().unwrap(),
         );
         if name.ends_with("nonreusable") {
-            assert_eq!((e, f["f"]), (0, "/200001/newbucket/dir/a%20b.jpg"));
+            assert_eq!((e, f["f"].as_str()), (0, "/200001/newbucket/dir/a%20b.jpg"));
         } else {
-            assert_eq!((e - t, f["f"]), (600, ""));
+            assert_eq!((e - t, f["f"].as_str()), (600, ""));
         }
         let again = wafer::crypto::cos_v4_sign(
             "200001",
             "newbucket",
-            f["k"],
+            &f["k"],
             "bLcPnl88WU30VY57ipRhSePfPdOfSruK",
             e,
             t,
             rnd,
-            f["f"],
+            &f["f"],
         );
         assert_eq!(again, sign);
     }
@@ -686,4 +678,67 @@ fn an_accounts_change_is_seen_while_a_renewal_waits_on_wechat() {
         "the old secret's token is still served"
     );
     assert!(took < Duration::from_millis(1500), "seen after {took:?}");
+}
+
+/// The fields of a COS v4 signature's original (`a=…&b=…&k=…&e=…&t=…&r=…&f=…`), after the
+/// 20-byte HMAC.
+fn cos_v4_original(sign: &str) -> std::collections::HashMap<String, String> {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(sign)
+        .unwrap();
+    String::from_utf8(raw[20..].to_vec())
+        .unwrap()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn cos_v4_signs_exactly_the_filepath_it_is_given() {
+    let env = Env::new();
+    // (interface, filepath, the signed `f`)
+    let cases = [
+        (
+            "qcloud.cos.auth.reusable",
+            json!("dir/a b.jpg"),
+            "/200001/newbucket/dir/a%20b.jpg",
+        ),
+        (
+            "qcloud.cos.auth.reusable",
+            json!("/x.png"),
+            "/200001/newbucket/x.png",
+        ),
+        ("qcloud.cos.auth.reusable", json!(""), ""),
+        ("qcloud.cos.auth.reusable", Value::Null, ""),
+        (
+            "qcloud.cos.auth.nonreusable",
+            json!(""),
+            "/200001/newbucket/",
+        ),
+        (
+            "qcloud.cos.auth.nonreusable",
+            Value::Null,
+            "/200001/newbucket/",
+        ),
+    ];
+    for (name, filepath, want) in cases {
+        let para = json!({"appid": "200001", "sid": "AKIDexample", "skey": "secret",
+                          "bucket": "newbucket", "expiration": 600, "filepath": filepath});
+        let r = env.wafer(name, para);
+        assert_eq!(code(&r), (0, "COS_SIGN_SUCCESS"), "{name} {filepath}: {r}");
+        let f = cos_v4_original(r["returnData"].as_str().unwrap());
+        assert_eq!(f["f"], want, "{name} {filepath}");
+    }
+    // Left out altogether, as the contract's optional `filepath`.
+    let r = env.wafer(
+        "qcloud.cos.auth.nonreusable",
+        json!({"appid": "200001", "sid": "a", "skey": "b", "bucket": "newbucket"}),
+    );
+    assert_eq!(code(&r), (0, "COS_SIGN_SUCCESS"), "{r}");
+    assert_eq!(
+        cos_v4_original(r["returnData"].as_str().unwrap())["f"],
+        "/200001/newbucket/"
+    );
 }
