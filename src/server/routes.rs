@@ -189,6 +189,26 @@ pub static ROUTES: &[Route] = &[
         Upstream,
         Replies(mina::login),
     ),
+    Route {
+        label: "/mina/login",
+        ..row(
+            POST,
+            "/mina/login/",
+            Dialect::Mina,
+            Upstream,
+            Replies(mina::login),
+        )
+    },
+    Route {
+        label: "/mina/auth",
+        ..row(
+            POST,
+            "/mina/auth/",
+            Dialect::Mina,
+            Workers,
+            Replies(mina::auth),
+        )
+    },
     row(GET, "/healthz", Plain, Workers, Replies(super::healthz)),
     row(GET, "/metrics", Plain, Workers, Replies(super::metrics)),
     // /v1 (every one behind `server::guard`)
@@ -475,6 +495,8 @@ mod tests {
             (Post, "/", "/mina_auth/", Workers, &[]),
             (Post, "/mina/login", "/mina/login", Upstream, &[]),
             (Post, "/mina/auth", "/mina/auth", Workers, &[]),
+            (Post, "/mina/login/", "/mina/login", Upstream, &[]),
+            (Post, "/mina/auth/", "/mina/auth", Workers, &[]),
             (Get, "/healthz", "/healthz", Workers, &[]),
             (Get, "/metrics", "/metrics", Workers, &[]),
             (Post, "/v1/sessions", "/v1/sessions", Upstream, &[]),

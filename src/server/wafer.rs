@@ -160,7 +160,12 @@ impl Para<'_> {
 /// The envelope checks of CONTRACT §3, in their order (not JSON, no `interfaceName`, no `para`):
 /// the interface name and its `para` object. Pure, so the fuzz target calls it directly.
 pub fn parse_envelope(body: &[u8]) -> Result<(Cow<'_, str>, Para<'_>), EnvelopeError> {
-    let mut body = Members::parse(body).ok_or(REQUEST_IS_NOT_JSON)?;
+    let mut body = match serde_json::from_slice::<Json>(body) {
+        Ok(Json::Object(members)) => members,
+        // JSON that is not an object has no `interface`: 1002, as the original server answers.
+        Ok(_) => return Err(NO_INTERFACENAME_PARA),
+        Err(_) => return Err(REQUEST_IS_NOT_JSON),
+    };
     let mut interface = match body.take("interface") {
         Some(Json::Object(i)) => i,
         _ => Members::default(),
@@ -182,7 +187,12 @@ fn dispatch(
     wait: Wait,
 ) -> Result<Option<(&'static str, Data)>, EnvelopeError> {
     let (name, p) = parse_envelope(&rq.body)?;
-    let name = name.as_ref();
+    // `qcloud.cam.auth` carrying `encrypt_data` is the decrypt call as Wafer-on-SCF documents
+    // it: answered exactly as `qcloud.cam.decrypt` (CONTRACT §3, seed fidelity).
+    let name = match name.as_ref() {
+        "qcloud.cam.auth" if p.opt_str("encrypt_data")?.is_some() => "qcloud.cam.decrypt",
+        other => other,
+    };
     let now = crate::ids::now();
     if !SESSION_INTERFACES.contains(&name) && !CREDENTIAL_INTERFACES.contains(&name) {
         return Err(INTERFACENAME_PARA_ERR);

@@ -201,6 +201,15 @@ impl Env {
         c
     }
 
+    /// The numeric `app_id` of the `/mina` dialect for `appid`.
+    pub fn app_id(&self, appid: &str) -> i64 {
+        self.sql()
+            .query_row("SELECT id FROM apps WHERE appid = ?1", [appid], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    }
+
     pub fn count(&self, table: &str) -> i64 {
         self.sql()
             .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))

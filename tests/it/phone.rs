@@ -54,12 +54,7 @@ fn a_phone_number_through_v1_is_stored_and_answered_by_later_checks() {
     let r = env.wafer("qcloud.cam.auth", json!({"id": id, "skey": skey}));
     assert_eq!(code(&r), (0, "AUTH_SUCCESS"), "{r}");
     assert_eq!(r["returnData"]["phone_info"], expected("phone-1"));
-    let app_id: i64 = env
-        .sql()
-        .query_row("SELECT id FROM apps WHERE appid = ?1", [APPID], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let app_id = env.app_id(APPID);
     let body = json!({"uuid": id, "skey": skey, "app_id": app_id}).to_string();
     let (_, t) = env.post_raw("/mina/auth", body.as_bytes());
     let r: Value = serde_json::from_str(&t).unwrap();

@@ -204,8 +204,12 @@ fn envelope_errors_in_contract_order() {
     let cases: &[(&str, &[u8], i64, &str)] = &[
         ("not JSON", b"{nope", 1009, "REQUEST_IS_NOT_JSON"),
         ("empty body", b"", 1009, "REQUEST_IS_NOT_JSON"),
-        ("JSON array", b"[1,2]", 1009, "REQUEST_IS_NOT_JSON"),
-        ("JSON string", b"\"x\"", 1009, "REQUEST_IS_NOT_JSON"),
+        // JSON that is not an object is 1002, as the original PHP server answers.
+        ("JSON array", b"[1,2]", 1002, "NO_INTERFACENAME_PARA"),
+        ("JSON string", b"\"x\"", 1002, "NO_INTERFACENAME_PARA"),
+        ("JSON number", b" 7 ", 1002, "NO_INTERFACENAME_PARA"),
+        ("JSON null", b"null", 1002, "NO_INTERFACENAME_PARA"),
+        ("JSON then junk", b"[1] x", 1009, "REQUEST_IS_NOT_JSON"),
         ("no interface", b"{}", 1002, "NO_INTERFACENAME_PARA"),
         ("interface not object", br#"{"interface":3}"#, 1002, "NO_INTERFACENAME_PARA"),
         ("no interfaceName", br#"{"interface":{"para":{}}}"#, 1002, "NO_INTERFACENAME_PARA"),
@@ -412,12 +416,7 @@ fn upstream_faults_map_to_their_codes_and_free_the_worker() {
 #[test]
 fn mina_dialect() {
     let env = Env::new();
-    let app_id: i64 = env
-        .sql()
-        .query_row("SELECT id FROM apps WHERE appid = ?1", [APPID], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let app_id = env.app_id(APPID);
     let (s, t) = env.request(
         "POST",
         &env.url("/mina/login"),
@@ -651,5 +650,78 @@ fn expired_sessions_are_purged_by_hand_and_at_start_up() {
             "the start-up purge did not run"
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_mina_routes_answer_with_a_trailing_slash_too() {
+    let env = Env::new();
+    let app_id = env.app_id(APPID);
+    let (s, t) = env.post_raw(
+        "/mina/login/",
+        json!({"code": "mina-slash", "app_id": app_id})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(s, 200, "{t}");
+    let r: Value = serde_json::from_str(&t).unwrap();
+    assert_eq!(r["ok"], "success", "{r}");
+    let body = json!({"uuid": r["data"]["uuid"], "skey": r["data"]["skey"], "app_id": app_id});
+    let (s, t) = env.post_raw("/mina/auth/", body.to_string().as_bytes());
+    assert_eq!(s, 200, "{t}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&t).unwrap()["ok"],
+        "success",
+        "{t}"
+    );
+}
+
+/// The raw answer to an envelope call (the text, to compare two answers byte for byte).
+fn envelope_text(env: &Env, name: &str, para: &Value) -> String {
+    let body = json!({"version": 1, "componentName": "MA",
+                      "interface": {"interfaceName": name, "para": para}});
+    let (status, text) = env.post_raw("/mina_auth/", body.to_string().as_bytes());
+    assert_eq!(status, 200, "{text}");
+    text
+}
+
+#[test]
+fn auth_carrying_encrypt_data_is_the_decrypt_call() {
+    let env = Env::new();
+    let (id, skey, _) = env.login("seed-decrypt");
+    let (with_iv, iv) = encrypt_for(
+        &env,
+        APPID,
+        "seed-decrypt",
+        &json!({"nickName": "Band", "watermark": {"appid": APPID, "timestamp": 1}}),
+    );
+    let key = env.session_key(APPID, "seed-decrypt");
+    let legacy = wafer::crypto::encrypt_user_data(&key, br#"{"nickName":"Old"}"#, None).unwrap();
+    let cases = [
+        json!({"id": id, "skey": skey, "encrypt_data": with_iv, "iv": iv}),
+        json!({"id": id, "skey": skey, "encrypt_data": legacy}),
+        json!({"id": id, "skey": skey, "encrypt_data": legacy, "iv": null}),
+        json!({"id": id, "skey": skey, "encrypt_data": "bm90IGRhdGE=", "iv": iv}),
+        json!({"id": id, "skey": "0".repeat(32), "encrypt_data": with_iv, "iv": iv}),
+    ];
+    for para in &cases {
+        let decrypt = envelope_text(&env, "qcloud.cam.decrypt", para);
+        assert_eq!(
+            envelope_text(&env, "qcloud.cam.auth", para),
+            decrypt,
+            "{para}"
+        );
+    }
+    let r: Value =
+        serde_json::from_str(&envelope_text(&env, "qcloud.cam.auth", &cases[0])).unwrap();
+    assert_eq!(code(&r), (0, "DECRYPT_SUCCESS"), "{r}");
+    assert_eq!(r["returnData"]["nickName"], "Band");
+    // Without data (or with it empty) it is the session check it always was.
+    for para in [
+        json!({"id": id, "skey": skey}),
+        json!({"id": id, "skey": skey, "encrypt_data": ""}),
+    ] {
+        let r = env.wafer("qcloud.cam.auth", para);
+        assert_eq!(code(&r), (0, "AUTH_SUCCESS"), "{r}");
     }
 }
