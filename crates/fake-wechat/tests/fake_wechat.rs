@@ -1053,3 +1053,31 @@ fn authorizer_list_names_the_live_authorisations() {
     let other = m.post(&list_path, json!({"component_appid": "wxother"}));
     assert_eq!(errcode(&other), 40013);
 }
+
+#[test]
+fn phone_numbers_are_derived_from_the_code_and_watermarked_for_the_token() {
+    let m = Mock::start();
+    let token = m.token("wx1");
+    let phone = |t: &str, code: &str| {
+        m.post(
+            &format!("/wxa/business/getuserphonenumber?access_token={t}"),
+            json!({ "code": code }),
+        )
+    };
+    let number = fake_wechat::phone_number_for("p1");
+    assert_eq!(number.len(), 11);
+    let a = phone(&token, "p1");
+    assert_eq!(a["errcode"], 0, "{a}");
+    assert_eq!(a["phone_info"]["purePhoneNumber"], number.as_str());
+    assert_eq!(a["phone_info"]["phoneNumber"], number.as_str());
+    assert_eq!(a["phone_info"]["countryCode"], "86");
+    assert_eq!(a["phone_info"]["watermark"]["appid"], "wx1");
+    assert_eq!(phone(&token, "p1")["phone_info"], a["phone_info"].clone());
+    assert_ne!(fake_wechat::phone_number_for("p2"), number);
+    assert_eq!(errcode(&phone(&token, "bad-1")), 40029);
+    assert_eq!(
+        phone(&token, "other-1")["phone_info"]["watermark"]["appid"],
+        fake_wechat::FOREIGN_WATERMARK_APPID
+    );
+    assert_eq!(errcode(&phone("nope", "p1")), 40001);
+}
