@@ -5,7 +5,7 @@
 use crate::accounts;
 use crate::config::{Config, Secret};
 use crate::credential::Broker;
-use crate::store::{AppUpsert, Db};
+use crate::store::{AppUpsert, Db, Target};
 use std::path::PathBuf;
 
 /// Parsed `--flag value` options; each is taken once by name, and leftovers are an error.
@@ -159,19 +159,19 @@ pub fn run(args: &[String]) -> Result<(), String> {
 fn open_config_db(o: &mut Opts) -> Result<(Config, Db), String> {
     let config = o.take("config").map(PathBuf::from);
     let c = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
-    let path = o
-        .take("db")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(&c.storage.path));
+    // `--db` is a file path or a mysql:// URL; else `storage.url`, else `storage.path`.
+    let target = match o.take("db") {
+        Some(db) => Target::open(&db)?,
+        None => Target::from_config(&c.storage)?,
+    };
     let sealer = crate::seal::Sealer::from_config(&c.storage)?;
     let keyed = sealer.is_some();
-    let db =
-        Db::open_with(&path, sealer).map_err(|e| format!("database {}: {e}", path.display()))?;
+    let db = Db::open_with(&target, sealer).map_err(|e| format!("database {target}: {e}"))?;
     // A key file on a database never sealed: seal it now, as `wafer serve` would at start.
     let never_sealed = || db.meta("seal_key_id").map(|id| id.is_none());
-    if keyed && never_sealed().map_err(|e| format!("database {}: {e}", path.display()))? {
+    if keyed && never_sealed().map_err(|e| format!("database {target}: {e}"))? {
         db.seal_existing()
-            .map_err(|e| format!("database {}: {e}", path.display()))?;
+            .map_err(|e| format!("database {target}: {e}"))?;
     }
     Ok((c, db))
 }

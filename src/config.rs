@@ -67,6 +67,9 @@ pub struct ServerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     pub path: String,
+    /// `mysql://USER:PASS@HOST:PORT/DB`: the shared MySQL-compatible database (CONTRACT §10),
+    /// which wins over `path`. Empty: the SQLite file `path`. A secret: it holds a password.
+    pub url: Secret,
     /// A file of 32 random bytes (raw or hex); when set, secrets are sealed at rest with it
     /// (CONTRACT §11). Empty: nothing is sealed.
     pub key_file: String,
@@ -208,6 +211,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             path: "wafer.db".into(),
+            url: Secret::default(),
             key_file: String::new(),
         }
     }
@@ -297,6 +301,9 @@ impl Config {
         }
         if let Some(v) = get("WAFER_DB") {
             self.storage.path = v;
+        }
+        if let Some(v) = get("WAFER_DATABASE_URL") {
+            self.storage.url = Secret(v);
         }
         if let Some(v) = get("WAFER_KEY_FILE") {
             self.storage.key_file = v;

@@ -22,11 +22,10 @@ pub use wafer::{parse_envelope, EnvelopeError};
 use crate::config::{Config, Secret};
 use crate::credential::Broker;
 use crate::metrics::Metrics;
-use crate::store::Db;
+use crate::store::{Db, Target};
 use crate::wechat::WeChat;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -43,7 +42,7 @@ pub struct Shared {
     pub known_apps: crate::session::KnownApps,
     /// `wafer dev`: enables the `/dev/*` routes.
     pub dev: bool,
-    pub db_path: PathBuf,
+    pub db: Target,
     /// The key values are sealed with at rest (`storage.key_file`), for every connection.
     pub sealer: Option<Arc<crate::seal::Sealer>>,
     /// The WeChat API gateway: its limits and the bodies in flight.
@@ -321,14 +320,14 @@ impl Handle {
 pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
     crate::logging::init();
     config.check_listen_needs_key().map_err(|e| e.to_string())?;
-    let db_path = PathBuf::from(&config.storage.path);
+    let target = Target::from_config(&config.storage)?;
     let sealer = crate::seal::Sealer::from_config(&config.storage)?;
-    let db = Db::open_with(&db_path, sealer.clone())
-        .map_err(|e| format!("database {}: {e}", db_path.display()))?;
+    let db =
+        Db::open_with(&target, sealer.clone()).map_err(|e| format!("database {target}: {e}"))?;
     if let Some(s) = &sealer {
         let n = db
             .seal_existing()
-            .map_err(|e| format!("database {}: {e}", db_path.display()))?;
+            .map_err(|e| format!("database {target}: {e}"))?;
         log::info!(
             "wafer: secrets are sealed at rest with key id {}{}",
             s.current_id(),
@@ -381,27 +380,27 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         metrics,
         known_apps: crate::session::KnownApps::new(KNOWN_APP_TTL),
         dev,
-        db_path: db_path.clone(),
+        db: target.clone(),
         sealer: sealer.clone(),
         gateway,
     });
     let stop = Arc::new(AtomicBool::new(false));
-    let refresher_db = Db::open_with(&db_path, sealer.clone())
-        .map_err(|e| format!("database {}: {e}", db_path.display()))?;
+    let refresher_db =
+        Db::open_with(&target, sealer.clone()).map_err(|e| format!("database {target}: {e}"))?;
     let refresher = crate::credential::spawn_refresher(broker, refresher_db, stop.clone())
         .map_err(|e| format!("spawning the refresher: {e}"))?;
     // Changes to the accounts made by another process (the CLI): the broker reloads what it
     // holds, and the known apps are read again.
-    let watch_db = Db::open_with(&db_path, sealer.clone())
-        .map_err(|e| format!("database {}: {e}", db_path.display()))?;
+    let watch_db =
+        Db::open_with(&target, sealer.clone()).map_err(|e| format!("database {target}: {e}"))?;
     let watching = shared.clone();
     let watch =
         crate::accounts::spawn_watch(watch_db, shared.broker.clone(), stop.clone(), move || {
             watching.known_apps.clear()
         })
         .map_err(|e| format!("spawning the accounts watch: {e}"))?;
-    let purger_db = Db::open_with(&db_path, sealer.clone())
-        .map_err(|e| format!("database {}: {e}", db_path.display()))?;
+    let purger_db =
+        Db::open_with(&target, sealer.clone()).map_err(|e| format!("database {target}: {e}"))?;
     let purger = purge::spawn(purger_db, stop.clone(), purge::PURGE_EVERY)
         .map_err(|e| format!("spawning the purger: {e}"))?;
     let upstream_bound = (workers_n * upstream::IN_FLIGHT_PER_WORKER).min(upstream::MAX_IN_FLIGHT);
@@ -425,11 +424,11 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
     );
     let mut workers = Vec::with_capacity(workers_n);
     for i in 0..workers_n {
-        let mut db = Db::open_with(&db_path, sealer.clone())
-            .map_err(|e| format!("database {}: {e}", db_path.display()))?;
+        let mut db = Db::open_with(&target, sealer.clone())
+            .map_err(|e| format!("database {target}: {e}"))?;
         let _ = db.no_autocheckpoint(); // the refresher thread checkpoints
         db.wait_for_writes(WORKER_WRITE_WAIT)
-            .map_err(|e| format!("database {}: {e}", db_path.display()))?;
+            .map_err(|e| format!("database {target}: {e}"))?;
         let mut worker = Worker {
             db,
             shared: shared.clone(),
@@ -443,8 +442,7 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         workers.push(t);
     }
     log::info!(
-        "wafer listening on http://{addr} (database {}, {apps} app(s), {workers_n} workers, up to {upstream_bound} upstream threads{})",
-        db_path.display(),
+        "wafer listening on http://{addr} (database {target}, {apps} app(s), {workers_n} workers, up to {upstream_bound} upstream threads{})",
         if dev { ", dev mode" } else { "" }
     );
     Ok(Handle {

@@ -73,7 +73,7 @@ impl Connections {
         if let Some(db) = lock(&self.idle).pop() {
             return Ok(db);
         }
-        let db = Db::open_with(&shared.db_path, shared.sealer.clone())?;
+        let db = Db::open_with(&shared.db, shared.sealer.clone())?;
         let _ = db.no_autocheckpoint(); // the refresher thread checkpoints
         let _ = db.set_cache_kib(CACHE_KIB);
         Ok(db)

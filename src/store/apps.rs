@@ -1,8 +1,8 @@
 //! The `apps` table: mini programs and official accounts, with their secrets and callback keys.
 
-use super::{next_prev_aes_key, Db, Error, Result};
+use super::sql::{args, Row};
+use super::{next_prev_aes_key, Db, Result};
 use crate::config::Secret;
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 #[derive(Debug, Clone)]
 pub struct App {
@@ -42,10 +42,15 @@ const APP_COLUMNS: &str =
 impl Db {
     /// Insert or update an app (its credentials are `accounts`' to forget).
     pub fn upsert_app(&self, a: &AppUpsert, now: i64) -> Result<App> {
-        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
-        let stored = self.app_by_appid(&a.appid)?;
+        let secret = self.seal("apps.secret", a.secret.expose())?;
+        let token = self.seal_opt("apps.token", a.token.as_ref().map(Secret::expose))?;
+        let aes_key = self.seal_opt("apps.aes_key", a.aes_key.as_ref().map(Secret::expose))?;
+        self.tx(|c| {
+        let select = format!("SELECT {APP_COLUMNS} FROM apps WHERE appid = ?1");
+        let stored = c.row(&select, args![&a.appid], |r| self.app_from_row(r))?;
         let prev = next_prev_aes_key(a.prev_aes_key.as_ref(), a.aes_key.as_ref(), stored.as_ref());
-        tx.execute(
+        let prev = self.seal_opt("apps.prev_aes_key", prev.as_ref().map(Secret::expose))?;
+        c.exec(
             "INSERT INTO apps (appid, secret, kind, title, login_days, session_secs, token, aes_key, forward_url, created_at, prev_aes_key)
              VALUES (?1, ?2, COALESCE(?3, 'miniprogram'), COALESCE(?4, ''), COALESCE(?5, 30), COALESCE(?6, 2592000), ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT (appid) DO UPDATE SET
@@ -58,28 +63,26 @@ impl Db {
                prev_aes_key = ?11,
                aes_key = COALESCE(?8, aes_key),
                forward_url = COALESCE(?9, forward_url)",
-            params![
-                a.appid,
-                self.seal("apps.secret", a.secret.expose())?,
-                a.kind,
-                a.title,
+            args![
+                &a.appid,
+                &secret,
+                a.kind.as_ref(),
+                a.title.as_ref(),
                 a.login_days,
                 a.session_secs,
-                self.seal_opt("apps.token", a.token.as_ref().map(Secret::expose))?,
-                self.seal_opt("apps.aes_key", a.aes_key.as_ref().map(Secret::expose))?,
-                a.forward_url,
+                token.as_ref(),
+                aes_key.as_ref(),
+                a.forward_url.as_ref(),
                 now,
-                self.seal_opt("apps.prev_aes_key", prev.as_ref().map(Secret::expose))?,
+                prev.as_ref(),
             ],
         )?;
-        let app = self
-            .app_by_appid(&a.appid)?
-            .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
-        tx.commit()?;
-        Ok(app)
+        c.row(&select, args![&a.appid], |r| self.app_from_row(r))?
+            .ok_or_else(|| super::store_error("the app just written is not there"))
+        })
     }
 
-    fn app_from_row(&self, r: &rusqlite::Row) -> rusqlite::Result<App> {
+    fn app_from_row(&self, r: &Row) -> Result<App> {
         Ok(App {
             id: r.get(0)?,
             appid: r.get(1)?,
@@ -96,29 +99,28 @@ impl Db {
     }
 
     pub fn app_by_appid(&self, appid: &str) -> Result<Option<App>> {
-        self.conn
-            .prepare_cached(&format!("SELECT {APP_COLUMNS} FROM apps WHERE appid = ?1"))?
-            .query_row([appid], |r| self.app_from_row(r))
-            .optional()
-            .map_err(Error::from)
+        self.row(
+            &format!("SELECT {APP_COLUMNS} FROM apps WHERE appid = ?1"),
+            args![appid],
+            |r| self.app_from_row(r),
+        )
     }
 
     pub fn app_by_id(&self, id: i64) -> Result<Option<App>> {
-        self.conn
-            .prepare_cached(&format!("SELECT {APP_COLUMNS} FROM apps WHERE id = ?1"))?
-            .query_row([id], |r| self.app_from_row(r))
-            .optional()
-            .map_err(Error::from)
+        self.row(
+            &format!("SELECT {APP_COLUMNS} FROM apps WHERE id = ?1"),
+            args![id],
+            |r| self.app_from_row(r),
+        )
     }
 
     /// The mini-program app when exactly one is registered (the single-app fallback).
     pub fn sole_miniprogram_app(&self) -> Result<Option<App>> {
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {APP_COLUMNS} FROM apps WHERE kind = 'miniprogram' LIMIT 2"
-        ))?;
-        let apps = stmt
-            .query_map([], |r| self.app_from_row(r))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let apps = self.rows(
+            &format!("SELECT {APP_COLUMNS} FROM apps WHERE kind = 'miniprogram' LIMIT 2"),
+            &[],
+            |r| self.app_from_row(r),
+        )?;
         Ok(if apps.len() == 1 {
             apps.into_iter().next()
         } else {
@@ -127,20 +129,15 @@ impl Db {
     }
 
     pub fn list_apps(&self) -> Result<Vec<App>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!("SELECT {APP_COLUMNS} FROM apps ORDER BY id"))?;
-        let apps = stmt
-            .query_map([], |r| self.app_from_row(r))?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(apps)
+        self.rows(
+            &format!("SELECT {APP_COLUMNS} FROM apps ORDER BY id"),
+            &[],
+            |r| self.app_from_row(r),
+        )
     }
 
     /// Remove an app with its users and sessions (cascade). False when there was no such app.
     pub fn remove_app(&self, appid: &str) -> Result<bool> {
-        Ok(self
-            .conn
-            .execute("DELETE FROM apps WHERE appid = ?1", [appid])?
-            > 0)
+        Ok(self.exec("DELETE FROM apps WHERE appid = ?1", args![appid])? > 0)
     }
 }

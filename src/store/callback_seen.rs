@@ -1,49 +1,57 @@
 //! The `callback_seen` table: callbacks already handled (`push::Claim` builds the keys), each
 //! remembered until its expiry.
 
-use super::{Db, Error, Result};
-use rusqlite::{params, TransactionBehavior};
+use super::sql::args;
+use super::{Db, Result};
 
 impl Db {
     // ---- callbacks already handled ----
 
     /// Remember every key until its expiry, all or none: true when none of them was remembered
-    /// (an expired row counts as forgotten), false (and nothing written) when one was.
+    /// (an expired row counts as forgotten), false (and nothing written) when one was. On
+    /// MySQL a claim of the same key on another instance waits for this transaction and then
+    /// finds the key taken.
     pub fn claim_callback(&self, keys: &[(String, i64)], now: i64) -> Result<bool> {
-        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
-        for (key, expires_at) in keys {
-            let fresh = tx
-                .prepare_cached(
-                    "INSERT INTO callback_seen (key, expires_at) VALUES (?1, ?2)
-                     ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at
-                     WHERE callback_seen.expires_at <= ?3",
-                )?
-                .execute(params![key, expires_at, now])?;
-            if fresh == 0 {
-                return Ok(false); // the transaction rolls back on drop
+        // Insert first, and only a key already there is looked at again (taken over if its
+        // time has passed): on MySQL a claim that deleted before inserting would take gap locks
+        // that two concurrent claims of one key deadlock on.
+        self.tx_or_undo(|c| {
+            for (key, expires_at) in keys {
+                let fresh = c.exec(
+                    "INSERT OR IGNORE INTO callback_seen (`key`, expires_at) VALUES (?1, ?2)",
+                    args![key, *expires_at],
+                )? > 0
+                    || c.exec(
+                        "UPDATE callback_seen SET expires_at = ?2 WHERE `key` = ?1 AND expires_at <= ?3",
+                        args![key, *expires_at, now],
+                    )? > 0;
+                if !fresh {
+                    return Ok(false);
+                }
             }
-        }
-        tx.commit()?;
-        Ok(true)
+            Ok(true)
+        })
     }
 
     /// Forget keys claimed for a callback that was not handled after all.
     pub fn release_callback(&self, keys: &[(String, i64)]) -> Result<()> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("DELETE FROM callback_seen WHERE key = ?1 AND expires_at = ?2")?;
-        for (key, expires_at) in keys {
-            stmt.execute(params![key, expires_at])?;
-        }
-        Ok(())
+        self.run(|c| {
+            for (key, expires_at) in keys {
+                c.exec(
+                    "DELETE FROM callback_seen WHERE `key` = ?1 AND expires_at = ?2",
+                    args![key, *expires_at],
+                )?;
+            }
+            Ok(())
+        })
     }
 
     /// Delete the remembered callbacks whose time has passed. Returns how many went.
     pub fn purge_callback_seen(&self, now: i64) -> Result<usize> {
-        self.conn
-            .prepare_cached("DELETE FROM callback_seen WHERE expires_at <= ?1")?
-            .execute([now])
-            .map_err(Error::from)
+        self.exec(
+            "DELETE FROM callback_seen WHERE expires_at <= ?1",
+            args![now],
+        )
     }
 }
 

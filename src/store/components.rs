@@ -2,9 +2,9 @@
 //! verify ticket, pre-auth code, the minute's `api_query_auth` count) and the accounts that
 //! authorised them (refresh token, scopes, authorisation and revocation times).
 
-use super::{next_prev_aes_key, Db, Error, Result};
+use super::sql::{args, Row};
+use super::{next_prev_aes_key, Db, Result};
 use crate::config::Secret;
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 /// An Open Platform component as registered (`component add`, `[[component]]`).
 #[derive(Debug, Clone)]
@@ -58,7 +58,7 @@ const AUTHORIZER_COLUMNS: &str =
 impl Db {
     // ---- Open Platform components ----
 
-    fn component_from_row(&self, r: &rusqlite::Row) -> rusqlite::Result<Component> {
+    fn component_from_row(&self, r: &Row) -> Result<Component> {
         Ok(Component {
             appid: r.get(0)?,
             secret: self.secret("components.secret", r, 1)?,
@@ -72,7 +72,7 @@ impl Db {
         })
     }
 
-    fn authorizer_from_row(&self, r: &rusqlite::Row) -> rusqlite::Result<Authorizer> {
+    fn authorizer_from_row(&self, r: &Row) -> Result<Authorizer> {
         Ok(Authorizer {
             component_appid: r.get(0)?,
             authorizer_appid: r.get(1)?,
@@ -86,117 +86,109 @@ impl Db {
 
     /// Insert or update a component.
     pub fn upsert_component(&self, c: &ComponentUpsert, now: i64) -> Result<()> {
-        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
-        let stored = self.component(&c.appid)?;
-        let prev = next_prev_aes_key(c.prev_aes_key.as_ref(), Some(&c.aes_key), stored.as_ref());
-        tx.execute(
-            "INSERT INTO components (appid, secret, token, aes_key, prev_aes_key, redirect_uri, created_at, forward_url)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-             ON CONFLICT (appid) DO UPDATE SET secret = ?2, token = ?3,
-               prev_aes_key = ?5,
-               aes_key = ?4,
-               redirect_uri = COALESCE(?6, redirect_uri),
-               forward_url = COALESCE(?8, forward_url)",
-            params![
-                c.appid,
-                self.seal("components.secret", c.secret.expose())?,
-                self.seal("components.token", c.token.expose())?,
-                self.seal("components.aes_key", c.aes_key.expose())?,
-                self.seal_opt("components.prev_aes_key", prev.as_ref().map(Secret::expose))?,
-                c.redirect_uri,
-                now,
-                c.forward_url
-            ],
-        )?;
-        tx.commit().map_err(Error::from)
+        let secret = self.seal("components.secret", c.secret.expose())?;
+        let token = self.seal("components.token", c.token.expose())?;
+        let aes_key = self.seal("components.aes_key", c.aes_key.expose())?;
+        self.tx(|sql| {
+            let stored = sql.row(
+                &format!("SELECT {COMPONENT_COLUMNS} FROM components WHERE appid = ?1"),
+                args![&c.appid],
+                |r| self.component_from_row(r),
+            )?;
+            let prev =
+                next_prev_aes_key(c.prev_aes_key.as_ref(), Some(&c.aes_key), stored.as_ref());
+            let prev = self.seal_opt("components.prev_aes_key", prev.as_ref().map(Secret::expose))?;
+            sql.exec(
+                "INSERT INTO components (appid, secret, token, aes_key, prev_aes_key, redirect_uri, created_at, forward_url)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (appid) DO UPDATE SET secret = ?2, token = ?3,
+                   prev_aes_key = ?5,
+                   aes_key = ?4,
+                   redirect_uri = COALESCE(?6, redirect_uri),
+                   forward_url = COALESCE(?8, forward_url)",
+                args![
+                    &c.appid,
+                    &secret,
+                    &token,
+                    &aes_key,
+                    prev.as_ref(),
+                    c.redirect_uri.as_ref(),
+                    now,
+                    c.forward_url.as_ref()
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn component(&self, appid: &str) -> Result<Option<Component>> {
-        self.conn
-            .prepare_cached(&format!(
-                "SELECT {COMPONENT_COLUMNS} FROM components WHERE appid = ?1"
-            ))?
-            .query_row([appid], |r| self.component_from_row(r))
-            .optional()
-            .map_err(Error::from)
+        self.row(
+            &format!("SELECT {COMPONENT_COLUMNS} FROM components WHERE appid = ?1"),
+            args![appid],
+            |r| self.component_from_row(r),
+        )
     }
 
     pub fn list_components(&self) -> Result<Vec<Component>> {
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {COMPONENT_COLUMNS} FROM components ORDER BY appid"
-        ))?;
-        let components = stmt
-            .query_map([], |r| self.component_from_row(r))?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(components)
+        self.rows(
+            &format!("SELECT {COMPONENT_COLUMNS} FROM components ORDER BY appid"),
+            &[],
+            |r| self.component_from_row(r),
+        )
     }
 
     /// Keep the ticket WeChat just pushed, made at `created` (its `CreateTime`), unless the
     /// stored one is newer. False when nothing changed (no such component, or a newer ticket).
     pub fn set_verify_ticket(&self, appid: &str, ticket: &str, created: i64) -> Result<bool> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "UPDATE components SET verify_ticket = ?2, ticket_at = ?3
-                 WHERE appid = ?1 AND (ticket_at IS NULL OR ticket_at <= ?3)",
-            )?
-            .execute(params![
-                appid,
-                self.seal("components.verify_ticket", ticket)?,
-                created
-            ])?
-            > 0)
+        let ticket = self.seal("components.verify_ticket", ticket)?;
+        Ok(self.exec(
+            "UPDATE components SET verify_ticket = ?2, ticket_at = ?3
+             WHERE appid = ?1 AND (ticket_at IS NULL OR ticket_at <= ?3)",
+            args![appid, &ticket, created],
+        )? > 0)
     }
 
     /// The stored pre-auth code and its expiry (unix seconds), if any.
     pub fn pre_auth_code(&self, appid: &str) -> Result<Option<(String, i64)>> {
         Ok(self
-            .conn
-            .prepare_cached(
+            .row(
                 "SELECT pre_auth_code, pre_auth_expires_at FROM components WHERE appid = ?1",
+                args![appid],
+                |r| Ok(r.get::<Option<String>>(0)?.zip(r.get::<Option<i64>>(1)?)),
             )?
-            .query_row([appid], |r| {
-                Ok(r.get::<_, Option<String>>(0)?
-                    .zip(r.get::<_, Option<i64>>(1)?))
-            })
-            .optional()?
             .flatten())
     }
 
     pub fn set_pre_auth_code(&self, appid: &str, code: &str, expires_at: i64) -> Result<()> {
-        self.conn
-            .prepare_cached(
-                "UPDATE components SET pre_auth_code = ?2, pre_auth_expires_at = ?3 WHERE appid = ?1",
-            )?
-            .execute(params![appid, code, expires_at])?;
+        self.exec(
+            "UPDATE components SET pre_auth_code = ?2, pre_auth_expires_at = ?3 WHERE appid = ?1",
+            args![appid, code, expires_at],
+        )?;
         Ok(())
     }
 
     /// Forget the stored pre-auth code: only if it is `code` when one is given.
     pub fn forget_pre_auth_code(&self, appid: &str, code: Option<&str>) -> Result<()> {
-        self.conn
-            .prepare_cached(
-                "UPDATE components SET pre_auth_code = NULL, pre_auth_expires_at = NULL
-                 WHERE appid = ?1 AND (?2 IS NULL OR pre_auth_code = ?2)",
-            )?
-            .execute(params![appid, code])?;
+        self.exec(
+            "UPDATE components SET pre_auth_code = NULL, pre_auth_expires_at = NULL
+             WHERE appid = ?1 AND (?2 IS NULL OR pre_auth_code = ?2)",
+            args![appid, code],
+        )?;
         Ok(())
     }
 
     /// Count one `api_query_auth` call in the current minute (`now / 60`), if fewer than
     /// `per_minute` were made in it: one statement, so concurrent callers cannot both take the
     /// last one. False when the minute's calls are used up (or there is no such component).
+    /// (MySQL sets columns left to right: the count is set before the minute it compares.)
     pub fn count_query_auth(&self, appid: &str, now: i64, per_minute: i64) -> Result<bool> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "UPDATE components SET
-                   query_auth_calls = CASE WHEN query_auth_minute = ?2 THEN query_auth_calls + 1 ELSE 1 END,
-                   query_auth_minute = ?2
-                 WHERE appid = ?1 AND (query_auth_minute != ?2 OR query_auth_calls < ?3)",
-            )?
-            .execute(params![appid, now.div_euclid(60), per_minute])?
-            > 0)
+        Ok(self.exec(
+            "UPDATE components SET
+               query_auth_calls = CASE WHEN query_auth_minute = ?2 THEN query_auth_calls + 1 ELSE 1 END,
+               query_auth_minute = ?2
+             WHERE appid = ?1 AND (query_auth_minute != ?2 OR query_auth_calls < ?3)",
+            args![appid, now.div_euclid(60), per_minute],
+        )? > 0)
     }
 
     /// Record an authorisation (new, renewed or re-granted after a revocation): the refresh
@@ -209,20 +201,14 @@ impl Db {
         func_info: &str,
         now: i64,
     ) -> Result<()> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO authorizers (component_appid, authorizer_appid, refresh_token, func_info, authorized_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (component_appid, authorizer_appid) DO UPDATE SET
-                   refresh_token = ?3, func_info = ?4, authorized_at = ?5, revoked_at = NULL",
-            )?
-            .execute(params![
-                component_appid,
-                authorizer_appid,
-                self.seal("authorizers.refresh_token", refresh_token)?,
-                func_info,
-                now
-            ])?;
+        let refresh_token = self.seal("authorizers.refresh_token", refresh_token)?;
+        self.exec(
+            "INSERT INTO authorizers (component_appid, authorizer_appid, refresh_token, func_info, authorized_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (component_appid, authorizer_appid) DO UPDATE SET
+               refresh_token = ?3, func_info = ?4, authorized_at = ?5, revoked_at = NULL",
+            args![component_appid, authorizer_appid, &refresh_token, func_info, now],
+        )?;
         Ok(())
     }
 
@@ -231,29 +217,27 @@ impl Db {
         component_appid: &str,
         authorizer_appid: &str,
     ) -> Result<Option<Authorizer>> {
-        self.conn
-            .prepare_cached(&format!(
+        self.row(
+            &format!(
                 "SELECT {AUTHORIZER_COLUMNS} FROM authorizers
                  WHERE component_appid = ?1 AND authorizer_appid = ?2"
-            ))?
-            .query_row([component_appid, authorizer_appid], |r| {
-                self.authorizer_from_row(r)
-            })
-            .optional()
-            .map_err(Error::from)
+            ),
+            args![component_appid, authorizer_appid],
+            |r| self.authorizer_from_row(r),
+        )
     }
 
     /// The authorisers of a component that have not revoked it, oldest first.
     pub fn list_authorizers(&self, component_appid: &str) -> Result<Vec<Authorizer>> {
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {AUTHORIZER_COLUMNS} FROM authorizers
-             WHERE component_appid = ?1 AND revoked_at IS NULL
-             ORDER BY authorized_at, authorizer_appid"
-        ))?;
-        let list = stmt
-            .query_map([component_appid], |r| self.authorizer_from_row(r))?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(list)
+        self.rows(
+            &format!(
+                "SELECT {AUTHORIZER_COLUMNS} FROM authorizers
+                 WHERE component_appid = ?1 AND revoked_at IS NULL
+                 ORDER BY authorized_at, authorizer_appid"
+            ),
+            args![component_appid],
+            |r| self.authorizer_from_row(r),
+        )
     }
 
     /// Store an authoriser's profile (`api_get_authorizer_info`'s `authorizer_info`, JSON).
@@ -263,11 +247,10 @@ impl Db {
         authorizer_appid: &str,
         info: &str,
     ) -> Result<()> {
-        self.conn
-            .prepare_cached(
-                "UPDATE authorizers SET info = ?3 WHERE component_appid = ?1 AND authorizer_appid = ?2",
-            )?
-            .execute(params![component_appid, authorizer_appid, info])?;
+        self.exec(
+            "UPDATE authorizers SET info = ?3 WHERE component_appid = ?1 AND authorizer_appid = ?2",
+            args![component_appid, authorizer_appid, info],
+        )?;
         Ok(())
     }
 
@@ -278,16 +261,12 @@ impl Db {
         authorizer_appid: &str,
         refresh_token: &str,
     ) -> Result<()> {
-        self.conn
-            .prepare_cached(
-                "UPDATE authorizers SET refresh_token = ?3
-                 WHERE component_appid = ?1 AND authorizer_appid = ?2 AND revoked_at IS NULL",
-            )?
-            .execute(params![
-                component_appid,
-                authorizer_appid,
-                self.seal("authorizers.refresh_token", refresh_token)?
-            ])?;
+        let refresh_token = self.seal("authorizers.refresh_token", refresh_token)?;
+        self.exec(
+            "UPDATE authorizers SET refresh_token = ?3
+             WHERE component_appid = ?1 AND authorizer_appid = ?2 AND revoked_at IS NULL",
+            args![component_appid, authorizer_appid, &refresh_token],
+        )?;
         Ok(())
     }
 
@@ -300,15 +279,12 @@ impl Db {
         created: i64,
         now: i64,
     ) -> Result<bool> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "UPDATE authorizers SET revoked_at = ?4
-                 WHERE component_appid = ?1 AND authorizer_appid = ?2 AND revoked_at IS NULL
-                   AND authorized_at <= ?3",
-            )?
-            .execute(params![component_appid, authorizer_appid, created, now])?
-            > 0)
+        Ok(self.exec(
+            "UPDATE authorizers SET revoked_at = ?4
+             WHERE component_appid = ?1 AND authorizer_appid = ?2 AND revoked_at IS NULL
+               AND authorized_at <= ?3",
+            args![component_appid, authorizer_appid, created, now],
+        )? > 0)
     }
 }
 

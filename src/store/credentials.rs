@@ -1,9 +1,9 @@
 //! The `credentials` and `upstream_quota` tables: hosted tokens and tickets with their expiry
 //! (written only by `credential::Broker`), and the daily accounting of upstream calls.
 
-use super::{Db, Error, Result};
+use super::sql::args;
+use super::{Db, Result};
 use crate::config::Secret;
-use rusqlite::{params, OptionalExtension};
 
 /// A stored credential: value and expiry from one row.
 #[derive(Debug, Clone)]
@@ -24,26 +24,26 @@ pub struct Quota {
 
 impl Db {
     pub fn credential(&self, key: &str) -> Result<Option<StoredCredential>> {
-        self.conn
-            .prepare_cached("SELECT value, expires_at, updated_at FROM credentials WHERE key = ?1")?
-            .query_row([key], |r| {
+        self.row(
+            "SELECT value, expires_at, updated_at FROM credentials WHERE `key` = ?1",
+            args![key],
+            |r| {
                 Ok(StoredCredential {
                     value: self.secret("credentials.value", r, 0)?,
                     expires_at: r.get(1)?,
                     updated_at: r.get(2)?,
                 })
-            })
-            .optional()
-            .map_err(Error::from)
+            },
+        )
     }
 
     pub fn put_credential(&self, key: &str, value: &str, expires_at: i64, now: i64) -> Result<()> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO credentials (key, value, expires_at, updated_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (key) DO UPDATE SET value = ?2, expires_at = ?3, updated_at = ?4",
-            )?
-            .execute(params![key, self.seal("credentials.value", value)?, expires_at, now])?;
+        let value = self.seal("credentials.value", value)?;
+        self.exec(
+            "INSERT INTO credentials (`key`, value, expires_at, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (`key`) DO UPDATE SET value = ?2, expires_at = ?3, updated_at = ?4",
+            args![key, &value, expires_at, now],
+        )?;
         Ok(())
     }
 
@@ -52,45 +52,48 @@ impl Db {
         if prefix.is_empty() {
             return Ok(0);
         }
-        self.conn
-            .execute(
-                "DELETE FROM credentials WHERE substr(key, 1, length(?1)) = ?1",
-                [prefix],
-            )
-            .map_err(Error::from)
+        self.exec(
+            "DELETE FROM credentials WHERE substr(`key`, 1, length(?1)) = ?1",
+            args![prefix],
+        )
     }
 
     pub fn quota(&self, key: &str, day: &str) -> Result<Quota> {
         Ok(self
-            .conn
-            .prepare_cached("SELECT calls, forced, last_forced, blocked_until FROM upstream_quota WHERE key = ?1 AND day = ?2")?
-            .query_row([key, day], |r| {
-                Ok(Quota { calls: r.get(0)?, forced: r.get(1)?, last_forced: r.get(2)?, blocked_until: r.get(3)? })
-            })
-            .optional()?
+            .row(
+                "SELECT calls, forced, last_forced, blocked_until FROM upstream_quota
+                 WHERE `key` = ?1 AND day = ?2",
+                args![key, day],
+                |r| {
+                    Ok(Quota {
+                        calls: r.get(0)?,
+                        forced: r.get(1)?,
+                        last_forced: r.get(2)?,
+                        blocked_until: r.get(3)?,
+                    })
+                },
+            )?
             .unwrap_or_default())
     }
 
     /// Count one upstream call (and a forced one when `forced`).
     pub fn count_upstream(&self, key: &str, day: &str, forced: bool, now: i64) -> Result<()> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO upstream_quota (key, day, calls, forced, last_forced) VALUES (?1, ?2, 1, ?3, ?4)
-                 ON CONFLICT (key, day) DO UPDATE SET calls = calls + 1, forced = forced + ?3,
-                   last_forced = CASE WHEN ?3 = 1 THEN ?4 ELSE last_forced END",
-            )?
-            .execute(params![key, day, forced as i64, if forced { now } else { 0 }])?;
+        self.exec(
+            "INSERT INTO upstream_quota (`key`, day, calls, forced, last_forced) VALUES (?1, ?2, 1, ?3, ?4)
+             ON CONFLICT (`key`, day) DO UPDATE SET calls = calls + 1, forced = forced + ?3,
+               last_forced = CASE WHEN ?3 = 1 THEN ?4 ELSE last_forced END",
+            args![key, day, forced, if forced { now } else { 0 }],
+        )?;
         Ok(())
     }
 
     /// After 45009: no calls for this key before `until`.
     pub fn block_upstream(&self, key: &str, day: &str, until: i64) -> Result<()> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO upstream_quota (key, day, blocked_until) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (key, day) DO UPDATE SET blocked_until = ?3",
-            )?
-            .execute(params![key, day, until])?;
+        self.exec(
+            "INSERT INTO upstream_quota (`key`, day, blocked_until) VALUES (?1, ?2, ?3)
+             ON CONFLICT (`key`, day) DO UPDATE SET blocked_until = ?3",
+            args![key, day, until],
+        )?;
         Ok(())
     }
 }

@@ -16,11 +16,20 @@
 //! holds the connection, the migrations, the sealing seam, the session writers' turn and
 //! [`Error`]. The seam another backend implements is `Db`'s public methods and the row types:
 //! none of them carries a rusqlite type, and every failure is a [`store::Error`](Error).
+//!
+//! Two backends sit behind that seam (CONTRACT §10): a `Db` holds a SQLite connection or a
+//! handle on the process's MySQL pool (`mysql.rs`). The queries are written once, in `sql.rs`'s
+//! terms ([`sql::Sql`], [`sql::Row`], `args!`); what the dialects cannot share (the schema,
+//! migration bookkeeping, the health probe, SQLite's pragmas and sealing's rowid scan) is under
+//! a `match` on the connection, in this file and `mysql.rs`.
 
 use crate::config::Secret;
 use crate::seal::{OpenError, Sealer};
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use ::mysql::prelude::Queryable;
+use rusqlite::{params, Connection, TransactionBehavior};
+use sql::{args, Row, Sql};
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -29,8 +38,12 @@ mod apps;
 mod callback_seen;
 mod components;
 mod credentials;
+mod mysql;
 mod sessions;
+pub(crate) mod sql;
 mod work_agents;
+
+pub use self::mysql::{redact, Target};
 
 pub use apps::{App, AppUpsert};
 pub use components::{Authorizer, Component, ComponentUpsert};
@@ -47,9 +60,26 @@ pub use work_agents::WorkAgent;
 pub struct Error {
     message: String,
     busy: bool,
+    /// MySQL chose this transaction as a deadlock's victim (it may simply be run again).
+    deadlock: bool,
+    /// SQLite's code for it, if SQLite said it.
+    sqlite: Option<rusqlite::ErrorCode>,
 }
 
 impl Error {
+    fn new(message: impl Into<String>) -> Error {
+        Error::busy_or(message, false)
+    }
+
+    fn busy_or(message: impl Into<String>, busy: bool) -> Error {
+        Error {
+            message: message.into(),
+            busy,
+            deadlock: false,
+            sqlite: None,
+        }
+    }
+
     /// Another writer held the lock for longer than this connection waits.
     pub fn is_busy(&self) -> bool {
         self.busy
@@ -69,9 +99,29 @@ impl From<rusqlite::Error> for Error {
         Error {
             busy: is_busy(&e),
             message: e.to_string(),
+            deadlock: false,
+            sqlite: e.sqlite_error_code(),
         }
     }
 }
+
+impl From<::mysql::Error> for Error {
+    fn from(e: ::mysql::Error) -> Error {
+        // 1205: lock wait timeout; 1213: deadlock.
+        let code = match &e {
+            ::mysql::Error::MySqlError(m) => m.code,
+            _ => 0,
+        };
+        Error {
+            deadlock: code == 1213,
+            ..Error::busy_or(e.to_string(), code == 1205 || code == 1213)
+        }
+    }
+}
+
+/// How many times a MySQL transaction is tried when the server keeps choosing it as a
+/// deadlock's victim.
+const DEADLOCK_TRIES: u32 = 3;
 
 /// What every public `Db` method answers.
 pub type Result<T> = std::result::Result<T, Error>;
@@ -124,6 +174,20 @@ ALTER TABLE authorizers ADD COLUMN info TEXT;
 ALTER TABLE components ADD COLUMN forward_url TEXT;
 ";
 
+/// Every table, for a check of them all.
+const TABLES: &[&str] = &[
+    "apps",
+    "users",
+    "sessions",
+    "credentials",
+    "upstream_quota",
+    "work_agents",
+    "components",
+    "authorizers",
+    "callback_seen",
+    "meta",
+];
+
 /// Every sealed column, as `table.column` (also the associated data a value is sealed for, so a
 /// value copied to another column does not open there). A new secret column joins this list
 /// and is written with `Db::seal` and read with `Db::unseal`.
@@ -152,19 +216,22 @@ pub const SEALED: &[&str] = &[
 const SEAL_BATCH: usize = 256;
 
 pub struct Db {
-    conn: Connection,
+    conn: Conn,
     sealer: Option<Arc<Sealer>>,
     /// How long a write on this connection waits for its turn and SQLite's write lock together
     /// ([`BUSY_TIMEOUT`] unless [`Db::wait_for_writes`] says otherwise); also its busy timeout.
     write_wait: Duration,
 }
 
-/// A refusal or failure of our own, reported through `rusqlite::Error` like every store error.
-fn store_error(msg: impl Into<String>) -> rusqlite::Error {
-    rusqlite::Error::SqliteFailure(
-        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
-        Some(msg.into()),
-    )
+/// The connection of a `Db`: SQLite's own, or a handle on the process's MySQL pool.
+enum Conn {
+    Lite(Connection),
+    My(Arc<mysql::Server>),
+}
+
+/// A refusal or failure of our own.
+fn store_error(msg: impl Into<String>) -> Error {
+    Error::new(msg)
 }
 
 /// An account with an EncodingAESKey and the previous one (apps, WeCom agents, components).
@@ -274,11 +341,8 @@ impl Drop for TurnGuard {
 
 /// `SQLITE_BUSY` with a note: what a write that ran out of time answers, whether it waited in
 /// this process's turn or in SQLite.
-fn busy(note: &str) -> rusqlite::Error {
-    rusqlite::Error::SqliteFailure(
-        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
-        Some(note.to_string()),
-    )
+fn busy(note: &str) -> Error {
+    Error::busy_or(note, true)
 }
 
 /// Is this SQLite saying that someone else holds the lock?
@@ -339,42 +403,49 @@ impl Db {
     /// Open (creating if needed) and bring the schema up to date, without a key: refused on a
     /// sealed database.
     pub fn open(path: &Path) -> Result<Db> {
-        Db::open_with(path, None)
+        Db::open_with(&Target::File(path.to_path_buf()), None)
     }
 
     /// Open with the key the process holds, if any (`storage.key_file`). Refused when the
     /// database is sealed and there is no key, or it is sealed with a key this is not (unless
     /// a rotation names where that key is and this process can read it). A database that has
     /// never been sealed opens either way; [`Db::seal_existing`] seals it.
-    pub fn open_with(path: &Path, sealer: Option<Arc<Sealer>>) -> Result<Db> {
-        let db = Db::open_unchecked(path, sealer)?;
+    pub fn open_with(target: &Target, sealer: Option<Arc<Sealer>>) -> Result<Db> {
+        let db = Db::open_unchecked(target, sealer)?;
         let Some(sealed_with) = db.meta("seal_key_id")? else {
             return Ok(db);
         };
         let Some(s) = &db.sealer else {
-            return Err(Error::from(store_error(format!(
+            return Err(store_error(format!(
                 "the database is sealed (key id {sealed_with}): set storage.key_file (or WAFER_KEY_FILE) to its key file"
-            ))));
+            )));
         };
         if !s.holds(&sealed_with) {
             db.seek_key(s, &sealed_with, true);
         }
         if !s.holds(&sealed_with) {
-            return Err(Error::from(store_error(format!(
+            return Err(store_error(format!(
                 "storage.key_file is key id {}, but the database is sealed with key id {sealed_with}: wrong key file",
                 s.current_id()
-            ))));
+            )));
         }
         Ok(db)
     }
 
-    fn open_unchecked(path: &Path, sealer: Option<Arc<Sealer>>) -> rusqlite::Result<Db> {
-        owner_only(path).map_err(|e| {
-            rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
-                Some(format!("making it readable by its owner only: {e}")),
-            )
-        })?;
+    fn open_unchecked(target: &Target, sealer: Option<Arc<Sealer>>) -> Result<Db> {
+        let path = match target {
+            Target::File(path) => path,
+            Target::Mysql(server) => {
+                server.migrate(BUSY_TIMEOUT)?;
+                return Ok(Db {
+                    conn: Conn::My(server.clone()),
+                    sealer,
+                    write_wait: BUSY_TIMEOUT,
+                });
+            }
+        };
+        owner_only(path)
+            .map_err(|e| store_error(format!("making it readable by its owner only: {e}")))?;
         let conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -382,7 +453,7 @@ impl Db {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.set_prepared_statement_cache_capacity(64);
         let mut db = Db {
-            conn,
+            conn: Conn::Lite(conn),
             sealer,
             write_wait: BUSY_TIMEOUT,
         };
@@ -390,52 +461,139 @@ impl Db {
         Ok(db)
     }
 
+    /// Is this database a MySQL server's (not a SQLite file)?
+    pub fn is_mysql(&self) -> bool {
+        matches!(self.conn, Conn::My(_))
+    }
+
+    /// Run `f` on this `Db`'s connection: SQLite's, or one taken from the MySQL pool for the
+    /// duration of `f` (waiting at most the write wait for one).
+    fn run<T>(&self, f: impl FnOnce(&Sql) -> Result<T>) -> Result<T> {
+        match &self.conn {
+            Conn::Lite(c) => f(&Sql::Lite(c)),
+            Conn::My(s) => {
+                let mut c = s.conn(self.write_wait)?;
+                f(&Sql::My(RefCell::new(&mut c)))
+            }
+        }
+    }
+
+    /// Run `f` in a write transaction (SQLite: `BEGIN IMMEDIATE`), committed when it answers
+    /// `Ok`, rolled back otherwise.
+    fn tx<T>(&self, mut f: impl FnMut(&Sql) -> Result<T>) -> Result<T> {
+        let mut v = None;
+        self.tx_or_undo(|c| {
+            v = Some(f(c)?);
+            Ok(true)
+        })?;
+        v.ok_or_else(|| store_error("a transaction's value went missing"))
+    }
+
+    /// Run `f` in a write transaction, committed when it answers `Ok(true)`, rolled back when
+    /// it answers `Ok(false)` or an error. Answers what `f` did. On MySQL a transaction the
+    /// server chose as a deadlock's victim is run again (up to [`DEADLOCK_TRIES`] times in all).
+    fn tx_or_undo(&self, mut f: impl FnMut(&Sql) -> Result<bool>) -> Result<bool> {
+        match &self.conn {
+            Conn::Lite(c) => {
+                let tx = rusqlite::Transaction::new_unchecked(c, TransactionBehavior::Immediate)?;
+                let keep = f(&Sql::Lite(c))?;
+                if keep {
+                    tx.commit()?;
+                }
+                Ok(keep)
+            }
+            Conn::My(s) => {
+                let mut c = s.conn(self.write_wait)?;
+                let mut tries = 1;
+                loop {
+                    c.query_drop("START TRANSACTION")?;
+                    let keep = f(&Sql::My(RefCell::new(&mut c)))
+                        .and_then(|keep| Ok(keep && c.query_drop("COMMIT").map(|()| true)?));
+                    match keep {
+                        Ok(true) => return Ok(true),
+                        Err(e) if e.deadlock && tries < DEADLOCK_TRIES => {
+                            let _ = c.query_drop("ROLLBACK");
+                            tries += 1;
+                        }
+                        other => {
+                            let _ = c.query_drop("ROLLBACK");
+                            return other;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One statement on this `Db`'s connection; how many rows it changed (or matched).
+    fn exec(&self, sql: &str, args: &[sql::Arg]) -> Result<usize> {
+        self.run(|c| c.exec(sql, args))
+    }
+
+    /// The first row of a query, mapped by `f`.
+    fn row<T>(
+        &self,
+        sql: &str,
+        args: &[sql::Arg],
+        f: impl FnOnce(&Row) -> Result<T>,
+    ) -> Result<Option<T>> {
+        self.run(|c| c.row(sql, args, f))
+    }
+
+    /// Every row of a query, mapped by `f`.
+    fn rows<T>(
+        &self,
+        sql: &str,
+        args: &[sql::Arg],
+        f: impl FnMut(&Row) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        self.run(|c| c.rows(sql, args, f))
+    }
+
     /// Make writes on this connection wait at most `wait` (for their turn and SQLite's lock
-    /// together) rather than [`BUSY_TIMEOUT`].
+    /// together; on MySQL, for a pooled connection) rather than [`BUSY_TIMEOUT`].
     pub fn wait_for_writes(&mut self, wait: Duration) -> Result<()> {
-        self.conn.busy_timeout(wait)?;
+        if let Conn::Lite(c) = &self.conn {
+            c.busy_timeout(wait)?;
+        }
         self.write_wait = wait;
         Ok(())
     }
 
-    fn migrate(&mut self) -> rusqlite::Result<()> {
+    fn migrate(&mut self) -> Result<()> {
+        let Conn::Lite(conn) = &mut self.conn else {
+            return Ok(());
+        };
         // Read first: an up-to-date database (every open but the first) needs no write lock, so
         // opening a connection never waits behind a writer (the start-up purge, a login storm).
-        let version: usize = self
-            .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version >= MIGRATIONS.len() {
             return Ok(());
         }
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let version: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
             tx.execute_batch(sql)?;
             tx.pragma_update(None, "user_version", i + 1)?;
         }
-        tx.commit()
+        Ok(tx.commit()?)
     }
 
     // ---- sealing at rest (CONTRACT §11; the key and cipher are `seal.rs`) ----
 
     /// A `meta` value: a named fact about the database itself.
     pub fn meta(&self, name: &str) -> Result<Option<String>> {
-        self.conn
-            .prepare_cached("SELECT value FROM meta WHERE name = ?1")?
-            .query_row([name], |r| r.get(0))
-            .optional()
-            .map_err(Error::from)
+        self.row("SELECT value FROM meta WHERE name = ?1", args![name], |r| {
+            r.get(0)
+        })
     }
 
-    fn set_meta(&self, name: &str, value: &str) -> rusqlite::Result<()> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO meta (name, value) VALUES (?1, ?2)
-                 ON CONFLICT (name) DO UPDATE SET value = ?2",
-            )?
-            .execute([name, value])?;
+    fn set_meta(&self, name: &str, value: &str) -> Result<()> {
+        self.exec(
+            "INSERT INTO meta (name, value) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET value = ?2",
+            args![name, value],
+        )?;
         Ok(())
     }
 
@@ -443,12 +601,11 @@ impl Db {
     /// apps, WeCom agents or components (`accounts`), so that every process serving this
     /// database notices a change another one made ([`Db::accounts_generation`]).
     pub fn bump_accounts_generation(&self) -> Result<()> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO meta (name, value) VALUES ('accounts_generation', '1')
-                 ON CONFLICT (name) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
-            )?
-            .execute([])?;
+        self.exec(
+            "INSERT INTO meta (name, value) VALUES ('accounts_generation', '1')
+             ON CONFLICT (name) DO UPDATE SET value = value + 1",
+            &[],
+        )?;
         Ok(())
     }
 
@@ -464,7 +621,7 @@ impl Db {
     /// holds one, else the value itself (borrowed, no allocation). At most once a second it
     /// also checks whether a rotation has moved the database to a new key, and seals with that
     /// one from then on (so a rotation running beside this process finishes).
-    fn seal<'a>(&self, aad: &str, plain: &'a str) -> rusqlite::Result<Cow<'a, str>> {
+    fn seal<'a>(&self, aad: &str, plain: &'a str) -> Result<Cow<'a, str>> {
         let Some(s) = &self.sealer else {
             return Ok(Cow::Borrowed(plain));
         };
@@ -480,17 +637,13 @@ impl Db {
             .map_err(|e| store_error(format!("sealing {aad}: no random bytes: {e}")))
     }
 
-    fn seal_opt<'a>(
-        &self,
-        aad: &str,
-        plain: Option<&'a str>,
-    ) -> rusqlite::Result<Option<Cow<'a, str>>> {
+    fn seal_opt<'a>(&self, aad: &str, plain: Option<&'a str>) -> Result<Option<Cow<'a, str>>> {
         plain.map(|p| self.seal(aad, p)).transpose()
     }
 
     /// A stored value of `aad`'s column in clear. A value in clear (never sealed) comes back as
     /// it is, with no allocation; a sealed one needs the key its id names.
-    fn unseal(&self, aad: &str, stored: String) -> rusqlite::Result<String> {
+    fn unseal(&self, aad: &str, stored: String) -> Result<String> {
         let Some(id) = crate::crypto::sealed_key_id(&stored) else {
             return Ok(stored);
         };
@@ -509,20 +662,15 @@ impl Db {
         .map_err(|e| store_error(format!("{aad}: {e}")))
     }
 
-    fn unseal_opt(&self, aad: &str, stored: Option<String>) -> rusqlite::Result<Option<String>> {
+    fn unseal_opt(&self, aad: &str, stored: Option<String>) -> Result<Option<String>> {
         stored.map(|v| self.unseal(aad, v)).transpose()
     }
 
-    fn secret(&self, aad: &str, r: &rusqlite::Row, i: usize) -> rusqlite::Result<Secret> {
+    fn secret(&self, aad: &str, r: &Row, i: usize) -> Result<Secret> {
         self.unseal(aad, r.get(i)?).map(Secret::new)
     }
 
-    fn secret_opt(
-        &self,
-        aad: &str,
-        r: &rusqlite::Row,
-        i: usize,
-    ) -> rusqlite::Result<Option<Secret>> {
+    fn secret_opt(&self, aad: &str, r: &Row, i: usize) -> Result<Option<Secret>> {
         Ok(self.unseal_opt(aad, r.get(i)?)?.map(Secret::new))
     }
 
@@ -559,14 +707,19 @@ impl Db {
         let Some(s) = self.sealer.clone() else {
             return Ok(0);
         };
+        let Conn::Lite(conn) = &self.conn else {
+            return Err(store_error(
+                "storage.key_file (sealing at rest) is not supported yet with storage.url = mysql://",
+            ));
+        };
         let current = s.current_id();
         self.set_meta("seal_key_id", &current)?;
-        self.conn.pragma_update(None, "secure_delete", "ON")?;
+        conn.pragma_update(None, "secure_delete", "ON")?;
         let prefix = format!("v1:{current}:");
         let (mut sealed, mut were_clear, mut unknown) = (0, 0, 0);
         for aad in SEALED {
             let (table, column) = aad.split_once('.').unwrap_or_default();
-            let mut select = self.conn.prepare(&format!(
+            let mut select = conn.prepare(&format!(
                 "SELECT rowid, {column} FROM {table}
                  WHERE rowid > ?1 AND {column} IS NOT NULL AND substr({column}, 1, ?2) != ?3
                  ORDER BY rowid LIMIT {SEAL_BATCH}"
@@ -584,10 +737,8 @@ impl Db {
                     break;
                 };
                 after = last;
-                let tx = rusqlite::Transaction::new_unchecked(
-                    &self.conn,
-                    TransactionBehavior::Immediate,
-                )?;
+                let tx =
+                    rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
                 for (rowid, stored) in &batch {
                     let clear = crate::crypto::sealed_key_id(stored).is_none();
                     let plain = if clear {
@@ -599,7 +750,7 @@ impl Db {
                                 unknown += 1;
                                 continue;
                             }
-                            Err(e) => return Err(Error::from(store_error(format!("{aad}: {e}")))),
+                            Err(e) => return Err(store_error(format!("{aad}: {e}"))),
                         }
                     };
                     let value = s
@@ -617,19 +768,17 @@ impl Db {
             }
         }
         if were_clear > 0 {
-            if let Err(e) = self.conn.execute_batch("VACUUM") {
+            if let Err(e) = conn.execute_batch("VACUUM") {
                 log::warn!("wafer: VACUUM after sealing failed ({e}): values deleted before may linger in clear in free pages until a VACUUM");
             }
         }
         if sealed > 0 {
-            let _ = self
-                .conn
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
         }
         if unknown > 0 {
-            return Err(Error::from(store_error(format!(
+            return Err(store_error(format!(
                 "{unknown} value(s) are sealed under a key other than key id {current}: use the key file they were sealed with, or finish `wafer key rotate`"
-            ))));
+            )));
         }
         Ok(sealed)
     }
@@ -652,65 +801,89 @@ impl Db {
     /// Leave checkpoints to someone else ([`Db::checkpoint`] on another connection): a
     /// connection that commits otherwise copies the WAL back into the database itself every
     /// thousand pages, and stalls the request it is serving (and every writer behind it).
+    /// Nothing to do on MySQL.
     pub fn no_autocheckpoint(&self) -> Result<()> {
-        self.conn
-            .pragma_update(None, "wal_autocheckpoint", 0)
-            .map_err(Error::from)
+        match &self.conn {
+            Conn::Lite(c) => Ok(c.pragma_update(None, "wal_autocheckpoint", 0)?),
+            Conn::My(_) => Ok(()),
+        }
     }
 
-    /// Bound this connection's page cache (SQLite's default is 2 MiB).
+    /// Bound this connection's page cache (SQLite's default is 2 MiB). Nothing on MySQL.
     pub fn set_cache_kib(&self, kib: i64) -> Result<()> {
-        self.conn
-            .pragma_update(None, "cache_size", -kib)
-            .map_err(Error::from)
+        match &self.conn {
+            Conn::Lite(c) => Ok(c.pragma_update(None, "cache_size", -kib)?),
+            Conn::My(_) => Ok(()),
+        }
     }
 
-    /// Copy what the WAL holds back into the database, without waiting for readers or writers.
+    /// Copy what the WAL holds back into the database, without waiting for readers or
+    /// writers. Nothing on MySQL.
     pub fn checkpoint(&self) -> Result<()> {
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-            .map_err(Error::from)
+        match &self.conn {
+            Conn::Lite(c) => Ok(c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?),
+            Conn::My(_) => Ok(()),
+        }
     }
 
     /// Run `write` (one statement, or a transaction it begins and ends) in this process's turn of
     /// session writes, within `bound` for the turn and SQLite's write lock together: past it,
-    /// `SQLITE_BUSY`.
-    fn session_write<T>(
-        &self,
-        bound: Duration,
-        write: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-    ) -> rusqlite::Result<T> {
+    /// busy. On MySQL there is no single write lock to queue for: `write` runs at once.
+    fn session_write<T>(&self, bound: Duration, write: impl FnOnce() -> Result<T>) -> Result<T> {
+        let Conn::Lite(conn) = &self.conn else {
+            return write();
+        };
         let deadline = Instant::now() + bound;
         let _turn = SESSION_WRITES
             .take_by(deadline)
             .ok_or_else(|| busy("waited too long for this process's other writers"))?;
-        self.conn
-            .busy_timeout(deadline.saturating_duration_since(Instant::now()))?;
-        let written = write(&self.conn);
-        let restored = self.conn.busy_timeout(self.write_wait);
+        conn.busy_timeout(deadline.saturating_duration_since(Instant::now()))?;
+        let written = write();
+        let restored = conn.busy_timeout(self.write_wait);
         let written = written?;
         restored?;
         Ok(written)
     }
 
     /// What `/healthz` asks: a read of a table, then a committed write, the write within `bound`
-    /// (its turn and SQLite's lock together). The write sets the header's `user_version` to the
-    /// value it has, inside a write transaction: one page really committed, with no table of its
-    /// own. `Err` says which failed and why, in words for an operator.
+    /// (its turn and SQLite's lock together; on MySQL, getting a connection). On SQLite the
+    /// write sets the header's `user_version` to the value it has, inside a write transaction:
+    /// one page really committed, with no table of its own; on MySQL it rewrites the `meta`
+    /// row `schema_version`. `Err` says which failed and why, in words for an operator.
     pub fn health(&self, bound: Duration) -> std::result::Result<(), String> {
-        self.conn
-            .prepare_cached("SELECT count(*) FROM (SELECT 1 FROM apps LIMIT 1)")
+        let conn = match &self.conn {
+            Conn::Lite(c) => c,
+            Conn::My(s) => {
+                let mut c = s
+                    .conn(bound)
+                    .map_err(|e| format!("database cannot be reached: {e}"))?;
+                let sql = Sql::My(RefCell::new(&mut c));
+                sql.row(
+                    "SELECT count(*) FROM (SELECT 1 FROM apps LIMIT 1) t",
+                    &[],
+                    |r| r.get::<i64>(0),
+                )
+                .map_err(|e| format!("database cannot read: {e}"))?;
+                sql.exec(
+                    "UPDATE meta SET value = value WHERE name = 'schema_version'",
+                    &[],
+                )
+                .map_err(|e| format!("database cannot write: {e}"))?;
+                return Ok(());
+            }
+        };
+        conn.prepare_cached("SELECT count(*) FROM (SELECT 1 FROM apps LIMIT 1)")
             .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
             .map_err(|e| format!("database cannot read: {e}"))?;
-        self.session_write(bound, |conn| {
+        self.session_write(bound, || {
             let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
             let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
             tx.pragma_update(None, "user_version", version)?;
-            tx.commit()
+            Ok(tx.commit()?)
         })
         .map_err(|e| {
-            let why = match e.sqlite_error_code() {
-                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            let why = match e.sqlite {
+                _ if e.busy => {
                     format!("locked by another writer for over {} ms", bound.as_millis())
                 }
                 Some(rusqlite::ErrorCode::DiskFull) => "disk full".to_string(),
@@ -722,18 +895,39 @@ impl Db {
     }
 
     pub fn integrity_check(&self) -> Result<String> {
-        self.conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .map_err(Error::from)
+        match &self.conn {
+            Conn::Lite(c) => Ok(c.query_row("PRAGMA integrity_check", [], |r| r.get(0))?),
+            Conn::My(s) => {
+                // CHECK TABLE answers (table, op, type, text) rows; "OK" or "Table is already
+                // up to date" for a sound table.
+                let rows: Vec<(String, String, String, String)> = s
+                    .conn(self.write_wait)?
+                    .query(format!("CHECK TABLE {}", TABLES.join(", ")))?;
+                let bad: Vec<String> = rows
+                    .into_iter()
+                    .filter(|(_, _, _, text)| text != "OK" && !text.contains("up to date"))
+                    .map(|(table, _, kind, text)| format!("{table}: {kind}: {text}"))
+                    .collect();
+                Ok(if bad.is_empty() {
+                    "ok".to_string()
+                } else {
+                    bad.join("\n")
+                })
+            }
+        }
     }
 }
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn count(db: &Db, sql: &str) -> i64 {
-        db.conn.query_row(sql, [], |r| r.get(0)).unwrap()
+        db.row(sql, &[], |r| r.get(0)).unwrap().unwrap()
+    }
+
+    /// Statements without parameters, on either backend (a test's set-up).
+    pub(crate) fn batch(db: &Db, sql: &str) {
+        db.run(|c| c.batch(sql)).unwrap()
     }
 
     pub(crate) fn db() -> (tempfile::TempDir, Db) {

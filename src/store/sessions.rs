@@ -2,9 +2,9 @@
 //! and the purge of expired sessions. Session writes take this process's turn
 //! (`SESSION_WRITES`) before SQLite's lock.
 
-use super::{is_busy, Db, Error, Result, SESSION_WRITES};
+use super::sql::{args, Sql};
+use super::{Conn, Db, Result, SESSION_WRITES};
 use crate::config::Secret;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::time::{Duration, Instant};
 
 /// The longest one purge transaction holds the write lock (logins wait at most about this).
@@ -98,63 +98,61 @@ impl Db {
     pub fn import_user(&self, u: &ImportedUser) -> Result<Imported> {
         let session_key = self.seal("users.session_key", u.session_key)?;
         let user_info = self.seal_opt("users.user_info", u.user_info)?;
-        self.session_write(self.write_wait, |conn| {
-            let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
-            let openid_known = tx
-                .prepare_cached("SELECT 1 FROM users WHERE app = ?1 AND openid = ?2")?
-                .exists(params![u.app_pk, u.openid])?;
-            if openid_known {
-                return Ok(Imported::OpenidKnown);
-            }
-            if tx
-                .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
-                .exists([u.id])?
-            {
-                return Ok(Imported::IdTaken);
-            }
-            tx.prepare_cached(
-                "INSERT INTO users (id, app, openid, session_key, user_info, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![
-                u.id,
-                u.app_pk,
-                u.openid,
-                session_key,
-                user_info,
-                u.now
-            ])?;
-            let mut added = 0;
-            for s in u.sessions {
-                added += tx
-                    .prepare_cached(
+        self.session_write(self.write_wait, || {
+            self.tx(|c| {
+                let known = |sql: &str, args: &[super::sql::Arg]| -> Result<bool> {
+                    Ok(c.row(sql, args, |_| Ok(()))?.is_some())
+                };
+                if known(
+                    "SELECT 1 FROM users WHERE app = ?1 AND openid = ?2",
+                    args![u.app_pk, u.openid],
+                )? {
+                    return Ok(Imported::OpenidKnown);
+                }
+                if known("SELECT 1 FROM users WHERE id = ?1", args![u.id])? {
+                    return Ok(Imported::IdTaken);
+                }
+                c.exec(
+                    "INSERT INTO users (id, app, openid, session_key, user_info, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    args![
+                        u.id,
+                        u.app_pk,
+                        u.openid,
+                        &session_key,
+                        user_info.as_ref(),
+                        u.now
+                    ],
+                )?;
+                let mut added = 0;
+                for s in u.sessions {
+                    added += c.exec(
                         "INSERT OR IGNORE INTO sessions
                            (skey_hash, user_id, created, expires_at, idle_secs, last_visit)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    )?
-                    .execute(params![
-                        &s.skey_hash[..],
-                        u.id,
-                        s.created,
-                        s.expires_at,
-                        s.idle_secs,
-                        s.last_visit
-                    ])?;
-            }
-            tx.commit()?;
-            Ok(Imported::Added(added))
+                        args![
+                            &s.skey_hash[..],
+                            u.id,
+                            s.created,
+                            s.expires_at,
+                            s.idle_secs,
+                            s.last_visit
+                        ],
+                    )?;
+                }
+                Ok(Imported::Added(added))
+            })
         })
-        .map_err(Error::from)
     }
 
     /// Record a login: upsert the user, insert the session, evict the oldest sessions beyond
     /// the cap. One transaction: either all of it is stored or none.
-    /// Fails (`SQLITE_BUSY`) after this connection's write wait ([`BUSY_TIMEOUT`]).
+    /// Fails (busy) after this connection's write wait ([`BUSY_TIMEOUT`](super::BUSY_TIMEOUT)).
     pub fn record_login(&mut self, w: &LoginWrite) -> Result<LoginResult> {
         let session_key = self.seal("users.session_key", w.session_key)?;
         let user_info = self.seal_opt("users.user_info", w.user_info)?;
-        let mut login = self.session_write(self.write_wait, |conn| {
-            Self::login_tx(conn, w, &session_key, user_info.as_deref())
+        let mut login = self.session_write(self.write_wait, || {
+            self.tx(|c| Self::login_tx(c, w, &session_key, user_info.as_deref()))
         })?;
         // Stored user data is opened only when this login brought none.
         if w.user_info.is_none() {
@@ -166,52 +164,61 @@ impl Db {
     /// The login's transaction, with `session_key` and `user_info` as they are stored (sealed
     /// or not). The answer's `user_info` is the one given, else the stored one as stored.
     fn login_tx(
-        conn: &Connection,
+        c: &Sql,
         w: &LoginWrite,
         session_key: &str,
         user_info: Option<&str>,
-    ) -> rusqlite::Result<LoginResult> {
-        let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
-        let existing: Option<(String, Option<String>)> = tx
-            .prepare_cached("SELECT id, user_info FROM users WHERE app = ?1 AND openid = ?2")?
-            .query_row(params![w.app_pk, w.openid], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let is_new_user = existing.is_none();
-        let (user_id, user_info) = match existing {
-            Some((id, stored)) => {
-                tx.prepare_cached(
-                    "UPDATE users SET session_key = ?2, unionid = COALESCE(?3, unionid),
-                       user_info = COALESCE(?4, user_info), updated_at = ?5 WHERE id = ?1",
-                )?
-                .execute(params![id, session_key, w.unionid, user_info, w.now])?;
-                (id, w.user_info.map(str::to_string).or(stored))
-            }
-            None => {
-                tx.prepare_cached(
-                    "INSERT INTO users (id, app, openid, unionid, session_key, user_info, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )?
-                .execute(params![w.new_user_id, w.app_pk, w.openid, w.unionid, session_key, user_info, w.now])?;
-                (w.new_user_id.to_string(), w.user_info.map(str::to_string))
-            }
+    ) -> Result<LoginResult> {
+        // One upsert, then a read of the row: a new user's row is the one with the id this
+        // login brought. (A read-then-insert would take gap locks on MySQL that concurrent
+        // logins of new users deadlock on.)
+        c.exec(
+            "INSERT INTO users (id, app, openid, unionid, session_key, user_info, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (app, openid) DO UPDATE SET session_key = ?5,
+               unionid = COALESCE(?4, unionid), user_info = COALESCE(?6, user_info),
+               updated_at = ?7",
+            args![
+                w.new_user_id,
+                w.app_pk,
+                w.openid,
+                w.unionid,
+                session_key,
+                user_info,
+                w.now
+            ],
+        )?;
+        let (user_id, stored): (String, Option<String>) = c
+            .row(
+                "SELECT id, user_info FROM users WHERE app = ?1 AND openid = ?2",
+                args![w.app_pk, w.openid],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?
+            .ok_or_else(|| super::store_error("the user just written is not there"))?;
+        let is_new_user = user_id == w.new_user_id;
+        // The answer's data: the one given (in clear), else the stored one as stored.
+        let user_info = match w.user_info {
+            Some(given) => Some(given.to_string()),
+            None => stored,
         };
-        tx.prepare_cached(
+        c.exec(
             "INSERT INTO sessions (skey_hash, user_id, created, expires_at, idle_secs, last_visit)
              VALUES (?1, ?2, ?3, ?4, ?5, ?3)",
-        )?
-        .execute(params![
-            &w.skey_hash[..],
-            user_id,
-            w.now,
-            w.expires_at,
-            w.idle_secs
-        ])?;
-        tx.prepare_cached(
-            "DELETE FROM sessions WHERE user_id = ?1 AND seq NOT IN
-               (SELECT seq FROM sessions WHERE user_id = ?1 ORDER BY seq DESC LIMIT ?2)",
-        )?
-        .execute(params![user_id, MAX_SESSIONS_PER_USER])?;
-        tx.commit()?;
+            args![&w.skey_hash[..], &user_id, w.now, w.expires_at, w.idle_secs],
+        )?;
+        // The user's newest sessions up to the cap stay: the cap-th newest is the oldest kept.
+        // (Two statements: MySQL takes no LIMIT in a subquery of the table it deletes from.)
+        let oldest_kept: Option<i64> = c.row(
+            "SELECT seq FROM sessions WHERE user_id = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2",
+            args![&user_id, MAX_SESSIONS_PER_USER - 1],
+            |r| r.get(0),
+        )?;
+        if let Some(oldest_kept) = oldest_kept {
+            c.exec(
+                "DELETE FROM sessions WHERE user_id = ?1 AND seq < ?2",
+                args![&user_id, oldest_kept],
+            )?;
+        }
         Ok(LoginResult {
             user_id,
             is_new_user,
@@ -221,14 +228,13 @@ impl Db {
 
     /// The session with this skey hash, if it belongs to user `id`. One indexed lookup.
     pub fn session(&self, id: &str, skey_hash: &[u8; 32]) -> Result<Option<SessionRow>> {
-        self.conn
-            .prepare_cached(
-                "SELECT s.user_id, u.app, a.appid, u.openid, u.unionid, u.session_key, u.user_info,
-                        s.created, s.expires_at, s.idle_secs, s.last_visit, u.phone_info
-                 FROM sessions s JOIN users u ON u.id = s.user_id JOIN apps a ON a.id = u.app
-                 WHERE s.skey_hash = ?1 AND s.user_id = ?2",
-            )?
-            .query_row(params![&skey_hash[..], id], |r| {
+        self.row(
+            "SELECT s.user_id, u.app, a.appid, u.openid, u.unionid, u.session_key, u.user_info,
+                    s.created, s.expires_at, s.idle_secs, s.last_visit, u.phone_info
+             FROM sessions s JOIN users u ON u.id = s.user_id JOIN apps a ON a.id = u.app
+             WHERE s.skey_hash = ?1 AND s.user_id = ?2",
+            args![&skey_hash[..], id],
+            |r| {
                 Ok(SessionRow {
                     user_id: r.get(0)?,
                     app_pk: r.get(1)?,
@@ -243,41 +249,40 @@ impl Db {
                     idle_secs: r.get(9)?,
                     last_visit: r.get(10)?,
                 })
-            })
-            .optional()
-            .map_err(Error::from)
+            },
+        )
     }
 
     /// Slide a session's `last_visit` if that can be done now: without waiting for the turn or
     /// for SQLite's lock. `Ok(false)` when someone else is writing (the slide is skipped; the
-    /// next check tries again).
+    /// next check tries again). On MySQL row locks are per session: the slide just runs.
     pub fn try_touch_session(&self, skey_hash: &[u8; 32], now: i64) -> Result<bool> {
+        const TOUCH: &str =
+            "UPDATE sessions SET last_visit = ?2 WHERE skey_hash = ?1 AND last_visit < ?2";
+        let Conn::Lite(conn) = &self.conn else {
+            self.exec(TOUCH, args![&skey_hash[..], now])?;
+            return Ok(true);
+        };
         let Some(_turn) = SESSION_WRITES.try_take() else {
             return Ok(false);
         };
-        self.conn.busy_timeout(Duration::ZERO)?;
-        let touched = self
-            .conn
-            .prepare_cached(
-                "UPDATE sessions SET last_visit = ?2 WHERE skey_hash = ?1 AND last_visit < ?2",
-            )
-            .and_then(|mut s| s.execute(params![&skey_hash[..], now]));
-        self.conn.busy_timeout(self.write_wait)?;
+        conn.busy_timeout(Duration::ZERO)?;
+        let touched = self.exec(TOUCH, args![&skey_hash[..], now]);
+        conn.busy_timeout(self.write_wait)?;
         match touched {
             Ok(_) => Ok(true),
-            Err(e) if is_busy(&e) => Ok(false),
-            Err(e) => Err(e.into()),
+            Err(e) if e.is_busy() => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
     pub fn revoke_session(&self, skey_hash: &[u8; 32]) -> Result<bool> {
-        self.session_write(self.write_wait, |conn| {
-            Ok(conn
-                .prepare_cached("DELETE FROM sessions WHERE skey_hash = ?1")?
-                .execute(params![&skey_hash[..]])?
-                > 0)
+        self.session_write(self.write_wait, || {
+            Ok(self.exec(
+                "DELETE FROM sessions WHERE skey_hash = ?1",
+                args![&skey_hash[..]],
+            )? > 0)
         })
-        .map_err(Error::from)
     }
 
     /// Store a user's data (the decrypted JSON object), sealed.
@@ -308,12 +313,10 @@ impl Db {
             ),
         };
         let value = self.seal(aad, value)?;
-        self.session_write(self.write_wait, |conn| {
-            conn.prepare_cached(update)?
-                .execute(params![user_id, value, now])?;
+        self.session_write(self.write_wait, || {
+            self.exec(update, args![user_id, &value, now])?;
             Ok(())
         })
-        .map_err(Error::from)
     }
 
     /// Delete sessions past either clock. Returns how many went.
@@ -325,40 +328,35 @@ impl Db {
     /// transactions of at most [`PURGE_SLICE`] each, checking both clocks again (a session may
     /// have been used in between), so writers get their turn in between.
     pub fn purge_expired_sessions(&self, now: i64) -> Result<usize> {
-        self.purge_in_slices(now, PURGE_SLICE).map_err(Error::from)
+        self.purge_in_slices(now, PURGE_SLICE)
     }
 
-    fn purge_in_slices(&self, now: i64, slice: Duration) -> rusqlite::Result<usize> {
-        let seqs: Vec<i64> = self
-            .conn
-            .prepare_cached(
-                "SELECT seq FROM sessions WHERE expires_at < ?1 OR last_visit + idle_secs < ?1",
-            )?
-            .query_map([now], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+    fn purge_in_slices(&self, now: i64, slice: Duration) -> Result<usize> {
+        let seqs: Vec<i64> = self.rows(
+            "SELECT seq FROM sessions WHERE expires_at < ?1 OR last_visit + idle_secs < ?1",
+            args![now],
+            |r| r.get(0),
+        )?;
         let mut purged = 0;
         let mut left = seqs.as_slice();
         while !left.is_empty() {
-            purged += self.session_write(self.write_wait, |conn| {
-                let tx =
-                    rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
-                let started = Instant::now();
-                let mut purged = 0;
-                {
-                    let mut delete = tx.prepare_cached(
-                        "DELETE FROM sessions
-                         WHERE seq = ?1 AND (expires_at < ?2 OR last_visit + idle_secs < ?2)",
-                    )?;
+            purged += self.session_write(self.write_wait, || {
+                self.tx(|c| {
+                    let started = Instant::now();
+                    let mut purged = 0;
                     while let Some((seq, rest)) = left.split_first() {
-                        purged += delete.execute(params![seq, now])?;
+                        purged += c.exec(
+                            "DELETE FROM sessions
+                             WHERE seq = ?1 AND (expires_at < ?2 OR last_visit + idle_secs < ?2)",
+                            args![*seq, now],
+                        )?;
                         left = rest;
                         if started.elapsed() >= slice {
                             break;
                         }
                     }
-                }
-                tx.commit()?;
-                Ok(purged)
+                    Ok(purged)
+                })
             })?;
         }
         Ok(purged)
@@ -366,11 +364,13 @@ impl Db {
 
     /// Sessions not yet past either clock (for `/metrics`).
     pub fn count_live_sessions(&self, now: i64) -> Result<i64> {
-        self.conn
-            .prepare_cached(
+        Ok(self
+            .row(
                 "SELECT count(*) FROM sessions WHERE expires_at >= ?1 AND last_visit + idle_secs >= ?1",
+                args![now],
+                |r| r.get(0),
             )?
-            .query_row([now], |r| r.get(0)).map_err(Error::from)
+            .unwrap_or(0))
     }
 }
 
@@ -378,18 +378,17 @@ impl Db {
 mod tests {
     use super::*;
     use crate::config::Secret;
-    use crate::store::tests::{count, db};
+    use crate::store::tests::{batch, count, db};
     use crate::store::AppUpsert;
 
     #[test]
     fn purge_goes_in_slices_and_spares_the_live() {
         let (_d, db) = db();
-        db.conn
-            .execute_batch(
-                "INSERT INTO apps (id, appid, secret, created_at) VALUES (1, 'wx1', 's', 0);
-                 INSERT INTO users (id, app, openid, session_key, updated_at) VALUES ('u', 1, 'o', 'k', 0);",
-            )
-            .unwrap();
+        batch(
+            &db,
+            "INSERT INTO apps (id, appid, secret, created_at) VALUES (1, 'wx1', 's', 0);
+             INSERT INTO users (id, app, openid, session_key, updated_at) VALUES ('u', 1, 'o', 'k', 0);",
+        );
         // 2,500 sessions (over two batches): every third past the absolute clock, every third
         // idle past the sliding one, the rest live.
         let now = 1_000_000;
@@ -399,13 +398,12 @@ mod tests {
                 1 => (now + 100, now - 200),
                 _ => (now + 100, now - 50),
             };
-            db.conn
-                .execute(
-                    "INSERT INTO sessions (skey_hash, user_id, created, expires_at, idle_secs, last_visit)
-                     VALUES (?1, 'u', 0, ?2, 100, ?3)",
-                    params![&crate::ids::skey_hash(&i.to_string())[..], expires_at, last_visit],
-                )
-                .unwrap();
+            db.exec(
+                "INSERT INTO sessions (skey_hash, user_id, created, expires_at, idle_secs, last_visit)
+                 VALUES (?1, 'u', 0, ?2, 100, ?3)",
+                args![&crate::ids::skey_hash(&i.to_string())[..], expires_at, last_visit],
+            )
+            .unwrap();
         }
         let live = 2500 / 3;
         // A zero slice: one deletion per write transaction, so the slicing itself is exercised.
@@ -414,8 +412,12 @@ mod tests {
             2500 - live
         );
         let left: i64 = db
-            .conn
-            .query_row("SELECT count(*) FROM sessions WHERE expires_at > ?1 AND last_visit + idle_secs >= ?1", [now], |r| r.get(0))
+            .row(
+                "SELECT count(*) FROM sessions WHERE expires_at > ?1 AND last_visit + idle_secs >= ?1",
+                args![now],
+                |r| r.get(0),
+            )
+            .unwrap()
             .unwrap();
         let all = count(&db, "SELECT count(*) FROM sessions");
         assert_eq!((left, all), (live as i64, live as i64));

@@ -1,8 +1,8 @@
 //! The `work_agents` table: WeCom agents, with their secrets and callback keys.
 
-use super::{next_prev_aes_key, Db, Error, Result};
+use super::sql::{args, Row};
+use super::{next_prev_aes_key, Db, Result};
 use crate::config::Secret;
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 #[derive(Debug, Clone)]
 pub struct WorkAgent {
@@ -20,7 +20,7 @@ const AGENT_COLUMNS: &str =
     "corpid, agentid, secret, remark, token, aes_key, prev_aes_key, forward_url";
 
 impl Db {
-    fn agent_from_row(&self, r: &rusqlite::Row) -> rusqlite::Result<WorkAgent> {
+    fn agent_from_row(&self, r: &Row) -> Result<WorkAgent> {
         Ok(WorkAgent {
             corpid: r.get(0)?,
             agentid: r.get(1)?,
@@ -34,56 +34,68 @@ impl Db {
     }
 
     pub fn upsert_work_agent(&self, a: &WorkAgent, now: i64) -> Result<()> {
-        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
-        let stored = self.work_agent(&a.corpid, &a.agentid)?;
-        let prev = next_prev_aes_key(a.prev_aes_key.as_ref(), a.aes_key.as_ref(), stored.as_ref());
-        tx.execute(
-            "INSERT INTO work_agents (corpid, agentid, secret, remark, token, aes_key, forward_url, created_at, prev_aes_key)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-             ON CONFLICT (corpid, agentid) DO UPDATE SET secret = ?3, remark = ?4,
-               token = COALESCE(?5, token),
-               prev_aes_key = ?9,
-               aes_key = COALESCE(?6, aes_key),
-               forward_url = COALESCE(?7, forward_url)",
-            params![
-                a.corpid,
-                a.agentid,
-                self.seal("work_agents.secret", a.secret.expose())?,
-                a.remark,
-                self.seal_opt("work_agents.token", a.token.as_ref().map(Secret::expose))?,
-                self.seal_opt("work_agents.aes_key", a.aes_key.as_ref().map(Secret::expose))?,
-                a.forward_url,
-                now,
-                self.seal_opt("work_agents.prev_aes_key", prev.as_ref().map(Secret::expose))?,
-            ],
+        let secret = self.seal("work_agents.secret", a.secret.expose())?;
+        let token = self.seal_opt("work_agents.token", a.token.as_ref().map(Secret::expose))?;
+        let aes_key = self.seal_opt(
+            "work_agents.aes_key",
+            a.aes_key.as_ref().map(Secret::expose),
         )?;
-        tx.commit().map_err(Error::from)
+        self.tx(|c| {
+            let stored = c.row(
+                &format!(
+                    "SELECT {AGENT_COLUMNS} FROM work_agents WHERE corpid = ?1 AND agentid = ?2"
+                ),
+                args![&a.corpid, &a.agentid],
+                |r| self.agent_from_row(r),
+            )?;
+            let prev =
+                next_prev_aes_key(a.prev_aes_key.as_ref(), a.aes_key.as_ref(), stored.as_ref());
+            let prev =
+                self.seal_opt("work_agents.prev_aes_key", prev.as_ref().map(Secret::expose))?;
+            c.exec(
+                "INSERT INTO work_agents (corpid, agentid, secret, remark, token, aes_key, forward_url, created_at, prev_aes_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (corpid, agentid) DO UPDATE SET secret = ?3, remark = ?4,
+                   token = COALESCE(?5, token),
+                   prev_aes_key = ?9,
+                   aes_key = COALESCE(?6, aes_key),
+                   forward_url = COALESCE(?7, forward_url)",
+                args![
+                    &a.corpid,
+                    &a.agentid,
+                    &secret,
+                    &a.remark,
+                    token.as_ref(),
+                    aes_key.as_ref(),
+                    a.forward_url.as_ref(),
+                    now,
+                    prev.as_ref(),
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn work_agent(&self, corpid: &str, agentid: &str) -> Result<Option<WorkAgent>> {
-        self.conn
-            .prepare_cached(&format!(
-                "SELECT {AGENT_COLUMNS} FROM work_agents WHERE corpid = ?1 AND agentid = ?2"
-            ))?
-            .query_row([corpid, agentid], |r| self.agent_from_row(r))
-            .optional()
-            .map_err(Error::from)
+        self.row(
+            &format!("SELECT {AGENT_COLUMNS} FROM work_agents WHERE corpid = ?1 AND agentid = ?2"),
+            args![corpid, agentid],
+            |r| self.agent_from_row(r),
+        )
     }
 
     pub fn list_work_agents(&self) -> Result<Vec<WorkAgent>> {
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {AGENT_COLUMNS} FROM work_agents ORDER BY corpid, agentid"
-        ))?;
-        let agents = stmt
-            .query_map([], |r| self.agent_from_row(r))?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(agents)
+        self.rows(
+            &format!("SELECT {AGENT_COLUMNS} FROM work_agents ORDER BY corpid, agentid"),
+            &[],
+            |r| self.agent_from_row(r),
+        )
     }
 
     pub fn remove_work_agent(&self, corpid: &str, agentid: &str) -> Result<bool> {
-        Ok(self.conn.execute(
+        Ok(self.exec(
             "DELETE FROM work_agents WHERE corpid = ?1 AND agentid = ?2",
-            [corpid, agentid],
+            args![corpid, agentid],
         )? > 0)
     }
 }

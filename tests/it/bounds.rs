@@ -9,13 +9,9 @@ use wafer::config::Secret;
 
 /// The stored credential rows of `APPID` (its token and tickets).
 fn app_credential_rows(env: &Env) -> i64 {
-    env.sql()
-        .query_row(
-            "SELECT count(*) FROM credentials WHERE key LIKE 'app/' || ?1 || '/%'",
-            [APPID],
-            |r| r.get(0),
-        )
-        .unwrap()
+    env.scalar(&format!(
+        "SELECT count(*) FROM credentials WHERE `key` LIKE 'app/{APPID}/%'"
+    ))
 }
 
 fn read_token(env: &Env, appid: &str) -> Value {
@@ -29,8 +25,7 @@ const STABLE: &str = "/cgi-bin/stable_token";
 #[test]
 fn an_app_whose_secret_changes_or_that_is_removed_loses_its_stored_credentials() {
     let mut env = Env::with(|c| c.apps.clear());
-    let db = env.db_path();
-    let db = db.to_str().unwrap().to_string();
+    let db = env.db_arg();
     let add = |secret: &str| {
         let (ok, _, err) = run(wafer().args([
             "app", "add", "--appid", APPID, "--secret", secret, "--db", &db,
@@ -165,12 +160,7 @@ fn out_of_range_durations_are_refused_naming_the_flag_or_key() {
 #[test]
 fn a_huge_lifetime_stored_before_the_bounds_still_logs_in() {
     let env = Env::new();
-    env.sql()
-        .execute(
-            "UPDATE apps SET login_days = 106751991167302, session_secs = 9223372036854775807",
-            [],
-        )
-        .unwrap();
+    env.exec("UPDATE apps SET login_days = 106751991167302, session_secs = 9223372036854775807");
     // The server caches nothing about the app's lifetimes: the next login reads them.
     let (id, skey, r) = env.login("overflow");
     let duration = r["returnData"]["duration"].as_i64().unwrap();

@@ -791,14 +791,9 @@ fn a_message_is_forwarded_once_across_replays_retries_and_a_restart() {
     let rows: i64 = env.count("callback_seen");
     assert!(rows >= 2, "{rows} rows remembered");
     // Remembered as digests: no openid (`FromUserName`) or message id in the table.
-    let readable: i64 = env
-        .sql()
-        .query_row(
-            "SELECT count(*) FROM callback_seen WHERE key LIKE '%oUser%' OR key LIKE '%mp/%'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let readable = env.scalar(
+        "SELECT count(*) FROM callback_seen WHERE `key` LIKE '%oUser%' OR `key` LIKE '%mp/%'",
+    );
     assert_eq!(
         readable, 0,
         "callback_seen keys hold message fields in clear"

@@ -12,6 +12,7 @@ pub fn wafer() -> Command {
         "WAFER_API_KEY",
         "WAFER_WORKERS",
         "WAFER_KEY_FILE",
+        "WAFER_DATABASE_URL",
     ] {
         c.env_remove(k);
     }

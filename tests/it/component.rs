@@ -97,13 +97,10 @@ pub fn authorizer_token(env: &Env, authorizer: &str) -> (u16, Value) {
 }
 
 fn refresh_token(env: &Env, authorizer: &str) -> String {
-    env.sql()
-        .query_row(
-            "SELECT refresh_token FROM authorizers WHERE component_appid = ?1 AND authorizer_appid = ?2",
-            [COMPONENT, authorizer],
-            |r| r.get(0),
-        )
-        .unwrap()
+    env.value(&format!(
+        "SELECT refresh_token FROM authorizers
+         WHERE component_appid = '{COMPONENT}' AND authorizer_appid = '{authorizer}'"
+    ))
 }
 
 /// The authorisation page at `url`: (status, the WeChat link on it, or the page itself when
@@ -231,12 +228,10 @@ fn a_full_component_life_survives_restarts() {
     // Expire it (move its clock) and restart: it is refreshed with the stored refresh token,
     // and the rotated refresh token is stored.
     let key = format!("component/{COMPONENT}/authorizer/{AUTHORIZER}/access_token");
-    env.sql()
-        .execute(
-            "UPDATE credentials SET expires_at = ?2 WHERE key = ?1",
-            rusqlite::params![key, wafer::ids::now() - 1],
-        )
-        .unwrap();
+    env.exec(&format!(
+        "UPDATE credentials SET expires_at = {} WHERE `key` = '{key}'",
+        wafer::ids::now() - 1
+    ));
     env.restart();
     let (s, at) = authorizer_token(&env, AUTHORIZER);
     assert_eq!(s, 200, "{at}");
@@ -272,14 +267,8 @@ fn a_full_component_life_survives_restarts() {
         None,
     );
     assert_eq!(list, json!([]));
-    let left: i64 = env
-        .sql()
-        .query_row(
-            "SELECT count(*) FROM credentials WHERE key LIKE 'component/%/authorizer/%'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let left =
+        env.scalar("SELECT count(*) FROM credentials WHERE `key` LIKE 'component/%/authorizer/%'");
     assert_eq!(left, 0);
     assert_eq!(env.calls("/cgi-bin/component/api_authorizer_token"), 1);
     env.restart();
@@ -550,12 +539,9 @@ fn a_replayed_or_older_unauthorized_does_not_revoke_a_newer_authorisation() {
     // (The authorisation is moved a minute back, so that these events' CreateTime differs from
     // the captured one's: WeChat's retries of one event share it, and are deduplicated by it.)
     let authorised_at = wafer::ids::now() - 60;
-    env.sql()
-        .execute(
-            "UPDATE authorizers SET authorized_at = ?1 WHERE authorizer_appid = ?2",
-            rusqlite::params![authorised_at, AUTHORIZER],
-        )
-        .unwrap();
+    env.exec(&format!(
+        "UPDATE authorizers SET authorized_at = {authorised_at} WHERE authorizer_appid = '{AUTHORIZER}'"
+    ));
     let older = sealed_event("unauthorized", &who, authorised_at - 1, "old1");
     assert_eq!(post(&env, &older), (200, "success".into()));
     assert!(live(&env, AUTHORIZER), "an older unauthorized was applied");
@@ -580,13 +566,9 @@ fn a_replayed_or_older_unauthorized_does_not_revoke_a_newer_authorisation() {
 
 /// The verify ticket the component has stored.
 pub fn stored_ticket(env: &Env) -> Option<String> {
-    env.sql()
-        .query_row(
-            "SELECT verify_ticket FROM components WHERE appid = ?1",
-            [COMPONENT],
-            |r| r.get(0),
-        )
-        .unwrap()
+    env.value(&format!(
+        "SELECT verify_ticket FROM components WHERE appid = '{COMPONENT}'"
+    ))
 }
 
 /// A GET that does not follow redirects, with extra headers: (status, Content-Type, body).
@@ -675,12 +657,10 @@ fn the_authorize_page_reuses_one_pre_auth_code_and_never_takes_the_host() {
     assert_ne!(query_value(&link_in(&page), "pre_auth_code"), code);
     assert_eq!(env.calls("/cgi-bin/component/api_create_preauthcode"), 2);
     // So does its coming expiry.
-    env.sql()
-        .execute(
-            "UPDATE components SET pre_auth_expires_at = ?1",
-            [wafer::ids::now() + 30],
-        )
-        .unwrap();
+    env.exec(&format!(
+        "UPDATE components SET pre_auth_expires_at = {}",
+        wafer::ids::now() + 30
+    ));
     get_page(&url, &[]);
     assert_eq!(env.calls("/cgi-bin/component/api_create_preauthcode"), 3);
 }
@@ -873,9 +853,7 @@ fn a_failed_info_fetch_never_fails_the_authorisation_and_a_later_read_fills_it_i
     assert_eq!(env.calls(INFO_PATH), 3);
 
     // An authoriser stored before profiles were fetched: the next read fills it in.
-    env.sql()
-        .execute("UPDATE authorizers SET info = NULL", [])
-        .unwrap();
+    env.exec("UPDATE authorizers SET info = NULL");
     let (s, v) = authorizer_view(&env, AUTHORIZER);
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["info"]["nick_name"], format!("Mock {AUTHORIZER}"), "{v}");

@@ -250,7 +250,7 @@ fn upstream_faults_each_give_their_answer() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(env.calls(STABLE), 3);
     assert_eq!(
-        wafer::store::Db::open(&env.db_path())
+        wafer::store::Db::open_with(&wafer::store::Target::open(&env.db_arg()).unwrap(), None)
             .unwrap()
             .integrity_check()
             .unwrap(),
@@ -272,7 +272,7 @@ fn daily_quota_stops_calls_and_a_cached_token_is_still_served() {
     assert_eq!(r["returnData"]["access_token"], t1["access_token"]);
     // The quota is now known to be exhausted: a cold key of the same app is not fetched.
     let before = env.calls(STABLE);
-    env.sql().execute("DELETE FROM credentials", []).unwrap();
+    env.exec("DELETE FROM credentials");
     let mut env = env;
     env.restart();
     let (s, v) = token(&env);
@@ -540,14 +540,9 @@ fn the_api_key_guards_credential_interfaces() {
 fn an_app_removed_with_the_cli_stops_being_served_within_a_second() {
     let env = Env::new();
     assert_eq!(token(&env).0, 200);
-    let db = env.db_path();
-    let (ok, _, err) = crate::cli::run(crate::cli::wafer().args([
-        "app",
-        "remove",
-        APPID,
-        "--db",
-        db.to_str().unwrap(),
-    ]));
+    let db = env.db_arg();
+    let (ok, _, err) =
+        crate::cli::run(crate::cli::wafer().args(["app", "remove", APPID, "--db", &db]));
     assert!(ok, "{err}");
     // Within the known-app window the token may still be served; past it, never.
     std::thread::sleep(wafer::server::KNOWN_APP_TTL + Duration::from_millis(100));
@@ -568,7 +563,7 @@ const AGENT_TOKEN: &str = "/v1/work/wwcorp/1000002/access_token";
 /// has fetched: the server, its database path, the token.
 fn agent_with_a_token(adjust: impl FnOnce(&mut wafer::config::Config)) -> (Env, String, String) {
     let env = Env::with(adjust);
-    let db = env.db_path().to_str().unwrap().to_string();
+    let db = env.db_arg();
     let r = env.wafer(
         "qcloud.work.initagent",
         json!({"corpid": "wwcorp", "agentid": "1000002", "agentsecret": "first-secret"}),
@@ -630,7 +625,7 @@ fn a_wecom_agent_removed_with_the_cli_is_seen_by_a_running_server_within_a_secon
     );
     assert_eq!(code(&r).0, 1012, "{r}");
     assert_eq!(
-        env.count("credentials WHERE key LIKE 'work/wwcorp/1000002/%'"),
+        env.count("credentials WHERE `key` LIKE 'work/wwcorp/1000002/%'"),
         0,
         "nothing of the agent's is stored"
     );

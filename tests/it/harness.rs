@@ -1,5 +1,11 @@
 //! The test harness: `Env` owns a temp dir, a fake WeChat and a running server, and offers one
 //! small helper per dialect. Nothing here is mocked but WeChat, which is our own fake on loopback.
+//!
+//! The backend switch: with `WAFER_TEST_BACKEND=mysql` (and `WAFER_TEST_MYSQL_URL`, see
+//! `mysql.rs`) every `Env` runs its server on a fresh database of that MySQL-compatible server
+//! instead of a SQLite file, so the whole suite runs on MySQL. Tests that look inside the
+//! SQLite file itself (its modes, its raw SQL, sealing's on-disk bytes) start with
+//! [`sqlite_only!`] and are skipped there, each with its reason.
 
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -11,6 +17,8 @@ pub const SECRET: &str = "test-secret";
 pub struct Env {
     /// Holds the database file; removed when the test ends.
     pub _dir: tempfile::TempDir,
+    /// The test's own MySQL database under the switch (dropped after the server stops).
+    pub mysql: Option<crate::mysql::TestDb>,
     pub mock: fake_wechat::MockHandle,
     pub server: Option<wafer::server::Handle>,
     pub config: Config,
@@ -39,13 +47,29 @@ impl Env {
         config.wechat.work_api_base = mock.base_url();
         config.wechat.timeout_ms = 1500;
         config.apps = vec![app(APPID)];
+        let mysql = on_mysql().then(|| {
+            crate::mysql::test_db()
+                .unwrap_or_else(|| panic!("{BACKEND_VAR}=mysql needs {}", crate::mysql::URL_VAR))
+        });
+        if let Some(db) = &mysql {
+            config.storage.url = wafer::config::Secret::new(db.url.clone());
+        }
+        let own_file = config.storage.path.clone();
         adjust(&mut config);
+        // A test that names a SQLite file of its own (one it prepared) runs on that file.
+        let mysql = if config.storage.path == own_file {
+            mysql
+        } else {
+            config.storage.url = wafer::config::Secret::default();
+            None
+        };
         let server = Some(wafer::server::start(config.clone(), false).unwrap());
         let agent = ureq::AgentBuilder::new()
             .timeout(std::time::Duration::from_secs(20))
             .build();
         Env {
             _dir: dir,
+            mysql,
             mock,
             server,
             config,
@@ -55,6 +79,41 @@ impl Env {
 
     pub fn db_path(&self) -> PathBuf {
         PathBuf::from(&self.config.storage.path)
+    }
+
+    /// What the CLI's `--db` takes for this server's database: its file, or its MySQL URL.
+    pub fn db_arg(&self) -> String {
+        match &self.mysql {
+            Some(db) => db.url.clone(),
+            None => self.config.storage.path.clone(),
+        }
+    }
+
+    /// One number from a query in the SQL both backends speak (a count, say).
+    pub fn scalar(&self, sql: &str) -> i64 {
+        if let Some(db) = &self.mysql {
+            use mysql::prelude::Queryable;
+            return db.conn().query_first(sql).unwrap().unwrap();
+        }
+        self.sql().query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// One value of the first row of a query (text or bytes), in the SQL both backends speak.
+    pub fn value<T: rusqlite::types::FromSql + mysql::prelude::FromValue>(&self, sql: &str) -> T {
+        if let Some(db) = &self.mysql {
+            use mysql::prelude::Queryable;
+            return db.conn().query_first(sql).unwrap().unwrap();
+        }
+        self.sql().query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// A statement in the SQL both backends speak (a test moving a clock).
+    pub fn exec(&self, sql: &str) {
+        if let Some(db) = &self.mysql {
+            use mysql::prelude::Queryable;
+            return db.conn().query_drop(sql).unwrap();
+        }
+        self.sql().execute_batch(sql).unwrap();
     }
 
     /// Stop the server and start it again on the same database (a new port).
@@ -194,8 +253,13 @@ impl Env {
             .to_string()
     }
 
-    /// Raw SQL on the server's own database file, for the tests that move a clock or count rows.
+    /// Raw SQL on the server's own database file, for the tests that move a clock or count rows
+    /// (SQLite only: such a test starts with `sqlite_only!`).
     pub fn sql(&self) -> rusqlite::Connection {
+        assert!(
+            self.mysql.is_none(),
+            "raw SQLite SQL in a test run on MySQL: start the test with sqlite_only!"
+        );
         let c = rusqlite::Connection::open(self.db_path()).unwrap();
         c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
         c
@@ -203,19 +267,32 @@ impl Env {
 
     /// The numeric `app_id` of the `/mina` dialect for `appid`.
     pub fn app_id(&self, appid: &str) -> i64 {
-        self.sql()
-            .query_row("SELECT id FROM apps WHERE appid = ?1", [appid], |r| {
-                r.get(0)
-            })
-            .unwrap()
+        self.scalar(&format!("SELECT id FROM apps WHERE appid = '{appid}'"))
     }
 
     pub fn count(&self, table: &str) -> i64 {
-        self.sql()
-            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-            .unwrap()
+        self.scalar(&format!("SELECT count(*) FROM {table}"))
     }
 }
+
+/// The variable that switches the suite's backend: `mysql`, or unset for SQLite.
+pub const BACKEND_VAR: &str = "WAFER_TEST_BACKEND";
+
+/// Does this run put every `Env` on MySQL?
+pub fn on_mysql() -> bool {
+    std::env::var(BACKEND_VAR).is_ok_and(|v| v == "mysql")
+}
+
+/// `sqlite_only!("why")`: return from the test when the suite runs on MySQL, saying why.
+macro_rules! sqlite_only {
+    ($why:expr) => {
+        if $crate::harness::on_mysql() {
+            eprintln!("SQLite only ({}): skipped on MySQL", $why);
+            return;
+        }
+    };
+}
+pub(crate) use sqlite_only;
 
 impl Drop for Env {
     fn drop(&mut self) {

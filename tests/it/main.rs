@@ -17,3 +17,4 @@ mod phone;
 mod robustness;
 mod sealing;
 mod sessions;
+mod shared_db;

@@ -40,17 +40,12 @@ fn login_answers_the_wafer_shape_byte_for_byte() {
     ));
     // The skey is stored only as a hash.
     let skey = d["skey"].as_str().unwrap();
-    let stored: Vec<u8> = env
-        .sql()
-        .query_row("SELECT skey_hash FROM sessions", [], |r| r.get(0))
-        .unwrap();
+    let stored: Vec<u8> = env.value("SELECT skey_hash FROM sessions");
     assert_eq!(stored, wafer::ids::skey_hash(skey).to_vec());
-    let dump: String = env
-        .sql()
-        .query_row("SELECT group_concat(id || user_id) FROM sessions JOIN users ON users.id = sessions.user_id", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let dump: String = env.value(
+        "SELECT group_concat(concat(users.id, sessions.user_id))
+         FROM sessions JOIN users ON users.id = sessions.user_id",
+    );
     assert!(!dump.contains(skey));
 }
 
@@ -326,12 +321,10 @@ fn expiry_by_both_clocks_and_sliding() {
     let (id, skey, _) = env.login("jack");
     let auth = || code(&env.wafer("qcloud.cam.auth", json!({"id": id, "skey": skey}))).0;
     assert_eq!(auth(), 0);
-    env.sql()
-        .execute(
-            "UPDATE sessions SET expires_at = strftime('%s','now') - 1",
-            [],
-        )
-        .unwrap();
+    env.exec(&format!(
+        "UPDATE sessions SET expires_at = {}",
+        wafer::ids::now() - 1
+    ));
     assert_eq!(auth(), 60012, "past login_days");
 }
 
@@ -610,20 +603,22 @@ fn expired_sessions_are_purged_by_hand_and_at_start_up() {
     env.login("rosa");
     // Users are stored in login order: quinn's session is past the absolute clock, rosa's idle
     // past the sliding one, pam's live.
-    let user = |n: i64| format!("(SELECT id FROM users ORDER BY rowid LIMIT 1 OFFSET {n})");
-    let sql = env.sql();
-    let expire = format!(
-        "UPDATE sessions SET expires_at = strftime('%s','now') - 1 WHERE user_id = {}",
+    let user = |n: i64| -> String {
+        env.value(&format!(
+            "SELECT user_id FROM sessions ORDER BY seq LIMIT 1 OFFSET {n}"
+        ))
+    };
+    env.exec(&format!(
+        "UPDATE sessions SET expires_at = {} WHERE user_id = '{}'",
+        wafer::ids::now() - 1,
         user(1)
-    );
-    sql.execute(&expire, []).unwrap();
-    let idle = format!(
-        "UPDATE sessions SET last_visit = last_visit - idle_secs - 10 WHERE user_id = {}",
+    ));
+    env.exec(&format!(
+        "UPDATE sessions SET last_visit = last_visit - idle_secs - 10 WHERE user_id = '{}'",
         user(2)
-    );
-    sql.execute(&idle, []).unwrap();
+    ));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_wafer"))
-        .args(["session", "purge", "--db", env.db_path().to_str().unwrap()])
+        .args(["session", "purge", "--db", &env.db_arg()])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -636,12 +631,10 @@ fn expired_sessions_are_purged_by_hand_and_at_start_up() {
     assert_eq!(code(&r).0, 0, "the live session survives");
 
     // The server's own purger runs at start-up.
-    env.sql()
-        .execute(
-            "UPDATE sessions SET expires_at = strftime('%s','now') - 1",
-            [],
-        )
-        .unwrap();
+    env.exec(&format!(
+        "UPDATE sessions SET expires_at = {}",
+        wafer::ids::now() - 1
+    ));
     env.restart();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while env.count("sessions") > 0 {
