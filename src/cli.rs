@@ -197,8 +197,10 @@ fn serve(mut o: Opts) -> Result<(), String> {
     let config = o.take("config").map(PathBuf::from);
     o.done(0)?;
     let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+    // Before the server listens: a SIGTERM sent once it says so must find the handler in place.
+    let signals = shutdown_signals()?;
     let handle = crate::server::start(config, false)?;
-    wait_for_signal()?;
+    wait_for(signals);
     log::info!("wafer: shutting down");
     handle.shutdown();
     Ok(())
@@ -240,6 +242,7 @@ fn dev(mut o: Opts) -> Result<(), String> {
     } else {
         " -H \"Authorization: Bearer $WAFER_API_KEY\""
     };
+    let signals = shutdown_signals()?;
     let handle = crate::server::start(config, true)?;
     let a = handle.addr();
     println!(
@@ -258,18 +261,21 @@ curl -s{bearer} http://{a}/v1/sessions -d '{{"appid":"{DEV_APPID}","code":"demo-
 Ctrl-C stops it."#,
         mock = mock.base_url()
     );
-    wait_for_signal()?;
+    wait_for(signals);
     handle.shutdown();
     mock.shutdown();
     Ok(())
 }
 
-fn wait_for_signal() -> Result<(), String> {
+/// SIGTERM and SIGINT, caught from now on (until then they end the process at once).
+fn shutdown_signals() -> Result<signal_hook::iterator::Signals, String> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
-        .map_err(|e| format!("signals: {e}"))?;
+    signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("signals: {e}"))
+}
+
+/// Block until one of `signals` arrives.
+fn wait_for(mut signals: signal_hook::iterator::Signals) {
     signals.forever().next();
-    Ok(())
 }
 
 fn app_add(mut o: Opts) -> Result<(), String> {

@@ -184,6 +184,24 @@ fn serve_then_sigterm_exits_zero() {
     assert!(status.success(), "{status:?}");
 }
 
+/// SIGTERM at the first moment a client can know the server is up (its listening line) still
+/// shuts it down cleanly: the handler is in place before the server starts listening.
+#[test]
+fn sigterm_right_after_the_listening_line_exits_zero() {
+    for _ in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = wafer();
+        cmd.args(["serve"])
+            .env("WAFER_LISTEN", "127.0.0.1:0")
+            .env("WAFER_DB", dir.path().join("s.db"))
+            .current_dir(dir.path());
+        let mut served = Served::start(cmd);
+        served.signal("-TERM");
+        let status = served.child.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+}
+
 fn post(url: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
     match ureq::post(url).send_json(body) {
         Ok(r) | Err(ureq::Error::Status(_, r)) => {
