@@ -83,6 +83,9 @@ pub struct WeChatConfig {
     pub timeout_ms: u64,
     pub stable_token: bool,
     pub refresh_ahead_secs: u64,
+    /// How long an instance's claim on a credential refresh lasts unless renewed (a holder
+    /// renews it while its refresh runs), on a database shared by several (CONTRACT §10).
+    pub lease_secs: u64,
     /// A callback whose `timestamp` is further than this from the server's clock is refused;
     /// callbacks already handled are remembered this long (`push::Claim`).
     pub callback_window_secs: u64,
@@ -225,6 +228,7 @@ impl Default for WeChatConfig {
             timeout_ms: 5000,
             stable_token: true,
             refresh_ahead_secs: 600,
+            lease_secs: 15,
             callback_window_secs: 300,
         }
     }
@@ -388,6 +392,9 @@ impl Config {
         }
         if self.wechat.timeout_ms == 0 || self.wechat.timeout_ms > 120_000 {
             return bad("wechat.timeout_ms", "must be between 1 and 120000");
+        }
+        if !(1..=300).contains(&self.wechat.lease_secs) {
+            return bad("wechat.lease_secs", "must be between 1 and 300");
         }
         if self.wechat.refresh_ahead_secs > 3600 {
             return bad("wechat.refresh_ahead_secs", "must be at most 3600");

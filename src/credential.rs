@@ -189,6 +189,9 @@ struct State {
     refreshing: bool,
     /// Bumped by each finished fetch, so waiters know theirs is done.
     generation: u64,
+    /// The value an invalidation found stale (and cleared): the refresh under way replaces
+    /// it, so another instance's write of that same value is not taken for a new one.
+    superseded: Option<Secret>,
     last_error: Option<Error>,
     last_used: i64,
 }
@@ -225,7 +228,14 @@ pub struct Broker {
     refresh_ahead_secs: i64,
     /// The longest a caller waits for someone else's fetch.
     wait_limit: Duration,
+    /// On a database shared by several instances: this instance's name as a lease owner,
+    /// and how long a claim on a refresh lasts unless renewed.
+    instance: String,
+    lease_secs: i64,
 }
+
+/// How often an instance waiting on another's refresh reads the credential's row again.
+const LEASE_POLL: Duration = Duration::from_millis(50);
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -247,6 +257,8 @@ impl Broker {
             stable_token: cfg.stable_token,
             refresh_ahead_secs: cfg.refresh_ahead_secs as i64,
             wait_limit,
+            instance: ids::random_hex32().unwrap_or_else(|_| format!("pid-{}", std::process::id())),
+            lease_secs: i64::try_from(cfg.lease_secs).unwrap_or(15),
         }
     }
 
@@ -361,7 +373,16 @@ impl Broker {
         force: bool,
         now: i64,
     ) -> Result<Credential, Error> {
-        let outcome = self.fetch_and_store(db, key, force);
+        let outcome = if db.is_mysql() {
+            let known = {
+                let mut st = lock(&entry.state);
+                let superseded = st.superseded.take();
+                st.value.clone().or(superseded).map(|v| (v, st.expires_at))
+            };
+            self.fetch_shared(db, key, force, known)
+        } else {
+            self.fetch_and_store(db, key, force)
+        };
         let mut st = lock(&entry.state);
         st.refreshing = false;
         st.generation += 1;
@@ -403,6 +424,101 @@ impl Broker {
         drop(st);
         entry.done.notify_all();
         result
+    }
+
+    /// On a database shared by several instances: one fetch for all of them. The key's lease
+    /// (in the database's clock) says which instance fetches; the others read the row until
+    /// the holder has written it, holding no connection while they wait, and claim the lease
+    /// themselves if it runs out (the holder died). The holder renews it while its fetch runs.
+    /// `known` is the value (and its expiry) this instance is replacing: a row still holding
+    /// it is not new (for a forced refresh, only another value is).
+    fn fetch_shared(
+        &self,
+        db: &Db,
+        key: &Key,
+        force: bool,
+        known: Option<(Secret, i64)>,
+    ) -> Result<Fetched, Error> {
+        let id = key.id();
+        let lease = format!("credential/{id}");
+        let deadline = Instant::now() + self.wait_limit;
+        loop {
+            if db.claim_lease(&lease, &self.instance, self.lease_secs)? {
+                // Another instance may have written it while this one waited for the lease.
+                let outcome = match self.written_elsewhere(db, &id, force, known.as_ref())? {
+                    Some(f) => Ok(f),
+                    None => self.renewing(db, &lease, || self.fetch_and_store(db, key, force)),
+                };
+                let _ = db.release_lease(&lease, &self.instance);
+                return outcome;
+            }
+            if let Some(f) = self.written_elsewhere(db, &id, force, known.as_ref())? {
+                return Ok(f);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Upstream(UpstreamError::Net(
+                    "timed out waiting for another instance's refresh".into(),
+                )));
+            }
+            std::thread::sleep(LEASE_POLL);
+        }
+    }
+
+    /// The stored value of `id`, if another instance has written a usable one that is not
+    /// `known` (a forced refresh takes only another value; otherwise a later expiry will do).
+    fn written_elsewhere(
+        &self,
+        db: &Db,
+        id: &str,
+        force: bool,
+        known: Option<&(Secret, i64)>,
+    ) -> Result<Option<Fetched>, Error> {
+        let now = ids::now();
+        let Some(row) = db.credential(id)? else {
+            return Ok(None);
+        };
+        let margin = (row.expires_at.saturating_sub(row.updated_at) / 10).clamp(1, 30);
+        let usable = now < row.expires_at.saturating_sub(margin);
+        let new = match known {
+            None => true,
+            Some((v, expires_at)) => {
+                v.expose() != row.value.expose() || (!force && row.expires_at > *expires_at)
+            }
+        };
+        Ok((usable && new).then(|| Fetched {
+            value: row.value.expose().to_string(),
+            expires_in: row.expires_at - now,
+        }))
+    }
+
+    /// Run `fetch` while renewing `lease` every third of its length from another thread (on
+    /// its own handle on the pool), so a slow fetch keeps it.
+    fn renewing<T>(&self, db: &Db, lease: &str, fetch: impl FnOnce() -> T) -> T {
+        let Some(renewer) = db.sibling() else {
+            return fetch();
+        };
+        let done = &(Mutex::new(false), Condvar::new());
+        let every = Duration::from_millis((self.lease_secs * 1000 / 3).max(100) as u64);
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let mut finished = done.0.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    finished = done
+                        .1
+                        .wait_timeout(finished, every)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                    if *finished {
+                        return;
+                    }
+                    let _ = renewer.claim_lease(lease, &self.instance, self.lease_secs);
+                }
+            });
+            let out = fetch();
+            *done.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            done.1.notify_all();
+            out
+        })
     }
 
     /// When to renew a value fetched at `fetched` expiring at `expires`: `refresh_ahead_secs`
@@ -621,7 +737,7 @@ impl Broker {
         self.check_force_allowed(db, key, now)?;
         st.refreshing = true;
         // The value is known bad: forget it, so a failed refresh does not serve it again.
-        st.value = None;
+        st.superseded = st.value.take();
         drop(st);
         self.refresh_holding(db, key, &entry, true, now)
     }

@@ -38,6 +38,7 @@ mod apps;
 mod callback_seen;
 mod components;
 mod credentials;
+mod leases;
 mod mysql;
 mod sessions;
 pub(crate) mod sql;
@@ -134,6 +135,7 @@ const MIGRATIONS: &[&str] = &[
     COMPONENT_PRE_AUTH,
     PHONE_INFO,
     AUTHORIZER_INFO,
+    LEASES,
 ];
 
 /// Callbacks already handled, so that a replayed request or WeChat's retry of a message is not
@@ -186,7 +188,18 @@ const TABLES: &[&str] = &[
     "authorizers",
     "callback_seen",
     "meta",
+    "leases",
 ];
+
+/// Named claims with an owner and an expiry in the database's clock (`leases.rs`): which
+/// instance refreshes a credential when several share the database.
+const LEASES: &str = "
+CREATE TABLE leases (
+    name        TEXT    PRIMARY KEY,
+    owner       TEXT    NOT NULL,
+    expires_at  INTEGER NOT NULL
+);
+";
 
 /// Every sealed column, as `table.column` (also the associated data a value is sealed for, so a
 /// value copied to another column does not open there). A new secret column joins this list
@@ -459,6 +472,19 @@ impl Db {
         };
         db.migrate()?;
         Ok(db)
+    }
+
+    /// Another handle on the same MySQL pool, for another thread (`None` on SQLite, whose
+    /// connection is this thread's).
+    pub fn sibling(&self) -> Option<Db> {
+        match &self.conn {
+            Conn::Lite(_) => None,
+            Conn::My(s) => Some(Db {
+                conn: Conn::My(s.clone()),
+                sealer: self.sealer.clone(),
+                write_wait: self.write_wait,
+            }),
+        }
     }
 
     /// Is this database a MySQL server's (not a SQLite file)?

@@ -191,6 +191,11 @@ pub const MIGRATIONS: &[&str] = &[
     "ALTER TABLE users ADD COLUMN phone_info MEDIUMTEXT",
     "ALTER TABLE authorizers ADD COLUMN info MEDIUMTEXT;
      ALTER TABLE components ADD COLUMN forward_url TEXT",
+    "CREATE TABLE leases (
+        name        VARCHAR(255) NOT NULL PRIMARY KEY,
+        owner       VARCHAR(64)  NOT NULL,
+        expires_at  BIGINT       NOT NULL
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
 ];
 
 /// `schema.sql` in MySQL's words: binary collation (comparisons exact, as in SQLite),

@@ -205,13 +205,14 @@ impl Sql<'_> {
 /// A query in SQLite's words as MySQL says it, with its parameters in the order MySQL's
 /// anonymous `?` takes them: `?N` becomes `?` (a repeated `?N` repeats the value),
 /// `ON CONFLICT (…) DO UPDATE SET` becomes `ON DUPLICATE KEY UPDATE`, `excluded.c` becomes
-/// `VALUES(c)` and `INSERT OR IGNORE` becomes `INSERT IGNORE`. Queries are wafer's own: no
+/// `VALUES(c)`, `INSERT OR IGNORE` becomes `INSERT IGNORE` and `unixepoch()` (the database's
+/// clock) becomes `UNIX_TIMESTAMP()`. Queries are wafer's own: no
 /// string literal in them holds a `?`.
 pub fn mysql_dialect<'s>(sql: &'s str, args: &[Arg]) -> (Cow<'s, str>, mysql::Params) {
     let mut out = String::with_capacity(sql.len());
     let mut values = Vec::with_capacity(args.len());
     let mut rest = sql;
-    while let Some(i) = rest.find(['?', 'O', 'e', 'I']) {
+    while let Some(i) = rest.find(['?', 'O', 'e', 'I', 'u']) {
         out.push_str(&rest[..i]);
         rest = &rest[i..];
         if let Some(after) = rest.strip_prefix('?') {
@@ -235,6 +236,9 @@ pub fn mysql_dialect<'s>(sql: &'s str, args: &[Arg]) -> (Cow<'s, str>, mysql::Pa
             out.push_str(&after[..len]);
             out.push(')');
             rest = &after[len..];
+        } else if let Some(after) = rest.strip_prefix("unixepoch()") {
+            out.push_str("UNIX_TIMESTAMP()");
+            rest = after;
         } else if let Some(after) = rest.strip_prefix("INSERT OR IGNORE") {
             out.push_str("INSERT IGNORE");
             rest = after;
@@ -273,7 +277,13 @@ mod tests {
                 mysql::Value::Int(7)
             ]
         );
-        let (q, _) = mysql_dialect("INSERT OR IGNORE INTO seen VALUES (?1) -- Ok", args!["x"]);
-        assert_eq!(q, "INSERT IGNORE INTO seen VALUES (?) -- Ok");
+        let (q, _) = mysql_dialect(
+            "INSERT OR IGNORE INTO seen VALUES (?1, unixepoch() + 1) -- Ok",
+            args!["x"],
+        );
+        assert_eq!(
+            q,
+            "INSERT IGNORE INTO seen VALUES (?, UNIX_TIMESTAMP() + 1) -- Ok"
+        );
     }
 }

@@ -10,11 +10,11 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use wafer::config::{Secret, WorkAgentDecl};
+use wafer::config::{Config, Secret, WorkAgentDecl};
 use wafer::crypto::{sha1_sorted, MsgCrypt};
 
 const MP_TOKEN: &str = "mp-callback-token";
-const MP_KEY: &str = "ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210zyxwvut";
+pub const MP_KEY: &str = "ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210zyxwvut";
 
 // WeCom's published example (its encryption-scheme page), also pinned in crates/wafer-crypto.
 const WECOM_TOKEN: &str = "QDG6eK";
@@ -94,12 +94,15 @@ fn plain_mp_env(forward_url: Option<String>) -> Env {
 }
 
 fn mp_env_keyed(forward_url: Option<String>, aes_key: Option<&str>) -> Env {
-    Env::with(|c| {
-        c.apps[0].token = Some(Secret::new(MP_TOKEN));
-        c.apps[0].aes_key = aes_key.map(Secret::new);
-        c.apps[0].forward_url = forward_url;
-        c.work_agents = vec![wecom_agent(WECOM_KEY, None)];
-    })
+    Env::with(|c| mp_config(c, forward_url, aes_key))
+}
+
+/// The test app as an official account with callback keys, and the WeCom agent.
+pub fn mp_config(c: &mut Config, forward_url: Option<String>, aes_key: Option<&str>) {
+    c.apps[0].token = Some(Secret::new(MP_TOKEN));
+    c.apps[0].aes_key = aes_key.map(Secret::new);
+    c.apps[0].forward_url = forward_url;
+    c.work_agents = vec![wecom_agent(WECOM_KEY, None)];
 }
 
 /// The WeCom agent the callback tests use, with its EncodingAESKey (and a declared previous one).
@@ -118,7 +121,7 @@ fn wecom_agent(aes_key: &str, prev_aes_key: Option<&str>) -> WorkAgentDecl {
 
 /// A text message; its `MsgId` follows from the content, so the same content is the same
 /// message (as WeChat's retries are) and different contents are different messages.
-fn text_message(content: &str) -> String {
+pub fn text_message(content: &str) -> String {
     let msg_id = content.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     });
@@ -686,7 +689,7 @@ pub fn sealed_push(
 }
 
 /// [`sealed_push`] of a [`text_message`] (or other XML) to the test app: (path, body).
-fn mp_push(xml: &str, timestamp: i64, nonce: &str) -> (String, String) {
+pub fn mp_push(xml: &str, timestamp: i64, nonce: &str) -> (String, String) {
     sealed_push(
         &format!("/wechat/mp/{APPID}"),
         (MP_TOKEN, MP_KEY, APPID),

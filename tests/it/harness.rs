@@ -37,6 +37,26 @@ impl Env {
 
     /// A server whose config the caller adjusts first (apps, timeouts, api key).
     pub fn with(adjust: impl FnOnce(&mut Config)) -> Env {
+        let mysql = on_mysql().then(|| {
+            crate::mysql::test_db()
+                .unwrap_or_else(|| panic!("{BACKEND_VAR}=mysql needs {}", crate::mysql::URL_VAR))
+        });
+        Env::on(mysql, adjust)
+    }
+
+    /// A server on a fresh MySQL database whatever the switch says (tests of several
+    /// instances on one database); `None` when no MySQL server is configured.
+    pub fn with_mysql(adjust: impl FnOnce(&mut Config)) -> Option<Env> {
+        crate::mysql::test_db().map(|db| Env::on(Some(db), adjust))
+    }
+
+    /// Another `wafer serve` on this one's database and config (a new port): stop it with
+    /// `shutdown` before the `Env` goes.
+    pub fn another(&self) -> wafer::server::Handle {
+        wafer::server::start(self.config.clone(), false).unwrap()
+    }
+
+    fn on(mysql: Option<crate::mysql::TestDb>, adjust: impl FnOnce(&mut Config)) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let mock = fake_wechat::start("127.0.0.1:0").unwrap();
         let mut config = Config::default();
@@ -47,10 +67,6 @@ impl Env {
         config.wechat.work_api_base = mock.base_url();
         config.wechat.timeout_ms = 1500;
         config.apps = vec![app(APPID)];
-        let mysql = on_mysql().then(|| {
-            crate::mysql::test_db()
-                .unwrap_or_else(|| panic!("{BACKEND_VAR}=mysql needs {}", crate::mysql::URL_VAR))
-        });
         if let Some(db) = &mysql {
             config.storage.url = wafer::config::Secret::new(db.url.clone());
         }

@@ -1,7 +1,14 @@
 //! The shared MySQL-compatible database (CONTRACT §10): start-up errors, and (on a real
 //! MariaDB, `mysql::test_db`) several `wafer serve` instances behaving as one server.
 
+use crate::callbacks::MP_KEY;
 use crate::cli::{run, wafer};
+use crate::harness::{Env, APPID};
+use serde_json::{json, Value};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+const STABLE: &str = "/cgi-bin/stable_token";
 
 /// `wafer serve` on `url`: (exited with success, stderr).
 fn serve_on(url: &str) -> (bool, String) {
@@ -48,4 +55,199 @@ fn wrong_credentials_stop_the_start_naming_storage_url_without_the_password() {
         !err.contains("not-the-pw-9f3"),
         "the password is printed: {err}"
     );
+}
+
+/// Three instances on one fresh MySQL database: the `Env` (instance 0) and two more.
+struct Cluster {
+    env: Env,
+    others: Vec<wafer::server::Handle>,
+}
+
+impl Cluster {
+    fn start(adjust: impl FnOnce(&mut wafer::config::Config)) -> Option<Cluster> {
+        let env = Env::with_mysql(adjust)?;
+        let others = (0..2).map(|_| env.another()).collect();
+        Some(Cluster { env, others })
+    }
+
+    /// `path` on instance `i` (0, 1 or 2).
+    fn url(&self, i: usize, path: &str) -> String {
+        match i {
+            0 => self.env.url(path),
+            _ => format!("http://{}{path}", self.others[i - 1].addr()),
+        }
+    }
+
+    fn post(&self, i: usize, path: &str, body: &str) -> (u16, String) {
+        self.env
+            .request("POST", &self.url(i, path), &[], Some(body.as_bytes()))
+    }
+
+    fn check(&self, i: usize, id: &str, skey: &str) -> i64 {
+        let body = json!({"version": 1, "componentName": "MA",
+            "interface": {"interfaceName": "qcloud.cam.auth", "para": {"id": id, "skey": skey}}});
+        let (s, t) = self.post(i, "/mina_auth/", &body.to_string());
+        assert_eq!(s, 200, "{t}");
+        serde_json::from_str::<Value>(&t).unwrap()["returnCode"]
+            .as_i64()
+            .unwrap()
+    }
+
+    fn stop(mut self) {
+        for h in self.others.drain(..) {
+            h.shutdown();
+        }
+    }
+}
+
+#[test]
+fn a_session_made_on_one_instance_is_checked_and_revoked_on_the_others() {
+    let Some(c) = Cluster::start(|_| {}) else {
+        return;
+    };
+    let (id, skey, _) = c.env.login("shared-ann");
+    for i in 0..3 {
+        assert_eq!(c.check(i, &id, &skey), 0, "instance {i}");
+    }
+    let revoke = json!({"id": id, "skey": skey}).to_string();
+    assert_eq!(c.post(2, "/v1/sessions/revoke", &revoke).0, 204);
+    // At once, everywhere: no instance holds a session in memory.
+    for i in 0..3 {
+        assert_eq!(
+            c.check(i, &id, &skey),
+            60012,
+            "instance {i} after the revocation"
+        );
+    }
+    c.stop();
+}
+
+#[test]
+fn cold_token_reads_across_three_instances_are_one_upstream_call() {
+    let Some(c) = Cluster::start(|c| c.server.workers = 16) else {
+        return;
+    };
+    c.env
+        .fail(json!({"path": STABLE, "delay_ms": 300, "times": 5}));
+    let c = Arc::new(c);
+    let gate = Arc::new(Barrier::new(200));
+    let readers: Vec<_> = (0..200)
+        .map(|n| {
+            let (c, gate) = (c.clone(), gate.clone());
+            std::thread::spawn(move || {
+                gate.wait();
+                let url = c.url(n % 3, &format!("/v1/apps/{APPID}/access_token"));
+                let (s, t) = c.env.request("GET", &url, &[], None);
+                assert_eq!(s, 200, "{t}");
+                serde_json::from_str::<Value>(&t).unwrap()["access_token"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+        })
+        .collect();
+    let tokens: Vec<String> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    assert!(tokens.iter().all(|t| *t == tokens[0]), "one token for all");
+    assert_eq!(
+        c.env.calls(STABLE),
+        1,
+        "upstream calls for 200 cold reads on 3 instances"
+    );
+    Arc::try_unwrap(c).ok().unwrap().stop();
+}
+
+#[test]
+fn a_callback_replayed_to_another_instance_is_not_applied_again() {
+    let (hook, seen) = crate::callbacks::forward_target("<xml>reply</xml>", Duration::ZERO);
+    let Some(c) = Cluster::start(|c| crate::callbacks::mp_config(c, Some(hook), Some(MP_KEY)))
+    else {
+        return;
+    };
+    let (path, body) = crate::callbacks::mp_push(
+        &crate::callbacks::text_message("shared once"),
+        wafer::ids::now(),
+        "n1",
+    );
+    let (s, first) = c.post(0, &path, &body);
+    assert_eq!(s, 200);
+    assert_ne!(
+        first, "success",
+        "the business reply is relayed the first time"
+    );
+    for i in [1, 2] {
+        assert_eq!(
+            c.post(i, &path, &body),
+            (200, "success".into()),
+            "instance {i}"
+        );
+    }
+    let forwarded = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|m| m["Content"] == "shared once")
+        .count();
+    assert_eq!(forwarded, 1, "forwarded more than once");
+    c.stop();
+}
+
+#[test]
+fn an_instance_killed_mid_refresh_holds_the_others_up_only_for_its_lease() {
+    let Some(c) = Cluster::start(|c| {
+        c.wechat.lease_secs = 2;
+        c.wechat.timeout_ms = 20_000;
+    }) else {
+        return;
+    };
+    // A real `wafer serve` on the same database, with the same lease.
+    let dir = tempfile::tempdir().unwrap();
+    let toml = dir.path().join("wafer.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nurl = \"{}\"\n\
+             [wechat]\napi_base = \"{base}\"\nwork_api_base = \"{base}\"\n\
+             timeout_ms = 20000\nlease_secs = 2\n",
+            c.env.mysql.as_ref().unwrap().url,
+            base = c.env.mock.base_url()
+        ),
+    )
+    .unwrap();
+    let mut cmd = wafer();
+    cmd.args(["serve", "--config", toml.to_str().unwrap()]);
+    let doomed = crate::cli::Served::start(cmd);
+    // Its fetch hangs on WeChat (holding the lease) when it is killed.
+    c.env
+        .fail(json!({"path": STABLE, "delay_ms": 15_000, "times": 1}));
+    let url = format!("http://{}/v1/apps/{APPID}/access_token", doomed.addr);
+    std::thread::spawn(move || {
+        // Never answered: the instance dies first.
+        let _ = ureq::get(&url).call();
+    });
+    let until = Instant::now() + Duration::from_secs(10);
+    while c.env.calls(STABLE) == 0 {
+        assert!(
+            Instant::now() < until,
+            "the doomed instance never asked WeChat"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    doomed.signal("-9");
+    let started = Instant::now();
+    let (s, v) = c
+        .env
+        .v1("GET", &format!("/v1/apps/{APPID}/access_token"), None, None);
+    let took = started.elapsed();
+    eprintln!("shared_db: a read after the lease holder was killed took {took:?}");
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        took < Duration::from_secs(6),
+        "took {took:?} with a 2 s lease"
+    );
+    assert_eq!(
+        c.env.calls(STABLE),
+        2,
+        "the dead instance's call and the taker's"
+    );
+    c.stop();
 }
