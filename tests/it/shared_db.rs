@@ -251,3 +251,124 @@ fn an_instance_killed_mid_refresh_holds_the_others_up_only_for_its_lease() {
     );
     c.stop();
 }
+
+/// A TCP relay to the MySQL server that a test can cut (every connection dropped, new ones
+/// closed at once) and mend.
+struct Relay {
+    addr: std::net::SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    /// Bumped by each cut: relays of an older epoch end.
+    epoch: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Relay {
+    fn to(target: String) -> Relay {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let epoch = Arc::new(AtomicU64::new(0));
+        let (c, e) = (cut.clone(), epoch.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if c.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let Ok(server) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                let mine = e.load(Ordering::SeqCst);
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let e = e.clone();
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        from.set_read_timeout(Some(Duration::from_millis(100)))
+                            .unwrap();
+                        let mut buf = [0u8; 16384];
+                        while e.load(Ordering::SeqCst) == mine {
+                            match from.read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => {
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                                Err(err)
+                                    if matches!(
+                                        err.kind(),
+                                        std::io::ErrorKind::WouldBlock
+                                            | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => break,
+                            }
+                        }
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay { addr, cut, epoch }
+    }
+
+    fn cut(&self) {
+        use std::sync::atomic::Ordering;
+        self.cut.store(true, Ordering::SeqCst);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn mend(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_database_gone_at_run_time_fails_requests_quickly_and_is_recovered_from() {
+    let Some(db) = crate::mysql::test_db() else {
+        return;
+    };
+    // mysql://USER:PASS@HOST:PORT/DB through the relay.
+    let (head, tail) = db.url.split_once('@').unwrap();
+    let (server, path) = tail.split_once('/').unwrap();
+    let relay = Relay::to(server.to_string());
+    let url = format!("{head}@{}/{path}", relay.addr);
+    let env = Env::with(|c| {
+        c.storage.url = wafer::config::Secret::new(url);
+    });
+    let (id, skey, _) = env.login("through-the-relay");
+    let check = || {
+        let started = Instant::now();
+        let r = env.wafer("qcloud.cam.auth", json!({"id": id, "skey": skey}));
+        (r["returnCode"].as_i64().unwrap(), started.elapsed())
+    };
+    assert_eq!(check().0, 0);
+
+    relay.cut();
+    let (code, took) = check();
+    eprintln!("shared_db: a check with the database cut answered {code} in {took:?}");
+    assert_eq!(code, 1001, "DB_ERR while the database is gone");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    let started = Instant::now();
+    let (s, t) = env.request("GET", &env.url("/healthz"), &[], None);
+    assert_eq!(s, 503, "{t}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    relay.mend();
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, _) = check();
+        if code == 0 {
+            break;
+        }
+        assert!(Instant::now() < until, "not recovered 10 s after the database came back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (s, _) = env.request("GET", &env.url("/healthz"), &[], None);
+    assert_eq!(s, 200);
+    drop(env);
+    drop(db);
+}
