@@ -1,6 +1,7 @@
 //! The command line (CONTRACT §1): raw arguments validated once into a `Command`, then run.
-//! Every command that touches data takes `--db FILE` (else `$WAFER_DB`, else the config's
-//! `storage.path`, else `./wafer.db`). Errors come back as one line for `main` to print.
+//! Every command that touches data takes `--db FILE` or `--db mysql://…` (else `storage.url` or
+//! `$WAFER_DATABASE_URL`, else `$WAFER_DB` or `storage.path`, else `./wafer.db`). Errors come back as one
+//! line for `main` to print.
 
 use crate::accounts;
 use crate::config::{Config, Secret};
@@ -15,7 +16,7 @@ struct Opts {
 }
 
 /// Flags that take no value.
-const SWITCHES: &[&str] = &["force", "help"];
+const SWITCHES: &[&str] = &["force", "help", "merge"];
 
 impl Opts {
     fn parse(args: &[String]) -> Result<Opts, String> {
@@ -118,7 +119,11 @@ pub const USAGE: &str = "usage: wafer <command>
   import wafer --from mysql://USER:PASS@HOST:PORT/cAuth [--appid ID] [--tz ZONE]
                                         move in from an original Wafer: its apps, users and
                                         live sessions (every id/skey keeps working)
-data commands take --db FILE (else $WAFER_DB, else the config's storage.path, else ./wafer.db)";
+  db copy --from SRC --to DST [--merge]
+                                        copy every row from one database to another (a SQLite
+                                        file or a mysql:// URL); --merge adds what DST lacks
+data commands take --db FILE or --db mysql://USER:PASS@HOST:PORT/DB (else $WAFER_DATABASE_URL
+or the config's storage.url, else $WAFER_DB, else the config's storage.path, else ./wafer.db)";
 
 /// Run a command line (without the program name).
 pub fn run(args: &[String]) -> Result<(), String> {
@@ -147,6 +152,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         ("token", "get") => token_get(Opts::parse(&rest[1..])?),
         ("key", "rotate") => key_rotate(Opts::parse(&rest[1..])?),
         ("import", "wafer") => import_wafer(Opts::parse(&rest[1..])?),
+        ("db", "copy") => db_copy(Opts::parse(&rest[1..])?),
         ("help" | "--help" | "-h", _) => {
             println!("{USAGE}");
             Ok(())
@@ -552,6 +558,27 @@ fn key_rotate(mut o: Opts) -> Result<(), String> {
 
 /// `wafer import wafer --from mysql://…/cAuth`: an original Wafer's app, users and live sessions
 /// into this database (CONTRACT §10; `import_wafer`). The source's password is never printed.
+/// `db copy`: every row from one database to another, as stored (sealed values stay sealed).
+fn db_copy(mut o: Opts) -> Result<(), String> {
+    let config = o.take("config").map(PathBuf::from);
+    let c = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+    let from = Target::open(&o.need("from")?)?;
+    let to = Target::open(&o.need("to")?)?;
+    let merge = o.flag("merge");
+    o.done(0)?;
+    let sealer = crate::seal::Sealer::from_config(&c.storage)?;
+    let open =
+        |t: &Target| Db::open_with(t, sealer.clone()).map_err(|e| format!("database {t}: {e}"));
+    let (src, dst) = (open(&from)?, open(&to)?);
+    let report = src
+        .copy_into(&dst, merge)
+        .map_err(|e| format!("db copy {from} -> {to}: {e}"))?;
+    for t in report {
+        println!("{}: {} copied, {} kept", t.table, t.written, t.kept);
+    }
+    Ok(())
+}
+
 fn import_wafer(mut o: Opts) -> Result<(), String> {
     let opts = crate::import_wafer::Options {
         from: o.need("from")?,
@@ -560,18 +587,6 @@ fn import_wafer(mut o: Opts) -> Result<(), String> {
     };
     if let Some(tz) = &opts.tz {
         crate::import_wafer::check_tz(tz)?;
-    }
-    // `--db` may name a MySQL database once wafer has that backend; not yet.
-    if let Some(db) = o
-        .values
-        .iter()
-        .find_map(|(n, v)| (n == "db").then_some(v.as_deref()))
-    {
-        if db.is_some_and(|d| d.starts_with("mysql://")) {
-            return Err(
-                "import wafer: --db mysql://… is not supported yet (wafer stores in SQLite for now); give a SQLite file".into(),
-            );
-        }
     }
     let (db, broker) = open_accounts(&mut o)?;
     o.done(0)?;

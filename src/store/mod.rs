@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 mod apps;
 mod callback_seen;
 mod components;
+mod copy;
 mod credentials;
 mod leases;
 mod mysql;
@@ -48,6 +49,7 @@ pub use self::mysql::{redact, Target};
 
 pub use apps::{App, AppUpsert};
 pub use components::{Authorizer, Component, ComponentUpsert};
+pub use copy::Copied;
 pub use credentials::{utc_day, Quota, StoredCredential};
 pub use sessions::{
     Imported, ImportedSession, ImportedUser, LoginResult, LoginWrite, SessionRow,

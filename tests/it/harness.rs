@@ -99,35 +99,44 @@ impl Env {
 
     /// What the CLI's `--db` takes for this server's database: its file, or its MySQL URL.
     pub fn db_arg(&self) -> String {
-        match &self.mysql {
-            Some(db) => db.url.clone(),
-            None => self.config.storage.path.clone(),
+        let url = self.config.storage.url.expose();
+        if url.is_empty() {
+            self.config.storage.path.clone()
+        } else {
+            url.to_string()
         }
+    }
+
+    /// A connection to the server's database when that is MySQL (the switch's, or a URL the
+    /// test configured).
+    fn mysql_conn(&self) -> Option<mysql::Conn> {
+        let url = self.config.storage.url.expose();
+        (!url.is_empty()).then(|| mysql::Conn::new(mysql::Opts::from_url(url).unwrap()).unwrap())
     }
 
     /// One number from a query in the SQL both backends speak (a count, say).
     pub fn scalar(&self, sql: &str) -> i64 {
-        if let Some(db) = &self.mysql {
+        if let Some(mut c) = self.mysql_conn() {
             use mysql::prelude::Queryable;
-            return db.conn().query_first(sql).unwrap().unwrap();
+            return c.query_first(sql).unwrap().unwrap();
         }
         self.sql().query_row(sql, [], |r| r.get(0)).unwrap()
     }
 
     /// One value of the first row of a query (text or bytes), in the SQL both backends speak.
     pub fn value<T: rusqlite::types::FromSql + mysql::prelude::FromValue>(&self, sql: &str) -> T {
-        if let Some(db) = &self.mysql {
+        if let Some(mut c) = self.mysql_conn() {
             use mysql::prelude::Queryable;
-            return db.conn().query_first(sql).unwrap().unwrap();
+            return c.query_first(sql).unwrap().unwrap();
         }
         self.sql().query_row(sql, [], |r| r.get(0)).unwrap()
     }
 
     /// A statement in the SQL both backends speak (a test moving a clock).
     pub fn exec(&self, sql: &str) {
-        if let Some(db) = &self.mysql {
+        if let Some(mut c) = self.mysql_conn() {
             use mysql::prelude::Queryable;
-            return db.conn().query_drop(sql).unwrap();
+            return c.query_drop(sql).unwrap();
         }
         self.sql().execute_batch(sql).unwrap();
     }
@@ -273,7 +282,7 @@ impl Env {
     /// (SQLite only: such a test starts with `sqlite_only!`).
     pub fn sql(&self) -> rusqlite::Connection {
         assert!(
-            self.mysql.is_none(),
+            self.config.storage.url.expose().is_empty(),
             "raw SQLite SQL in a test run on MySQL: start the test with sqlite_only!"
         );
         let c = rusqlite::Connection::open(self.db_path()).unwrap();

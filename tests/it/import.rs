@@ -302,17 +302,30 @@ fn several_apps_need_appid_and_errors_hide_the_password() {
 }
 
 #[test]
-fn a_mysql_target_is_refused_for_now() {
-    // No MariaDB needed: the refusal comes before any connection.
-    let (ok, _, err) = run(wafer().args([
+fn an_import_into_a_shared_mysql_database_authenticates_there() {
+    let Some(src) = original_wafer(&[APPID]) else {
+        return;
+    };
+    let target = test_db().unwrap();
+    let (ok, out, err) = run(wafer().args([
         "import",
         "wafer",
         "--from",
-        "mysql://u:p@127.0.0.1:1/cAuth",
+        &src.url,
+        "--tz",
+        "+08:00",
         "--db",
-        "mysql://u:p@127.0.0.1:1/wafer",
+        &target.url,
     ]));
-    assert!(!ok);
-    assert!(err.contains("not supported yet"), "{err}");
-    assert!(!err.contains(":p@"), "{err}");
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("sessions: 3 imported, 1 expired"), "{out}");
+    assert!(!format!("{out}{err}").contains(&password(&target.url)));
+    let url = target.url.clone();
+    let env = Env::with(|c| {
+        c.apps.clear();
+        c.storage.url = wafer::config::Secret::new(url);
+    });
+    let o = &originals()[0];
+    let r = env.wafer("qcloud.cam.auth", json!({"id": o.uuid, "skey": o.skey}));
+    assert_eq!(code(&r), (0, "AUTH_SUCCESS"), "{r}");
 }

@@ -364,11 +364,84 @@ fn a_database_gone_at_run_time_fails_requests_quickly_and_is_recovered_from() {
         if code == 0 {
             break;
         }
-        assert!(Instant::now() < until, "not recovered 10 s after the database came back");
+        assert!(
+            Instant::now() < until,
+            "not recovered 10 s after the database came back"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let (s, _) = env.request("GET", &env.url("/healthz"), &[], None);
     assert_eq!(s, 200);
     drop(env);
     drop(db);
+}
+
+/// `wafer db copy ARGS…`: (success, stdout, stderr).
+fn db_copy(args: &[&str]) -> (bool, String, String) {
+    run(wafer().args(["db", "copy"]).args(args))
+}
+
+#[test]
+fn db_copy_moves_a_single_box_onto_mysql_and_back() {
+    let Some(target) = crate::mysql::test_db() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("single.db").to_string_lossy().into_owned();
+    let single = Env::with(|c| c.storage.path = file.clone());
+    let (id, skey, _) = single.login("moving-ann");
+    let (s, v) = single.v1("GET", &format!("/v1/apps/{APPID}/access_token"), None, None);
+    assert_eq!(s, 200, "{v}");
+    let token = v["access_token"].as_str().unwrap().to_string();
+    let app_id = single.app_id(APPID);
+    drop(single);
+
+    let (ok, out, err) = db_copy(&["--from", &file, "--to", &target.url]);
+    assert!(ok, "{err}");
+    assert!(out.contains("sessions: 1 copied, 0 kept"), "{out}");
+    assert!(
+        !out.contains(target.url.split('@').next().unwrap()),
+        "{out}"
+    );
+    // Into a database that holds data: refused without --merge; with it, everything is kept.
+    let (ok, _, err) = db_copy(&["--from", &file, "--to", &target.url]);
+    assert!(!ok && err.contains("--merge"), "{err}");
+    assert!(
+        !err.contains(target.url.split('@').next().unwrap()),
+        "{err}"
+    );
+    let (ok, out, err) = db_copy(&["--from", &file, "--to", &target.url, "--merge"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("users: 0 copied, 1 kept") && out.contains("sessions: 0 copied, 1 kept"),
+        "{out}"
+    );
+
+    // A server on MySQL: the session authenticates, the token is served as stored, the app
+    // keeps its numeric id.
+    let url = target.url.clone();
+    let shared = Env::with(|c| {
+        c.apps.clear();
+        c.storage.url = wafer::config::Secret::new(url);
+    });
+    let r = shared.wafer("qcloud.cam.auth", json!({"id": id, "skey": skey}));
+    assert_eq!(r["returnCode"], 0, "{r}");
+    let (s, v) = shared.v1("GET", &format!("/v1/apps/{APPID}/access_token"), None, None);
+    assert_eq!((s, v["access_token"].as_str()), (200, Some(token.as_str())));
+    assert_eq!(shared.calls(STABLE), 0, "the token came along");
+    assert_eq!(shared.app_id(APPID), app_id);
+    drop(shared);
+
+    // And back into a new file.
+    let back = dir.path().join("back.db").to_string_lossy().into_owned();
+    let (ok, out, err) = db_copy(&["--from", &target.url, "--to", &back]);
+    assert!(ok, "{err}");
+    assert!(out.contains("sessions: 1 copied"), "{out}");
+    let again = Env::with(|c| {
+        c.apps.clear();
+        c.storage.path = back.clone();
+    });
+    let r = again.wafer("qcloud.cam.auth", json!({"id": id, "skey": skey}));
+    assert_eq!(r["returnCode"], 0, "{r}");
+    assert_eq!(again.app_id(APPID), app_id);
 }
