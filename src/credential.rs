@@ -179,6 +179,9 @@ pub struct Fetched {
 struct State {
     /// Loaded from the database (once per process per key).
     loaded: bool,
+    /// When the row was last read: on a database shared by several instances it is read
+    /// again at most every [`ROW_RECHECK`], so a value another instance renewed is served.
+    checked: Option<Instant>,
     value: Option<Secret>,
     expires_at: i64,
     /// When the value was fetched; with `expires_at` it gives the lifetime.
@@ -234,6 +237,10 @@ pub struct Broker {
     lease_secs: i64,
 }
 
+/// On a shared database, how stale a value in memory may be: the row is read again after
+/// this long (another instance may have renewed it, and the old token may no longer work).
+const ROW_RECHECK: Duration = Duration::from_secs(1);
+
 /// How often an instance waiting on another's refresh reads the credential's row again.
 const LEASE_POLL: Duration = Duration::from_millis(50);
 
@@ -285,13 +292,24 @@ impl Broker {
     ) -> Result<MutexGuard<'e, State>, Error> {
         let mut st = lock(&entry.state);
         st.last_used = now;
-        if !st.loaded {
+        let recheck = db.is_mysql()
+            && !st.refreshing
+            && st.checked.is_none_or(|t| t.elapsed() >= ROW_RECHECK);
+        if !st.loaded || recheck {
             st.loaded = true;
+            st.checked = Some(Instant::now());
             if let Some(row) = db.credential(&key.id())? {
-                st.value = Some(row.value);
-                st.expires_at = row.expires_at;
-                st.fetched_at = row.updated_at;
-                st.refresh_at = self.refresh_point(row.updated_at, row.expires_at);
+                let same = st
+                    .value
+                    .as_ref()
+                    .is_some_and(|v| v.expose() == row.value.expose())
+                    && st.expires_at == row.expires_at;
+                if !same {
+                    st.value = Some(row.value);
+                    st.expires_at = row.expires_at;
+                    st.fetched_at = row.updated_at;
+                    st.refresh_at = self.refresh_point(row.updated_at, row.expires_at);
+                }
             }
         }
         Ok(st)

@@ -445,3 +445,41 @@ fn db_copy_moves_a_single_box_onto_mysql_and_back() {
     assert_eq!(r["returnCode"], 0, "{r}");
     assert_eq!(again.app_id(APPID), app_id);
 }
+
+#[test]
+fn a_token_renewed_on_one_instance_is_served_by_the_others_about_a_second_later() {
+    let Some(c) = Cluster::start(|_| {}) else {
+        return;
+    };
+    let read = |i: usize, force: bool| -> String {
+        let q = if force { "?force=true" } else { "" };
+        let url = c.url(i, &format!("/v1/apps/{APPID}/access_token{q}"));
+        let (s, t) = c.env.request("GET", &url, &[], None);
+        assert_eq!(s, 200, "{t}");
+        serde_json::from_str::<Value>(&t).unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let old = read(1, false);
+    assert_eq!(read(2, false), old);
+    // A forced renewal on instance 0 replaces the token at WeChat (the old one stops working).
+    let new = read(0, true);
+    assert_ne!(new, old);
+    let started = Instant::now();
+    for i in [1, 2] {
+        while read(i, false) != new {
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "instance {i} still serves the replaced token"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    eprintln!(
+        "shared_db: the other instances served the renewed token after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(c.env.calls(STABLE), 2, "the first fetch and the forced one");
+    c.stop();
+}
