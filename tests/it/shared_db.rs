@@ -483,3 +483,56 @@ fn a_token_renewed_on_one_instance_is_served_by_the_others_about_a_second_later(
     assert_eq!(c.env.calls(STABLE), 2, "the first fetch and the forced one");
     c.stop();
 }
+
+/// Session checks and token reads per second on SQLite and on MySQL, in the same run: eight
+/// clients for two seconds each. A measurement, not a check: run it with `--ignored`.
+#[test]
+#[ignore]
+fn figures_sqlite_vs_mysql() {
+    let rate = |env: &Arc<Env>, path: &'static str, body: Option<String>| -> f64 {
+        let until = Instant::now() + Duration::from_secs(2);
+        let done: usize = (0..8)
+            .map(|_| {
+                let (env, body) = (env.clone(), body.clone());
+                std::thread::spawn(move || {
+                    let mut n = 0;
+                    while Instant::now() < until {
+                        let method = if body.is_some() { "POST" } else { "GET" };
+                        let (s, _) = env.request(
+                            method,
+                            &env.url(path),
+                            &[],
+                            body.as_deref().map(str::as_bytes),
+                        );
+                        assert_eq!(s, 200);
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .sum();
+        done as f64 / 2.0
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("f.db").to_string_lossy().into_owned();
+    let envs = [
+        ("sqlite", Env::with(|c| c.storage.path = file.clone())),
+        (
+            "mysql",
+            Env::with_mysql(|_| {}).expect("WAFER_TEST_MYSQL_URL"),
+        ),
+    ];
+    for (name, env) in envs {
+        let env = Arc::new(env);
+        let (id, skey, _) = env.login("figures");
+        let check = json!({"version": 1, "componentName": "MA",
+            "interface": {"interfaceName": "qcloud.cam.auth", "para": {"id": id, "skey": skey}}})
+        .to_string();
+        let checks = rate(&env, "/mina_auth/", Some(check));
+        let tokens = rate(&env, "/v1/apps/wxtestapp0000001/access_token", None);
+        eprintln!("figures {name}: {checks:.0} session checks/s, {tokens:.0} token reads/s");
+    }
+}
