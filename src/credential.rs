@@ -104,6 +104,33 @@ impl Key {
         }
     }
 
+    /// The key whose [`Key::id`] is `id` (a stored row's), if it is one.
+    pub fn parse(id: &str) -> Option<Key> {
+        let parts: Vec<&str> = id.split('/').collect();
+        let s = |i: usize| parts[i].to_string();
+        Some(match parts.as_slice() {
+            ["app", _, "access_token"] => Key::AppToken { appid: s(1) },
+            ["app", _, "jsapi_ticket"] => Key::AppTicket { appid: s(1) },
+            ["work", _, _, kind] => {
+                let (corpid, agentid) = (s(1), s(2));
+                match *kind {
+                    "access_token" => Key::WorkToken { corpid, agentid },
+                    "jsapi_ticket" => Key::WorkCorpTicket { corpid, agentid },
+                    "agent_ticket" => Key::WorkAgentTicket { corpid, agentid },
+                    _ => return None,
+                }
+            }
+            ["component", _, "access_token"] => Key::ComponentToken {
+                component_appid: s(1),
+            },
+            ["component", _, "authorizer", _, "access_token"] => Key::AuthorizerToken {
+                component_appid: s(1),
+                authorizer_appid: s(3),
+            },
+            _ => return None,
+        })
+    }
+
     /// The prefix shared by every key of one app (its token and ticket), to drop them when its
     /// secret changes or it is removed.
     pub fn app_prefix(appid: &str) -> String {
@@ -235,7 +262,15 @@ pub struct Broker {
     /// and how long a claim on a refresh lasts unless renewed.
     instance: String,
     lease_secs: i64,
+    /// When this instance, as the elected refresher, last took in the stored credentials.
+    adopted_at: Mutex<Option<Instant>>,
 }
+
+/// The lease that elects the one background refresher of a shared database.
+const REFRESHER_LEASE: &str = "refresher";
+
+/// How often the elected refresher takes in the stored credentials it does not hold yet.
+const ADOPT_EVERY: Duration = Duration::from_secs(2);
 
 /// On a shared database, how stale a value in memory may be: the row is read again after
 /// this long (another instance may have renewed it, and the old token may no longer work).
@@ -266,6 +301,7 @@ impl Broker {
             wait_limit,
             instance: ids::random_hex32().unwrap_or_else(|_| format!("pid-{}", std::process::id())),
             lease_secs: i64::try_from(cfg.lease_secs).unwrap_or(15),
+            adopted_at: Mutex::new(None),
         }
     }
 
@@ -824,6 +860,9 @@ impl Broker {
     /// point has passed and which nobody is fetching. Returns how many were renewed.
     pub fn refresh_due(&self, db: &Db) -> usize {
         let now = ids::now();
+        if db.is_mysql() {
+            self.elect(db, now);
+        }
         let due: Vec<(Key, Arc<Entry>)> = {
             let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
             map.iter()
@@ -850,6 +889,55 @@ impl Broker {
             }
         }
         renewed
+    }
+}
+
+impl Broker {
+    /// On a shared database, one instance is the refresher: the holder of the `refresher`
+    /// lease, claimed (or renewed) on every pass of the background renewal, so another takes
+    /// over within `wechat.lease_secs` when it dies. The refresher takes in every stored
+    /// credential it does not hold (every [`ADOPT_EVERY`]) and so renews it ahead of expiry
+    /// even if no caller of this instance ever asked for it. The other instances renew only
+    /// what their callers use; the per-key lease keeps that to one upstream call.
+    fn elect(&self, db: &Db, now: i64) {
+        if !db
+            .claim_lease(REFRESHER_LEASE, &self.instance, self.lease_secs)
+            .unwrap_or(false)
+        {
+            *self.adopted_at.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            return;
+        }
+        {
+            let mut at = self.adopted_at.lock().unwrap_or_else(|e| e.into_inner());
+            if at.is_some_and(|t| t.elapsed() < ADOPT_EVERY) {
+                return;
+            }
+            *at = Some(Instant::now());
+        }
+        let Ok(rows) = db.list_credentials() else {
+            return;
+        };
+        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, row) in rows {
+            let Some(key) = Key::parse(&id) else {
+                continue;
+            };
+            if map.contains_key(&key) {
+                continue;
+            }
+            let entry = Entry::default();
+            {
+                let mut st = lock(&entry.state);
+                st.loaded = true;
+                st.checked = Some(Instant::now());
+                st.value = Some(row.value);
+                st.expires_at = row.expires_at;
+                st.fetched_at = row.updated_at;
+                st.refresh_at = self.refresh_point(row.updated_at, row.expires_at);
+                st.last_used = now;
+            }
+            map.insert(key, Arc::new(entry));
+        }
     }
 }
 
@@ -907,6 +995,46 @@ pub fn js_signature(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_key_parses_back_from_its_id() {
+        let (a, b) = (|| "wxa".to_string(), || "1002".to_string());
+        for key in [
+            Key::AppToken { appid: a() },
+            Key::AppTicket { appid: a() },
+            Key::WorkToken {
+                corpid: a(),
+                agentid: b(),
+            },
+            Key::WorkCorpTicket {
+                corpid: a(),
+                agentid: b(),
+            },
+            Key::WorkAgentTicket {
+                corpid: a(),
+                agentid: b(),
+            },
+            Key::ComponentToken {
+                component_appid: a(),
+            },
+            Key::AuthorizerToken {
+                component_appid: a(),
+                authorizer_appid: b(),
+            },
+        ] {
+            assert_eq!(Key::parse(&key.id()), Some(key.clone()), "{}", key.id());
+        }
+        for junk in [
+            "",
+            "app",
+            "app/x",
+            "app/x/other",
+            "work/a/b/c/d",
+            "component/x/y",
+        ] {
+            assert_eq!(Key::parse(junk), None, "{junk}");
+        }
+    }
 
     #[test]
     fn upstream_lifetimes_are_clamped() {

@@ -37,6 +37,24 @@ impl Db {
         )
     }
 
+    /// Every stored credential with its key (the elected refresher takes them in).
+    pub fn list_credentials(&self) -> Result<Vec<(String, StoredCredential)>> {
+        self.rows(
+            "SELECT `key`, value, expires_at, updated_at FROM credentials ORDER BY `key`",
+            &[],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    StoredCredential {
+                        value: self.secret("credentials.value", r, 1)?,
+                        expires_at: r.get(2)?,
+                        updated_at: r.get(3)?,
+                    },
+                ))
+            },
+        )
+    }
+
     pub fn put_credential(&self, key: &str, value: &str, expires_at: i64, now: i64) -> Result<()> {
         let value = self.seal("credentials.value", value)?;
         self.exec(

@@ -536,3 +536,45 @@ fn figures_sqlite_vs_mysql() {
         eprintln!("figures {name}: {checks:.0} session checks/s, {tokens:.0} token reads/s");
     }
 }
+
+#[test]
+fn when_the_refresher_instance_dies_another_renews_ahead_of_expiry() {
+    let Some(env) = Env::with_mysql(|c| c.wechat.lease_secs = 2) else {
+        return;
+    };
+    // Instance 0 is the refresher: it claims the lease on its first pass.
+    let started = Instant::now();
+    while env.scalar("SELECT count(*) FROM leases WHERE name = 'refresher'") == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no refresher elected"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let other = env.another();
+    // A token that lives 12 s, read on instance 0 only; then instance 0 dies (its lease stays
+    // until it runs out, as a killed process's would).
+    env.mock_post("/__mock__/config", json!({"token_lifetime_secs": 12}));
+    let (s, v) = env.v1("GET", &format!("/v1/apps/{APPID}/access_token"), None, None);
+    assert_eq!(s, 200, "{v}");
+    let fetched = Instant::now();
+    let mut env = env;
+    env.server.take().unwrap().shutdown();
+    // The other instance, which never served it, renews it before it expires.
+    while env.calls(STABLE) < 2 {
+        assert!(
+            fetched.elapsed() < Duration::from_secs(11),
+            "not renewed ahead of expiry"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "shared_db: the surviving instance renewed the token {:?} after the fetch (12 s life)",
+        fetched.elapsed()
+    );
+    // (Nobody asked the survivor for it: the call was its refresher's.)
+    let url = format!("http://{}/v1/apps/{APPID}/access_token", other.addr());
+    let (s, t) = env.request("GET", &url, &[], None);
+    assert_eq!(s, 200, "{t}");
+    other.shutdown();
+}
