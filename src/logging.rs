@@ -123,7 +123,7 @@ mod tests {
                         .build(),
                 )
             };
-            record("wafer::server");
+            record("wafer::http");
             BATCH.with(|b| assert_eq!(b.borrow().buf, "GET /healthz 200 85us\n"));
             record("ureq::pool");
             record("rustls::client");

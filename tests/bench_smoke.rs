@@ -21,7 +21,7 @@ fn the_load_generator_produces_figures() {
     config.wechat.api_base = mock.base_url();
     config.wechat.work_api_base = mock.base_url();
     config.apps = vec![wafer::config::AppDecl::new("wxbenchsmoke0001", "s")];
-    let server = wafer::server::start(config, false).unwrap();
+    let server = wafer::http::start(config, false).unwrap();
     let addr = server.addr();
 
     let login = |c: usize, s: u64| {

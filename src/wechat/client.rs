@@ -384,7 +384,7 @@ mod tests {
         assert_eq!(forwarded, Err(UpstreamError::NotSent));
         // Answered busy in every dialect.
         assert_eq!(
-            crate::error::Error::from(got.unwrap_err()).to_string(),
+            crate::core::error::Error::from(got.unwrap_err()).to_string(),
             "the upstream pool is full"
         );
         // Nothing reached the upstream.

@@ -240,7 +240,7 @@ fn a_safe_mode_message_is_relayed_and_the_reply_encrypted() {
     assert_eq!(seen[0]["MsgType"], "text");
     assert_eq!(seen[0]["FromUserName"], "oUser1");
     // WeChat gets the reply encrypted and signed for this app.
-    let envelope = wafer::push::parse_xml(&body).unwrap();
+    let envelope = wafer::core::push::parse_xml(&body).unwrap();
     let encrypt = envelope["Encrypt"].as_str().unwrap();
     assert_eq!(envelope["TimeStamp"], ts.as_str());
     assert_eq!(envelope["Nonce"], "n42");
@@ -585,7 +585,7 @@ fn a_malformed_declared_encoding_key_is_refused_at_start_up() {
     let mut bad_agent = env.config.clone();
     bad_agent.work_agents = vec![wecom_agent("short", None)];
     for (config, what) in [(bad_prev, "app.aes_key"), (bad_agent, "work_agent.aes_key")] {
-        match wafer::server::start(config, false) {
+        match wafer::http::start(config, false) {
             Ok(_) => panic!("{what}: started"),
             Err(e) => assert!(e.contains(what) && e.contains("43 characters"), "{e}"),
         }

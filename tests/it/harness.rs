@@ -20,7 +20,7 @@ pub struct Env {
     /// The test's own MySQL database under the switch (dropped after the server stops).
     pub mysql: Option<crate::mysql::TestDb>,
     pub mock: fake_wechat::MockHandle,
-    pub server: Option<wafer::server::Handle>,
+    pub server: Option<wafer::http::Handle>,
     pub config: Config,
     agent: ureq::Agent,
 }
@@ -52,8 +52,8 @@ impl Env {
 
     /// Another `wafer serve` on this one's database and config (a new port): stop it with
     /// `shutdown` before the `Env` goes.
-    pub fn another(&self) -> wafer::server::Handle {
-        wafer::server::start(self.config.clone(), false).unwrap()
+    pub fn another(&self) -> wafer::http::Handle {
+        wafer::http::start(self.config.clone(), false).unwrap()
     }
 
     fn on(mysql: Option<crate::mysql::TestDb>, adjust: impl FnOnce(&mut Config)) -> Env {
@@ -79,7 +79,7 @@ impl Env {
             config.storage.url = wafer::config::Secret::default();
             None
         };
-        let server = Some(wafer::server::start(config.clone(), false).unwrap());
+        let server = Some(wafer::http::start(config.clone(), false).unwrap());
         let agent = ureq::AgentBuilder::new()
             .timeout(std::time::Duration::from_secs(20))
             .build();
@@ -144,7 +144,7 @@ impl Env {
     /// Stop the server and start it again on the same database (a new port).
     pub fn restart(&mut self) {
         self.server.take().unwrap().shutdown();
-        self.server = Some(wafer::server::start(self.config.clone(), false).unwrap());
+        self.server = Some(wafer::http::start(self.config.clone(), false).unwrap());
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -322,7 +322,7 @@ fn a_sealed_database_refuses_no_key_a_wrong_key_and_a_loose_key_file() {
     ] {
         let mut config = env.config.clone();
         config.storage.key_file = key_file.to_string();
-        let e = wafer::server::start(config, false).err().expect("refused");
+        let e = wafer::http::start(config, false).err().expect("refused");
         assert!(e.contains(&says), "{key_file:?}: {e}");
         assert!(!e.contains('\n'), "one line: {e}");
     }
@@ -409,6 +409,6 @@ fn a_rotation_runs_while_serving_and_the_new_key_takes_over() {
     env.server.take().unwrap().shutdown();
     let mut config = env.config.clone();
     config.storage.key_file = old_copy;
-    let e = wafer::server::start(config, false).err().expect("refused");
+    let e = wafer::http::start(config, false).err().expect("refused");
     assert!(e.contains("wrong key file"), "{e}");
 }

@@ -60,7 +60,7 @@ fn wrong_credentials_stop_the_start_naming_storage_url_without_the_password() {
 /// Three instances on one fresh MySQL database: the `Env` (instance 0) and two more.
 struct Cluster {
     env: Env,
-    others: Vec<wafer::server::Handle>,
+    others: Vec<wafer::http::Handle>,
 }
 
 impl Cluster {

@@ -5,9 +5,9 @@
 //! Invariants: the `session_key` never leaves this module in a result meant for a client; only a
 //! hash of the `skey` is stored; a login that fails at any step writes nothing.
 
-use crate::credential::{Broker, Key};
+use crate::core::credential::{Broker, Key};
+use crate::core::error::Error;
 use crate::crypto;
-use crate::error::Error;
 use crate::ids;
 use crate::store::{App, Db, LoginWrite, SessionRow};
 use crate::wechat::{errcode, urls, Host, UpstreamError, WeChat};

@@ -5,22 +5,16 @@
 //! WeChat, on the upstream pool (`upstream`). A panic in a handler becomes a 500 and the thread
 //! goes on. Shutdown stops taking new work, finishes what is in hand, and joins.
 
-mod callbacks;
-mod dev;
-mod gateway;
-mod json;
 mod listen;
-mod mina;
 mod purge;
 mod routes;
 mod upstream;
-mod v1;
-mod wafer;
 
-pub use wafer::{parse_envelope, EnvelopeError};
+pub use crate::api::envelope::{parse_envelope, EnvelopeError};
+use crate::api::v1;
 
 use crate::config::{Config, Secret};
-use crate::credential::Broker;
+use crate::core::credential::Broker;
 use crate::metrics::Metrics;
 use crate::store::{Db, Target};
 use crate::wechat::WeChat;
@@ -39,14 +33,14 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Apps known to exist, for the credential routes (re-read at most once per
     /// [`KNOWN_APP_TTL`]).
-    pub known_apps: crate::session::KnownApps,
+    pub known_apps: crate::core::session::KnownApps,
     /// `wafer dev`: enables the `/dev/*` routes.
     pub dev: bool,
     pub db: Target,
     /// The key values are sealed with at rest (`storage.key_file`), for every connection.
     pub sealer: Option<Arc<crate::seal::Sealer>>,
     /// The WeChat API gateway: its limits and the bodies in flight.
-    pub gateway: crate::gateway::Gateway,
+    pub gateway: crate::core::gateway::Gateway,
 }
 
 /// How long the credential routes trust that an app exists before reading it again: an app
@@ -89,10 +83,10 @@ impl From<Reply> for Outcome {
 /// refresh always does), else from the broker, fetched if need be.
 pub fn credential(
     w: &Worker,
-    key: &crate::credential::Key,
+    key: &crate::core::credential::Key,
     force: bool,
     wait: Wait,
-) -> Result<Option<crate::credential::Credential>, crate::error::Error> {
+) -> Result<Option<crate::core::credential::Credential>, crate::core::error::Error> {
     match wait {
         Wait::Allowed => w.shared.broker.get(&w.db, key, force).map(Some),
         Wait::Forbidden if force => Ok(None),
@@ -237,7 +231,7 @@ impl JsonWriter {
         self
     }
 
-    /// `json` must already be one valid JSON value (e.g. [`crate::session::Session::user_info_json`]).
+    /// `json` must already be one valid JSON value (e.g. [`crate::core::session::Session::user_info_json`]).
     pub fn raw(mut self, k: &str, json: &[u8]) -> JsonWriter {
         self.key(k);
         self.0.extend_from_slice(json);
@@ -350,7 +344,7 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
     });
     let wechat = Arc::new(wechat);
     let broker = Arc::new(Broker::new(wechat.clone(), metrics.clone(), &config.wechat));
-    crate::accounts::apply_config(&db, &broker, &config, crate::ids::now())?;
+    crate::core::accounts::apply_config(&db, &broker, &config, crate::ids::now())?;
     let apps = db.list_apps().map_err(|e| format!("database: {e}"))?.len();
     drop(db);
 
@@ -372,13 +366,13 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
     let answers = server.answers_in_flight();
     let server = Arc::new(server);
     let workers_n = config.server.workers;
-    let gateway = crate::gateway::Gateway::new(&config.gateway, metrics.clone());
+    let gateway = crate::core::gateway::Gateway::new(&config.gateway, metrics.clone());
     let shared = Arc::new(Shared {
         config,
         wechat,
         broker: broker.clone(),
         metrics,
-        known_apps: crate::session::KnownApps::new(KNOWN_APP_TTL),
+        known_apps: crate::core::session::KnownApps::new(KNOWN_APP_TTL),
         dev,
         db: target.clone(),
         sealer: sealer.clone(),
@@ -387,18 +381,20 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
     let stop = Arc::new(AtomicBool::new(false));
     let refresher_db =
         Db::open_with(&target, sealer.clone()).map_err(|e| format!("database {target}: {e}"))?;
-    let refresher = crate::credential::spawn_refresher(broker, refresher_db, stop.clone())
+    let refresher = crate::core::credential::spawn_refresher(broker, refresher_db, stop.clone())
         .map_err(|e| format!("spawning the refresher: {e}"))?;
     // Changes to the accounts made by another process (the CLI): the broker reloads what it
     // holds, and the known apps are read again.
     let watch_db =
         Db::open_with(&target, sealer.clone()).map_err(|e| format!("database {target}: {e}"))?;
     let watching = shared.clone();
-    let watch =
-        crate::accounts::spawn_watch(watch_db, shared.broker.clone(), stop.clone(), move || {
-            watching.known_apps.clear()
-        })
-        .map_err(|e| format!("spawning the accounts watch: {e}"))?;
+    let watch = crate::core::accounts::spawn_watch(
+        watch_db,
+        shared.broker.clone(),
+        stop.clone(),
+        move || watching.known_apps.clear(),
+    )
+    .map_err(|e| format!("spawning the accounts watch: {e}"))?;
     let purger_db =
         Db::open_with(&target, sealer.clone()).map_err(|e| format!("database {target}: {e}"))?;
     let purger = purge::spawn(purger_db, stop.clone(), purge::PURGE_EVERY)
@@ -634,7 +630,7 @@ fn answer_upstream(w: &mut Worker, job: upstream::Job) {
 
 /// Answer a request the upstream pool could not get a database connection for.
 fn answer_without_db(shared: &Shared, job: upstream::Job, why: crate::store::Error) {
-    let reply = job.route.dialect.error(crate::error::Error::Db(why));
+    let reply = job.route.dialect.error(crate::core::error::Error::Db(why));
     respond(
         shared,
         job.rq,

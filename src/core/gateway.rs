@@ -13,8 +13,8 @@
 //! It runs where logins run (the upstream pool): it waits on WeChat.
 
 use crate::config::GatewayConfig;
-use crate::credential::{Broker, Key};
-use crate::error::Error;
+use crate::core::credential::{Broker, Key};
+use crate::core::error::Error;
 use crate::metrics::Metrics;
 use crate::store::Db;
 use crate::wechat::{urls, Errcode, RelayError, RelayRequest, Relayed, UpstreamError};

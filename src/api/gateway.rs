@@ -1,11 +1,12 @@
 //! The gateway's four routes (CONTRACT §9, `ANY /v1/…/wechat/{path}`), on the upstream pool and
 //! behind `server::guard` like every `/v1` route: parse the target from the path, hand the call
-//! to `crate::gateway`, and render WeChat's answer as it came (status, `Content-Type`,
+//! to `crate::core::gateway`, and render WeChat's answer as it came (status, `Content-Type`,
 //! `Content-Disposition`, body, and `Wafer-Retried: 1` after a renewal) or the gateway's own
 //! refusal in `/v1`'s error shape.
 
-use super::{not_found, v1, Incoming, Reply, Worker};
-use crate::gateway::{parse_route, Call, GatewayError, Refusal};
+use super::v1;
+use crate::core::gateway::{parse_route, Call, GatewayError, Refusal};
+use crate::http::{not_found, Incoming, Reply, Worker};
 
 pub fn call(w: &mut Worker, rq: &Incoming) -> Reply {
     // The route table matched one of the four patterns, which `parse_route` reads the same way.

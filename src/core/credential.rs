@@ -13,7 +13,7 @@
 //! still-valid value is cached, serve it; WeCom's 40001 is a bad secret, not a stale token.
 
 use crate::config::Secret;
-use crate::error::{Error, Refusal};
+use crate::core::error::{Error, Refusal};
 use crate::ids;
 use crate::metrics::Metrics;
 use crate::store::{utc_day, Db};
@@ -688,12 +688,12 @@ impl Broker {
                 self.fetch_ticket(db, key)
             }
             Key::ComponentToken { component_appid } => {
-                crate::component::fetch_component_token(self, db, component_appid)
+                crate::core::component::fetch_component_token(self, db, component_appid)
             }
             Key::AuthorizerToken {
                 component_appid,
                 authorizer_appid,
-            } => crate::component::fetch_authorizer_token(
+            } => crate::core::component::fetch_authorizer_token(
                 self,
                 db,
                 component_appid,

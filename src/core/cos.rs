@@ -3,8 +3,8 @@
 //! `Authorization` header. The algorithms are in `crypto`; this module supplies the clock and
 //! the random part and interprets the callers' parameters.
 
+use crate::core::error::Error;
 use crate::crypto::{self, CosV5Request};
-use crate::error::Error;
 
 /// The longest validity we sign for: COS itself caps v4 signatures at 90 days.
 const MAX_EXPIRY_SECS: u64 = 90 * 86400;

@@ -3,12 +3,12 @@
 //! a 4xx/5xx status; internal detail goes to the log only.
 
 use super::json::{Json, Members};
-use super::{credential, Incoming, JsonWriter, Outcome, Refused, Reply, Wait, Worker};
-use crate::accounts;
-use crate::component;
-use crate::credential::{self as credentials, Credential, Key};
-use crate::error::Error;
-use crate::session::{self, Encrypted};
+use crate::core::accounts;
+use crate::core::component;
+use crate::core::credential::{self as credentials, Credential, Key};
+use crate::core::error::Error;
+use crate::core::session::{self, Encrypted};
+use crate::http::{credential, Incoming, JsonWriter, Outcome, Refused, Reply, Wait, Worker};
 use crate::wechat::UpstreamError;
 use serde_json::{json, Value};
 
@@ -96,10 +96,10 @@ impl<'a> Body<'a> {
     }
 }
 
-/// A request [`super::guard`] refused, in the `/v1` shape.
+/// A request [`crate::http::guard`] refused, in the `/v1` shape.
 pub fn refused(why: Refused) -> Reply {
     match why {
-        Refused::NoKey => super::unauthorized(),
+        Refused::NoKey => crate::http::unauthorized(),
         Refused::ForeignHost => Reply::error(
             403,
             "forbidden",
@@ -444,7 +444,7 @@ pub fn cos_sign(_: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
             })?),
         };
     let key_time =
-        crate::cos::v5_key_time(b.opt_str("key_time")?, expires, crate::ids::now() as u64)?;
+        crate::core::cos::v5_key_time(b.opt_str("key_time")?, expires, crate::ids::now() as u64)?;
     let req = crate::crypto::CosV5Request {
         method,
         path,
@@ -453,6 +453,6 @@ pub fn cos_sign(_: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
     };
     Ok(Reply::json(
         200,
-        &json!({"authorization": crate::cos::v5_authorization(id, key, &key_time, &req)}),
+        &json!({"authorization": crate::core::cos::v5_authorization(id, key, &key_time, &req)}),
     ))
 }

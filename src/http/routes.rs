@@ -15,10 +15,10 @@
 //! or more segments whatever they hold (the gateway's `{path}`, which its handler checks). The session check rows come first: they are the hot
 //! path.
 
-use super::{
-    callbacks, dev, gateway, mina, v1, wafer, Incoming, Method, Outcome, Reply, Wait, Worker,
-};
-use crate::error::Error;
+use super::{Incoming, Method, Outcome, Reply, Wait, Worker};
+use crate::api::envelope as wafer;
+use crate::api::{callbacks, dev, gateway, mina, v1};
+use crate::core::error::Error;
 
 /// Which threads answer a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

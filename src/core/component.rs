@@ -13,8 +13,8 @@
 //! remembered as a failure; the next request fetches again with whatever ticket is stored, so a
 //! fresh `component_verify_ticket` push is all it takes.
 
-use crate::credential::{fetched, Broker, Fetched, Key};
-use crate::error::{Error, Refusal};
+use crate::core::credential::{fetched, Broker, Fetched, Key};
+use crate::core::error::{Error, Refusal};
 use crate::ids;
 use crate::store::Db;
 use crate::wechat::{urls, Host, UpstreamError};
@@ -26,7 +26,7 @@ pub fn fetch_component_token(
     db: &Db,
     component_appid: &str,
 ) -> Result<Fetched, Error> {
-    let c = crate::accounts::component(db, component_appid)?;
+    let c = crate::core::accounts::component(db, component_appid)?;
     let ticket = c
         .verify_ticket
         .ok_or(Error::Refused(Refusal::NoVerifyTicket))?;
@@ -82,7 +82,7 @@ pub fn live_authorizer(
     component_appid: &str,
     authorizer_appid: &str,
 ) -> Result<crate::store::Authorizer, Error> {
-    crate::accounts::component(db, component_appid)?;
+    crate::core::accounts::component(db, component_appid)?;
     db.authorizer(component_appid, authorizer_appid)?
         .filter(|a| a.revoked_at.is_none())
         .ok_or(Error::NotFound("authoriser"))
@@ -93,7 +93,7 @@ pub fn live_authorizers(
     db: &Db,
     component_appid: &str,
 ) -> Result<Vec<crate::store::Authorizer>, Error> {
-    crate::accounts::component(db, component_appid)?;
+    crate::core::accounts::component(db, component_appid)?;
     Ok(db.list_authorizers(component_appid)?)
 }
 
@@ -115,7 +115,7 @@ static PRE_AUTH_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// [`PRE_AUTH_MARGIN_SECS`] left: page views, which anyone can make, do not each cost an
 /// upstream call.
 pub fn pre_auth_code(broker: &Broker, db: &Db, component_appid: &str) -> Result<String, Error> {
-    crate::accounts::component(db, component_appid)?;
+    crate::core::accounts::component(db, component_appid)?;
     let _turn = PRE_AUTH_TURN.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((code, expires_at)) = db.pre_auth_code(component_appid)? {
         if expires_at.saturating_sub(ids::now()) > PRE_AUTH_MARGIN_SECS {
@@ -155,7 +155,7 @@ pub fn exchange_from_callback(
     component_appid: &str,
     auth_code: &str,
 ) -> Result<Option<Authorised>, Error> {
-    crate::accounts::component(db, component_appid)?;
+    crate::core::accounts::component(db, component_appid)?;
     if !db.count_query_auth(component_appid, ids::now(), QUERY_AUTH_PER_MINUTE)? {
         return Ok(None);
     }
@@ -179,7 +179,7 @@ pub fn exchange_auth_code(
     component_appid: &str,
     auth_code: &str,
 ) -> Result<Authorised, Error> {
-    crate::accounts::component(db, component_appid)?;
+    crate::core::accounts::component(db, component_appid)?;
     let v = with_component_token(
         broker,
         db,

@@ -3,9 +3,11 @@
 //! `$WAFER_DATABASE_URL`, else `$WAFER_DB` or `storage.path`, else `./wafer.db`). Errors come back as one
 //! line for `main` to print.
 
-use crate::accounts;
+pub mod import_wafer;
+
 use crate::config::{Config, Secret};
-use crate::credential::Broker;
+use crate::core::accounts;
+use crate::core::credential::Broker;
 use crate::store::{AppUpsert, Db, Target};
 use std::path::PathBuf;
 
@@ -205,7 +207,7 @@ fn serve(mut o: Opts) -> Result<(), String> {
     let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
     // Before the server listens: a SIGTERM sent once it says so must find the handler in place.
     let signals = shutdown_signals()?;
-    let handle = crate::server::start(config, false)?;
+    let handle = crate::http::start(config, false)?;
     wait_for(signals);
     log::info!("wafer: shutting down");
     handle.shutdown();
@@ -249,7 +251,7 @@ fn dev(mut o: Opts) -> Result<(), String> {
         " -H \"Authorization: Bearer $WAFER_API_KEY\""
     };
     let signals = shutdown_signals()?;
-    let handle = crate::server::start(config, true)?;
+    let handle = crate::http::start(config, true)?;
     let a = handle.addr();
     println!(
         r#"wafer dev is running on http://{a} with a fake WeChat at {mock}
@@ -501,13 +503,13 @@ fn token_get(mut o: Opts) -> Result<(), String> {
         .ok_or("token get: which app? (wafer token get APPID)")?;
     let broker = broker(&config);
     match accounts::app(&db, appid) {
-        Err(crate::error::Error::NoApp) => return Err(format!("no app {appid}")),
+        Err(crate::core::error::Error::NoApp) => return Err(format!("no app {appid}")),
         other => other.map_err(|e| format!("token get: {e}"))?,
     };
     let c = broker
         .get(
             &db,
-            &crate::credential::Key::AppToken {
+            &crate::core::credential::Key::AppToken {
                 appid: appid.clone(),
             },
             force,
@@ -580,17 +582,17 @@ fn db_copy(mut o: Opts) -> Result<(), String> {
 }
 
 fn import_wafer(mut o: Opts) -> Result<(), String> {
-    let opts = crate::import_wafer::Options {
+    let opts = crate::cli::import_wafer::Options {
         from: o.need("from")?,
         appid: o.take("appid"),
         tz: o.take("tz"),
     };
     if let Some(tz) = &opts.tz {
-        crate::import_wafer::check_tz(tz)?;
+        crate::cli::import_wafer::check_tz(tz)?;
     }
     let (db, broker) = open_accounts(&mut o)?;
     o.done(0)?;
-    let r = crate::import_wafer::run(&db, &broker, &opts, crate::ids::now())
+    let r = crate::cli::import_wafer::run(&db, &broker, &opts, crate::ids::now())
         .map_err(|e| format!("import wafer: {e}"))?;
     let c = &r.counts;
     if r.app_added {

@@ -12,8 +12,8 @@
 //! of the two a POST gets is the account's choice (an EncodingAESKey means safe mode only), never
 //! the request's: the plain signature does not cover the body.
 
+use crate::core::error::Error;
 use crate::crypto::{ct_eq, sha1_sorted, CryptoError, MsgCrypt};
-use crate::error::Error;
 use crate::store::Db;
 use crate::wechat::WeChat;
 use quick_xml::events::Event;

@@ -35,7 +35,7 @@ pub fn bind(
     limits.max_buffered_body = Some(max_body_bytes);
     limits.body_limit = Some(tiny_http::BodyLimit::new(move |_, target| {
         let path = target.split_once('?').map_or(target, |(p, _)| p);
-        match crate::gateway::parse_route(path) {
+        match crate::core::gateway::parse_route(path) {
             Some(_) => gateway_max_body_bytes,
             None => max_body_bytes,
         }

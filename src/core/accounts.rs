@@ -13,8 +13,8 @@
 //! dialects render (`NoApp`, `NotFound`), so that no handler reads the database itself.
 
 use crate::config::{Config, Secret};
-use crate::credential::{Broker, Key};
-use crate::error::Error;
+use crate::core::credential::{Broker, Key};
+use crate::core::error::Error;
 use crate::store::{App, AppUpsert, Component, ComponentUpsert, Db, WorkAgent};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
