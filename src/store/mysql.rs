@@ -110,6 +110,47 @@ fn password(url: &str) -> Option<String> {
     })
 }
 
+/// `?ssl-mode=` as MySQL's clients spell it (the crate has no such parameter): the URL without
+/// it, and the TLS options it asks for (`None`: plain TCP). `REQUIRED` encrypts without checking
+/// the certificate (as MySQL's clients do), `VERIFY_CA` checks it against the roots (add the
+/// crate's `root_cert_path=` for a private CA) but not the host name, `VERIFY_IDENTITY` checks
+/// both; `DISABLED` and `PREFERRED` connect without TLS.
+fn ssl_mode(url: &str) -> std::result::Result<(String, Option<mysql::SslOpts>), String> {
+    let Some((head, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), None));
+    };
+    let (mut kept, mut tls) = (Vec::new(), None);
+    for pair in query.split('&') {
+        let Some(mode) = pair
+            .strip_prefix("ssl-mode=")
+            .or_else(|| pair.strip_prefix("ssl_mode="))
+        else {
+            kept.push(pair);
+            continue;
+        };
+        let plain = mysql::SslOpts::default();
+        tls = match mode.to_ascii_uppercase().as_str() {
+            "DISABLED" | "PREFERRED" => None,
+            "REQUIRED" => Some(
+                plain
+                    .with_danger_accept_invalid_certs(true)
+                    .with_danger_skip_domain_validation(true),
+            ),
+            "VERIFY_CA" => Some(plain.with_danger_skip_domain_validation(true)),
+            "VERIFY_IDENTITY" => Some(plain),
+            other => {
+                return Err(format!(
+                    "ssl-mode={other}: expected DISABLED, PREFERRED, REQUIRED, VERIFY_CA or VERIFY_IDENTITY"
+                ))
+            }
+        };
+    }
+    Ok(match kept.is_empty() {
+        true => (head.to_string(), tls),
+        false => (format!("{head}?{}", kept.join("&")), tls),
+    })
+}
+
 impl Server {
     fn connect(url: &str) -> std::result::Result<Server, String> {
         let shown = redact(url);
@@ -120,7 +161,15 @@ impl Server {
             }
             format!("storage.url {shown}: {what}")
         };
-        let opts = mysql::Opts::from_url(url).map_err(|e| fail(format!("not a valid URL: {e}")))?;
+        let (url_rest, tls) = ssl_mode(url).map_err(&fail)?;
+        let opts =
+            mysql::Opts::from_url(&url_rest).map_err(|e| fail(format!("not a valid URL: {e}")))?;
+        let opts = match tls {
+            Some(tls) => mysql::OptsBuilder::from_opts(opts)
+                .ssl_opts(Some(tls))
+                .into(),
+            None => opts,
+        };
         if opts.get_db_name().is_none_or(str::is_empty) {
             return Err(fail(
                 "names no database (mysql://USER:PASS@HOST:PORT/DB)".into(),
@@ -348,6 +397,23 @@ mod tests {
         );
         assert_eq!(redact("mysql://u@db/w"), "mysql://u@db/w");
         assert_eq!(password("mysql://u:p%40ss@db/w").as_deref(), Some("p@ss"));
+    }
+
+    #[test]
+    fn ssl_mode_is_read_and_taken_out_of_the_url() {
+        let (url, tls) = ssl_mode("mysql://u:p@h/db?ssl-mode=REQUIRED&stmt_cache_size=8").unwrap();
+        assert_eq!(url, "mysql://u:p@h/db?stmt_cache_size=8");
+        let tls = tls.unwrap();
+        assert!(tls.accept_invalid_certs() && tls.skip_domain_validation());
+        let (url, tls) = ssl_mode("mysql://u:p@h/db?ssl-mode=VERIFY_IDENTITY").unwrap();
+        assert_eq!(url, "mysql://u:p@h/db");
+        assert!(!tls.unwrap().accept_invalid_certs());
+        assert!(ssl_mode("mysql://u:p@h/db?ssl-mode=disabled")
+            .unwrap()
+            .1
+            .is_none());
+        assert!(ssl_mode("mysql://u:p@h/db?ssl-mode=SOMETIMES").is_err());
+        assert_eq!(ssl_mode("mysql://u:p@h/db").unwrap().0, "mysql://u:p@h/db");
     }
 
     #[test]

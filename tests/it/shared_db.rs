@@ -578,3 +578,21 @@ fn when_the_refresher_instance_dies_another_renews_ahead_of_expiry() {
     assert_eq!(s, 200, "{t}");
     other.shutdown();
 }
+
+#[test]
+fn ssl_mode_required_never_falls_back_to_plain_tcp() {
+    let Some(db) = crate::mysql::test_db() else {
+        return;
+    };
+    let url = format!("{}?ssl-mode=REQUIRED", db.url);
+    let (ok, out, err) = run(wafer().args(["app", "list", "--db", &url]));
+    // The test server (.ci/mariadb.sh) has no certificate: the connection is refused rather
+    // than made in clear. A server with TLS answers over it.
+    if !ok {
+        assert!(err.contains("storage.url"), "{err}");
+        assert!(err.contains("secure connection"), "{err}");
+        assert!(!err.contains(&db.url), "{err}");
+    } else {
+        assert!(out.is_empty() || out.contains("app"), "{out}");
+    }
+}
