@@ -25,6 +25,7 @@ pub struct Report {
 }
 
 impl Report {
+    #[allow(dead_code)] // the smoke test's; the bench reads rates from its `Figures`
     pub fn rps(&self) -> f64 {
         self.requests as f64 / self.secs
     }

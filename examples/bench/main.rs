@@ -11,7 +11,9 @@
 //! `--large N` (1000000) sessions, `--workers N` (wafer's default: 2 × cores, at least 4),
 //! `--wafer PATH` (default: the `wafer` next to this example's directory), `--data DIR` (keep the
 //! large database there and reuse it next time), `--only TEXT` (of the 10k-session scenarios, run
-//! only those whose name contains TEXT; for profiling).
+//! only those whose name contains TEXT; for profiling), `--driver wrk` (drive the load with `wrk`
+//! and `bench/wrk.lua` instead of this process's own load generator), `--login-conns N` (256:
+//! the connections logging in while WeChat takes 100 ms).
 
 mod loadgen;
 
@@ -20,7 +22,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 const APPID: &str = "wxbench000000001";
@@ -38,6 +41,18 @@ struct Opts {
     data: Option<PathBuf>,
     /// Run only the 10k-session scenarios whose name contains this (for profiling).
     only: Option<String>,
+    driver: Driver,
+    /// Connections logging in while WeChat takes 100 ms over each.
+    login_conns: usize,
+    /// Where the wrk driver writes its script and request files.
+    work: PathBuf,
+}
+
+/// What drives the load: this process's own generator (a thread per connection) or `wrk`.
+#[derive(Clone, Copy, PartialEq)]
+enum Driver {
+    Own,
+    Wrk,
 }
 
 fn parse_opts() -> Opts {
@@ -56,6 +71,9 @@ fn parse_opts() -> Opts {
             .unwrap_or_else(|| PathBuf::from("wafer")),
         data: None,
         only: None,
+        driver: Driver::Own,
+        login_conns: 256,
+        work: PathBuf::new(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -74,6 +92,14 @@ fn parse_opts() -> Opts {
             "--wafer" => o.wafer = PathBuf::from(v()),
             "--data" => o.data = Some(PathBuf::from(v())),
             "--only" => o.only = Some(v()),
+            "--driver" => {
+                o.driver = match v().as_str() {
+                    "wrk" => Driver::Wrk,
+                    "own" => Driver::Own,
+                    d => die(&format!("--driver {d}: `own` or `wrk`")),
+                }
+            }
+            "--login-conns" => o.login_conns = v().parse().unwrap_or_else(|_| die("--login-conns")),
             _ => die(&format!("unknown option {a}")),
         }
     }
@@ -96,7 +122,7 @@ fn main() {
             .unwrap_or_else(|_| die("ceiling WORKERS BODY_BYTES"));
         return ceiling(workers, size);
     }
-    let o = parse_opts();
+    let mut o = parse_opts();
     if !o.wafer.exists() {
         die(&format!(
             "{} not found: build it with `cargo build --release` (bench/run.sh does)",
@@ -104,11 +130,23 @@ fn main() {
         ));
     }
     let dir = tempfile::tempdir().expect("temp dir");
+    o.work = dir.path().to_path_buf();
+    if o.driver == Driver::Wrk {
+        std::fs::write(o.work.join("wrk.lua"), WRK_LUA).expect("wrk.lua");
+        let found = Command::new("wrk").arg("--version").output().is_ok();
+        if !found {
+            die("--driver wrk: `wrk` not found (bench/run.sh --driver wrk installs it)");
+        }
+    }
     println!(
-        "# wafer bench: {} connections, {} s per scenario, {} workers, {}",
+        "# wafer bench: {} connections, {} s per scenario, {} workers, driver {}, {}",
         o.conns,
         o.secs,
         o.workers,
+        match o.driver {
+            Driver::Own => "own (a thread per connection)",
+            Driver::Wrk => "wrk (2 threads)",
+        },
         machine()
     );
 
@@ -144,8 +182,6 @@ fn main() {
     let mock_base = format!("http://{}", mock.addr);
 
     let mut rows: Vec<Row> = Vec::new();
-    let secs = Duration::from_secs_f64(o.secs);
-    let warm = Duration::from_millis(500);
 
     let server = serve(
         &o,
@@ -166,7 +202,7 @@ fn main() {
     // answer of the same size as wafer's, and each ratio is to that run: the machine's other
     // load drifts over a run of minutes, and a pair seconds apart shares it.
     let ceiling_log = dir.path().join("ceiling.log");
-    let ceiling_run = |size: usize, make: &Arc<MakeRequest>| {
+    let ceiling_run = |size: usize, sc: &Scenario| {
         let ceiling = Proc::spawn(
             {
                 let mut c = Command::new(std::env::current_exe().unwrap());
@@ -176,20 +212,13 @@ fn main() {
             &ceiling_log,
             "ceiling listening on http://",
         );
-        let (r, cpu) = measure(
-            &ceiling,
-            o.conns,
-            warm,
-            secs,
-            make.clone(),
-            Arc::new(|s, _| s == 200),
-        );
+        // The ceiling answers 200 with its own body to everything.
+        let mut sc = sc.clone();
+        sc.want = Want::Status;
+        let (r, cpu) = measure(&o, &ceiling, o.conns, &sc);
         (r, cpu, ceiling.hwm_kb())
     };
-    let get: Arc<MakeRequest> = {
-        let get = request("GET", "/", b"");
-        Arc::new(move |_, _| get.clone())
-    };
+    let get = Scenario::new(|_, _| request("GET", "/", b""), Want::Status);
     let (r, cpu, hwm) = ceiling_run(body.len(), &get);
     let rps = r.rps();
     rows.push(Row::new(
@@ -202,34 +231,34 @@ fn main() {
     ));
 
     let n = o.small;
+    let skip = |name: &str| {
+        o.only
+            .as_ref()
+            .is_some_and(|only| !name.contains(only.as_str()))
+    };
     // One scenario against `srv`, right after the ceiling given the same requests (skipped when
     // `--only` excludes it).
-    let run =
-        |name: &str, srv: &Proc, make: Arc<MakeRequest>, check: Arc<Check>, rows: &mut Vec<Row>| {
-            if o.only
-                .as_ref()
-                .is_some_and(|only| !name.contains(only.as_str()))
-            {
-                return;
-            }
-            // wafer's answer to this scenario, for the size of the ceiling's body.
-            let (_, answer) = one(srv.addr, &make(0, 1 << 50));
-            let (c, c_cpu, _) = ceiling_run(answer.len(), &make);
-            let (r, cpu) = measure(srv, o.conns, warm, secs, make, check);
-            rows.push(Row::new(name, r, cpu, srv.hwm_kb(), c.rps(), c_cpu));
-        };
+    let run = |name: &str, srv: &Proc, sc: Scenario, rows: &mut Vec<Row>| {
+        if skip(name) {
+            return;
+        }
+        // wafer's answer to this scenario, for the size of the ceiling's body.
+        let (_, answer) = one(srv.addr, &(sc.make)(0, 1 << 50));
+        let (c, c_cpu, _) = ceiling_run(answer.len(), &sc);
+        let (r, cpu) = measure(&o, srv, o.conns, &sc);
+        rows.push(Row::new(name, r, cpu, srv.hwm_kb(), c.rps(), c_cpu));
+    };
+    let checks = move |c: usize, s: u64| check_rq(pick(c, s, n), n);
     run(
         &format!("POST /v1/sessions/check ({n} sessions)"),
         &server,
-        Arc::new(move |c, s| check_rq(pick(c, s, n), n)),
-        Arc::new(|s, _| s == 200),
+        Scenario::new(checks, Want::Status),
         &mut rows,
     );
     run(
         "qcloud.cam.auth",
         &server,
-        Arc::new(move |c, s| auth_rq(pick(c, s, n))),
-        Arc::new(envelope_ok),
+        Scenario::new(move |c, s| auth_rq(pick(c, s, n)), Want::Envelope),
         &mut rows,
     );
     let (status, body) = one(server.addr, &token_rq());
@@ -237,40 +266,43 @@ fn main() {
     run(
         "GET /v1/apps/{appid}/access_token (warm)",
         &server,
-        Arc::new(|_, _| token_rq()),
-        Arc::new(|s, _| s == 200),
+        Scenario::new(|_, _| token_rq(), Want::Status),
         &mut rows,
     );
+    let login_name = "qcloud.cam.id_skey (login via fake WeChat)";
     run(
-        "qcloud.cam.id_skey (login via fake WeChat)",
+        login_name,
         &server,
-        Arc::new(login_rq),
-        Arc::new(envelope_ok),
+        Scenario::new(login_rq, Want::Envelope),
         &mut rows,
     );
     run(
         "mixed (60% auth, 25% check, 10% token, 5% login)",
         &server,
-        Arc::new(move |c, s| match pick(c, s, 100) {
-            0..=59 => auth_rq(pick(c, s + 1, n)),
-            60..=84 => check_rq(pick(c, s + 1, n), n),
-            85..=94 => token_rq(),
-            _ => login_rq(c, s + (1 << 40)),
-        }),
-        Arc::new(|s, b| s == 200 && (!b.starts_with(b"{\"returnCode\"") || envelope_ok(s, b))),
+        Scenario::new(
+            move |c, s| match pick(c, s, 100) {
+                0..=59 => auth_rq(pick(c, s + 1, n)),
+                60..=84 => check_rq(pick(c, s + 1, n), n),
+                85..=94 => token_rq(),
+                _ => login_rq(c, s + (1 << 40)),
+            },
+            Want::Mixed,
+        ),
         &mut rows,
     );
-    // Logins while WeChat takes 100 ms over each, with session checks on a few connections
-    // beside them: the workers must not be the ones waiting (`server::lane`). Not paired with a
-    // ceiling: the figure is the checks' latency next to the logins' rate.
-    let slow_name = "logins with WeChat answering in 100 ms, checks beside them";
-    let slow = if o
-        .only
-        .as_ref()
-        .is_some_and(|only| !slow_name.contains(only.as_str()))
-    {
+    // A burst of logins while WeChat takes 100 ms over each, with session checks on a few
+    // connections beside them: a slow WeChat should cost logins its latency and nothing else,
+    // and the checks should not queue behind the logins. The same checks run alone first, for
+    // their p99 without the logins. Not paired with a ceiling.
+    let slow_name = format!(
+        "logins on {} connections with WeChat answering in 100 ms, checks beside them",
+        o.login_conns
+    );
+    let slow = if skip(&slow_name) {
         None
     } else {
+        let check_sc = Scenario::new(checks, Want::Status);
+        let alone = load(&o, server.addr, SLOW_CHECK_CONNS, &check_sc);
         let fault = r#"{"path":"/sns/jscode2session","delay_ms":100,"times":1000000000}"#;
         let (status, body) = one(
             mock.addr,
@@ -282,36 +314,37 @@ fn main() {
             "mock fault: {}",
             String::from_utf8_lossy(&body)
         );
-        let (addr, conns) = (server.addr, o.conns);
-        let logins = std::thread::spawn(move || {
-            loadgen::run(
-                addr,
-                conns,
-                warm,
-                secs,
-                Arc::new(|c, s| login_rq(c, s + (1 << 41))),
-                Arc::new(envelope_ok),
-            )
+        let login_sc = Scenario::new(|c, s| login_rq(c, s + (1 << 41)), Want::Envelope);
+        let (logins, beside) = std::thread::scope(|scope| {
+            let logins = scope.spawn(|| load(&o, server.addr, o.login_conns, &login_sc));
+            let beside = load(&o, server.addr, SLOW_CHECK_CONNS, &check_sc);
+            (logins.join().expect("login load"), beside)
         });
-        let checks = loadgen::run(
-            server.addr,
-            SLOW_CHECK_CONNS,
-            warm,
-            secs,
-            Arc::new(move |c, s| check_rq(pick(c, s, n), n)),
-            Arc::new(|s, _| s == 200),
-        );
-        let logins = logins.join().expect("login load");
+        let at_once = rows
+            .iter()
+            .find(|r| r.name == login_name)
+            .map_or(f64::NAN, |r| r.figures.rps());
+        let bound = (o.login_conns as f64 / 0.1).min(at_once);
         let line = format!(
-            "{slow_name}: {:.0} logins/s on {conns} connections ({} errors); {:.0} checks/s on \
-             {SLOW_CHECK_CONNS} connections, p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({} errors)",
+            "{slow_name}: {:.0} logins/s ({} errors; target ≥ 0.8 × min({} / 0.1 s, {:.0}/s at \
+             once) = {:.0}/s: {:.0}%); {:.0} checks/s on {SLOW_CHECK_CONNS} connections, p50 \
+             {:.3} ms, p99 {:.3} ms, max {:.3} ms ({} errors); the same checks alone: {:.0}/s, \
+             p50 {:.3} ms, p99 {:.3} ms; peak RSS {:.1} MB",
             logins.rps(),
             logins.errors,
-            checks.rps(),
-            checks.quantile_ms(0.5),
-            checks.quantile_ms(0.99),
-            checks.quantile_ms(1.0),
-            checks.errors,
+            o.login_conns,
+            at_once,
+            0.8 * bound,
+            100.0 * logins.rps() / bound,
+            beside.rps(),
+            beside.p50_ms,
+            beside.p99_ms,
+            beside.max_ms,
+            beside.errors,
+            alone.rps(),
+            alone.p50_ms,
+            alone.p99_ms,
+            server.hwm_kb() as f64 / 1024.0,
         );
         eprintln!("{line}");
         Some(line)
@@ -354,11 +387,11 @@ fn main() {
             }
             std::thread::sleep(Duration::from_millis(1));
         });
+        let big_checks = move |c: usize, s: u64| check_rq(pick(c, s, big), big);
         run(
             &format!("check, {big} sessions, each slides last_visit (a write)"),
             &server,
-            Arc::new(move |c, s| check_rq(pick(c, s, big), big)),
-            Arc::new(|s, _| s == 200),
+            Scenario::new(big_checks, Want::Status),
             &mut rows,
         );
         // Now every session visited just now, like the small database: checks only read.
@@ -366,8 +399,13 @@ fn main() {
         run(
             &format!("POST /v1/sessions/check ({big} sessions)"),
             &server,
-            Arc::new(move |c, s| check_rq(pick(c, s, big), big)),
-            Arc::new(|s, _| s == 200),
+            Scenario::new(big_checks, Want::Status),
+            &mut rows,
+        );
+        run(
+            &format!("qcloud.cam.auth ({big} sessions)"),
+            &server,
+            Scenario::new(move |c, s| auth_rq(pick(c, s, big)), Want::Envelope),
             &mut rows,
         );
     }
@@ -386,7 +424,7 @@ fn main() {
     let rps = |prefix: &str| {
         rows.iter()
             .find(|r| r.name.starts_with(prefix))
-            .map_or(f64::NAN, |r| r.report.rps())
+            .map_or(f64::NAN, |r| r.figures.rps())
     };
     let small_rate = rps(&format!("POST /v1/sessions/check ({n} "));
     let large_rate = rps(&format!("POST /v1/sessions/check ({big} "));
@@ -396,9 +434,186 @@ fn main() {
     );
 }
 
+/// The script `--driver wrk` runs (written next to the request files).
+const WRK_LUA: &str = include_str!("../../bench/wrk.lua");
+
+/// What counts as a success in a scenario.
+#[derive(Clone, Copy)]
+enum Want {
+    /// Status 200.
+    Status,
+    /// Status 200 and a Wafer envelope with `returnCode` 0.
+    Envelope,
+    /// Status 200, and `returnCode` 0 if the answer is an envelope.
+    Mixed,
+}
+
+impl Want {
+    fn name(self) -> &'static str {
+        match self {
+            Want::Status => "status",
+            Want::Envelope => "envelope",
+            Want::Mixed => "mixed",
+        }
+    }
+
+    fn check(self) -> Arc<Check> {
+        match self {
+            Want::Status => Arc::new(|s, _| s == 200),
+            Want::Envelope => Arc::new(envelope_ok),
+            Want::Mixed => Arc::new(|s, b| {
+                s == 200 && (!b.starts_with(b"{\"returnCode\"") || envelope_ok(s, b))
+            }),
+        }
+    }
+}
+
+/// A scenario's requests and what counts as a success. For `wrk`, the requests are written to
+/// a file once (the ceiling and wafer are sent the same file).
+#[derive(Clone)]
+struct Scenario {
+    make: Arc<MakeRequest>,
+    want: Want,
+    file: Arc<OnceLock<PathBuf>>,
+}
+
+impl Scenario {
+    fn new(make: impl Fn(usize, u64) -> Vec<u8> + Send + Sync + 'static, want: Want) -> Scenario {
+        Scenario {
+            make: Arc::new(make),
+            want,
+            file: Arc::default(),
+        }
+    }
+
+    /// The requests as `bench/wrk.lua` reads them: record i is request (i % conns, i / conns),
+    /// as connection i % conns of the own driver would send it; enough of them that a run at
+    /// 40k requests/s does not come round to the first again (a login's code is used once, a
+    /// sliding check slides its session once).
+    fn wrk_file(&self, o: &Opts) -> &Path {
+        self.file.get_or_init(|| {
+            static N: AtomicU64 = AtomicU64::new(0);
+            let path = o.work.join(format!(
+                "requests-{}.bin",
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let records = ((o.secs * 40_000.0) as u64).clamp(10_000, 1_000_000);
+            let conns = o.conns.max(o.login_conns) as u64;
+            let mut out = Vec::new();
+            for i in 0..records {
+                let rq = (self.make)((i % conns) as usize, i / conns);
+                out.extend_from_slice(format!("{}\n", rq.len()).as_bytes());
+                out.extend_from_slice(&rq);
+            }
+            std::fs::write(&path, out).expect("wrk request file");
+            path
+        })
+    }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.file) == 1 {
+            if let Some(p) = self.file.get() {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
+/// What one run measured, by either driver.
+struct Figures {
+    requests: u64,
+    errors: u64,
+    secs: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
+}
+
+impl Figures {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.secs
+    }
+
+    fn from_report(r: &Report) -> Figures {
+        Figures {
+            requests: r.requests,
+            errors: r.errors,
+            secs: r.secs,
+            p50_ms: r.quantile_ms(0.5),
+            p99_ms: r.quantile_ms(0.99),
+            p999_ms: r.quantile_ms(0.999),
+            max_ms: r.quantile_ms(1.0),
+        }
+    }
+}
+
+/// Drive `conns` connections at `addr` for `--secs` with the scenario's requests.
+fn load(o: &Opts, addr: SocketAddr, conns: usize, sc: &Scenario) -> Figures {
+    let secs = Duration::from_secs_f64(o.secs);
+    match o.driver {
+        Driver::Own => Figures::from_report(&loadgen::run(
+            addr,
+            conns,
+            WARM_UP,
+            secs,
+            sc.make.clone(),
+            sc.want.check(),
+        )),
+        Driver::Wrk => wrk(o, addr, conns, sc),
+    }
+}
+
+/// The own driver's warm-up before it counts (`wrk` has none: it counts from its first request).
+const WARM_UP: Duration = Duration::from_millis(500);
+
+/// One `wrk` run: 2 threads (fewer with fewer connections), no warm-up, `--secs` rounded up.
+fn wrk(o: &Opts, addr: SocketAddr, conns: usize, sc: &Scenario) -> Figures {
+    let threads = conns.clamp(1, 2).to_string();
+    let out = Command::new("wrk")
+        .args(["-t", &threads, "-c", &conns.to_string()])
+        .args(["-d", &format!("{}s", o.secs.ceil().max(1.0) as u64)])
+        .args(["--timeout", "10s", "-s"])
+        .arg(o.work.join("wrk.lua"))
+        .arg(format!("http://{addr}"))
+        .args(["--", &threads])
+        .env("WAFER_BENCH_REQUESTS", sc.wrk_file(o))
+        .env("WAFER_BENCH_WANT", sc.want.name())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| die(&format!("wrk: {e}")));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("WAFER-BENCH "))
+        .unwrap_or_else(|| {
+            die(&format!(
+                "wrk printed no figures: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        });
+    let field = |k: &str| -> f64 {
+        line.split(' ')
+            .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| die(&format!("wrk: no {k} in {line:?}")))
+    };
+    Figures {
+        requests: field("requests") as u64,
+        errors: field("errors") as u64,
+        secs: field("secs"),
+        p50_ms: field("p50") / 1000.0,
+        p99_ms: field("p99") / 1000.0,
+        p999_ms: field("p999") / 1000.0,
+        max_ms: field("max") / 1000.0,
+    }
+}
+
 struct Row {
     name: String,
-    report: Report,
+    figures: Figures,
     /// The server's CPU time (user + system) per counted request, in microseconds.
     cpu_us: f64,
     hwm_kb: u64,
@@ -410,7 +625,7 @@ struct Row {
 impl Row {
     fn new(
         name: &str,
-        report: Report,
+        figures: Figures,
         cpu_us: f64,
         hwm_kb: u64,
         ceiling_rps: f64,
@@ -419,15 +634,15 @@ impl Row {
         eprintln!(
             "{name}: {:.0} req/s ({:.0}% of the ceiling's {:.0}), p99 {:.2} ms, {} errors, \
              {cpu_us:.1} µs CPU/request (ceiling {ceiling_cpu_us:.1})",
-            report.rps(),
-            100.0 * report.rps() / ceiling_rps,
+            figures.rps(),
+            100.0 * figures.rps() / ceiling_rps,
             ceiling_rps,
-            report.quantile_ms(0.99),
-            report.errors
+            figures.p99_ms,
+            figures.errors
         );
         Row {
             name: name.to_string(),
-            report,
+            figures,
             cpu_us,
             hwm_kb,
             ceiling_rps,
@@ -443,16 +658,17 @@ fn print_table(rows: &[Row]) {
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
+        let f = &r.figures;
         println!(
             "| {} | {:.0} | {:.0} | {:.0}% | {:.3} | {:.3} | {:.3} | {} | {:.1} ({:.1}) | {:.1} |",
             r.name,
-            r.report.rps(),
+            f.rps(),
             r.ceiling_rps,
-            100.0 * r.report.rps() / r.ceiling_rps,
-            r.report.quantile_ms(0.5),
-            r.report.quantile_ms(0.99),
-            r.report.quantile_ms(0.999),
-            r.report.errors,
+            100.0 * f.rps() / r.ceiling_rps,
+            f.p50_ms,
+            f.p99_ms,
+            f.p999_ms,
+            f.errors,
             r.cpu_us,
             r.ceiling_cpu_us,
             r.hwm_kb as f64 / 1024.0
@@ -460,22 +676,24 @@ fn print_table(rows: &[Row]) {
     }
 }
 
-/// Load `p` as `loadgen::run` does, and also take the CPU time `p` spent over the counted part
-/// of the run: (report, server CPU µs per counted request).
-fn measure(
-    p: &Proc,
-    conns: usize,
-    warm: Duration,
-    secs: Duration,
-    make: Arc<MakeRequest>,
-    check: Arc<Check>,
-) -> (Report, f64) {
+/// Load `p` as `load` does, and also take the CPU time `p` spent over the counted part of the
+/// run: (figures, server CPU µs per counted request).
+fn measure(o: &Opts, p: &Proc, conns: usize, sc: &Scenario) -> (Figures, f64) {
     let pid = p.child.id();
+    // The own driver counts after its warm-up; wrk from its first request.
+    let warm = if o.driver == Driver::Own {
+        WARM_UP
+    } else {
+        Duration::ZERO
+    };
+    if o.driver == Driver::Wrk {
+        sc.wrk_file(o); // written before the CPU clock starts
+    }
     let at_start = std::thread::spawn(move || {
         std::thread::sleep(warm);
         cpu_ticks(pid)
     });
-    let r = loadgen::run(p.addr, conns, warm, secs, make, check);
+    let r = load(o, p.addr, conns, sc);
     let end = cpu_ticks(pid);
     let start = at_start.join().expect("cpu sampler");
     let ticks_per_sec = 100.0; // USER_HZ on Linux
