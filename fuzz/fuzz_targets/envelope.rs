@@ -5,8 +5,8 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    match wafer::http::parse_envelope(data) {
+    match wafer::api::envelope::parse_envelope(data) {
         Ok((name, _para)) => assert!(!name.is_empty()),
-        Err(wafer::http::EnvelopeError(code, _)) => assert!(matches!(code, 1009 | 1002 | 1011)),
+        Err(wafer::api::envelope::EnvelopeError(code, _)) => assert!(matches!(code, 1009 | 1002 | 1011)),
     }
 });

@@ -6,11 +6,11 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
-    let _ = wafer::http::form_decode(&text);
+    let _ = wafer::api::form_decode(&text);
     let plain: String = text
         .chars()
         .filter(|c| c.is_ascii_alphanumeric())
         .collect();
-    let pairs = wafer::http::form_decode(&format!("k={plain}"));
+    let pairs = wafer::api::form_decode(&format!("k={plain}"));
     assert_eq!(pairs, vec![("k".to_string(), plain)]);
 });

@@ -10,12 +10,12 @@
 //! the log. A verified callback seen before (a replay, or WeChat's retry of a message already
 //! handled) is answered `success` and neither applied nor forwarded again.
 
+use super::{Incoming, Method, Reply, Worker};
 use crate::core::accounts;
 use crate::core::component::{self, AuthorizeLink};
 use crate::core::error::{Error, Refusal};
 use crate::core::push::{self, Forwarded, Message, Rejected};
 use crate::crypto::MsgCrypt;
-use crate::http::{Incoming, Method, Reply, Worker};
 
 const TEXT: &str = "text/plain; charset=utf-8";
 const XML: &str = "application/xml; charset=utf-8";

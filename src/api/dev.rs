@@ -3,9 +3,9 @@
 //! end without a phone. Never enabled by `wafer serve`.
 
 use super::v1::Body;
+use super::{Incoming, Reply, Worker};
 use crate::core::error::Error;
 use crate::core::session;
-use crate::http::{Incoming, Reply, Worker};
 use serde_json::{json, Value};
 
 pub fn encrypted_data(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {

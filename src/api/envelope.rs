@@ -4,13 +4,13 @@
 //! Unmodified Wafer server SDKs depend on every name, type and order here.
 
 use super::json::{Json, Members};
+use super::{credential, Incoming, JsonWriter, Outcome, Reply, Wait, Worker};
 use crate::config::Secret;
 use crate::core::accounts;
 use crate::core::cos;
 use crate::core::credential::{Credential, Key};
 use crate::core::error::Error;
 use crate::core::session::{self, Encrypted};
-use crate::http::{credential, Incoming, JsonWriter, Outcome, Reply, Wait, Worker};
 use crate::store::WorkAgent;
 use serde_json::{json, Value};
 use std::borrow::Cow;
@@ -199,7 +199,7 @@ fn dispatch(
     }
     // Refused as the envelope refuses everything, with HTTP 200: a missing key and a foreign
     // `Host` alike are 60012 (`server::guard`).
-    if CREDENTIAL_INTERFACES.contains(&name) && crate::http::guard(w, rq).is_err() {
+    if CREDENTIAL_INTERFACES.contains(&name) && super::guard(w, rq).is_err() {
         return Err(AUTH_FAIL);
     }
     let answer = match name {

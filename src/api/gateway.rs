@@ -5,8 +5,8 @@
 //! refusal in `/v1`'s error shape.
 
 use super::v1;
+use super::{not_found, Incoming, Reply, Worker};
 use crate::core::gateway::{parse_route, Call, GatewayError, Refusal};
-use crate::http::{not_found, Incoming, Reply, Worker};
 
 pub fn call(w: &mut Worker, rq: &Incoming) -> Reply {
     // The route table matched one of the four patterns, which `parse_route` reads the same way.

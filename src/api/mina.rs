@@ -3,9 +3,9 @@
 //! `{"ok":"fail","msg":REASON}`, always HTTP 200. A renderer over the same session core.
 
 use super::envelope::EnvelopeError;
+use super::{form_decode, Incoming, Reply, Worker};
 use crate::core::error::Error;
 use crate::core::session::{self, Encrypted};
-use crate::http::{form_decode, Incoming, Reply, Worker};
 use serde_json::{json, Map, Value};
 
 /// The body as a flat map of fields: a JSON object, or a form (by Content-Type, or when the body

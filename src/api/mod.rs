@@ -4,6 +4,16 @@
 //! the component's authorisation pages, `gateway` the WeChat API gateway, `dev` the `wafer dev`
 //! routes. Handlers never touch the database or WeChat themselves: `core` does.
 
+mod context;
+mod reply;
+mod request;
+
+pub use context::{credential, Outcome, Shared, Wait, Worker, KNOWN_APP_TTL};
+pub use reply::{method_not_allowed, not_found, unauthorized, JsonWriter, Reply, JSON};
+pub use request::{
+    bearer_ok, form_decode, guard, is_loopback_host, Headers, Incoming, Method, Params, Refused,
+};
+
 pub mod callbacks;
 pub mod dev;
 pub mod envelope;

@@ -3,12 +3,12 @@
 //! a 4xx/5xx status; internal detail goes to the log only.
 
 use super::json::{Json, Members};
+use super::{credential, Incoming, JsonWriter, Outcome, Refused, Reply, Wait, Worker};
 use crate::core::accounts;
 use crate::core::component;
 use crate::core::credential::{self as credentials, Credential, Key};
 use crate::core::error::Error;
 use crate::core::session::{self, Encrypted};
-use crate::http::{credential, Incoming, JsonWriter, Outcome, Refused, Reply, Wait, Worker};
 use crate::wechat::UpstreamError;
 use serde_json::{json, Value};
 
@@ -96,10 +96,10 @@ impl<'a> Body<'a> {
     }
 }
 
-/// A request [`crate::http::guard`] refused, in the `/v1` shape.
+/// A request [`super::guard`] refused, in the `/v1` shape.
 pub fn refused(why: Refused) -> Reply {
     match why {
-        Refused::NoKey => crate::http::unauthorized(),
+        Refused::NoKey => super::unauthorized(),
         Refused::ForeignHost => Reply::error(
             403,
             "forbidden",

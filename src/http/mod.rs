@@ -10,264 +10,21 @@ mod purge;
 mod routes;
 mod upstream;
 
-pub use crate::api::envelope::{parse_envelope, EnvelopeError};
-use crate::api::v1;
-
-use crate::config::{Config, Secret};
+use crate::api::{
+    bearer_ok, guard, unauthorized, v1, Headers, Incoming, Method, Outcome, Params, Reply, Shared,
+    Wait, Worker, KNOWN_APP_TTL,
+};
+use crate::config::Config;
 use crate::core::credential::Broker;
 use crate::metrics::Metrics;
 use crate::store::{Db, Target};
 use crate::wechat::WeChat;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-/// What every worker shares: configuration, the WeChat client, metrics.
-pub struct Shared {
-    pub config: Config,
-    pub wechat: Arc<WeChat>,
-    pub broker: Arc<Broker>,
-    pub metrics: Arc<Metrics>,
-    /// Apps known to exist, for the credential routes (re-read at most once per
-    /// [`KNOWN_APP_TTL`]).
-    pub known_apps: crate::core::session::KnownApps,
-    /// `wafer dev`: enables the `/dev/*` routes.
-    pub dev: bool,
-    pub db: Target,
-    /// The key values are sealed with at rest (`storage.key_file`), for every connection.
-    pub sealer: Option<Arc<crate::seal::Sealer>>,
-    /// The WeChat API gateway: its limits and the bodies in flight.
-    pub gateway: crate::core::gateway::Gateway,
-}
-
-/// How long the credential routes trust that an app exists before reading it again: an app
-/// removed with the CLI while the server runs is still served tokens for at most this long.
-pub const KNOWN_APP_TTL: Duration = Duration::from_secs(1);
-
-/// What a handler runs with: a database connection (a worker's own, or one an upstream thread
-/// checked out for this request) and the shared parts.
-pub struct Worker {
-    pub db: Db,
-    pub shared: Arc<Shared>,
-}
-
-/// May a handler wait on WeChat (or a `forward_url`) for this request?
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wait {
-    /// On a worker: memory and the database only. What would wait answers
-    /// [`Outcome::NeedsUpstream`] instead, having written nothing.
-    Forbidden,
-    /// On the upstream pool.
-    Allowed,
-}
-
-/// What a handler that may wait made of a request.
-pub enum Outcome {
-    Reply(Reply),
-    /// Answering would wait on WeChat, and this thread may not ([`Wait::Forbidden`]): the
-    /// upstream pool runs the same handler again with [`Wait::Allowed`]. Nothing was written.
-    NeedsUpstream,
-}
-
-impl From<Reply> for Outcome {
-    fn from(r: Reply) -> Outcome {
-        Outcome::Reply(r)
-    }
-}
-
-/// A credential for a handler: with [`Wait::Forbidden`] only one usable from memory (the
-/// broker's `try_get`; `None` then means the request needs the upstream pool, and a forced
-/// refresh always does), else from the broker, fetched if need be.
-pub fn credential(
-    w: &Worker,
-    key: &crate::core::credential::Key,
-    force: bool,
-    wait: Wait,
-) -> Result<Option<crate::core::credential::Credential>, crate::core::error::Error> {
-    match wait {
-        Wait::Allowed => w.shared.broker.get(&w.db, key, force).map(Some),
-        Wait::Forbidden if force => Ok(None),
-        Wait::Forbidden => w.shared.broker.try_get(&w.db, key),
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    Get,
-    Post,
-    Other,
-}
-
-/// A request as the handlers see it: read completely, nothing left on the socket. Borrowed from
-/// tiny_http's request (no copies of the head on the hot path).
-pub struct Incoming<'a> {
-    pub method: Method,
-    /// The method as sent (`HEAD`, `PUT`, …), for the gateway, which relays it.
-    pub verb: &'a str,
-    pub path: &'a str,
-    pub query: &'a str,
-    pub headers: &'a [tiny_http::Header],
-    pub body: Vec<u8>,
-    /// The route pattern's `{name}` segments, in order ([`Incoming::param`]).
-    pub params: routes::Params,
-}
-
-impl Incoming<'_> {
-    /// The route pattern's `i`th `{name}` segment (`""` when it has none).
-    pub fn param(&self, i: usize) -> &str {
-        self.params.get(self.path, i)
-    }
-
-    /// A header by case-insensitive name.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_str())
-    }
-
-    /// The decoded query parameters.
-    pub fn query_pairs(&self) -> Vec<(String, String)> {
-        form_decode(self.query)
-    }
-
-    pub fn query_param(&self, name: &str) -> Option<String> {
-        self.query_pairs()
-            .into_iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v)
-    }
-}
-
-/// A response before it is written.
-pub struct Reply {
-    pub status: u16,
-    pub content_type: &'static str,
-    pub body: Vec<u8>,
-    pub headers: Vec<(&'static str, String)>,
-}
-
-pub const JSON: &str = "application/json; charset=utf-8";
-
-impl Reply {
-    pub fn json(status: u16, v: &Value) -> Reply {
-        Reply {
-            status,
-            content_type: JSON,
-            body: v.to_string().into_bytes(),
-            headers: Vec::new(),
-        }
-    }
-    pub fn text(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Reply {
-        Reply {
-            status,
-            content_type,
-            body: body.into(),
-            headers: Vec::new(),
-        }
-    }
-    pub fn no_content() -> Reply {
-        Reply {
-            status: 204,
-            content_type: JSON,
-            body: Vec::new(),
-            headers: Vec::new(),
-        }
-    }
-    /// The `/v1` error shape: `{"error":CODE,"message":STR,"errcode"?:N}`.
-    pub fn error(status: u16, code: &str, message: &str, errcode: Option<i64>) -> Reply {
-        let mut v = json!({"error": code, "message": message});
-        if let Some(c) = errcode {
-            v["errcode"] = json!(c);
-        }
-        Reply::json(status, &v)
-    }
-}
-
-/// A JSON object written straight into its bytes, for the replies on the hot paths (a session
-/// check, a token read): no `Value` tree to build, walk and free. Keys come out in call order.
-pub struct JsonWriter(Vec<u8>);
-
-impl JsonWriter {
-    pub fn new() -> JsonWriter {
-        let mut b = Vec::with_capacity(256);
-        b.push(b'{');
-        JsonWriter(b)
-    }
-
-    fn key(&mut self, k: &str) {
-        if self.0.len() > 1 {
-            self.0.push(b',');
-        }
-        self.string(k);
-        self.0.push(b':');
-    }
-
-    fn string(&mut self, s: &str) {
-        // Writing into a Vec cannot fail, and a &str always serialises.
-        let _ = serde_json::to_writer(&mut self.0, s);
-    }
-
-    pub fn str(mut self, k: &str, v: &str) -> JsonWriter {
-        self.key(k);
-        self.string(v);
-        self
-    }
-
-    pub fn opt_str(self, k: &str, v: Option<&str>) -> JsonWriter {
-        match v {
-            Some(v) => self.str(k, v),
-            None => self,
-        }
-    }
-
-    pub fn int(mut self, k: &str, v: i64) -> JsonWriter {
-        use std::io::Write;
-        self.key(k);
-        let _ = write!(self.0, "{v}");
-        self
-    }
-
-    /// `json` must already be one valid JSON value (e.g. [`crate::core::session::Session::user_info_json`]).
-    pub fn raw(mut self, k: &str, json: &[u8]) -> JsonWriter {
-        self.key(k);
-        self.0.extend_from_slice(json);
-        self
-    }
-
-    /// [`JsonWriter::raw`] when there is a value; nothing otherwise.
-    pub fn opt_raw(self, k: &str, json: Option<&str>) -> JsonWriter {
-        match json {
-            Some(json) => self.raw(k, json.as_bytes()),
-            None => self,
-        }
-    }
-
-    pub fn value(mut self, k: &str, v: &Value) -> JsonWriter {
-        self.key(k);
-        // A Value always serialises, and writing into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut self.0, v);
-        self
-    }
-
-    pub fn into_bytes(mut self) -> Vec<u8> {
-        self.0.push(b'}');
-        self.0
-    }
-
-    pub fn reply(self, status: u16) -> Reply {
-        Reply::text(status, JSON, self.into_bytes())
-    }
-}
-
-impl Default for JsonWriter {
-    fn default() -> JsonWriter {
-        JsonWriter::new()
-    }
-}
 
 /// A running server.
 pub struct Handle {
@@ -566,15 +323,25 @@ fn route(
     rq: &tiny_http::Request,
     method: Method,
     path: &str,
-) -> Result<(&'static routes::Route, routes::Params), (&'static str, Reply)> {
+) -> Result<(&'static routes::Route, Params), (&'static str, Reply)> {
     if path.starts_with("/v1/") {
-        let incoming = incoming(rq, method, path, Vec::new(), routes::Params::default());
+        let incoming = incoming(rq, method, path, Vec::new(), Params::default());
         guard(w, &incoming).map_err(|refused| ("/v1", v1::refused(refused)))?;
     }
     match routes::find(method, path, w.shared.dev) {
         routes::Found::Route(route, params) => Ok((route, params)),
         routes::Found::WrongMethod(route) => Err(("-", route.dialect.wrong_method())),
-        routes::Found::None => Err(("-", not_found())),
+        routes::Found::None => Err(("-", crate::api::not_found())),
+    }
+}
+
+/// The handlers read a request's headers through [`Headers`], borrowed from tiny_http's request.
+impl Headers for tiny_http::Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers()
+            .iter()
+            .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_str())
     }
 }
 
@@ -583,14 +350,14 @@ fn incoming<'a>(
     method: Method,
     path: &'a str,
     body: Vec<u8>,
-    params: routes::Params,
+    params: Params,
 ) -> Incoming<'a> {
     Incoming {
         method,
         verb: rq.method().as_str(),
         path,
         query: rq.url().get(path.len() + 1..).unwrap_or(""),
-        headers: rq.headers(),
+        headers: rq,
         body,
         params,
     }
@@ -695,24 +462,6 @@ fn read_body(rq: &mut tiny_http::Request) -> Vec<u8> {
     body
 }
 
-pub fn not_found() -> Reply {
-    Reply::error(404, "not_found", "no such route", None)
-}
-
-/// The `/v1` shape of [`Refused::NoKey`] (and of `/metrics` without its key).
-pub fn unauthorized() -> Reply {
-    Reply::error(401, "unauthorized", "missing or wrong api key", None)
-}
-
-pub fn method_not_allowed() -> Reply {
-    Reply::error(
-        405,
-        "method_not_allowed",
-        "method not allowed on this route",
-        None,
-    )
-}
-
 /// How long `/healthz` waits to write: for this process's other writers and SQLite's write lock
 /// together (CONTRACT §8: it answers within a second either way, even queued behind a write on
 /// another worker: [`WORKER_WRITE_WAIT`]).
@@ -744,161 +493,4 @@ fn metrics(w: &mut Worker, rq: &Incoming) -> Reply {
         "text/plain; version=0.0.4",
         w.shared.metrics.render(live),
     )
-}
-
-/// Why a request may not use a key-guarded route (CONTRACT §8).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
-    /// A key is set and the request does not carry it.
-    NoKey,
-    /// No key is set and the request's `Host` is not a loopback name or address.
-    ForeignHost,
-}
-
-/// May this request use a key-guarded route (the credential interfaces of the envelope, every
-/// `/v1` route)? With `server.api_key` set: only with `Authorization: Bearer <key>`. Without
-/// one: only when its `Host` names this machine's loopback, so that a web page a browser on
-/// the same machine loads from elsewhere (DNS rebinding) cannot read tokens or replace secrets.
-pub fn guard(w: &Worker, rq: &Incoming) -> Result<(), Refused> {
-    let key = &w.shared.config.server.api_key;
-    if key.is_empty() {
-        return match rq.header("Host") {
-            Some(host) if is_loopback_host(host) => Ok(()),
-            _ => Err(Refused::ForeignHost),
-        };
-    }
-    if bearer_ok(key, rq) {
-        Ok(())
-    } else {
-        Err(Refused::NoKey)
-    }
-}
-
-/// Does the request carry `Authorization: Bearer <key>`? Compared in constant time.
-fn bearer_ok(key: &Secret, rq: &Incoming) -> bool {
-    let given = rq
-        .header("Authorization")
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .unwrap_or("");
-    crate::crypto::ct_eq(given.trim().as_bytes(), key.expose().as_bytes())
-}
-
-/// A `Host` header that names the loopback: `localhost` (any case), an address in 127.0.0.0/8
-/// or `[::1]`, each with or without a numeric port. Nothing else: not a name under
-/// `localhost.`, not `0.0.0.0`, not a malformed port.
-pub fn is_loopback_host(host: &str) -> bool {
-    let port_ok = |p: &str| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
-    if let Some(rest) = host.strip_prefix('[') {
-        let Some((addr, after)) = rest.split_once(']') else {
-            return false;
-        };
-        let port_fine = after.is_empty() || after.strip_prefix(':').is_some_and(port_ok);
-        return port_fine
-            && addr
-                .parse::<std::net::Ipv6Addr>()
-                .is_ok_and(|a| a.is_loopback());
-    }
-    let name = match host.split_once(':') {
-        None => host,
-        Some((name, port)) if port_ok(port) => name,
-        Some(_) => return false,
-    };
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<std::net::Ipv4Addr>()
-            .is_ok_and(|a| a.is_loopback())
-}
-
-/// `application/x-www-form-urlencoded` (and query string) decoding, by `form_urlencoded`.
-/// Invalid escapes are kept as they are; invalid UTF-8 is replaced.
-pub fn form_decode(s: &str) -> Vec<(String, String)> {
-    form_urlencoded::parse(s.as_bytes()).into_owned().collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn json_writer_writes_the_same_json_as_a_value() {
-        let tricky = "q\"uote\\ 中文 \u{1} </script>";
-        let v: Value = serde_json::from_slice(
-            &JsonWriter::new()
-                .str("a", tricky)
-                .opt_str("none", None)
-                .opt_str("some", Some("x"))
-                .int("n", -42)
-                .raw("raw", br#"{"k":[1,2]}"#)
-                .value("v", &json!({"z": 1, "a": [true]}))
-                .into_bytes(),
-        )
-        .unwrap();
-        assert_eq!(
-            v,
-            json!({"a": tricky, "some": "x", "n": -42, "raw": {"k": [1, 2]}, "v": {"z": 1, "a": [true]}})
-        );
-        assert_eq!(
-            JsonWriter::new()
-                .int("returnCode", 0)
-                .str("m", "OK")
-                .into_bytes(),
-            br#"{"returnCode":0,"m":"OK"}"#
-        );
-        assert_eq!(JsonWriter::new().into_bytes(), b"{}");
-    }
-
-    #[test]
-    fn loopback_hosts() {
-        for host in [
-            "localhost",
-            "LOCALHOST",
-            "localhost:5757",
-            "127.0.0.1",
-            "127.0.0.1:1",
-            "127.255.0.9:65535",
-            "[::1]",
-            "[::1]:80",
-            "[0:0:0:0:0:0:0:1]:80",
-        ] {
-            assert!(is_loopback_host(host), "{host}");
-        }
-        for host in [
-            "",
-            "attacker.example",
-            "localhost.attacker.example",
-            "attacker.localhost",
-            "localhost.",
-            "localhost:",
-            "localhost:http",
-            "localhost:123456",
-            "localhost:1:2",
-            "127.0.0.1.nip.io",
-            "127.1",
-            "0.0.0.0",
-            "10.0.0.1:5757",
-            "[::2]",
-            "[::1",
-            "[::1]x",
-            "[::1]:",
-            "[::ffff:127.0.0.1]",
-            "::1",
-        ] {
-            assert!(!is_loopback_host(host), "{host}");
-        }
-    }
-
-    #[test]
-    fn form_decoding() {
-        assert_eq!(
-            form_decode("a=1&b=x+y&c=%E4%B8%AD&d=%zz&e&f=%4"),
-            vec![
-                ("a".into(), "1".into()),
-                ("b".into(), "x y".into()),
-                ("c".into(), "中".into()),
-                ("d".into(), "%zz".into()),
-                ("e".into(), "".into()),
-                ("f".into(), "%4".into()),
-            ]
-        );
-    }
 }

@@ -7,7 +7,7 @@
 //! wait on them. A [`Pool::Upstream`] row (a login, a callback) goes there straight from the
 //! worker that read it. A [`Pool::Workers`] row whose handler finds it must wait (a credential
 //! not usable from memory, an envelope that turns out to be a login) answers
-//! [`Outcome::NeedsUpstream`](super::Outcome) and goes there too; its handler runs again there,
+//! [`Outcome::NeedsUpstream`](crate::api::Outcome) and goes there too; its handler runs again there,
 //! allowed to wait. Either way the request is routed once, here.
 //!
 //! A pattern's `{name}` segment matches any one segment (empty too) and is read by the handler
@@ -15,9 +15,9 @@
 //! or more segments whatever they hold (the gateway's `{path}`, which its handler checks). The session check rows come first: they are the hot
 //! path.
 
-use super::{Incoming, Method, Outcome, Reply, Wait, Worker};
 use crate::api::envelope as wafer;
 use crate::api::{callbacks, dev, gateway, mina, v1};
+use crate::api::{Incoming, Method, Outcome, Params, Reply, Wait, Worker};
 use crate::core::error::Error;
 
 /// Which threads answer a route.
@@ -71,8 +71,8 @@ impl Dialect {
     /// The answer to a method the route does not take.
     pub fn wrong_method(self) -> Reply {
         match self {
-            Dialect::V1 | Dialect::Dev => super::not_found(),
-            _ => super::method_not_allowed(),
+            Dialect::V1 | Dialect::Dev => crate::api::not_found(),
+            _ => crate::api::method_not_allowed(),
         }
     }
 }
@@ -402,25 +402,6 @@ pub static ROUTES: &[Route] = &[
     },
 ];
 
-/// Where a pattern's `{name}` segments are in the path (at most three), for `Incoming::param`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Params {
-    spans: [(u16, u16); 3],
-    len: u8,
-}
-
-impl Params {
-    /// The `i`th parameter of `path` (the path these were found in), or `""`.
-    pub fn get<'p>(&self, path: &'p str, i: usize) -> &'p str {
-        match self.spans.get(i) {
-            Some(&(start, end)) if i < usize::from(self.len) => {
-                path.get(usize::from(start)..usize::from(end)).unwrap_or("")
-            }
-            _ => "",
-        }
-    }
-}
-
 /// Does `path` match `pattern`? Its parameters if so. No allocation.
 fn matches(pattern: &str, path: &str) -> Option<Params> {
     let mut params = Params::default();
@@ -432,15 +413,11 @@ fn matches(pattern: &str, path: &str) -> Option<Params> {
             (Some(p), Some(s)) => {
                 if p.starts_with("{*") {
                     // The rest of the path, from this segment on.
-                    let slot = params.spans.get_mut(usize::from(params.len))?;
-                    *slot = (u16::try_from(at).ok()?, u16::try_from(path.len()).ok()?);
-                    params.len += 1;
+                    params.push(at, path.len())?;
                     return Some(params);
                 }
                 if p.starts_with('{') {
-                    let slot = params.spans.get_mut(usize::from(params.len))?;
-                    *slot = (u16::try_from(at).ok()?, u16::try_from(at + s.len()).ok()?);
-                    params.len += 1;
+                    params.push(at, at + s.len())?;
                 } else if p != s {
                     return None;
                 }

@@ -21,8 +21,8 @@
 //! many as were in use at once are kept, up to [`MAX_KEPT_CONNECTIONS`]. A waiting login therefore holds a connection
 //! (its handler's `session::login` writes once WeChat has answered), an idle thread none.
 
-use super::routes::{Params, Route};
-use super::{Method, Shared};
+use super::routes::Route;
+use crate::api::{Method, Params, Shared};
 use crate::store::Db;
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};

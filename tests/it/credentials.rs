@@ -545,7 +545,7 @@ fn an_app_removed_with_the_cli_stops_being_served_within_a_second() {
         crate::cli::run(crate::cli::wafer().args(["app", "remove", APPID, "--db", &db]));
     assert!(ok, "{err}");
     // Within the known-app window the token may still be served; past it, never.
-    std::thread::sleep(wafer::http::KNOWN_APP_TTL + Duration::from_millis(100));
+    std::thread::sleep(wafer::api::KNOWN_APP_TTL + Duration::from_millis(100));
     let (s, v) = token(&env);
     assert_eq!((s, v["error"].as_str()), (404, Some("unknown_app")), "{v}");
     let r = env.wafer("qcloud.mimi.access_token", json!({"appid": APPID}));
