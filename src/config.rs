@@ -1,36 +1,10 @@
 //! Configuration: `wafer.toml` plus the environment overrides of CONTRACT §2, validated once
 //! into ready-to-use values. Nothing else reads the environment or the config file.
 
+use crate::secret::Secret;
 use serde::Deserialize;
 use std::fmt;
 use std::path::Path;
-
-/// A string that must never reach a log, an error or a `Debug` dump (app secrets, api keys).
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() {
-            "Secret(empty)"
-        } else {
-            "Secret(***)"
-        })
-    }
-}
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -298,7 +272,7 @@ impl Config {
             })?;
         }
         if let Some(v) = get("WAFER_API_KEY") {
-            self.server.api_key = Secret(v);
+            self.server.api_key = Secret::new(v);
         }
         if let Some(v) = get("WAFER_PUBLIC_URL") {
             self.server.public_url = v;
@@ -307,7 +281,7 @@ impl Config {
             self.storage.path = v;
         }
         if let Some(v) = get("WAFER_DATABASE_URL") {
-            self.storage.url = Secret(v);
+            self.storage.url = Secret::new(v);
         }
         if let Some(v) = get("WAFER_KEY_FILE") {
             self.storage.key_file = v;
@@ -325,7 +299,7 @@ impl Config {
     /// `--listen` and `--db`, and ignores config files).
     pub fn apply_dev_env(&mut self) {
         if let Ok(v) = std::env::var("WAFER_API_KEY") {
-            self.server.api_key = Secret(v);
+            self.server.api_key = Secret::new(v);
         }
     }
 

@@ -23,6 +23,7 @@ pub mod ids;
 pub mod logging;
 pub mod metrics;
 pub mod seal;
+pub mod secret;
 pub mod store;
 pub mod wechat;
 

@@ -820,7 +820,7 @@ fn seed(path: &Path, n: u64) {
         db.upsert_app(
             &wafer::store::AppUpsert {
                 appid: APPID.into(),
-                secret: wafer::config::Secret::new(SECRET),
+                secret: wafer::secret::Secret::new(SECRET),
                 ..Default::default()
             },
             now,

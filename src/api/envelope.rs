@@ -5,12 +5,12 @@
 
 use super::json::{Json, Members};
 use super::{credential, Incoming, JsonWriter, Outcome, Reply, Wait, Worker};
-use crate::config::Secret;
 use crate::core::accounts;
 use crate::core::cos;
 use crate::core::credential::{Credential, Key};
 use crate::core::error::Error;
 use crate::core::session::{self, Encrypted};
+use crate::secret::Secret;
 use crate::store::WorkAgent;
 use serde_json::{json, Value};
 use std::borrow::Cow;

@@ -3,7 +3,7 @@
 //! HTTP server that read it: `http` fills these in from tiny_http's request.
 
 use super::context::Worker;
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// The request's headers, looked up by case-insensitive name (implemented by `http` over the
 /// server's own header list, borrowed, not copied).

@@ -17,10 +17,11 @@
 //! schema, read-only, and writes only through `store` (so a sealed target is sealed) and
 //! `accounts`. The source URL's password is never printed: errors name the URL with `***`.
 
-use crate::config::{Secret, LOGIN_DAYS, SESSION_SECS};
+use crate::config::{LOGIN_DAYS, SESSION_SECS};
 use crate::core::accounts;
 use crate::core::credential::Broker;
 use crate::ids;
+use crate::secret::Secret;
 use crate::store::{AppUpsert, Db, Imported, ImportedSession, ImportedUser, MAX_SESSIONS_PER_USER};
 use mysql::prelude::Queryable;
 use std::time::Duration;

@@ -5,9 +5,10 @@
 
 pub mod import_wafer;
 
-use crate::config::{Config, Secret};
+use crate::config::Config;
 use crate::core::accounts;
 use crate::core::credential::Broker;
+use crate::secret::Secret;
 use crate::store::{AppUpsert, Db, Target};
 use std::path::PathBuf;
 

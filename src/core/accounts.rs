@@ -12,9 +12,10 @@
 //! Lookups for the handlers (`app`, `work_agent`, `component`) answer the domain error the
 //! dialects render (`NoApp`, `NotFound`), so that no handler reads the database itself.
 
-use crate::config::{Config, Secret};
+use crate::config::Config;
 use crate::core::credential::{Broker, Key};
 use crate::core::error::Error;
+use crate::secret::Secret;
 use crate::store::{App, AppUpsert, Component, ComponentUpsert, Db, WorkAgent};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -6,87 +6,21 @@
 //! a restart resumes where it stopped. The refresh token is the one thing that cannot be got back
 //! without the merchant authorising again, so it is written before anything else is done with a
 //! `query_auth` answer, and a rotated one is written as soon as WeChat hands it out. The tokens
-//! themselves are hosted by `credential::Broker` (refresh ahead, single-flight); this module
-//! provides the fetchers it calls and never caches a token itself.
+//! themselves are hosted by `credential::Broker` (refresh ahead, single-flight), which also
+//! holds their two fetchers; this module never caches a token itself and never names the token
+//! endpoints. It may use `accounts` and `credential`; neither uses it.
 //!
 //! Recovery: a component token that failed with 61005/61006 (ticket expired or invalid) is not
 //! remembered as a failure; the next request fetches again with whatever ticket is stored, so a
 //! fresh `component_verify_ticket` push is all it takes.
 
-use crate::core::credential::{fetched, Broker, Fetched, Key};
-use crate::core::error::{Error, Refusal};
+pub use crate::core::credential::live_authorizer;
+use crate::core::credential::{with_component_token, Broker, Key};
+use crate::core::error::Error;
 use crate::ids;
 use crate::store::Db;
-use crate::wechat::{urls, Host, UpstreamError};
+use crate::wechat::{urls, UpstreamError};
 use serde_json::{json, Map, Value};
-
-/// Fetch a component access token with the stored verify ticket.
-pub fn fetch_component_token(
-    broker: &Broker,
-    db: &Db,
-    component_appid: &str,
-) -> Result<Fetched, Error> {
-    let c = crate::core::accounts::component(db, component_appid)?;
-    let ticket = c
-        .verify_ticket
-        .ok_or(Error::Refused(Refusal::NoVerifyTicket))?;
-    let v = broker.wechat().post(
-        Host::Api,
-        urls::COMPONENT_TOKEN,
-        &[],
-        &json!({
-            "component_appid": component_appid,
-            "component_appsecret": c.secret.expose(),
-            "component_verify_ticket": ticket.expose(),
-        }),
-    )?;
-    fetched(&v, "component_access_token")
-}
-
-/// Fetch an authoriser access token with the stored refresh token, and store a rotated refresh
-/// token before the new access token is handed to the broker. A revoked authoriser is NotFound.
-pub fn fetch_authorizer_token(
-    broker: &Broker,
-    db: &Db,
-    component_appid: &str,
-    authorizer_appid: &str,
-) -> Result<Fetched, Error> {
-    let a = live_authorizer(db, component_appid, authorizer_appid)?;
-    // The broker retries -1 around this whole fetch, so this call does not retry it again.
-    let v = with_component_token(
-        broker,
-        db,
-        component_appid,
-        urls::AUTHORIZER_TOKEN,
-        &json!({
-            "component_appid": component_appid,
-            "authorizer_appid": authorizer_appid,
-            "authorizer_refresh_token": a.refresh_token.expose(),
-        }),
-        false,
-    )?;
-    if let Some(rotated) = v
-        .get("authorizer_refresh_token")
-        .and_then(Value::as_str)
-        .filter(|r| !r.is_empty() && *r != a.refresh_token.expose())
-    {
-        db.set_refresh_token(component_appid, authorizer_appid, rotated)?;
-    }
-    fetched(&v, "authorizer_access_token")
-}
-
-/// An authoriser of a registered component that has not revoked it: else `NotFound` (naming
-/// the component or the authoriser).
-pub fn live_authorizer(
-    db: &Db,
-    component_appid: &str,
-    authorizer_appid: &str,
-) -> Result<crate::store::Authorizer, Error> {
-    crate::core::accounts::component(db, component_appid)?;
-    db.authorizer(component_appid, authorizer_appid)?
-        .filter(|a| a.revoked_at.is_none())
-        .ok_or(Error::NotFound("authoriser"))
-}
 
 /// The authorisers of a registered component that have not revoked it, oldest first.
 pub fn live_authorizers(
@@ -414,29 +348,6 @@ pub fn handle_event(
         }
         other => Ok(EventOutcome::Ignored(other.to_string())),
     }
-}
-
-/// A component-token call: `POST path?component_access_token=…`, through
-/// [`Broker::with_token`] (a stale token refreshed once; -1 retried when `retry_busy`).
-fn with_component_token(
-    broker: &Broker,
-    db: &Db,
-    component_appid: &str,
-    endpoint: &str,
-    body: &Value,
-    retry_busy: bool,
-) -> Result<Value, Error> {
-    let key = Key::ComponentToken {
-        component_appid: component_appid.to_string(),
-    };
-    broker.with_token(db, &key, retry_busy, |wechat, token| {
-        wechat.post(
-            Host::Api,
-            endpoint,
-            &[("component_access_token", token)],
-            body,
-        )
-    })
 }
 
 /// Where to send the merchant: WeChat's PC authorisation page, or the mobile one.

@@ -12,10 +12,10 @@
 //! until the next UTC day; `force` at most 20 times a day and 30 s apart; when WeChat fails and a
 //! still-valid value is cached, serve it; WeCom's 40001 is a bad secret, not a stale token.
 
-use crate::config::Secret;
 use crate::core::error::{Error, Refusal};
 use crate::ids;
 use crate::metrics::Metrics;
+use crate::secret::Secret;
 use crate::store::{utc_day, Db};
 use crate::wechat::{errcode, urls, Host, UpstreamError, WeChat};
 use serde_json::{json, Value};
@@ -688,17 +688,12 @@ impl Broker {
                 self.fetch_ticket(db, key)
             }
             Key::ComponentToken { component_appid } => {
-                crate::core::component::fetch_component_token(self, db, component_appid)
+                fetch_component_token(self, db, component_appid)
             }
             Key::AuthorizerToken {
                 component_appid,
                 authorizer_appid,
-            } => crate::core::component::fetch_authorizer_token(
-                self,
-                db,
-                component_appid,
-                authorizer_appid,
-            ),
+            } => fetch_authorizer_token(self, db, component_appid, authorizer_appid),
         }
     }
 
@@ -990,6 +985,103 @@ pub fn js_signature(
         .unwrap_or_else(|| ids::now().to_string());
     let sig = crate::crypto::jsapi_signature(ticket, &nonce, &ts, url);
     Ok((nonce, ts, sig))
+}
+
+// The component's tokens: fetched by the broker, the authoriser's with the component's own
+// (so this lives with the broker, not in `component`, which only calls them).
+
+/// Fetch a component access token with the stored verify ticket.
+pub fn fetch_component_token(
+    broker: &Broker,
+    db: &Db,
+    component_appid: &str,
+) -> Result<Fetched, Error> {
+    let c = db
+        .component(component_appid)?
+        .ok_or(Error::NotFound("component"))?;
+    let ticket = c
+        .verify_ticket
+        .ok_or(Error::Refused(Refusal::NoVerifyTicket))?;
+    let v = broker.wechat().post(
+        Host::Api,
+        urls::COMPONENT_TOKEN,
+        &[],
+        &json!({
+            "component_appid": component_appid,
+            "component_appsecret": c.secret.expose(),
+            "component_verify_ticket": ticket.expose(),
+        }),
+    )?;
+    fetched(&v, "component_access_token")
+}
+
+/// Fetch an authoriser access token with the stored refresh token, and store a rotated refresh
+/// token before the new access token is handed to the broker. A revoked authoriser is NotFound.
+pub fn fetch_authorizer_token(
+    broker: &Broker,
+    db: &Db,
+    component_appid: &str,
+    authorizer_appid: &str,
+) -> Result<Fetched, Error> {
+    let a = live_authorizer(db, component_appid, authorizer_appid)?;
+    // The broker retries -1 around this whole fetch, so this call does not retry it again.
+    let v = with_component_token(
+        broker,
+        db,
+        component_appid,
+        urls::AUTHORIZER_TOKEN,
+        &json!({
+            "component_appid": component_appid,
+            "authorizer_appid": authorizer_appid,
+            "authorizer_refresh_token": a.refresh_token.expose(),
+        }),
+        false,
+    )?;
+    if let Some(rotated) = v
+        .get("authorizer_refresh_token")
+        .and_then(Value::as_str)
+        .filter(|r| !r.is_empty() && *r != a.refresh_token.expose())
+    {
+        db.set_refresh_token(component_appid, authorizer_appid, rotated)?;
+    }
+    fetched(&v, "authorizer_access_token")
+}
+
+/// An authoriser of a registered component that has not revoked it: else `NotFound` (naming
+/// the component or the authoriser).
+pub fn live_authorizer(
+    db: &Db,
+    component_appid: &str,
+    authorizer_appid: &str,
+) -> Result<crate::store::Authorizer, Error> {
+    db.component(component_appid)?
+        .ok_or(Error::NotFound("component"))?;
+    db.authorizer(component_appid, authorizer_appid)?
+        .filter(|a| a.revoked_at.is_none())
+        .ok_or(Error::NotFound("authoriser"))
+}
+
+/// A component-token call: `POST path?component_access_token=…`, through
+/// [`Broker::with_token`] (a stale token refreshed once; -1 retried when `retry_busy`).
+pub fn with_component_token(
+    broker: &Broker,
+    db: &Db,
+    component_appid: &str,
+    endpoint: &str,
+    body: &Value,
+    retry_busy: bool,
+) -> Result<Value, Error> {
+    let key = Key::ComponentToken {
+        component_appid: component_appid.to_string(),
+    };
+    broker.with_token(db, &key, retry_busy, |wechat, token| {
+        wechat.post(
+            Host::Api,
+            endpoint,
+            &[("component_access_token", token)],
+            body,
+        )
+    })
 }
 
 #[cfg(test)]

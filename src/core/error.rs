@@ -128,3 +128,17 @@ impl From<getrandom::Error> for Error {
         Error::Internal(format!("random source: {e}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A call a worker may not make (`wechat`'s own test) is answered busy in every dialect.
+    #[test]
+    fn a_call_not_sent_is_busy() {
+        assert_eq!(
+            Error::from(UpstreamError::NotSent).to_string(),
+            "the upstream pool is full"
+        );
+    }
+}

@@ -389,7 +389,7 @@ mod tests {
         let app = |login_days, session_secs| App {
             id: 1,
             appid: "wx1".into(),
-            secret: crate::config::Secret::new("s"),
+            secret: crate::secret::Secret::new("s"),
             kind: "miniprogram".into(),
             title: String::new(),
             login_days,

@@ -2,7 +2,7 @@
 
 use super::sql::{args, Row};
 use super::{next_prev_aes_key, Db, Result};
-use crate::config::Secret;
+use crate::secret::Secret;
 
 #[derive(Debug, Clone)]
 pub struct App {

@@ -4,7 +4,7 @@
 
 use super::sql::{args, Row};
 use super::{next_prev_aes_key, Db, Result};
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// An Open Platform component as registered (`component add`, `[[component]]`).
 #[derive(Debug, Clone)]

@@ -3,7 +3,7 @@
 
 use super::sql::args;
 use super::{Db, Result};
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// A stored credential: value and expiry from one row.
 #[derive(Debug, Clone)]

@@ -23,8 +23,8 @@
 //! migration bookkeeping, the health probe, SQLite's pragmas and sealing's rowid scan) is under
 //! a `match` on the connection, in this file and `mysql.rs`.
 
-use crate::config::Secret;
 use crate::seal::{OpenError, Sealer};
+use crate::secret::Secret;
 use ::mysql::prelude::Queryable;
 use rusqlite::{params, Connection, TransactionBehavior};
 use sql::{args, Row, Sql};

@@ -4,7 +4,7 @@
 
 use super::sql::{args, Sql};
 use super::{Conn, Db, Result, SESSION_WRITES};
-use crate::config::Secret;
+use crate::secret::Secret;
 use std::time::{Duration, Instant};
 
 /// The longest one purge transaction holds the write lock (logins wait at most about this).
@@ -377,7 +377,7 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
+    use crate::secret::Secret;
     use crate::store::tests::{batch, count, db};
     use crate::store::AppUpsert;
 

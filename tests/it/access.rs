@@ -4,7 +4,7 @@
 use crate::cli::{wafer, Served};
 use crate::harness::{code, Env, APPID};
 use serde_json::{json, Value};
-use wafer::config::Secret;
+use wafer::secret::Secret;
 
 /// An envelope call sent with the given `Host` and headers; the parsed answer (always HTTP 200).
 fn wafer_as(env: &Env, host: &str, extra: &[(&str, &str)], name: &str, para: Value) -> Value {

@@ -5,7 +5,7 @@ use crate::access::run_to_exit;
 use crate::cli::{run, wafer};
 use crate::harness::{code, Env, APPID};
 use serde_json::{json, Value};
-use wafer::config::Secret;
+use wafer::secret::Secret;
 
 /// The stored credential rows of `APPID` (its token and tickets).
 fn app_credential_rows(env: &Env) -> i64 {

@@ -10,8 +10,9 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use wafer::config::{Config, Secret, WorkAgentDecl};
+use wafer::config::{Config, WorkAgentDecl};
 use wafer::crypto::{sha1_sorted, MsgCrypt};
+use wafer::secret::Secret;
 
 const MP_TOKEN: &str = "mp-callback-token";
 pub const MP_KEY: &str = "ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210zyxwvut";

@@ -4,7 +4,8 @@
 
 use crate::harness::*;
 use serde_json::{json, Value};
-use wafer::config::{ComponentDecl, Secret};
+use wafer::config::ComponentDecl;
+use wafer::secret::Secret;
 
 pub const COMPONENT: &str = "wxcomponent00001";
 pub const CTOKEN: &str = "component-token";

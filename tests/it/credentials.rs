@@ -516,7 +516,7 @@ fn cos_signatures() {
 
 #[test]
 fn the_api_key_guards_credential_interfaces() {
-    let env = Env::with(|c| c.server.api_key = wafer::config::Secret::new("k"));
+    let env = Env::with(|c| c.server.api_key = wafer::secret::Secret::new("k"));
     let r = env.wafer("qcloud.mimi.access_token", json!({"appid": APPID}));
     assert_eq!(code(&r), (60012, "AUTH_FAIL"));
     let body = json!({"interface": {"interfaceName": "qcloud.mimi.access_token", "para": {"appid": APPID}}});

@@ -549,7 +549,7 @@ fn metrics_labels_stay_bounded() {
 
 #[test]
 fn the_api_key_rule_of_v1() {
-    let env = Env::with(|c| c.server.api_key = wafer::config::Secret::new("k3y"));
+    let env = Env::with(|c| c.server.api_key = wafer::secret::Secret::new("k3y"));
     let path = format!("/v1/apps/{APPID}/wechat/cgi-bin/message/custom/send");
     assert_eq!(call(&env, "POST", &path, &[], b"{}").status, 401);
     assert_eq!(

@@ -68,7 +68,7 @@ impl Env {
         config.wechat.timeout_ms = 1500;
         config.apps = vec![app(APPID)];
         if let Some(db) = &mysql {
-            config.storage.url = wafer::config::Secret::new(db.url.clone());
+            config.storage.url = wafer::secret::Secret::new(db.url.clone());
         }
         let own_file = config.storage.path.clone();
         adjust(&mut config);
@@ -76,7 +76,7 @@ impl Env {
         let mysql = if config.storage.path == own_file {
             mysql
         } else {
-            config.storage.url = wafer::config::Secret::default();
+            config.storage.url = wafer::secret::Secret::default();
             None
         };
         let server = Some(wafer::http::start(config.clone(), false).unwrap());

@@ -323,7 +323,7 @@ fn an_import_into_a_shared_mysql_database_authenticates_there() {
     let url = target.url.clone();
     let env = Env::with(|c| {
         c.apps.clear();
-        c.storage.url = wafer::config::Secret::new(url);
+        c.storage.url = wafer::secret::Secret::new(url);
     });
     let o = &originals()[0];
     let r = env.wafer("qcloud.cam.auth", json!({"id": o.uuid, "skey": o.skey}));

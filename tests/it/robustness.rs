@@ -70,7 +70,7 @@ fn defined_error(family: Family, status: u16, body: &str) -> Result<(), String> 
 
 #[test]
 fn a_corpus_of_malformed_requests_gets_defined_errors() {
-    let env = Env::with(|c| c.server.api_key = wafer::config::Secret::new("corpus-key"));
+    let env = Env::with(|c| c.server.api_key = wafer::secret::Secret::new("corpus-key"));
     let addr = env.server.as_ref().unwrap().addr();
     let (id, skey, _) = env.login("corpus-user");
     let auth = "Bearer corpus-key";

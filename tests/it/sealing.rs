@@ -65,8 +65,9 @@ use crate::component::{authorizer_token, component_token, push_event, push_ticke
 use crate::component::{CKEY, COMPONENT, CTOKEN};
 use crate::harness::{code, APPID};
 use serde_json::json;
-use wafer::config::{ComponentDecl, Config, Secret};
+use wafer::config::{ComponentDecl, Config};
 use wafer::crypto::SealKey;
+use wafer::secret::Secret;
 
 const APP_SECRET: &str = "sealtest-app-secret-7f3a91";
 const APP_TOKEN: &str = "sealtestcallbacktoken";

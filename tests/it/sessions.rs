@@ -538,7 +538,7 @@ fn v1_sessions() {
 
 #[test]
 fn api_key_guards_v1_but_not_the_session_protocol() {
-    let env = Env::with(|c| c.server.api_key = wafer::config::Secret::new("k3y"));
+    let env = Env::with(|c| c.server.api_key = wafer::secret::Secret::new("k3y"));
     let body = json!({"appid": APPID, "code": "nina"});
     let (s, e) = env.v1("POST", "/v1/sessions", Some(body.clone()), None);
     assert_eq!((s, e["error"].as_str()), (401, Some("unauthorized")));

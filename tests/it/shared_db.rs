@@ -337,7 +337,7 @@ fn a_database_gone_at_run_time_fails_requests_quickly_and_is_recovered_from() {
     let relay = Relay::to(server.to_string());
     let url = format!("{head}@{}/{path}", relay.addr);
     let env = Env::with(|c| {
-        c.storage.url = wafer::config::Secret::new(url);
+        c.storage.url = wafer::secret::Secret::new(url);
     });
     let (id, skey, _) = env.login("through-the-relay");
     let check = || {
@@ -422,7 +422,7 @@ fn db_copy_moves_a_single_box_onto_mysql_and_back() {
     let url = target.url.clone();
     let shared = Env::with(|c| {
         c.apps.clear();
-        c.storage.url = wafer::config::Secret::new(url);
+        c.storage.url = wafer::secret::Secret::new(url);
     });
     let r = shared.wafer("qcloud.cam.auth", json!({"id": id, "skey": skey}));
     assert_eq!(r["returnCode"], 0, "{r}");
