@@ -15,10 +15,13 @@ const AUTHORIZER: &str = "wxauthorizer0001";
 /// A server with the test component, reachable (as far as the links it hands out say) at
 /// [`PUBLIC_URL`].
 pub fn component_env() -> Env {
-    Env::with(|c| {
-        c.server.public_url = PUBLIC_URL.into();
-        c.components = vec![component()];
-    })
+    Env::with(component_config)
+}
+
+/// The test component declared, with the public URL its pages need.
+pub fn component_config(c: &mut wafer::config::Config) {
+    c.server.public_url = PUBLIC_URL.into();
+    c.components = vec![component()];
 }
 
 /// The test component, as declared.
@@ -50,7 +53,13 @@ fn events_url(env: &Env) -> String {
 
 /// Push a fresh (or the given) verify ticket; returns the server's (status, body).
 pub fn push_ticket(env: &Env, ticket: Option<&str>) -> (i64, String) {
-    let mut body = json!({"url": events_url(env), "component_appid": COMPONENT, "token": CTOKEN, "aes_key": CKEY});
+    push_ticket_to(env, &events_url(env), ticket)
+}
+
+/// As [`push_ticket`], to the events URL `url` (another instance's).
+pub fn push_ticket_to(env: &Env, url: &str, ticket: Option<&str>) -> (i64, String) {
+    let mut body =
+        json!({"url": url, "component_appid": COMPONENT, "token": CTOKEN, "aes_key": CKEY});
     if let Some(t) = ticket {
         body["ticket"] = json!(t);
     }

@@ -596,3 +596,21 @@ fn ssl_mode_required_never_falls_back_to_plain_tcp() {
         assert!(out.is_empty() || out.contains("app"), "{out}");
     }
 }
+
+#[test]
+fn a_verify_ticket_pushed_to_one_instance_is_used_by_another() {
+    use crate::component::{push_ticket_to, COMPONENT};
+    let Some(c) = Cluster::start(crate::component::component_config) else {
+        return;
+    };
+    let events = format!("/wechat/component/{COMPONENT}/events");
+    assert_eq!(
+        push_ticket_to(&c.env, &c.url(1, &events), None),
+        (200, "success".into())
+    );
+    let url = c.url(2, &format!("/v1/components/{COMPONENT}/access_token"));
+    let (s, t) = c.env.request("GET", &url, &[], None);
+    assert_eq!(s, 200, "{t}");
+    assert_eq!(c.env.calls("/cgi-bin/component/api_component_token"), 1);
+    c.stop();
+}
