@@ -600,9 +600,11 @@ fn wrk(o: &Opts, addr: SocketAddr, conns: usize, sc: &Scenario) -> Figures {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| die(&format!("wrk: no {k} in {line:?}")))
     };
+    // wrk's count of requests includes the failed ones; the own driver's counts successes.
+    let errors = field("errors") as u64;
     Figures {
-        requests: field("requests") as u64,
-        errors: field("errors") as u64,
+        requests: (field("requests") as u64).saturating_sub(errors),
+        errors,
         secs: field("secs"),
         p50_ms: field("p50") / 1000.0,
         p99_ms: field("p99") / 1000.0,
