@@ -29,7 +29,7 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub api_key: Secret,
     /// How long one read or write on a client connection may make no progress, and how long a
-    /// whole request body may take (see `server::listen`).
+    /// whole request body may take (see `http::listen`).
     pub io_timeout_ms: u64,
     /// The external base URL (`https://wx.example.com`, no trailing slash) every URL wafer
     /// hands out is built from (a component's `redirect_uri`); empty = none. The `Host` header

@@ -50,7 +50,7 @@ impl log::Log for Logger {
     }
 }
 
-/// Install wafer's logger (at `info`). Called by the command line and by `server::start`; a
+/// Install wafer's logger (at `info`). Called by the command line and by `http::start`; a
 /// second call changes nothing.
 pub fn init() {
     if log::set_logger(&Logger).is_ok() {

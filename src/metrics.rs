@@ -27,7 +27,7 @@ struct Inner {
 #[derive(Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
-    /// Requests the upstream pool (`server::upstream`) was full for, answered busy by a worker
+    /// Requests the upstream pool (`http::upstream`) was full for, answered busy by a worker
     /// (exposed under the lane's old name, which dashboards know).
     upstream_full: AtomicU64,
 }

@@ -198,7 +198,7 @@ fn dispatch(
         return Err(INTERFACENAME_PARA_ERR);
     }
     // Refused as the envelope refuses everything, with HTTP 200: a missing key and a foreign
-    // `Host` alike are 60012 (`server::guard`).
+    // `Host` alike are 60012 (`api::guard`).
     if CREDENTIAL_INTERFACES.contains(&name) && super::guard(w, rq).is_err() {
         return Err(AUTH_FAIL);
     }

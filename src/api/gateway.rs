@@ -1,5 +1,5 @@
 //! The gateway's four routes (CONTRACT §9, `ANY /v1/…/wechat/{path}`), on the upstream pool and
-//! behind `server::guard` like every `/v1` route: parse the target from the path, hand the call
+//! behind `api::guard` like every `/v1` route: parse the target from the path, hand the call
 //! to `crate::core::gateway`, and render WeChat's answer as it came (status, `Content-Type`,
 //! `Content-Disposition`, body, and `Wafer-Retried: 1` after a renewal) or the gateway's own
 //! refusal in `/v1`'s error shape.

@@ -1,5 +1,5 @@
 //! The clean `/v1` JSON API (CONTRACT §5). Every route requires `Authorization: Bearer
-//! <server.api_key>` when a key is set, and a loopback `Host` when none is (`server::guard`). Errors are `{"error":CODE,"message":STR,"errcode"?}` with
+//! <server.api_key>` when a key is set, and a loopback `Host` when none is (`api::guard`). Errors are `{"error":CODE,"message":STR,"errcode"?}` with
 //! a 4xx/5xx status; internal detail goes to the log only.
 
 use super::json::{Json, Members};

@@ -1,9 +1,12 @@
 //! The HTTP server: the only module that touches tiny_http. One tiny_http server shared by N
 //! worker threads, each with its own SQLite connection, each looping on `recv`. A request is
-//! read once into an `Incoming` (body bounded by `server.max_body_bytes`), routed once by the
-//! route table (`routes`), and answered with a `Reply`, on the worker or, when it may wait on
-//! WeChat, on the upstream pool (`upstream`). A panic in a handler becomes a 500 and the thread
-//! goes on. Shutdown stops taking new work, finishes what is in hand, and joins.
+//! read once into an `api::Incoming` (body bounded by `server.max_body_bytes`), routed once by
+//! the route table (`routes`), and answered with an `api::Reply`, on the worker or, when it may
+//! wait on WeChat, on the upstream pool (`upstream`). A panic in a handler becomes a 500 and the
+//! thread goes on. Shutdown stops taking new work, finishes what is in hand, and joins.
+//!
+//! It must not know any dialect's fields or hold domain logic: the handlers in `api` parse and
+//! render, `core` decides. Nothing but `cli` (and tests) uses it.
 
 mod listen;
 mod purge;
@@ -73,8 +76,10 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
     config.check_listen_needs_key().map_err(|e| e.to_string())?;
     let target = Target::from_config(&config.storage)?;
     let sealer = crate::seal::Sealer::from_config(&config.storage)?;
-    let db =
-        Db::open_with(&target, sealer.clone()).map_err(|e| format!("database {target}: {e}"))?;
+    // Every connection this process opens: the start-up one, the background threads', the workers'.
+    let open =
+        || Db::open_with(&target, sealer.clone()).map_err(|e| format!("database {target}: {e}"));
+    let db = open()?;
     if let Some(s) = &sealer {
         let n = db
             .seal_existing()
@@ -136,14 +141,12 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         gateway,
     });
     let stop = Arc::new(AtomicBool::new(false));
-    let refresher_db =
-        Db::open_with(&target, sealer.clone()).map_err(|e| format!("database {target}: {e}"))?;
+    let refresher_db = open()?;
     let refresher = crate::core::credential::spawn_refresher(broker, refresher_db, stop.clone())
         .map_err(|e| format!("spawning the refresher: {e}"))?;
     // Changes to the accounts made by another process (the CLI): the broker reloads what it
     // holds, and the known apps are read again.
-    let watch_db =
-        Db::open_with(&target, sealer.clone()).map_err(|e| format!("database {target}: {e}"))?;
+    let watch_db = open()?;
     let watching = shared.clone();
     let watch = crate::core::accounts::spawn_watch(
         watch_db,
@@ -152,8 +155,7 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         move || watching.known_apps.clear(),
     )
     .map_err(|e| format!("spawning the accounts watch: {e}"))?;
-    let purger_db =
-        Db::open_with(&target, sealer.clone()).map_err(|e| format!("database {target}: {e}"))?;
+    let purger_db = open()?;
     let purger = purge::spawn(purger_db, stop.clone(), purge::PURGE_EVERY)
         .map_err(|e| format!("spawning the purger: {e}"))?;
     let upstream_bound = (workers_n * upstream::IN_FLIGHT_PER_WORKER).min(upstream::MAX_IN_FLIGHT);
@@ -177,8 +179,7 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
     );
     let mut workers = Vec::with_capacity(workers_n);
     for i in 0..workers_n {
-        let mut db = Db::open_with(&target, sealer.clone())
-            .map_err(|e| format!("database {target}: {e}"))?;
+        let mut db = open()?;
         let _ = db.no_autocheckpoint(); // the refresher thread checkpoints
         db.wait_for_writes(WORKER_WRITE_WAIT)
             .map_err(|e| format!("database {target}: {e}"))?;

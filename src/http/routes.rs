@@ -2,8 +2,8 @@
 //! pattern it answers, its metrics label, its dialect (which words it answers errors, a wrong
 //! method and "busy" in), which pool answers it, and its handler.
 //!
-//! Two pools (`server::serve`): the workers answer from memory and the database only, never
-//! waiting on WeChat or a `forward_url`; the upstream pool (`server::upstream`) answers what may
+//! Two pools (`http::serve`): the workers answer from memory and the database only, never
+//! waiting on WeChat or a `forward_url`; the upstream pool (`http::upstream`) answers what may
 //! wait on them. A [`Pool::Upstream`] row (a login, a callback) goes there straight from the
 //! worker that read it. A [`Pool::Workers`] row whose handler finds it must wait (a credential
 //! not usable from memory, an envelope that turns out to be a login) answers
@@ -15,7 +15,7 @@
 //! or more segments whatever they hold (the gateway's `{path}`, which its handler checks). The session check rows come first: they are the hot
 //! path.
 
-use crate::api::envelope as wafer;
+use crate::api::envelope;
 use crate::api::{callbacks, dev, gateway, mina, v1};
 use crate::api::{Incoming, Method, Outcome, Params, Reply, Wait, Worker};
 use crate::core::error::Error;
@@ -38,7 +38,7 @@ pub enum Dialect {
     Envelope,
     /// `/mina/*` (CONTRACT §4): always HTTP 200, busy is `WEIXIN_NET_ERR`.
     Mina,
-    /// `/v1` (CONTRACT §5), behind `server::guard`: busy is 503 `busy` with `Retry-After: 1`;
+    /// `/v1` (CONTRACT §5), behind `api::guard`: busy is 503 `busy` with `Retry-After: 1`;
     /// another method is 404, like an unknown route.
     V1,
     /// `/wechat/*` (CONTRACT §6): busy is 503 `busy` (WeChat sends it again).
@@ -53,7 +53,7 @@ impl Dialect {
     /// The answer when the upstream pool has no room for a request that would wait.
     pub fn busy(self) -> Reply {
         match self {
-            Dialect::Envelope => wafer::render_error(Error::Busy),
+            Dialect::Envelope => envelope::render_error(Error::Busy),
             Dialect::Mina => mina::fail_from(Error::Busy),
             Dialect::V1 | Dialect::Callback | Dialect::Plain | Dialect::Dev => v1::busy(),
         }
@@ -62,7 +62,7 @@ impl Dialect {
     /// A handler's error in this dialect's words.
     pub fn error(self, e: Error) -> Reply {
         match self {
-            Dialect::Envelope => wafer::render_error(e),
+            Dialect::Envelope => envelope::render_error(e),
             Dialect::Mina => mina::fail_from(e),
             Dialect::V1 | Dialect::Callback | Dialect::Plain | Dialect::Dev => v1::error_reply(e),
         }
@@ -152,7 +152,7 @@ pub static ROUTES: &[Route] = &[
         "/mina_auth/",
         Envelope,
         Workers,
-        MayWait(wafer::handle),
+        MayWait(envelope::handle),
     ),
     row(
         POST,
@@ -175,12 +175,12 @@ pub static ROUTES: &[Route] = &[
             "/mina_auth",
             Envelope,
             Workers,
-            MayWait(wafer::handle),
+            MayWait(envelope::handle),
         )
     },
     Route {
         label: "/mina_auth/",
-        ..row(POST, "/", Envelope, Workers, MayWait(wafer::handle))
+        ..row(POST, "/", Envelope, Workers, MayWait(envelope::handle))
     },
     row(
         POST,
@@ -211,7 +211,7 @@ pub static ROUTES: &[Route] = &[
     },
     row(GET, "/healthz", Plain, Workers, Replies(super::healthz)),
     row(GET, "/metrics", Plain, Workers, Replies(super::metrics)),
-    // /v1 (every one behind `server::guard`)
+    // /v1 (every one behind `api::guard`)
     row(
         POST,
         "/v1/sessions",

@@ -4,7 +4,7 @@
 //!
 //! A worker hands a request over ([`Upstream::submit`]) when its route's pool is
 //! `routes::Pool::Upstream`, or when its handler answered `Outcome::NeedsUpstream`. Here the
-//! route's handler runs with waiting allowed (`server::answer_upstream`), the request is not
+//! route's handler runs with waiting allowed (`http::answer_upstream`), the request is not
 //! routed again.
 //!
 //! The pool grows with demand: a request finds an idle thread, or a new one is started for it,
@@ -14,7 +14,7 @@
 //! dialect: 1005 in the envelope, 503 `busy` with `Retry-After: 1` on `/v1` and for callbacks,
 //! `WEIXIN_NET_ERR` on `/mina`), counted in `wafer_lane_full_total`. Nothing queues behind a
 //! busy thread: what is admitted starts at once. The pool knows nothing of requests: it runs
-//! what `server::start` tells it to with each job.
+//! what `http::start` tells it to with each job.
 //!
 //! Database connections are not per thread: a request checks one out of [`Connections`] (an
 //! idle one, or a new one opened for it) for as long as its handler runs, and gives it back; as
@@ -109,7 +109,7 @@ struct Inner<J> {
     run: Box<dyn Fn(J) + Send + Sync>,
 }
 
-/// A handle on the upstream pool (workers hold clones; `server::Handle` closes it).
+/// A handle on the upstream pool (workers hold clones; `http::Handle` closes it).
 pub struct Upstream<J> {
     inner: Arc<Inner<J>>,
 }

@@ -111,12 +111,12 @@ pub struct Code2Session {
     pub unionid: Option<String>,
 }
 
-/// Server workers are the threads named with this prefix (`server::start` names them so): they
+/// Server workers are the threads named with this prefix (`http::start` names them so): they
 /// answer from memory and the database only, and never wait on an upstream.
 pub const WORKER_THREAD_PREFIX: &str = "worker-";
 
 /// May this thread wait on an upstream? Not a server worker ([`WORKER_THREAD_PREFIX`]): a handler
-/// there that needs WeChat answers `server::Outcome::NeedsUpstream` before it gets here. This is
+/// there that needs WeChat answers `api::Outcome::NeedsUpstream` before it gets here. This is
 /// the check that holds if one forgot.
 pub fn may_wait_here() -> bool {
     !std::thread::current()
