@@ -9,7 +9,16 @@ use super::{Db, Result};
 impl Db {
     /// Claim (or renew, for its owner) the lease `name` for `secs` seconds of the database's
     /// clock. True when `owner` holds it now; false while another owner's claim lasts.
+    /// Under a crowd of claims MySQL may pick one as a deadlock's victim: that claim simply
+    /// did not win (its caller tries again).
     pub fn claim_lease(&self, name: &str, owner: &str, secs: i64) -> Result<bool> {
+        match self.try_claim_lease(name, owner, secs) {
+            Err(e) if e.deadlock => Ok(false),
+            claimed => claimed,
+        }
+    }
+
+    fn try_claim_lease(&self, name: &str, owner: &str, secs: i64) -> Result<bool> {
         self.run(|c| {
             Ok(c.exec(
                 "INSERT OR IGNORE INTO leases (name, owner, expires_at)
