@@ -2,7 +2,8 @@
 //! path in every `.rs` file under `src/` may name only its own top-level module or one of a
 //! lower rank, and inside `core` only a file of a lower rank. A new top-level module, or a file
 //! in `core`, must be placed in the table below first. Also: only `http` names tiny_http, only
-//! `wechat` ureq, only `store` (and the import of an original Wafer) rusqlite and mysql.
+//! `wechat` ureq, only `store` (and the import of an original Wafer) rusqlite and mysql; and a
+//! handler in `api` calls no `Db` method (it hands its connection to `core`).
 //!
 //! A failure names the offending file and line.
 
@@ -226,6 +227,16 @@ fn check(rel: &Path, text: &str) -> Vec<String> {
         }
     }
     let code = code_only(text);
+    if shown.starts_with("src/api/") {
+        for (n, l) in code.lines().enumerate() {
+            if l.contains(".db.") {
+                wrong.push(format!(
+                    "{shown}:{}: a handler calls a `Db` method (it hands `w.db` to `core`)",
+                    n + 1
+                ));
+            }
+        }
+    }
     for (krate, allowed) in CONFINED {
         if allowed.iter().any(|a| shown.starts_with(a)) {
             continue;
@@ -320,6 +331,11 @@ fn the_checker_catches_what_it_must() {
             &["src/core/session.rs:2: names `rusqlite::`"],
         ),
         ("src/gadget.rs", "", &["not in the layer table"]),
+        (
+            "src/api/mina.rs",
+            "fn f(w: &Worker) {\n    core::session::check(&w.db, 1);\n    w.db.app(\"x\");\n}\n",
+            &["src/api/mina.rs:3: a handler calls a `Db` method"],
+        ),
     ];
     for (file, text, expected) in cases {
         let got = check(Path::new(file), text);
