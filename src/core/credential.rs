@@ -232,6 +232,32 @@ struct Entry {
     done: Condvar,
 }
 
+/// A refresh under way (`refreshing` set), until [`Broker::refresh_holding`] publishes its
+/// outcome. Dropped unpublished, because something in the fetch panicked (the upstream pool
+/// catches panics and goes on), it clears `refreshing` and wakes the waiters with an error:
+/// else they, and every later caller of the key, would wait on a fetch that never ends.
+struct Pending<'e> {
+    entry: &'e Entry,
+    /// Set in the same critical section that clears `refreshing`: once it is clear, another
+    /// caller may start the next refresh, which this must not touch.
+    finished: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let mut st = lock(&self.entry.state);
+        st.refreshing = false;
+        st.generation += 1;
+        st.refresh_at = ids::now() + 5;
+        st.last_error = Some(Error::Internal("the refresh failed unexpectedly".into()));
+        drop(st);
+        self.entry.done.notify_all();
+    }
+}
+
 impl State {
     /// Served to callers only with some validity left: a tenth of its life, between 1 and 30 s
     /// (expiry is kept in whole seconds, so less than a second could already be past).
@@ -385,7 +411,7 @@ impl Broker {
         }
         st.refreshing = true;
         drop(st);
-        self.refresh_holding(db, key, &entry, force, now)
+        self.refresh_holding(key, &entry, now, || self.fetch_for(db, key, &entry, force))
     }
 
     fn wait_for(
@@ -418,16 +444,9 @@ impl Broker {
         })
     }
 
-    /// The caller has set `refreshing`; fetch, store, publish, wake the waiters.
-    fn refresh_holding(
-        &self,
-        db: &Db,
-        key: &Key,
-        entry: &Entry,
-        force: bool,
-        now: i64,
-    ) -> Result<Credential, Error> {
-        let outcome = if db.is_mysql() {
+    /// The upstream fetch of a refresh: on a shared database through the key's lease.
+    fn fetch_for(&self, db: &Db, key: &Key, entry: &Entry, force: bool) -> Result<Fetched, Error> {
+        if db.is_mysql() {
             let known = {
                 let mut st = lock(&entry.state);
                 let superseded = st.superseded.take();
@@ -436,9 +455,26 @@ impl Broker {
             self.fetch_shared(db, key, force, known)
         } else {
             self.fetch_and_store(db, key, force)
+        }
+    }
+
+    /// The caller has set `refreshing`; fetch (`fetch`: [`Broker::fetch_for`]), publish, wake
+    /// the waiters.
+    fn refresh_holding(
+        &self,
+        key: &Key,
+        entry: &Entry,
+        now: i64,
+        fetch: impl FnOnce() -> Result<Fetched, Error>,
+    ) -> Result<Credential, Error> {
+        let mut pending = Pending {
+            entry,
+            finished: false,
         };
+        let outcome = fetch();
         let mut st = lock(&entry.state);
         st.refreshing = false;
+        pending.finished = true;
         st.generation += 1;
         let result = match outcome {
             Ok(f) => {
@@ -788,7 +824,7 @@ impl Broker {
         // The value is known bad: forget it, so a failed refresh does not serve it again.
         st.superseded = st.value.take();
         drop(st);
-        self.refresh_holding(db, key, &entry, true, now)
+        self.refresh_holding(key, &entry, now, || self.fetch_for(db, key, &entry, true))
     }
 
     /// Forget every credential whose key starts with `prefix` (a revoked authoriser, an
@@ -879,7 +915,8 @@ impl Broker {
             }
             st.refreshing = true;
             drop(st);
-            if self.refresh_holding(db, &key, &entry, false, now).is_ok() {
+            let fetch = || self.fetch_for(db, &key, &entry, false);
+            if self.refresh_holding(&key, &entry, now, fetch).is_ok() {
                 renewed += 1;
             }
         }
@@ -1126,6 +1163,60 @@ mod tests {
         ] {
             assert_eq!(Key::parse(junk), None, "{junk}");
         }
+    }
+
+    #[test]
+    fn a_refresh_that_panics_leaves_the_key_to_the_next_caller() {
+        // A fetch that panics (the upstream pool catches it and goes on) must not leave the
+        // key marked as being fetched: its waiters would wait out the whole wait limit and
+        // every later caller with them, for as long as the process lives.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.db");
+        let cfg = crate::config::WeChatConfig {
+            api_base: "http://127.0.0.1:9".into(),
+            work_api_base: "http://127.0.0.1:9".into(),
+            timeout_ms: 200,
+            ..Default::default()
+        };
+        let broker = Arc::new(Broker::new(
+            Arc::new(WeChat::new(&cfg)),
+            Arc::new(Metrics::default()),
+            &cfg,
+        ));
+        // No such app: a caller that fetches gets `NoApp` at once, without calling WeChat.
+        let key = Key::AppToken {
+            appid: "wxnosuchapp".into(),
+        };
+        let entry = broker.entry(&key);
+        lock(&entry.state).refreshing = true;
+        let waiter = {
+            let (broker, key, path) = (broker.clone(), key.clone(), path.clone());
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let got = broker.get(&Db::open(&path).unwrap(), &key, false);
+                (got.err(), started.elapsed())
+            })
+        };
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            broker.refresh_holding(&key, &entry, ids::now(), || {
+                std::thread::sleep(Duration::from_millis(300));
+                panic!("a fetch that panics");
+            })
+        }));
+        assert!(panicked.is_err());
+        let (err, waited) = waiter.join().unwrap();
+        assert!(
+            waited < Duration::from_secs(2),
+            "a caller waiting on the refresh waited {waited:?} ({err:?})"
+        );
+        let started = Instant::now();
+        let got = broker.get(&Db::open(&path).unwrap(), &key, false);
+        assert!(
+            matches!(got, Err(Error::NoApp)),
+            "the next caller got {:?} after {:?}",
+            got.err(),
+            started.elapsed()
+        );
     }
 
     #[test]
