@@ -41,6 +41,7 @@ const CORE: &[(&str, u8)] = &[
     ("error", 0),
     ("cos", 1),
     ("push", 1),
+    ("probe", 1),
     ("credential", 1),
     ("accounts", 2),
     ("session", 2),

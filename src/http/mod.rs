@@ -14,15 +14,14 @@ mod routes;
 mod upstream;
 
 use crate::api::{
-    bearer_ok, guard, unauthorized, v1, Headers, Incoming, Method, Outcome, Params, Reply, Shared,
-    Wait, Worker, KNOWN_APP_TTL,
+    guard, v1, Headers, Incoming, Method, Outcome, Params, Reply, Shared, Wait, Worker,
+    KNOWN_APP_TTL,
 };
 use crate::config::Config;
 use crate::core::credential::Broker;
 use crate::metrics::Metrics;
 use crate::store::{Db, Target};
 use crate::wechat::WeChat;
-use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -463,35 +462,7 @@ fn read_body(rq: &mut tiny_http::Request) -> Vec<u8> {
     body
 }
 
-/// How long `/healthz` waits to write: for this process's other writers and SQLite's write lock
-/// together (CONTRACT §8: it answers within a second either way, even queued behind a write on
-/// another worker: [`WORKER_WRITE_WAIT`]).
-const HEALTH_WRITE_BOUND: Duration = Duration::from_millis(300);
-
 /// How long a write on a worker (a revocation, user data, an agent's secret) waits for its turn
 /// and SQLite's lock together before it fails: a worker never waits the whole busy timeout
 /// (`store::BUSY_TIMEOUT`, which logins on the upstream pool get) while checks queue behind it.
 const WORKER_WRITE_WAIT: Duration = Duration::from_millis(500);
-
-/// 200 when the database answers a read and a committed write (within [`HEALTH_WRITE_BOUND`]),
-/// else 503 with the reason (`store::Db::health`).
-fn healthz(w: &mut Worker, _: &Incoming) -> Reply {
-    match w.db.health(HEALTH_WRITE_BOUND) {
-        Ok(()) => Reply::json(200, &json!({"status": "ok"})),
-        Err(reason) => Reply::json(503, &json!({"status": "degraded", "reason": reason})),
-    }
-}
-
-/// Prometheus text; behind the api key when one is set (Prometheus sends it as a bearer token).
-fn metrics(w: &mut Worker, rq: &Incoming) -> Reply {
-    let key = &w.shared.config.server.api_key;
-    if !key.is_empty() && !bearer_ok(key, rq) {
-        return unauthorized();
-    }
-    let live = w.db.count_live_sessions(crate::ids::now()).ok();
-    Reply::text(
-        200,
-        "text/plain; version=0.0.4",
-        w.shared.metrics.render(live),
-    )
-}

@@ -16,7 +16,7 @@
 //! path.
 
 use crate::api::envelope;
-use crate::api::{callbacks, dev, gateway, mina, v1};
+use crate::api::{callbacks, dev, gateway, mina, ops, v1};
 use crate::api::{Incoming, Method, Outcome, Params, Reply, Wait, Worker};
 use crate::core::error::Error;
 
@@ -209,8 +209,8 @@ pub static ROUTES: &[Route] = &[
             Replies(mina::auth),
         )
     },
-    row(GET, "/healthz", Plain, Workers, Replies(super::healthz)),
-    row(GET, "/metrics", Plain, Workers, Replies(super::metrics)),
+    row(GET, "/healthz", Plain, Workers, Replies(ops::healthz)),
+    row(GET, "/metrics", Plain, Workers, Replies(ops::metrics)),
     // /v1 (every one behind `api::guard`)
     row(
         POST,
