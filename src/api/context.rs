@@ -27,6 +27,8 @@ pub struct Shared {
     pub sealer: Option<Arc<crate::seal::Sealer>>,
     /// The WeChat API gateway: its limits and the bodies in flight.
     pub gateway: crate::core::gateway::Gateway,
+    /// `/healthz`'s last committed write: at most one a second for all the workers.
+    pub health: crate::store::HealthProbe,
 }
 
 /// How long the credential routes trust that an app exists before reading it again: an app

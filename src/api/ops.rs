@@ -5,10 +5,10 @@ use super::{bearer_ok, unauthorized, Incoming, Reply, Worker};
 use crate::core::probe;
 use serde_json::json;
 
-/// 200 when the database answers a read and a committed write (`core::probe::health`), else
-/// 503 with the reason.
+/// 200 when the database answers a read and a write (`core::probe::health`; the committed
+/// write rationed to one a second for the server), else 503 with the reason.
 pub fn healthz(w: &mut Worker, _: &Incoming) -> Reply {
-    match probe::health(&w.db) {
+    match probe::health(&w.db, &w.shared.health) {
         Ok(()) => Reply::json(200, &json!({"status": "ok"})),
         Err(reason) => Reply::json(503, &json!({"status": "degraded", "reason": reason})),
     }

@@ -1,8 +1,8 @@
 //! What the operator's routes (`/healthz`, `/metrics`) ask of the database: whether it answers a
 //! read and a committed write within a bound (`health`), and how many sessions are live
-//! (`live_sessions`). It must not write anything but the health probe's one page.
+//! (`live_sessions`). It must not write anything but the health probe's one page (at most once a second).
 
-use crate::store::Db;
+use crate::store::{Db, HealthProbe};
 use std::time::Duration;
 
 /// How long `/healthz` waits to write: for this process's other writers and SQLite's write lock
@@ -10,10 +10,11 @@ use std::time::Duration;
 /// another worker: `http`'s `WORKER_WRITE_WAIT`).
 const HEALTH_WRITE_BOUND: Duration = Duration::from_millis(300);
 
-/// `Ok` when the database answers a read and a committed write (within
-/// [`HEALTH_WRITE_BOUND`]), else the reason (`store::Db::health`).
-pub fn health(db: &Db) -> Result<(), String> {
-    db.health(HEALTH_WRITE_BOUND)
+/// `Ok` when the database answers a read and a write (within [`HEALTH_WRITE_BOUND`]), else the
+/// reason (`store::Db::health`: the write lock taken every call, a committed write at most once
+/// a second for all the callers sharing `probe`, the server's `Shared::health`).
+pub fn health(db: &Db, probe: &HealthProbe) -> Result<(), String> {
+    db.health(HEALTH_WRITE_BOUND, probe)
 }
 
 /// The sessions live at `now`, or `None` when the database does not answer.

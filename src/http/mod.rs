@@ -138,6 +138,7 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         db: target.clone(),
         sealer: sealer.clone(),
         gateway,
+        health: crate::store::HealthProbe::default(),
     });
     let stop = Arc::new(AtomicBool::new(false));
     let refresher_db = open()?;

@@ -354,6 +354,37 @@ impl Drop for TurnGuard {
     }
 }
 
+/// The least time between two of `/healthz`'s committed writes ([`Db::health`]).
+pub const HEALTH_WRITE_EVERY: Duration = Duration::from_secs(1);
+
+/// The outcome of `/healthz`'s last committed write and when it was made, shared by one
+/// server's connections, so that a flood of `/healthz` commits at most one write per
+/// [`HEALTH_WRITE_EVERY`].
+#[derive(Default)]
+pub struct HealthProbe(Mutex<Option<(Instant, Health)>>);
+
+/// What `/healthz` finds: `Err` says what failed, in words for an operator.
+type Health = std::result::Result<(), String>;
+
+impl HealthProbe {
+    /// `write`'s outcome, or the last one when it was made within [`HEALTH_WRITE_EVERY`]. The
+    /// caller that finds it older makes the next write; callers meanwhile answer the last
+    /// outcome rather than write too, or wait (only the very first calls all write).
+    fn write(&self, write: impl FnOnce() -> Health) -> Health {
+        {
+            let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            match &mut *last {
+                Some((at, outcome)) if at.elapsed() < HEALTH_WRITE_EVERY => return outcome.clone(),
+                Some((at, _)) => *at = Instant::now(),
+                None => {}
+            }
+        }
+        let outcome = write();
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), outcome.clone()));
+        outcome
+    }
+}
+
 /// `SQLITE_BUSY` with a note: what a write that ran out of time answers, whether it waited in
 /// this process's turn or in SQLite.
 fn busy(note: &str) -> Error {
@@ -873,12 +904,19 @@ impl Db {
         Ok(written)
     }
 
-    /// What `/healthz` asks: a read of a table, then a committed write, the write within `bound`
-    /// (its turn and SQLite's lock together; on MySQL, getting a connection). On SQLite the
-    /// write sets the header's `user_version` to the value it has, inside a write transaction:
-    /// one page really committed, with no table of its own; on MySQL it rewrites the `meta`
-    /// row `schema_version`. `Err` says which failed and why, in words for an operator.
-    pub fn health(&self, bound: Duration) -> std::result::Result<(), String> {
+    /// What `/healthz` asks: a read of a table, then a write, the write within `bound` (its
+    /// turn and SQLite's lock together; on MySQL, getting a connection). `Err` says which failed
+    /// and why, in words for an operator.
+    ///
+    /// Anyone may ask (`/healthz` needs no key), so the committed write is rationed: at most one
+    /// per [`HEALTH_WRITE_EVERY`] for all the connections sharing `probe` (one server's); calls
+    /// in between answer that write's outcome. On SQLite every call still takes the write lock
+    /// (`BEGIN IMMEDIATE`, then a rollback: nothing written, no WAL frame), so a writer that
+    /// holds the lock is seen at once, and a disk that fills up or a file made read-only within
+    /// a second. The committed write sets the header's `user_version` to the value it has: one
+    /// page really committed, with no table of its own; on MySQL it rewrites the `meta` row
+    /// `schema_version`.
+    pub fn health(&self, bound: Duration, probe: &HealthProbe) -> Health {
         let conn = match &self.conn {
             Conn::Lite(c) => c,
             Conn::My(s) => {
@@ -892,24 +930,20 @@ impl Db {
                     |r| r.get::<i64>(0),
                 )
                 .map_err(|e| format!("database cannot read: {e}"))?;
-                sql.exec(
-                    "UPDATE meta SET value = value WHERE name = 'schema_version'",
-                    &[],
-                )
-                .map_err(|e| format!("database cannot write: {e}"))?;
-                return Ok(());
+                return probe.write(|| {
+                    sql.exec(
+                        "UPDATE meta SET value = value WHERE name = 'schema_version'",
+                        &[],
+                    )
+                    .map(drop)
+                    .map_err(|e| format!("database cannot write: {e}"))
+                });
             }
         };
         conn.prepare_cached("SELECT count(*) FROM (SELECT 1 FROM apps LIMIT 1)")
             .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
             .map_err(|e| format!("database cannot read: {e}"))?;
-        self.session_write(bound, || {
-            let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
-            let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
-            tx.pragma_update(None, "user_version", version)?;
-            Ok(tx.commit()?)
-        })
-        .map_err(|e| {
+        let cannot_write = |e: Error| {
             let why = match e.sqlite {
                 _ if e.busy => {
                     format!("locked by another writer for over {} ms", bound.as_millis())
@@ -919,7 +953,22 @@ impl Db {
                 _ => e.to_string(),
             };
             format!("database cannot write: {why}")
-        })
+        };
+        let write = |commit: bool| {
+            self.session_write(bound, || {
+                let tx =
+                    rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+                if !commit {
+                    return Ok(tx.rollback()?);
+                }
+                let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+                tx.pragma_update(None, "user_version", version)?;
+                Ok(tx.commit()?)
+            })
+            .map_err(cannot_write)
+        };
+        write(false)?;
+        probe.write(|| write(true))
     }
 
     pub fn integrity_check(&self) -> Result<String> {
@@ -978,8 +1027,9 @@ pub(crate) mod tests {
         assert!(started.elapsed() < Duration::from_secs(2));
         // It reads; it cannot write, and says so within its bound.
         let started = std::time::Instant::now();
+        let probe = HealthProbe::default();
         assert_eq!(
-            db.health(Duration::from_millis(200)),
+            db.health(Duration::from_millis(200), &probe),
             Err("database cannot write: locked by another writer for over 200 ms".into())
         );
         assert!(started.elapsed() < Duration::from_secs(1));
@@ -990,7 +1040,7 @@ pub(crate) mod tests {
                 .unwrap()
         };
         let before = version(&writer);
-        db.health(Duration::from_millis(200)).unwrap();
+        db.health(Duration::from_millis(200), &probe).unwrap();
         assert_ne!(version(&writer), before);
     }
 

@@ -288,3 +288,36 @@ fn another_process_holding_the_write_lock_stalls_nothing_but_writes() {
         .unwrap();
     assert!(last_visit >= wafer::ids::now() - 5);
 }
+
+#[test]
+fn a_flood_of_healthz_commits_at_most_one_write_a_second() {
+    sqlite_only!("counts commits with SQLite's data_version");
+    // `/healthz` needs no key: each call that commits a write is a write transaction (and WAL
+    // growth) anyone can ask for. After each of 200 calls, another connection's
+    // `PRAGMA data_version` says whether anything was committed during that call.
+    let env = Env::new();
+    let client = agent();
+    let addr = env.server.as_ref().unwrap().addr().to_string();
+    let outside = env.sql();
+    let version = || -> i64 {
+        outside
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .unwrap()
+    };
+    let started = Instant::now();
+    let mut last = version();
+    let mut committed = 0;
+    for _ in 0..200 {
+        let (s, v, _) = healthz(&client, &addr);
+        assert_eq!((s, v), (200, json!({"status": "ok"})));
+        let now = version();
+        committed += usize::from(now != last);
+        last = now;
+    }
+    let took = started.elapsed();
+    eprintln!("overload: 200 /healthz in {took:?} committed during {committed} calls");
+    assert!(
+        committed as u64 <= took.as_secs() + 2,
+        "200 /healthz in {took:?} committed during {committed} calls"
+    );
+}
