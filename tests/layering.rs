@@ -322,9 +322,9 @@ fn the_checker_catches_what_it_must() {
             &["src/core/credential.rs:3: core::credential"],
         ),
         (
-            "src/api/gateway.rs",
+            "src/api/gateway_routes.rs",
             "use super::super::http::Reply;\n",
-            &["src/api/gateway.rs:1:"],
+            &["src/api/gateway_routes.rs:1:"],
         ),
         (
             "src/core/session.rs",

@@ -16,7 +16,7 @@
 //! path.
 
 use crate::api::envelope;
-use crate::api::{callbacks, dev, gateway, mina, ops, v1};
+use crate::api::{callbacks, dev, gateway_routes, mina, ops, v1};
 use crate::api::{Incoming, Method, Outcome, Params, Reply, Wait, Worker};
 use crate::core::error::Error;
 
@@ -331,28 +331,28 @@ pub static ROUTES: &[Route] = &[
         "/v1/apps/{appid}/wechat/{*path}",
         V1,
         Upstream,
-        Replies(gateway::call),
+        Replies(gateway_routes::call),
     ),
     row(
         ANY,
         "/v1/work/{corpid}/{agentid}/wechat/{*path}",
         V1,
         Upstream,
-        Replies(gateway::call),
+        Replies(gateway_routes::call),
     ),
     row(
         ANY,
         "/v1/components/{appid}/authorizers/{authorizer}/wechat/{*path}",
         V1,
         Upstream,
-        Replies(gateway::call),
+        Replies(gateway_routes::call),
     ),
     row(
         ANY,
         "/v1/components/{appid}/wechat/{*path}",
         V1,
         Upstream,
-        Replies(gateway::call),
+        Replies(gateway_routes::call),
     ),
     // WeChat's callbacks (signed by WeChat; they may wait on a forward_url or WeChat)
     row(
