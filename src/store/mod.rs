@@ -20,13 +20,14 @@
 //! Two backends sit behind that seam (CONTRACT §10): a `Db` holds a SQLite connection or a
 //! handle on the process's MySQL pool (`mysql.rs`). The queries are written once, in `sql.rs`'s
 //! terms ([`sql::Sql`], [`sql::Row`], `args!`); what the dialects cannot share (the schema,
-//! migration bookkeeping, the health probe, SQLite's pragmas and sealing's rowid scan) is under
-//! a `match` on the connection, in this file and `mysql.rs`.
+//! migration bookkeeping, the health probe, SQLite's pragmas, what sealing does around its
+//! pass: the named lock, the files' clean-up) is under a `match` on the connection, in this
+//! file and `mysql.rs`.
 
 use crate::seal::{OpenError, Sealer};
 use crate::secret::Secret;
 use ::mysql::prelude::Queryable;
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{Connection, TransactionBehavior};
 use sql::{args, Row, Sql};
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -229,6 +230,23 @@ pub const SEALED: &[&str] = &[
 
 /// Rows re-sealed per write transaction by [`Db::seal_existing`].
 const SEAL_BATCH: usize = 256;
+
+/// The primary key of each table with a column in [`SEALED`], by which the sealing pass pages
+/// the same way on both backends (`true`: an integer column).
+const SEALED_KEYS: &[(&str, &[(&str, bool)])] = &[
+    ("apps", &[("id", true)]),
+    ("users", &[("id", false)]),
+    ("credentials", &[("`key`", false)]),
+    ("work_agents", &[("corpid", false), ("agentid", false)]),
+    ("components", &[("appid", false)]),
+    (
+        "authorizers",
+        &[("component_appid", false), ("authorizer_appid", false)],
+    ),
+];
+
+/// The MySQL named lock a sealing pass holds ([`Db::seal_existing`]).
+const SEAL_LOCK: &str = "wafer_seal";
 
 pub struct Db {
     conn: Conn,
@@ -445,6 +463,58 @@ fn owner_only(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A `meta` value on connection `c`.
+fn meta_on(c: &Sql, name: &str) -> Result<Option<String>> {
+    c.row("SELECT value FROM meta WHERE name = ?1", args![name], |r| {
+        r.get(0)
+    })
+}
+
+fn set_meta_on(c: &Sql, name: &str, value: &str) -> Result<()> {
+    c.exec(
+        "INSERT INTO meta (name, value) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET value = ?2",
+        args![name, value],
+    )?;
+    Ok(())
+}
+
+/// The refusal of a database sealed with key `id`, which `s` does not hold.
+fn wrong_key(s: &Sealer, id: &str) -> Error {
+    store_error(format!(
+        "storage.key_file is key id {}, but the database is sealed with key id {id}: wrong key file",
+        s.current_id()
+    ))
+}
+
+/// A primary key's value, as the sealing pass pages by it.
+#[derive(Clone)]
+enum KeyVal {
+    Int(i64),
+    Text(String),
+}
+
+impl KeyVal {
+    fn arg(&self) -> sql::Arg<'_> {
+        match self {
+            KeyVal::Int(i) => sql::Arg::Int(*i),
+            KeyVal::Text(t) => sql::Arg::Text(t),
+        }
+    }
+}
+
+/// What a sealing pass did.
+#[derive(Default)]
+struct SealPass {
+    /// The key id it sealed with.
+    current: String,
+    sealed: usize,
+    /// Of those, values that were in clear.
+    were_clear: usize,
+    /// Values under a key the process does not hold, left as they are.
+    unknown: usize,
+}
+
 impl Db {
     /// Open (creating if needed) and bring the schema up to date, without a key: refused on a
     /// sealed database.
@@ -470,10 +540,7 @@ impl Db {
             db.seek_key(s, &sealed_with, true);
         }
         if !s.holds(&sealed_with) {
-            return Err(store_error(format!(
-                "storage.key_file is key id {}, but the database is sealed with key id {sealed_with}: wrong key file",
-                s.current_id()
-            )));
+            return Err(wrong_key(s, &sealed_with));
         }
         Ok(db)
     }
@@ -549,39 +616,9 @@ impl Db {
     }
 
     /// Run `f` in a write transaction, committed when it answers `Ok(true)`, rolled back when
-    /// it answers `Ok(false)` or an error. Answers what `f` did. On MySQL a transaction the
-    /// server chose as a deadlock's victim is run again (up to [`DEADLOCK_TRIES`] times in all).
-    fn tx_or_undo(&self, mut f: impl FnMut(&Sql) -> Result<bool>) -> Result<bool> {
-        match &self.conn {
-            Conn::Lite(c) => {
-                let tx = rusqlite::Transaction::new_unchecked(c, TransactionBehavior::Immediate)?;
-                let keep = f(&Sql::Lite(c))?;
-                if keep {
-                    tx.commit()?;
-                }
-                Ok(keep)
-            }
-            Conn::My(s) => {
-                let mut c = s.conn(self.write_wait)?;
-                let mut tries = 1;
-                loop {
-                    c.query_drop("START TRANSACTION")?;
-                    let keep = f(&Sql::My(RefCell::new(&mut c)))
-                        .and_then(|keep| Ok(keep && c.query_drop("COMMIT").map(|()| true)?));
-                    match keep {
-                        Ok(true) => return Ok(true),
-                        Err(e) if e.deadlock && tries < DEADLOCK_TRIES => {
-                            let _ = c.query_drop("ROLLBACK");
-                            tries += 1;
-                        }
-                        other => {
-                            let _ = c.query_drop("ROLLBACK");
-                            return other;
-                        }
-                    }
-                }
-            }
-        }
+    /// it answers `Ok(false)` or an error ([`Sql::tx_or_undo`]).
+    fn tx_or_undo(&self, f: impl FnMut(&Sql) -> Result<bool>) -> Result<bool> {
+        self.run(|c| c.tx_or_undo(f))
     }
 
     /// One statement on this `Db`'s connection; how many rows it changed (or matched).
@@ -642,18 +679,11 @@ impl Db {
 
     /// A `meta` value: a named fact about the database itself.
     pub fn meta(&self, name: &str) -> Result<Option<String>> {
-        self.row("SELECT value FROM meta WHERE name = ?1", args![name], |r| {
-            r.get(0)
-        })
+        self.run(|c| meta_on(c, name))
     }
 
     fn set_meta(&self, name: &str, value: &str) -> Result<()> {
-        self.exec(
-            "INSERT INTO meta (name, value) VALUES (?1, ?2)
-             ON CONFLICT (name) DO UPDATE SET value = ?2",
-            args![name, value],
-        )?;
-        Ok(())
+        self.run(|c| set_meta_on(c, name, value))
     }
 
     /// The accounts generation (`meta.accounts_generation`): bumped by every change to the
@@ -755,91 +785,169 @@ impl Db {
 
     /// Seal every value of [`SEALED`] that is not sealed under the current key: values in
     /// clear, and values under another key this process holds (a rotation). The current key
-    /// is recorded in `meta` first, so from then on a keyless open is refused. The values go in
-    /// write transactions of [`SEAL_BATCH`] rows, each row rewritten only if unchanged since it
-    /// was read (a serving wafer may write beside a rotation). Clear text is not left behind in
-    /// the files: overwritten cells are zeroed (`secure_delete`), the first sealing rebuilds the
-    /// file (`VACUUM`: free pages may hold clear text deleted long ago) and the WAL is truncated.
-    /// Returns how many values were sealed; values under a key this process does not hold are
-    /// an error saying how many.
+    /// is recorded in `meta` first, so from then on a keyless open is refused; a database that
+    /// another process sealed with another key since this one opened it is refused, as
+    /// [`Db::open_with`] would. The values go in write transactions of [`SEAL_BATCH`] rows
+    /// (paged by each table's primary key, [`SEALED_KEYS`]), each row rewritten only if
+    /// unchanged since it was read (a serving wafer may write beside a rotation). Returns how
+    /// many values were sealed; values under a key this process does not hold are an error
+    /// saying how many.
+    ///
+    /// SQLite: clear text is not left behind in the files: overwritten cells are zeroed
+    /// (`secure_delete`), the first sealing rebuilds the file (`VACUUM`: free pages may hold
+    /// clear text deleted long ago) and the WAL is truncated. MySQL: the pass holds the named
+    /// lock `wafer_seal` on its connection, so instances starting at once seal one after
+    /// another (the later ones find nothing left, or refuse another key), and the first
+    /// sealing rebuilds the tables it rewrote (`OPTIMIZE TABLE`).
     pub fn seal_existing(&self) -> Result<usize> {
         let Some(s) = self.sealer.clone() else {
             return Ok(0);
         };
-        let Conn::Lite(conn) = &self.conn else {
-            return Err(store_error(
-                "storage.key_file (sealing at rest) is not supported yet with storage.url = mysql://",
-            ));
-        };
-        let current = s.current_id();
-        self.set_meta("seal_key_id", &current)?;
-        conn.pragma_update(None, "secure_delete", "ON")?;
-        let prefix = format!("v1:{current}:");
-        let (mut sealed, mut were_clear, mut unknown) = (0, 0, 0);
-        for aad in SEALED {
-            let (table, column) = aad.split_once('.').unwrap_or_default();
-            let mut select = conn.prepare(&format!(
-                "SELECT rowid, {column} FROM {table}
-                 WHERE rowid > ?1 AND {column} IS NOT NULL AND substr({column}, 1, ?2) != ?3
-                 ORDER BY rowid LIMIT {SEAL_BATCH}"
-            ))?;
-            let update =
-                format!("UPDATE {table} SET {column} = ?1 WHERE rowid = ?2 AND {column} = ?3");
-            let mut after = i64::MIN;
-            loop {
-                let batch = select
-                    .query_map(params![after, prefix.len(), prefix], |r| {
-                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
-                let Some(&(last, _)) = batch.last() else {
-                    break;
-                };
-                after = last;
-                let tx =
-                    rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
-                for (rowid, stored) in &batch {
-                    let clear = crate::crypto::sealed_key_id(stored).is_none();
-                    let plain = if clear {
-                        Cow::Borrowed(stored.as_str())
-                    } else {
-                        match s.open(aad, stored) {
-                            Ok(p) => Cow::Owned(p),
-                            Err(OpenError::UnknownKey(_)) => {
-                                unknown += 1;
-                                continue;
-                            }
-                            Err(e) => return Err(store_error(format!("{aad}: {e}"))),
-                        }
-                    };
-                    let value = s
-                        .seal(aad, &plain)
-                        .map_err(|e| store_error(format!("sealing {aad}: no random bytes: {e}")))?;
-                    let n = tx
-                        .prepare_cached(&update)?
-                        .execute(params![value, rowid, stored])?;
-                    sealed += n;
-                    if clear {
-                        were_clear += n;
+        let pass = match &self.conn {
+            Conn::Lite(conn) => {
+                conn.pragma_update(None, "secure_delete", "ON")?;
+                let pass = self.seal_pass(&Sql::Lite(conn), &s)?;
+                if pass.were_clear > 0 {
+                    if let Err(e) = conn.execute_batch("VACUUM") {
+                        log::warn!("wafer: VACUUM after sealing failed ({e}): values deleted before may linger in clear in free pages until a VACUUM");
                     }
                 }
-                tx.commit()?;
+                if pass.sealed > 0 {
+                    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+                }
+                pass
             }
-        }
-        if were_clear > 0 {
-            if let Err(e) = conn.execute_batch("VACUUM") {
-                log::warn!("wafer: VACUUM after sealing failed ({e}): values deleted before may linger in clear in free pages until a VACUUM");
+            Conn::My(server) => {
+                let mut c = server.conn(self.write_wait)?;
+                mysql::lock(&mut c, SEAL_LOCK, mysql::SEAL_LOCK_SECS, "sealing pass")?;
+                let pass = self.seal_pass(&Sql::My(RefCell::new(&mut c)), &s);
+                let _ = c.query_drop(format!("DO RELEASE_LOCK('{SEAL_LOCK}')"));
+                let pass = pass?;
+                if pass.were_clear > 0 {
+                    let tables: Vec<&str> = SEALED_KEYS.iter().map(|(t, _)| *t).collect();
+                    if let Err(e) = c.query_drop(format!("OPTIMIZE TABLE {}", tables.join(", "))) {
+                        log::warn!("wafer: OPTIMIZE TABLE after sealing failed ({e}): values overwritten may linger in clear in the tables' free space until the tables are rebuilt");
+                    }
+                }
+                pass
             }
-        }
-        if sealed > 0 {
-            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-        }
-        if unknown > 0 {
+        };
+        if pass.unknown > 0 {
             return Err(store_error(format!(
-                "{unknown} value(s) are sealed under a key other than key id {current}: use the key file they were sealed with, or finish `wafer key rotate`"
+                "{} value(s) are sealed under a key other than key id {}: use the key file they were sealed with, or finish `wafer key rotate`",
+                pass.unknown, pass.current
             )));
         }
-        Ok(sealed)
+        Ok(pass.sealed)
+    }
+
+    /// The sealing pass of [`Db::seal_existing`], on one connection `c`.
+    fn seal_pass(&self, c: &Sql, s: &Sealer) -> Result<SealPass> {
+        if let Some(id) = meta_on(c, "seal_key_id")? {
+            if !s.holds(&id) {
+                self.seek_key(s, &id, true);
+            }
+            if !s.holds(&id) {
+                return Err(wrong_key(s, &id));
+            }
+        }
+        let current = s.current_id();
+        set_meta_on(c, "seal_key_id", &current)?;
+        let prefix = format!("v1:{current}:");
+        let mut pass = SealPass {
+            current,
+            ..SealPass::default()
+        };
+        for aad in SEALED {
+            let (table, column) = aad.split_once('.').unwrap_or_default();
+            let keys = SEALED_KEYS
+                .iter()
+                .find(|(t, _)| *t == table)
+                .map(|(_, k)| *k)
+                .ok_or_else(|| store_error(format!("{aad}: no primary key to page by")))?;
+            let names: Vec<&str> = keys.iter().map(|(k, _)| *k).collect();
+            let list = names.join(", ");
+            let select = |after: bool| {
+                let marks: Vec<String> = (0..keys.len()).map(|i| format!("?{}", i + 3)).collect();
+                let after = match after {
+                    true => format!("AND ({list}) > ({})", marks.join(", ")),
+                    false => String::new(),
+                };
+                format!(
+                    "SELECT {list}, {column} FROM {table}
+                     WHERE {column} IS NOT NULL AND substr({column}, 1, ?1) != ?2 {after}
+                     ORDER BY {list} LIMIT {SEAL_BATCH}"
+                )
+            };
+            let (first, next) = (select(false), select(true));
+            let matches: Vec<String> = names
+                .iter()
+                .enumerate()
+                .map(|(i, k)| format!(" AND {k} = ?{}", i + 3))
+                .collect();
+            let update = format!(
+                "UPDATE {table} SET {column} = ?1 WHERE {column} = ?2{}",
+                matches.concat()
+            );
+            let prefix_len = i64::try_from(prefix.len()).unwrap_or(i64::MAX);
+            let mut after: Option<Vec<KeyVal>> = None;
+            loop {
+                let mut args = vec![sql::Arg::Int(prefix_len), sql::Arg::Text(&prefix)];
+                if let Some(a) = &after {
+                    args.extend(a.iter().map(KeyVal::arg));
+                }
+                let query = if after.is_some() { &next } else { &first };
+                let batch = c.rows(query, &args, |r| {
+                    let key = keys
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (_, int))| match int {
+                            true => r.get(i).map(KeyVal::Int),
+                            false => r.get(i).map(KeyVal::Text),
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    Ok((key, r.get::<String>(keys.len())?))
+                })?;
+                let Some((last, _)) = batch.last() else {
+                    break;
+                };
+                after = Some(last.clone());
+                let mut done = SealPass::default();
+                c.tx_or_undo(|c| {
+                    done = SealPass::default();
+                    for (key, stored) in &batch {
+                        let clear = crate::crypto::sealed_key_id(stored).is_none();
+                        let plain = if clear {
+                            Cow::Borrowed(stored.as_str())
+                        } else {
+                            match s.open(aad, stored) {
+                                Ok(p) => Cow::Owned(p),
+                                Err(OpenError::UnknownKey(_)) => {
+                                    done.unknown += 1;
+                                    continue;
+                                }
+                                Err(e) => return Err(store_error(format!("{aad}: {e}"))),
+                            }
+                        };
+                        let value = s.seal(aad, &plain).map_err(|e| {
+                            store_error(format!("sealing {aad}: no random bytes: {e}"))
+                        })?;
+                        let mut args = vec![sql::Arg::Text(&value), sql::Arg::Text(stored)];
+                        args.extend(key.iter().map(KeyVal::arg));
+                        let n = c.exec(&update, &args)?;
+                        done.sealed += n;
+                        if clear {
+                            done.were_clear += n;
+                        }
+                    }
+                    Ok(true)
+                })?;
+                pass.sealed += done.sealed;
+                pass.were_clear += done.were_clear;
+                pass.unknown += done.unknown;
+            }
+        }
+        Ok(pass)
     }
 
     /// Move every sealed value to `key` (`wafer key rotate`), read from `file`: the file is
@@ -1042,6 +1150,39 @@ pub(crate) mod tests {
         let before = version(&writer);
         db.health(Duration::from_millis(200), &probe).unwrap();
         assert_ne!(version(&writer), before);
+    }
+
+    #[test]
+    fn the_sealing_pass_pages_every_sealed_table_by_its_primary_key() {
+        let (_dir, db) = db();
+        for aad in SEALED {
+            let table = aad.split_once('.').unwrap().0;
+            let keys = SEALED_KEYS
+                .iter()
+                .find(|(t, _)| *t == table)
+                .unwrap_or_else(|| panic!("{table} is in SEALED_KEYS"))
+                .1;
+            // (name, declared type, position in the primary key)
+            let mut pk: Vec<(String, String, i64)> = db
+                .rows(
+                    &format!(
+                        "SELECT name, type, pk FROM pragma_table_info('{table}') WHERE pk > 0"
+                    ),
+                    &[],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .unwrap();
+            pk.sort_by_key(|c| c.2);
+            let want: Vec<(String, bool)> = pk
+                .into_iter()
+                .map(|(name, kind, _)| (name, kind == "INTEGER"))
+                .collect();
+            let have: Vec<(String, bool)> = keys
+                .iter()
+                .map(|(k, int)| (k.replace('`', ""), *int))
+                .collect();
+            assert_eq!(have, want, "{table}");
+        }
     }
 
     #[test]

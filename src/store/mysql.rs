@@ -347,6 +347,31 @@ const META: &str = "CREATE TABLE IF NOT EXISTS meta (
 /// How long a starting instance waits for another one's migration.
 const MIGRATION_LOCK_SECS: u32 = 60;
 
+/// How long a starting instance waits for another one's sealing pass (the first sealing of a
+/// large database takes minutes).
+pub(super) const SEAL_LOCK_SECS: u32 = 600;
+
+/// Take the named lock `name` (`GET_LOCK`) on connection `c`, waiting at most `secs` for another
+/// instance holding it (said once in the log); released with `RELEASE_LOCK` or when `c`
+/// closes. `what` names it in the log and the error.
+pub(super) fn lock(c: &mut mysql::PooledConn, name: &str, secs: u32, what: &str) -> Result<()> {
+    let mut get = |secs: u32| -> Result<bool> {
+        let got: Option<Option<i64>> =
+            c.query_first(format!("SELECT GET_LOCK('{name}', {secs})"))?;
+        Ok(got.flatten() == Some(1))
+    };
+    if get(0)? {
+        return Ok(());
+    }
+    log::info!("wafer: waiting for another instance's {what} (at most {secs} s)");
+    if get(secs)? {
+        return Ok(());
+    }
+    Err(Error::new(format!(
+        "another instance held the {what} lock for over {secs} s"
+    )))
+}
+
 /// Bring the schema up to date. Instances starting at once take turns on a named lock
 /// (`GET_LOCK`); the one that gets it first migrates, the others then find nothing to do.
 /// MySQL commits each DDL statement by itself, so the version is written after each step.
@@ -360,14 +385,7 @@ fn migrate(c: &mut mysql::PooledConn) -> Result<()> {
     if version(c)? >= MIGRATIONS.len() {
         return Ok(());
     }
-    let got: Option<Option<i64>> = c.query_first(format!(
-        "SELECT GET_LOCK('wafer_migrate', {MIGRATION_LOCK_SECS})"
-    ))?;
-    if got.flatten() != Some(1) {
-        return Err(Error::new(format!(
-            "another instance held the migration lock for over {MIGRATION_LOCK_SECS} s"
-        )));
-    }
+    lock(c, "wafer_migrate", MIGRATION_LOCK_SECS, "migration")?;
     let migrated = (|| {
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version(c)?) {
             for stmt in sql.split(';').filter(|s| !s.trim().is_empty()) {

@@ -2,7 +2,7 @@
 //! SQLite's words with numbered parameters (`?1`); [`mysql_dialect`] rewrites the few
 //! constructs the dialects spell differently (numbered parameters, `ON CONFLICT … DO UPDATE`,
 //! `excluded.`, `INSERT OR IGNORE`) for MySQL. What cannot be written once (the schema, the
-//! migration bookkeeping, the health probe, sealing's scan by rowid) is in `mod.rs` and
+//! migration bookkeeping, the health probe, what sealing does around its pass) is in `mod.rs` and
 //! `mysql.rs`, each under a `match` on [`Conn`].
 
 use super::{Error, Result};
@@ -182,6 +182,44 @@ impl Sql<'_> {
                 let (q, params) = mysql_dialect(sql, args);
                 let rows: Vec<mysql::Row> = c.borrow_mut().exec(q.as_ref(), params)?;
                 rows.iter().map(|r| f(&Row::My(r))).collect()
+            }
+        }
+    }
+
+    /// Run `f` in a write transaction on this connection (SQLite: `BEGIN IMMEDIATE`),
+    /// committed when it answers `Ok(true)`, rolled back when it answers `Ok(false)` or an
+    /// error. Answers what `f` did. On MySQL a transaction the server chose as a deadlock's
+    /// victim is run again (up to [`DEADLOCK_TRIES`](super::DEADLOCK_TRIES) times in all).
+    pub fn tx_or_undo(&self, mut f: impl FnMut(&Sql) -> Result<bool>) -> Result<bool> {
+        let c = match self {
+            Sql::Lite(c) => {
+                let tx = rusqlite::Transaction::new_unchecked(
+                    c,
+                    rusqlite::TransactionBehavior::Immediate,
+                )?;
+                let keep = f(self)?;
+                if keep {
+                    tx.commit()?;
+                }
+                return Ok(keep);
+            }
+            Sql::My(c) => c,
+        };
+        let say = |q: &str| -> Result<()> { Ok(c.borrow_mut().query_drop(q)?) };
+        let mut tries = 1;
+        loop {
+            say("START TRANSACTION")?;
+            let keep = f(self).and_then(|keep| Ok(keep && say("COMMIT").map(|()| true)?));
+            match keep {
+                Ok(true) => return Ok(true),
+                Err(e) if e.deadlock && tries < super::DEADLOCK_TRIES => {
+                    let _ = say("ROLLBACK");
+                    tries += 1;
+                }
+                other => {
+                    let _ = say("ROLLBACK");
+                    return other;
+                }
             }
         }
     }

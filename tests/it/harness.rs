@@ -4,7 +4,7 @@
 //! The backend switch: with `WAFER_TEST_BACKEND=mysql` (and `WAFER_TEST_MYSQL_URL`, see
 //! `mysql.rs`) every `Env` runs its server on a fresh database of that MySQL-compatible server
 //! instead of a SQLite file, so the whole suite runs on MySQL. Tests that look inside the
-//! SQLite file itself (its modes, its raw SQL, sealing's on-disk bytes) start with
+//! SQLite file itself (its modes, its raw SQL) start with
 //! [`sqlite_only!`] and are skipped there, each with its reason.
 
 use serde_json::{json, Value};
@@ -109,7 +109,7 @@ impl Env {
 
     /// A connection to the server's database when that is MySQL (the switch's, or a URL the
     /// test configured).
-    fn mysql_conn(&self) -> Option<mysql::Conn> {
+    pub fn mysql_conn(&self) -> Option<mysql::Conn> {
         let url = self.config.storage.url.expose();
         (!url.is_empty()).then(|| mysql::Conn::new(mysql::Opts::from_url(url).unwrap()).unwrap())
     }
@@ -130,6 +130,24 @@ impl Env {
             return c.query_first(sql).unwrap().unwrap();
         }
         self.sql().query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// The first column of every row of a query, as text (NULLs left out), in the SQL both
+    /// backends speak.
+    pub fn strings(&self, sql: &str) -> Vec<String> {
+        if let Some(mut c) = self.mysql_conn() {
+            use mysql::prelude::Queryable;
+            let rows: Vec<Option<String>> = c.query(sql).unwrap();
+            return rows.into_iter().flatten().collect();
+        }
+        let c = self.sql();
+        let mut stmt = c.prepare(sql).unwrap();
+        let rows = stmt
+            .query_map([], |r| r.get::<_, Option<String>>(0))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        rows.into_iter().flatten().collect()
     }
 
     /// A statement in the SQL both backends speak (a test moving a clock).

@@ -192,21 +192,10 @@ fn store_every_kind_of_secret(env: &Env) -> ((String, String), Vec<String>) {
 /// Every value of every sealed column, in clear: opened with `key` (each must be sealed with
 /// it), or as stored when there is none.
 fn stored_plaintexts(env: &Env, key: Option<&SealKey>) -> Vec<String> {
-    let sql = env.sql();
     let mut out = Vec::new();
     for aad in wafer::store::SEALED {
         let (table, column) = aad.split_once('.').unwrap();
-        let mut stmt = sql
-            .prepare(&format!(
-                "SELECT {column} FROM {table} WHERE {column} IS NOT NULL"
-            ))
-            .unwrap();
-        let values: Vec<String> = stmt
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        for v in values {
+        for v in env.strings(&format!("SELECT {column} FROM {table}")) {
             out.push(match key {
                 None => v,
                 Some(k) => {
@@ -219,19 +208,69 @@ fn stored_plaintexts(env: &Env, key: Option<&SealKey>) -> Vec<String> {
     out
 }
 
-/// The raw bytes of the database, its WAL and its shared-memory file, as a backup or a
-/// stolen disk would have them.
-fn file_bytes(env: &Env) -> Vec<u8> {
-    db_files(&env.db_path())
-        .iter()
-        .filter_map(|f| std::fs::read(f).ok())
-        .flatten()
-        .collect()
+/// The database at rest, as a backup or a stolen disk would have it. A SQLite database: the
+/// raw bytes of its file, its WAL and its shared-memory file. A MySQL database: every column of
+/// every table, read with SELECT, and what `mysqldump` makes of it (when installed).
+fn bytes_at_rest(env: &Env) -> Vec<u8> {
+    let Some(mut c) = env.mysql_conn() else {
+        return db_files(&env.db_path())
+            .iter()
+            .filter_map(|f| std::fs::read(f).ok())
+            .flatten()
+            .collect();
+    };
+    use mysql::prelude::Queryable;
+    let columns: Vec<(String, String)> = c
+        .query(
+            "SELECT table_name, column_name FROM information_schema.columns
+             WHERE table_schema = DATABASE() ORDER BY table_name, ordinal_position",
+        )
+        .unwrap();
+    assert!(columns.len() > 40, "{columns:?}");
+    let mut out = Vec::new();
+    for (table, column) in &columns {
+        let values: Vec<Option<Vec<u8>>> = c
+            .query(format!("SELECT CAST(`{column}` AS BINARY) FROM `{table}`"))
+            .unwrap();
+        for v in values.into_iter().flatten() {
+            out.extend_from_slice(&v);
+            out.push(0);
+        }
+    }
+    out.extend(mysqldump(env));
+    out
 }
 
-/// The values of `values` (8 bytes or longer) found in the files.
-fn found_in_files(env: &Env, values: &[String]) -> Vec<String> {
-    let bytes = file_bytes(env);
+/// `mysqldump` of the server's MySQL database (empty when the tool is not installed).
+fn mysqldump(env: &Env) -> Vec<u8> {
+    let opts = mysql::Opts::from_url(env.config.storage.url.expose()).unwrap();
+    let dump = std::process::Command::new("mysqldump")
+        .args(["--no-defaults", "--skip-comments", "-h"])
+        .arg(opts.get_ip_or_hostname().to_string())
+        .arg("-P")
+        .arg(opts.get_tcp_port().to_string())
+        .arg("-u")
+        .arg(opts.get_user().unwrap_or_default())
+        .arg(opts.get_db_name().unwrap())
+        .env("MYSQL_PWD", opts.get_pass().unwrap_or_default())
+        .output();
+    match dump {
+        Ok(d) => {
+            assert!(d.status.success(), "{}", String::from_utf8_lossy(&d.stderr));
+            assert!(
+                String::from_utf8_lossy(&d.stdout).contains("INSERT INTO `users`"),
+                "the dump holds the data"
+            );
+            d.stdout
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("mysqldump: {e}"),
+    }
+}
+
+/// The values of `values` (8 bytes or longer) found in the database at rest.
+fn found_at_rest(env: &Env, values: &[String]) -> Vec<String> {
+    let bytes = bytes_at_rest(env);
     values
         .iter()
         .filter(|v| v.len() >= 8)
@@ -248,7 +287,6 @@ fn auth_ok(env: &Env, (id, skey): &(String, String)) -> serde_json::Value {
 
 #[test]
 fn with_a_key_file_the_database_files_reveal_no_secret() {
-    sqlite_only!("sealing at rest is not built for MySQL yet");
     let keys = tempfile::tempdir().unwrap();
     let key = key_file(keys.path(), "wafer.key", 0x5e);
     let env = Env::with(|c| seal_config(c, Some(&key)));
@@ -266,19 +304,18 @@ fn with_a_key_file_the_database_files_reveal_no_secret() {
             "{k} is stored sealed"
         );
     }
-    assert_eq!(found_in_files(&env, &known), Vec::<String>::new());
-    assert_eq!(found_in_files(&env, &stored), Vec::<String>::new());
+    assert_eq!(found_at_rest(&env, &known), Vec::<String>::new());
+    assert_eq!(found_at_rest(&env, &stored), Vec::<String>::new());
     assert_eq!(auth_ok(&env, &session)["nickName"], NICK);
 }
 
 #[test]
 fn values_stored_in_clear_are_sealed_at_start_and_keep_working() {
-    sqlite_only!("sealing at rest is not built for MySQL yet");
     let keys = tempfile::tempdir().unwrap();
     let mut env = Env::with(|c| seal_config(c, None));
     let (session, known) = store_every_kind_of_secret(&env);
-    // Without a key every secret is in the files: the search below can find them.
-    assert_eq!(found_in_files(&env, &known), known);
+    // Without a key every secret is in the database at rest: the search below finds them.
+    assert_eq!(found_at_rest(&env, &known), known);
     let stored = stored_plaintexts(&env, None);
     let (_, token) = env.v1("GET", &format!("/v1/apps/{APPID}/access_token"), None, None);
     let calls = env.calls("/cgi-bin/stable_token");
@@ -286,8 +323,8 @@ fn values_stored_in_clear_are_sealed_at_start_and_keep_working() {
     env.config.storage.key_file = key_file(keys.path(), "wafer.key", 0x11);
     env.restart();
     stored_plaintexts(&env, Some(&SealKey::new([0x11; 32])));
-    assert_eq!(found_in_files(&env, &known), Vec::<String>::new());
-    assert_eq!(found_in_files(&env, &stored), Vec::<String>::new());
+    assert_eq!(found_at_rest(&env, &known), Vec::<String>::new());
+    assert_eq!(found_at_rest(&env, &stored), Vec::<String>::new());
     // The same session, user data and hosted token, with no new upstream call.
     assert_eq!(auth_ok(&env, &session)["nickName"], NICK);
     let (_, again) = env.v1("GET", &format!("/v1/apps/{APPID}/access_token"), None, None);
@@ -297,7 +334,6 @@ fn values_stored_in_clear_are_sealed_at_start_and_keep_working() {
 
 #[test]
 fn a_sealed_database_refuses_no_key_a_wrong_key_and_a_loose_key_file() {
-    sqlite_only!("sealing at rest is not built for MySQL yet");
     let keys = tempfile::tempdir().unwrap();
     let key = key_file(keys.path(), "wafer.key", 0x22);
     let mut env = Env::with(|c| seal_config(c, Some(&key)));
@@ -328,7 +364,7 @@ fn a_sealed_database_refuses_no_key_a_wrong_key_and_a_loose_key_file() {
         assert!(!e.contains('\n'), "one line: {e}");
     }
     // The data commands refuse the same way, with one line; with the key they work.
-    let db = env.db_path();
+    let db = env.db_arg();
     let (ok, _, err) = run(wafer().args(["app", "list"]).arg("--db").arg(&db));
     assert!(!ok);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -359,9 +395,38 @@ fn check_over_http(url: &str, (id, skey): &(String, String)) -> Result<(), Strin
         .ok_or(text)
 }
 
+/// A thread checking `session` on `url` every 5 ms until `stop`: how many checks passed, or
+/// the first answer that did not.
+fn checking(
+    url: String,
+    session: &(String, String),
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Result<usize, String>> {
+    let (stop, session) = (stop.clone(), session.clone());
+    std::thread::spawn(move || {
+        let mut checks = 0;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            check_over_http(&url, &session)?;
+            checks += 1;
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        Ok(checks)
+    })
+}
+
+/// `wafer key rotate` from the key file `old` to `new` on the env's database, asserted to
+/// succeed.
+fn rotate(env: &Env, old: &str, new: &str) {
+    let (ok, out, err) = run(wafer()
+        .args(["key", "rotate", "--new-key-file", new, "--db"])
+        .arg(env.db_arg())
+        .env("WAFER_KEY_FILE", old));
+    assert!(ok, "{err}");
+    assert!(out.contains("now set storage.key_file"), "{out}");
+}
+
 #[test]
 fn a_rotation_runs_while_serving_and_the_new_key_takes_over() {
-    sqlite_only!("sealing at rest is not built for MySQL yet");
     let keys = tempfile::tempdir().unwrap();
     let old = key_file(keys.path(), "old.key", 0x31);
     let new = key_file(keys.path(), "new.key", 0x32);
@@ -371,24 +436,8 @@ fn a_rotation_runs_while_serving_and_the_new_key_takes_over() {
     // Session checks keep passing on the serving wafer while the CLI re-seals beside it.
     let url = env.url("/mina_auth/");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let checker = {
-        let (stop, session) = (stop.clone(), session.clone());
-        std::thread::spawn(move || {
-            let mut checks = 0;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                check_over_http(&url, &session)?;
-                checks += 1;
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            Ok::<_, String>(checks)
-        })
-    };
-    let (ok, out, err) = run(wafer()
-        .args(["key", "rotate", "--new-key-file", &new, "--db"])
-        .arg(env.db_path())
-        .env("WAFER_KEY_FILE", &old));
-    assert!(ok, "{err}");
-    assert!(out.contains("now set storage.key_file"), "{out}");
+    let checker = checking(url, &session, &stop);
+    rotate(&env, &old, &new);
     // A login after the rotation is sealed with the new key too.
     let (_, _, _) = env.login("after-rotation");
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -396,7 +445,7 @@ fn a_rotation_runs_while_serving_and_the_new_key_takes_over() {
     assert!(checks > 0);
     let new_key = SealKey::new([0x32; 32]);
     stored_plaintexts(&env, Some(&new_key));
-    assert_eq!(found_in_files(&env, &known), Vec::<String>::new());
+    assert_eq!(found_at_rest(&env, &known), Vec::<String>::new());
 
     // A restart before the config changes still works: the database records where the new
     // key is, and a process that can read it follows the rotation.
@@ -412,4 +461,159 @@ fn a_rotation_runs_while_serving_and_the_new_key_takes_over() {
     config.storage.key_file = old_copy;
     let e = wafer::http::start(config, false).err().expect("refused");
     assert!(e.contains("wrong key file"), "{e}");
+}
+
+// ---- several instances on one shared MySQL database (CONTRACT §10, §11) ----
+
+/// Start a server on each config at the same moment: each one's start-up.
+fn start_at_once(configs: Vec<Config>) -> Vec<Result<wafer::http::Handle, String>> {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(configs.len()));
+    let threads: Vec<_> = configs
+        .into_iter()
+        .map(|c| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                wafer::http::start(c, false)
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// A shared MySQL database holding every kind of secret in clear, its server stopped: the
+/// `Env`, the session and the plain values (`None` without a MySQL server).
+fn clear_shared_database() -> Option<(Env, (String, String), Vec<String>)> {
+    let mut env = Env::with_mysql(|c| seal_config(c, None))?;
+    let (session, known) = store_every_kind_of_secret(&env);
+    env.server.take().unwrap().shutdown();
+    Some((env, session, known))
+}
+
+#[test]
+fn instances_starting_at_once_with_a_key_seal_a_shared_database_once() {
+    let Some((mut env, session, known)) = clear_shared_database() else {
+        return;
+    };
+    let stored = stored_plaintexts(&env, None);
+    let keys = tempfile::tempdir().unwrap();
+    env.config.storage.key_file = key_file(keys.path(), "wafer.key", 0x41);
+    let handles: Vec<_> = start_at_once(vec![env.config.clone(); 3])
+        .into_iter()
+        .map(|s| s.expect("every instance starts"))
+        .collect();
+    // Every value sealed once, under the key: opened, it is the value stored in clear before
+    // (not another sealed value), and the database at rest holds none of them.
+    let opened = stored_plaintexts(&env, Some(&SealKey::new([0x41; 32])));
+    assert_eq!(sorted(opened), sorted(stored));
+    assert_eq!(found_at_rest(&env, &known), Vec::<String>::new());
+    for h in handles {
+        check_over_http(&format!("http://{}/mina_auth/", h.addr()), &session).unwrap();
+        h.shutdown();
+    }
+}
+
+#[test]
+fn of_two_instances_starting_at_once_with_different_keys_one_seals_and_the_other_refuses() {
+    let Some((env, session, known)) = clear_shared_database() else {
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let bytes = [0x51u8, 0x52];
+    let configs = bytes
+        .iter()
+        .map(|b| {
+            let mut c = env.config.clone();
+            c.storage.key_file = key_file(keys.path(), &format!("{b:x}.key"), *b);
+            c
+        })
+        .collect();
+    let mut started = start_at_once(configs);
+    assert_eq!(
+        started.iter().filter(|s| s.is_ok()).count(),
+        1,
+        "exactly one starts: {:?}",
+        started.iter().map(|s| s.as_ref().err()).collect::<Vec<_>>()
+    );
+    let won = started.iter().position(Result::is_ok).unwrap();
+    let winner = started.remove(won).unwrap();
+    let e = started.remove(0).err().unwrap();
+    assert!(e.contains("wrong key file") && !e.contains('\n'), "{e}");
+    // The database is sealed with the winner's key, and says so.
+    let key = SealKey::new([bytes[won]; 32]);
+    stored_plaintexts(&env, Some(&key));
+    assert_eq!(
+        env.strings("SELECT value FROM meta WHERE name = 'seal_key_id'"),
+        vec![key.id().to_string()]
+    );
+    assert_eq!(found_at_rest(&env, &known), Vec::<String>::new());
+    check_over_http(&format!("http://{}/mina_auth/", winner.addr()), &session).unwrap();
+    winner.shutdown();
+}
+
+/// An envelope call on `url` (the `/mina_auth/` of any instance), asserted to succeed.
+fn envelope_at(env: &Env, url: &str, name: &str, para: serde_json::Value) -> serde_json::Value {
+    let body = json!({"version": 1, "componentName": "MA", "interface": {"interfaceName": name, "para": para}});
+    let (s, t) = env.request("POST", url, &[], Some(body.to_string().as_bytes()));
+    assert_eq!(s, 200, "{t}");
+    let r: serde_json::Value = serde_json::from_str(&t).unwrap();
+    assert_eq!(r["returnCode"], 0, "{name} on {url}: {r}");
+    r
+}
+
+/// Log in through `url`: the session's (id, skey).
+fn login_at(env: &Env, url: &str, login_code: &str) -> (String, String) {
+    let r = envelope_at(env, url, "qcloud.cam.id_skey", json!({"code": login_code}));
+    let d = &r["returnData"];
+    (
+        d["id"].as_str().unwrap().into(),
+        d["skey"].as_str().unwrap().into(),
+    )
+}
+
+#[test]
+fn a_rotation_on_a_shared_database_is_followed_by_every_instance() {
+    let keys = tempfile::tempdir().unwrap();
+    let old = key_file(keys.path(), "old.key", 0x61);
+    let new = key_file(keys.path(), "new.key", 0x62);
+    let Some(env) = Env::with_mysql(|c| seal_config(c, Some(&old))) else {
+        return;
+    };
+    let (session, known) = store_every_kind_of_secret(&env);
+    let other = env.another();
+    let urls = [
+        env.url("/mina_auth/"),
+        format!("http://{}/mina_auth/", other.addr()),
+    ];
+    // Session checks keep passing on both instances while the CLI re-seals beside them.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checkers: Vec<_> = urls
+        .iter()
+        .map(|url| checking(url.clone(), &session, &stop))
+        .collect();
+    rotate(&env, &old, &new);
+    // Each instance writes under the new key from then on, and opens what the other wrote.
+    let on_first = login_at(&env, &urls[0], "rotated-on-first");
+    let on_other = login_at(&env, &urls[1], "rotated-on-other");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for c in checkers {
+        assert!(c.join().unwrap().unwrap() > 0);
+    }
+    let new_key = SealKey::new([0x62; 32]);
+    stored_plaintexts(&env, Some(&new_key));
+    assert_eq!(found_at_rest(&env, &known), Vec::<String>::new());
+    for (url, (id, skey)) in [(&urls[1], &on_first), (&urls[0], &on_other)] {
+        envelope_at(
+            &env,
+            url,
+            "qcloud.cam.auth",
+            json!({"id": id, "skey": skey}),
+        );
+    }
+    other.shutdown();
 }
