@@ -561,7 +561,8 @@ fn key_rotate(mut o: Opts) -> Result<(), String> {
 
 /// `wafer import wafer --from mysql://…/cAuth`: an original Wafer's app, users and live sessions
 /// into this database (CONTRACT §10; `import_wafer`). The source's password is never printed.
-/// `db copy`: every row from one database to another, as stored (sealed values stay sealed).
+/// `db copy`: every row from one database to another, as stored (sealed values stay sealed
+/// under the one key both are opened with; what the target holds in clear is sealed with it).
 fn db_copy(mut o: Opts) -> Result<(), String> {
     let config = o.take("config").map(PathBuf::from);
     let c = Config::load(config.as_deref()).map_err(|e| e.to_string())?;

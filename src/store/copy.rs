@@ -1,6 +1,9 @@
 //! `wafer db copy`: every row of one database into another (a SQLite file and a MySQL
-//! database, either way), as stored: sealed values stay sealed under the same key. Read and
-//! written through the backend seam, so the one copy serves every direction.
+//! database, either way), as stored: sealed values stay sealed under the same key (both
+//! databases are opened with the one key of `storage.key_file`, and the source's
+//! `meta.seal_key_id` comes along), and what the target then holds in clear is sealed with
+//! that key before the copy ends. Read and written through the backend seam, so the one copy
+//! serves every direction.
 
 use super::sql::{args, Arg, Row};
 use super::{store_error, Db, Result};
@@ -183,15 +186,11 @@ impl Db {
     /// by `appid` (its users follow it to the target's numeric id), a user by `id` or by app
     /// and `openid` (then its sessions stay behind), every other row by its primary key. An
     /// app keeps its numeric id (the `/mina` dialect's `app_id`) when the target has it free.
+    /// With a key (`to`'s), whatever the target holds in clear is then sealed with it.
     pub fn copy_into(&self, to: &Db, merge: bool) -> Result<Vec<Copied>> {
         if !merge && to.holds_data()? {
             return Err(store_error(
                 "the target already holds data: copy into an empty database, or add --merge",
-            ));
-        }
-        if to.is_mysql() && self.meta("seal_key_id")?.is_some() {
-            return Err(store_error(
-                "the source is sealed at rest, which MySQL does not support yet",
             ));
         }
         let mut report = Vec::new();
@@ -301,6 +300,9 @@ impl Db {
             })?;
             report.push(done);
         }
+        // Rows copied in clear into a sealed target (or any target, with a key) are sealed now,
+        // not at the next start of a server.
+        to.seal_existing()?;
         // Serving instances on the target read the accounts again.
         to.bump_accounts_generation()?;
         Ok(report)

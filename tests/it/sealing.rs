@@ -617,3 +617,110 @@ fn a_rotation_on_a_shared_database_is_followed_by_every_instance() {
     }
     other.shutdown();
 }
+
+/// `wafer db copy ARGS…` with `WAFER_KEY_FILE` set to `key` (unset when empty).
+fn db_copy(key: &str, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = wafer();
+    cmd.args(["db", "copy"])
+        .args(args)
+        .env_remove("WAFER_KEY_FILE");
+    if !key.is_empty() {
+        cmd.env("WAFER_KEY_FILE", key);
+    }
+    run(&mut cmd)
+}
+
+#[test]
+fn a_sealed_file_is_copied_onto_mysql_and_back_sealed_as_it_is() {
+    let Some(target) = crate::mysql::test_db() else {
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let key = key_file(keys.path(), "wafer.key", 0x71);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("single.db").to_string_lossy().into_owned();
+    let single = Env::with(|c| {
+        seal_config(c, Some(&key));
+        c.storage.path = file.clone();
+    });
+    let (session, known) = store_every_kind_of_secret(&single);
+    let (_, token) = single.v1("GET", &format!("/v1/apps/{APPID}/access_token"), None, None);
+    drop(single);
+
+    // Without the key the sealed source does not open.
+    let (ok, _, err) = db_copy("", &["--from", &file, "--to", &target.url]);
+    assert!(!ok && err.contains("set storage.key_file"), "{err}");
+    // With it, every row is copied as stored: sealed under the same key, which the target
+    // now records.
+    let (ok, out, err) = db_copy(&key, &["--from", &file, "--to", &target.url]);
+    assert!(ok, "{err}");
+    assert!(out.contains("sessions: 1 copied"), "{out}");
+    let url = target.url.clone();
+    let shared = Env::with(|c| {
+        seal_config(c, Some(&key));
+        c.storage.url = Secret::new(url);
+    });
+    let sealed_with = SealKey::new([0x71; 32]);
+    stored_plaintexts(&shared, Some(&sealed_with));
+    assert_eq!(found_at_rest(&shared, &known), Vec::<String>::new());
+    assert_eq!(
+        shared.strings("SELECT value FROM meta WHERE name = 'seal_key_id'"),
+        vec![sealed_with.id().to_string()]
+    );
+    // The session, its user data and the hosted token work on MySQL, with no upstream call.
+    assert_eq!(auth_ok(&shared, &session)["nickName"], NICK);
+    let (_, again) = shared.v1("GET", &format!("/v1/apps/{APPID}/access_token"), None, None);
+    assert_eq!(again["access_token"], token["access_token"]);
+    assert_eq!(shared.calls("/cgi-bin/stable_token"), 0);
+    let mut keyless = shared.config.clone();
+    drop(shared);
+    keyless.storage.key_file.clear();
+    let e = wafer::http::start(keyless, false).err().expect("refused");
+    assert!(e.contains("the database is sealed"), "{e}");
+
+    // And back into a new file, sealed the same way.
+    let back = dir.path().join("back.db").to_string_lossy().into_owned();
+    let (ok, out, err) = db_copy(&key, &["--from", &target.url, "--to", &back]);
+    assert!(ok, "{err}");
+    assert!(out.contains("sessions: 1 copied"), "{out}");
+    let again = Env::with(|c| {
+        seal_config(c, Some(&key));
+        c.storage.path = back.clone();
+    });
+    stored_plaintexts(&again, Some(&sealed_with));
+    assert_eq!(found_at_rest(&again, &known), Vec::<String>::new());
+    assert_eq!(auth_ok(&again, &session)["nickName"], NICK);
+}
+
+#[test]
+fn a_copy_into_a_sealed_database_leaves_nothing_in_clear() {
+    let Some(target) = crate::mysql::test_db() else {
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let key = key_file(keys.path(), "wafer.key", 0x72);
+    // A shared database already sealed with the key (its server stopped), and a single box
+    // in clear.
+    let url = target.url.clone();
+    let mut shared = Env::with(|c| {
+        seal_config(c, Some(&key));
+        c.storage.url = Secret::new(url);
+    });
+    shared.server.take().unwrap().shutdown();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("single.db").to_string_lossy().into_owned();
+    let single = Env::with(|c| {
+        seal_config(c, None);
+        c.storage.path = file.clone();
+    });
+    let (session, known) = store_every_kind_of_secret(&single);
+    drop(single);
+    // Merged with the key: what came in clear is sealed in the target before the copy ends,
+    // not at the next start of a server.
+    let (ok, _, err) = db_copy(&key, &["--from", &file, "--to", &target.url, "--merge"]);
+    assert!(ok, "{err}");
+    stored_plaintexts(&shared, Some(&SealKey::new([0x72; 32])));
+    assert_eq!(found_at_rest(&shared, &known), Vec::<String>::new());
+    shared.server = Some(wafer::http::start(shared.config.clone(), false).unwrap());
+    assert_eq!(auth_ok(&shared, &session)["nickName"], NICK);
+}
