@@ -334,7 +334,7 @@ fn the_checker_catches_what_it_must() {
         ("src/gadget.rs", "", &["not in the layer table"]),
         (
             "src/api/mina.rs",
-            "fn f(w: &Worker) {\n    core::session::check(&w.db, 1);\n    w.db.app(\"x\");\n}\n",
+            "fn f(w: &Context) {\n    core::session::check(&w.db, 1);\n    w.db.app(\"x\");\n}\n",
             &["src/api/mina.rs:3: a handler calls a `Db` method"],
         ),
     ];

@@ -10,7 +10,7 @@
 //! the log. A verified callback seen before (a replay, or WeChat's retry of a message already
 //! handled) is answered `success` and neither applied nor forwarded again.
 
-use super::{Incoming, Method, Reply, Worker};
+use super::{Context, Incoming, Method, Reply};
 use crate::core::accounts;
 use crate::core::component::{self, AuthorizeLink};
 use crate::core::error::{Error, Refusal};
@@ -43,7 +43,7 @@ struct Signed {
 impl Signed {
     /// The timestamp, if it is within `wechat.callback_window_secs` of now. Checked before the
     /// signature: a stale request is refused whoever signed it.
-    fn fresh(&self, w: &Worker) -> Result<i64, Rejected> {
+    fn fresh(&self, w: &Context) -> Result<i64, Rejected> {
         push::fresh_timestamp(&self.timestamp, crate::ids::now(), window(w))
     }
 
@@ -71,7 +71,7 @@ fn crypt(
 
 /// `/wechat/mp/{appid}`: plain GET verification; POST in safe mode when the app has an
 /// EncodingAESKey, else plain.
-pub fn mp(w: &mut Worker, rq: &Incoming) -> Reply {
+pub fn mp(w: &mut Context, rq: &Incoming) -> Reply {
     let appid = rq.param(0);
     let app = match accounts::app(&w.db, appid) {
         Ok(a) => a,
@@ -126,7 +126,7 @@ pub fn mp(w: &mut Worker, rq: &Incoming) -> Reply {
 }
 
 /// `/wechat/work/{corpid}/{agentid}`: encrypted echostr on GET; verify+decrypt on POST.
-pub fn work(w: &mut Worker, rq: &Incoming) -> Reply {
+pub fn work(w: &mut Context, rq: &Incoming) -> Reply {
     let (corpid, agentid) = (rq.param(0), rq.param(1));
     let agent = match accounts::work_agent(&w.db, corpid, agentid) {
         Ok(a) => a,
@@ -173,14 +173,14 @@ pub fn work(w: &mut Worker, rq: &Incoming) -> Reply {
 /// The account and the verified (signature, timestamp, nonce) a callback is remembered by.
 type SeenAs<'a> = (&'a str, (&'a str, i64, &'a str));
 
-fn window(w: &Worker) -> i64 {
+fn window(w: &Context) -> i64 {
     i64::try_from(w.shared.config.wechat.callback_window_secs).unwrap_or(i64::MAX)
 }
 
 /// Claim a verified callback in the seen-request memory: `Err` carries the answer when it was
 /// seen before (`success`, nothing applied or forwarded) or the database failed.
 fn claim<'a>(
-    w: &'a Worker,
+    w: &'a Context,
     (account, signed): SeenAs,
     m: &Message,
 ) -> Result<push::Claim<'a>, Reply> {
@@ -202,7 +202,7 @@ fn claim<'a>(
 /// Forward a verified message (once) when the account has a `forward_url`, and answer WeChat:
 /// the business reply (sealed in safe mode), or `success`.
 fn relay(
-    w: &Worker,
+    w: &Context,
     seen_as: SeenAs,
     m: &Message,
     forward_url: Option<&str>,
@@ -242,7 +242,7 @@ fn relay(
 }
 
 /// `POST /wechat/component/{appid}/events`: always encrypted, receive id = the component appid.
-pub fn component_events(w: &mut Worker, rq: &Incoming) -> Reply {
+pub fn component_events(w: &mut Context, rq: &Incoming) -> Reply {
     let appid = rq.param(0);
     let comp = match accounts::component(&w.db, appid) {
         Ok(c) => c,
@@ -303,7 +303,7 @@ pub fn component_events(w: &mut Worker, rq: &Incoming) -> Reply {
 /// wafer's own origin that links (and at once navigates) to WeChat's authorisation page. WeChat
 /// shows that page only to a browser whose Referer is on the component's registered entry-page
 /// domain; a bare 302 opened from a pasted link arrives with none.
-pub fn authorize(w: &mut Worker, rq: &Incoming) -> Reply {
+pub fn authorize(w: &mut Context, rq: &Incoming) -> Reply {
     let appid = rq.param(0);
     let comp = match accounts::component(&w.db, appid) {
         Ok(c) => c,
@@ -361,7 +361,7 @@ pub fn authorize(w: &mut Worker, rq: &Incoming) -> Reply {
 /// Where WeChat sends the merchant back: the component's `redirect_uri`, else this server's
 /// callback under `server.public_url`. From configuration only, never from the `Host` header,
 /// which the client chooses.
-fn redirect_uri(w: &Worker, comp: &crate::store::Component) -> Option<String> {
+fn redirect_uri(w: &Context, comp: &crate::store::Component) -> Option<String> {
     comp.redirect_uri
         .clone()
         .filter(|u| !u.is_empty())
@@ -372,7 +372,7 @@ fn redirect_uri(w: &Worker, comp: &crate::store::Component) -> Option<String> {
 }
 
 /// `GET /wechat/component/{appid}/callback?auth_code=..&expires_in=..`.
-pub fn component_callback(w: &mut Worker, rq: &Incoming) -> Reply {
+pub fn component_callback(w: &mut Context, rq: &Incoming) -> Reply {
     let appid = rq.param(0);
     let Some(code) = rq.query_param("auth_code").filter(|c| !c.is_empty()) else {
         return page(400, "Bad request", "The authorisation code is missing.");

@@ -1,4 +1,4 @@
-//! What a handler runs with (`Worker`: a database connection and the `Shared` parts), whether it
+//! What a handler runs with (`Context`: a database connection and the `Shared` parts), whether it
 //! may wait on WeChat (`Wait`), and what it made of a request (`Outcome`). `http` builds these;
 //! handlers only read them.
 
@@ -11,7 +11,8 @@ use crate::wechat::WeChat;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// What every worker shares: configuration, the WeChat client, metrics.
+/// What every handler shares, on a worker or the upstream pool: configuration, the WeChat client,
+/// metrics.
 pub struct Shared {
     pub config: Config,
     pub wechat: Arc<WeChat>,
@@ -37,7 +38,7 @@ pub const KNOWN_APP_TTL: Duration = Duration::from_secs(1);
 
 /// What a handler runs with: a database connection (a worker's own, or one an upstream thread
 /// checked out for this request) and the shared parts.
-pub struct Worker {
+pub struct Context {
     pub db: Db,
     pub shared: Arc<Shared>,
 }
@@ -70,7 +71,7 @@ impl From<Reply> for Outcome {
 /// broker's `try_get`; `None` then means the request needs the upstream pool, and a forced
 /// refresh always does), else from the broker, fetched if need be.
 pub fn credential(
-    w: &Worker,
+    w: &Context,
     key: &crate::core::credential::Key,
     force: bool,
     wait: Wait,

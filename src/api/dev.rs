@@ -3,12 +3,12 @@
 //! end without a phone. Never enabled by `wafer serve`.
 
 use super::v1::Body;
-use super::{Incoming, Reply, Worker};
+use super::{Context, Incoming, Reply};
 use crate::core::error::Error;
 use crate::core::session;
 use serde_json::{json, Value};
 
-pub fn encrypted_data(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
+pub fn encrypted_data(w: &mut Context, rq: &Incoming) -> Result<Reply, Error> {
     let b = Body::parse(rq)?;
     let now = crate::ids::now();
     let s = session::check(&w.db, b.str("id")?, b.str("skey")?, None, now)?;

@@ -4,7 +4,7 @@
 //! Unmodified Wafer server SDKs depend on every name, type and order here.
 
 use super::json::{Json, Members};
-use super::{credential, Incoming, JsonWriter, Outcome, Reply, Wait, Worker};
+use super::{credential, Context, Incoming, JsonWriter, Outcome, Reply, Wait};
 use crate::core::accounts;
 use crate::core::cos;
 use crate::core::credential::{Credential, Key};
@@ -68,7 +68,7 @@ impl From<Value> for Data {
 /// Answer an envelope. With [`Wait::Forbidden`] (on a worker), a login, or a credential not
 /// usable from memory, answers [`Outcome::NeedsUpstream`], having written nothing: which
 /// interfaces may wait is decided by the interface name, after the parse.
-pub fn handle(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
+pub fn handle(w: &mut Context, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
     Ok(match dispatch(w, rq, wait) {
         Ok(Some((message, data))) => render(0, message, data).into(),
         Ok(None) => Outcome::NeedsUpstream,
@@ -182,7 +182,7 @@ pub fn parse_envelope(body: &[u8]) -> Result<(Cow<'_, str>, Para<'_>), EnvelopeE
 
 /// The interface's answer; `None`: it must wait on WeChat and `wait` forbids it.
 fn dispatch(
-    w: &mut Worker,
+    w: &mut Context,
     rq: &Incoming,
     wait: Wait,
 ) -> Result<Option<(&'static str, Data)>, EnvelopeError> {

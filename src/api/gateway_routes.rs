@@ -5,10 +5,10 @@
 //! refusal in `/v1`'s error shape.
 
 use super::v1;
-use super::{not_found, Incoming, Reply, Worker};
+use super::{not_found, Context, Incoming, Reply};
 use crate::core::gateway::{parse_route, Call, GatewayError, Refusal};
 
-pub fn call(w: &mut Worker, rq: &Incoming) -> Reply {
+pub fn call(w: &mut Context, rq: &Incoming) -> Reply {
     // The route table matched one of the four patterns, which `parse_route` reads the same way.
     let Some((target, path)) = parse_route(rq.path) else {
         return not_found();

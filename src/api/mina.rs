@@ -3,7 +3,7 @@
 //! `{"ok":"fail","msg":REASON}`, always HTTP 200. A renderer over the same session core.
 
 use super::envelope::EnvelopeError;
-use super::{form_decode, Incoming, Reply, Worker};
+use super::{form_decode, Context, Incoming, Reply};
 use crate::core::error::Error;
 use crate::core::session::{self, Encrypted};
 use serde_json::{json, Map, Value};
@@ -55,7 +55,7 @@ fn success(msg: &str, data: Value) -> Reply {
     Reply::json(200, &json!({"ok": "success", "msg": msg, "data": data}))
 }
 
-pub fn login(w: &mut Worker, rq: &Incoming) -> Reply {
+pub fn login(w: &mut Context, rq: &Incoming) -> Reply {
     let m = match fields(rq) {
         Ok(m) => m,
         Err(reason) => return fail(reason),
@@ -83,7 +83,7 @@ pub fn login(w: &mut Worker, rq: &Incoming) -> Reply {
     }
 }
 
-pub fn auth(w: &mut Worker, rq: &Incoming) -> Reply {
+pub fn auth(w: &mut Context, rq: &Incoming) -> Reply {
     let m = match fields(rq) {
         Ok(m) => m,
         Err(reason) => return fail(reason),

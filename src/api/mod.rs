@@ -9,7 +9,7 @@ mod context;
 mod reply;
 mod request;
 
-pub use context::{credential, Outcome, Shared, Wait, Worker, KNOWN_APP_TTL};
+pub use context::{credential, Context, Outcome, Shared, Wait, KNOWN_APP_TTL};
 pub use reply::{method_not_allowed, not_found, unauthorized, JsonWriter, Reply, JSON};
 pub use request::{
     bearer_ok, form_decode, guard, is_loopback_host, Headers, Incoming, Method, Params, Refused,

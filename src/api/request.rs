@@ -2,7 +2,7 @@
 //! `Headers`), and the access rule of the key-guarded routes (`guard`). Knows nothing of the
 //! HTTP server that read it: `http` fills these in from tiny_http's request.
 
-use super::context::Worker;
+use super::context::Context;
 use crate::secret::Secret;
 
 /// The request's headers, looked up by case-insensitive name (implemented by `http` over the
@@ -97,7 +97,7 @@ pub enum Refused {
 /// `/v1` route)? With `server.api_key` set: only with `Authorization: Bearer <key>`. Without
 /// one: only when its `Host` names this machine's loopback, so that a web page a browser on
 /// the same machine loads from elsewhere (DNS rebinding) cannot read tokens or replace secrets.
-pub fn guard(w: &Worker, rq: &Incoming) -> Result<(), Refused> {
+pub fn guard(w: &Context, rq: &Incoming) -> Result<(), Refused> {
     let key = &w.shared.config.server.api_key;
     if key.is_empty() {
         return match rq.header("Host") {

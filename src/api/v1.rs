@@ -3,7 +3,7 @@
 //! a 4xx/5xx status; internal detail goes to the log only.
 
 use super::json::{Json, Members};
-use super::{credential, Incoming, JsonWriter, Outcome, Refused, Reply, Wait, Worker};
+use super::{credential, Context, Incoming, JsonWriter, Outcome, Refused, Reply, Wait};
 use crate::core::accounts;
 use crate::core::component;
 use crate::core::credential::{self as credentials, Credential, Key};
@@ -109,7 +109,7 @@ pub fn refused(why: Refused) -> Reply {
     }
 }
 
-pub fn create_session(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
+pub fn create_session(w: &mut Context, rq: &Incoming) -> Result<Reply, Error> {
     let b = Body::parse(rq)?;
     let appid = b.str("appid")?;
     let code = b.str("code")?;
@@ -138,7 +138,7 @@ pub fn create_session(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
     Ok(Reply::json(201, &v))
 }
 
-pub fn check_session(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
+pub fn check_session(w: &mut Context, rq: &Incoming) -> Result<Reply, Error> {
     let b = Body::parse(rq)?;
     let s = session::check(&w.db, b.str("id")?, b.str("skey")?, None, crate::ids::now())?;
     Ok(JsonWriter::new()
@@ -152,7 +152,7 @@ pub fn check_session(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
 
 /// `POST /v1/sessions/phone_number` `{id, skey, code}` (on the upstream pool: it waits on
 /// WeChat): `{phone_info}`, stored on the user.
-pub fn phone_number(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
+pub fn phone_number(w: &mut Context, rq: &Incoming) -> Result<Reply, Error> {
     let b = Body::parse(rq)?;
     let now = crate::ids::now();
     let s = session::check(&w.db, b.str("id")?, b.str("skey")?, None, now)?;
@@ -160,7 +160,7 @@ pub fn phone_number(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
     Ok(Reply::json(200, &json!({ "phone_info": info })))
 }
 
-pub fn decrypt(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
+pub fn decrypt(w: &mut Context, rq: &Incoming) -> Result<Reply, Error> {
     let b = Body::parse(rq)?;
     let enc = Encrypted {
         data: b.str("encrypted_data")?,
@@ -170,7 +170,7 @@ pub fn decrypt(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
     Ok(Reply::json(200, &json!({"data": data})))
 }
 
-pub fn revoke(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
+pub fn revoke(w: &mut Context, rq: &Incoming) -> Result<Reply, Error> {
     let b = Body::parse(rq)?;
     session::revoke(&w.db, b.str("id")?, b.str("skey")?, crate::ids::now())?;
     Ok(Reply::no_content())
@@ -194,7 +194,7 @@ fn credential_reply(c: &Credential, field: &str) -> Reply {
 
 /// An app's token or ticket; unknown apps are 404 before anything is fetched.
 fn app_credential(
-    w: &mut Worker,
+    w: &mut Context,
     rq: &Incoming,
     key: Key,
     force: bool,
@@ -205,7 +205,7 @@ fn app_credential(
     Ok(served(credential(w, &key, force, wait)?, field))
 }
 
-pub fn app_token(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
+pub fn app_token(w: &mut Context, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
     let force = matches!(rq.query_param("force").as_deref(), Some("1" | "true"));
     let key = Key::AppToken {
         appid: rq.param(0).to_string(),
@@ -213,7 +213,7 @@ pub fn app_token(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Outcome, E
     app_credential(w, rq, key, force, "access_token", wait)
 }
 
-pub fn app_ticket(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
+pub fn app_ticket(w: &mut Context, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
     let key = Key::AppTicket {
         appid: rq.param(0).to_string(),
     };
@@ -221,7 +221,7 @@ pub fn app_ticket(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Outcome, 
 }
 
 /// Always a refresh in practice (the caller holds a token WeChat refused): on the upstream pool.
-pub fn invalidate(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
+pub fn invalidate(w: &mut Context, rq: &Incoming) -> Result<Reply, Error> {
     let appid = rq.param(0);
     let b = Body::parse(rq)?;
     let stale = b.str("access_token")?;
@@ -258,7 +258,7 @@ fn timestamp_json(ts: &str) -> Value {
         .unwrap_or_else(|_| json!(ts))
 }
 
-pub fn app_signature(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
+pub fn app_signature(w: &mut Context, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
     let appid = rq.param(0);
     let b = Body::parse(rq)?;
     let url = b.str("url")?;
@@ -285,7 +285,7 @@ fn work_key(rq: &Incoming, key: fn(String, String) -> Key) -> Key {
 }
 
 fn work_credential(
-    w: &mut Worker,
+    w: &mut Context,
     rq: &Incoming,
     key: &Key,
     field: &str,
@@ -295,12 +295,12 @@ fn work_credential(
     Ok(served(credential(w, key, false, wait)?, field))
 }
 
-pub fn work_token(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
+pub fn work_token(w: &mut Context, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
     let key = work_key(rq, |corpid, agentid| Key::WorkToken { corpid, agentid });
     work_credential(w, rq, &key, "access_token", wait)
 }
 
-pub fn work_corp_ticket(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
+pub fn work_corp_ticket(w: &mut Context, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
     let key = work_key(rq, |corpid, agentid| Key::WorkCorpTicket {
         corpid,
         agentid,
@@ -308,7 +308,7 @@ pub fn work_corp_ticket(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Out
     work_credential(w, rq, &key, "ticket", wait)
 }
 
-pub fn work_agent_ticket(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
+pub fn work_agent_ticket(w: &mut Context, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
     let key = work_key(rq, |corpid, agentid| Key::WorkAgentTicket {
         corpid,
         agentid,
@@ -316,7 +316,7 @@ pub fn work_agent_ticket(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Ou
     work_credential(w, rq, &key, "ticket", wait)
 }
 
-pub fn work_signature(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
+pub fn work_signature(w: &mut Context, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
     let (corpid, agentid) = (rq.param(0), rq.param(1));
     let b = Body::parse(rq)?;
     let url = b.str("url")?;
@@ -354,7 +354,7 @@ pub fn work_signature(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Outco
     Ok(Reply::json(200, &v).into())
 }
 
-pub fn component_token(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
+pub fn component_token(w: &mut Context, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
     let appid = rq.param(0);
     accounts::component(&w.db, appid)?;
     let key = Key::ComponentToken {
@@ -364,7 +364,7 @@ pub fn component_token(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Outc
 }
 
 /// The accounts that authorised a component and have not revoked it.
-pub fn authorizers(w: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
+pub fn authorizers(w: &mut Context, rq: &Incoming) -> Result<Reply, Error> {
     let appid = rq.param(0);
     let list: Vec<Value> = component::live_authorizers(&w.db, appid)?
         .iter()
@@ -385,7 +385,7 @@ fn authorizer_json(a: &crate::store::Authorizer) -> Value {
 /// `GET /v1/components/{appid}/authorizers/{authorizer}`: the authoriser with `info`, its
 /// profile. On a worker when the profile is stored; a read without one goes to the upstream
 /// pool, which asks WeChat for it (`info: null` when that fails too).
-pub fn authorizer(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
+pub fn authorizer(w: &mut Context, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
     let (appid, authorizer) = (rq.param(0), rq.param(1));
     let view = match wait {
         Wait::Forbidden => {
@@ -404,7 +404,7 @@ pub fn authorizer(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Outcome, 
     Ok(Reply::json(200, &v).into())
 }
 
-pub fn authorizer_token(w: &mut Worker, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
+pub fn authorizer_token(w: &mut Context, rq: &Incoming, wait: Wait) -> Result<Outcome, Error> {
     let (appid, authorizer) = (rq.param(0), rq.param(1));
     component::live_authorizer(&w.db, appid, authorizer)?;
     let key = Key::AuthorizerToken {
@@ -431,7 +431,7 @@ fn pairs(b: &Body, key: &str) -> Result<Vec<(String, String)>, Error> {
     }
 }
 
-pub fn cos_sign(_: &mut Worker, rq: &Incoming) -> Result<Reply, Error> {
+pub fn cos_sign(_: &mut Context, rq: &Incoming) -> Result<Reply, Error> {
     let b = Body::parse(rq)?;
     let (id, key) = (b.str("secret_id")?, b.str("secret_key")?);
     let (method, path) = (b.str("method")?, b.str("path")?);

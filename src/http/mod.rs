@@ -14,7 +14,7 @@ mod routes;
 mod upstream;
 
 use crate::api::{
-    guard, v1, Headers, Incoming, Method, Outcome, Params, Reply, Shared, Wait, Worker,
+    guard, v1, Context, Headers, Incoming, Method, Outcome, Params, Reply, Shared, Wait,
     KNOWN_APP_TTL,
 };
 use crate::config::Config;
@@ -167,7 +167,7 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         upstream::IDLE_EXIT,
         move |job: upstream::Job| match connections.checkout(&pool_shared) {
             Ok(db) => {
-                let mut w = Worker {
+                let mut w = Context {
                     db,
                     shared: pool_shared.clone(),
                 };
@@ -183,7 +183,7 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         let _ = db.no_autocheckpoint(); // the refresher thread checkpoints
         db.wait_for_writes(WORKER_WRITE_WAIT)
             .map_err(|e| format!("database {target}: {e}"))?;
-        let mut worker = Worker {
+        let mut worker = Context {
             db,
             shared: shared.clone(),
         };
@@ -213,7 +213,7 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
 }
 
 fn worker_loop(
-    worker: &mut Worker,
+    worker: &mut Context,
     upstream: &upstream::Upstream<upstream::Job>,
     server: &tiny_http::Server,
     stop: &AtomicBool,
@@ -250,7 +250,7 @@ fn worker_loop(
 /// pool is full it is answered busy at once, in its route's words. Never panics out: a handler
 /// panic is answered with a 500.
 fn serve(
-    worker: &mut Worker,
+    worker: &mut Context,
     upstream: &upstream::Upstream<upstream::Job>,
     mut rq: tiny_http::Request,
 ) {
@@ -320,7 +320,7 @@ fn serve(
 /// The route for a request, or the answer when there is none (with its metrics label). Every
 /// `/v1` path is behind [`guard`] first, known or not.
 fn route(
-    w: &Worker,
+    w: &Context,
     rq: &tiny_http::Request,
     method: Method,
     path: &str,
@@ -365,13 +365,13 @@ fn incoming<'a>(
 }
 
 /// Run a route's handler inside `catch_unwind`: a panic becomes a 500.
-fn run_caught(route: &routes::Route, w: &mut Worker, rq: &Incoming, wait: Wait) -> Outcome {
+fn run_caught(route: &routes::Route, w: &mut Context, rq: &Incoming, wait: Wait) -> Outcome {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| route.run(w, rq, wait)))
         .unwrap_or_else(|_| Outcome::Reply(Reply::error(500, "internal", "internal error", None)))
 }
 
 /// Answer, on the upstream pool, a request a worker routed (its handler allowed to wait).
-fn answer_upstream(w: &mut Worker, job: upstream::Job) {
+fn answer_upstream(w: &mut Context, job: upstream::Job) {
     let upstream::Job {
         rq,
         method,

@@ -17,7 +17,7 @@
 
 use crate::api::envelope;
 use crate::api::{callbacks, dev, gateway_routes, mina, ops, v1};
-use crate::api::{Incoming, Method, Outcome, Params, Reply, Wait, Worker};
+use crate::api::{Context, Incoming, Method, Outcome, Params, Reply, Wait};
 use crate::core::error::Error;
 
 /// Which threads answer a route.
@@ -83,12 +83,12 @@ impl Dialect {
 #[derive(Clone, Copy)]
 pub enum Handler {
     /// Answers in its own words whatever happens.
-    Reply(fn(&mut Worker, &Incoming) -> Reply),
+    Reply(fn(&mut Context, &Incoming) -> Reply),
     /// Its errors are answered in the route's dialect.
-    Result(fn(&mut Worker, &Incoming) -> Result<Reply, Error>),
+    Result(fn(&mut Context, &Incoming) -> Result<Reply, Error>),
     /// May answer `Outcome::NeedsUpstream` when `Wait::Forbidden` (it writes nothing before);
     /// its errors are answered in the route's dialect.
-    MayWait(fn(&mut Worker, &Incoming, Wait) -> Result<Outcome, Error>),
+    MayWait(fn(&mut Context, &Incoming, Wait) -> Result<Outcome, Error>),
 }
 
 pub struct Route {
@@ -105,7 +105,7 @@ pub struct Route {
 
 impl Route {
     /// Run the handler; `wait` says whether it may wait on WeChat.
-    pub fn run(&self, w: &mut Worker, rq: &Incoming, wait: Wait) -> Outcome {
+    pub fn run(&self, w: &mut Context, rq: &Incoming, wait: Wait) -> Outcome {
         match self.handler {
             Handler::Reply(f) => Outcome::Reply(f(w, rq)),
             Handler::Result(f) => {
