@@ -12,6 +12,11 @@
 //!   at most `server.max_body_bytes` (413, unread when `Content-Length` says so; the gateway's
 //!   routes, `gateway::parse_route`, `gateway.max_body_bytes` instead), within
 //!   `server.io_timeout_ms` of the head's end (408). A worker reads the body from memory.
+//! - **The bodies held at once** are bounded too, whatever the number of connections: the
+//!   gateway's at most `gateway.max_inflight_bytes` together, all others at most
+//!   [`OTHER_BODIES_BUDGET`] (at least one of `server.max_body_bytes`), from the moment a body
+//!   is about to be read until its request is answered. A request past that is answered 503
+//!   with `Retry-After: 1` and its body is not read.
 //! - **Answers** are written by the connection's thread from memory, after the worker has
 //!   moved on, each write bounded by `server.io_timeout_ms`; so is every read. A connection
 //!   idle that long is closed.
@@ -19,20 +24,33 @@
 //! So no worker ever waits on a client: a slow client costs one connection thread (a small
 //! stack) for at most about twice the io timeout per request.
 
+use crate::config::{GatewayConfig, ServerConfig};
 use std::net::SocketAddr;
 use std::time::Duration;
+
+/// The bytes of bodies other than the gateway's held at once: 256 bodies of the default
+/// `server.max_body_bytes` (64 KiB), far more than are ever in progress when clients are not
+/// holding bodies back on purpose.
+pub const OTHER_BODIES_BUDGET: usize = 16 << 20;
 
 /// tiny_http on `addr`, bounded as above.
 pub fn bind(
     addr: SocketAddr,
-    io_timeout: Duration,
-    max_body_bytes: usize,
-    gateway_max_body_bytes: usize,
+    server: &ServerConfig,
+    gateway: &GatewayConfig,
 ) -> std::io::Result<tiny_http::Server> {
+    let max_body_bytes = server.max_body_bytes;
+    let gateway_max_body_bytes = usize::try_from(gateway.max_body_bytes).unwrap_or(usize::MAX);
+    let gateway_inflight = usize::try_from(gateway.max_inflight_bytes).unwrap_or(usize::MAX);
     let listener = std::net::TcpListener::bind(addr)?;
     let mut limits = tiny_http::Limits::default();
-    limits.io_timeout = Some(io_timeout);
+    limits.io_timeout = Some(Duration::from_millis(server.io_timeout_ms));
     limits.max_buffered_body = Some(max_body_bytes);
+    // Gateway bodies are the "large" ones only when their limit is the larger; either way no
+    // body is refused for its size alone (gateway.max_inflight_bytes ≥ its max_body_bytes).
+    limits.large_body_budget = Some(gateway_inflight);
+    limits.body_budget =
+        Some(gateway_inflight.saturating_add(OTHER_BODIES_BUDGET.max(max_body_bytes)));
     limits.body_limit = Some(tiny_http::BodyLimit::new(move |_, target| {
         let path = target.split_once('?').map_or(target, |(p, _)| p);
         match crate::core::gateway::parse_route(path) {

@@ -115,13 +115,8 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         .parse()
         .map_err(|_| format!("server.listen {}: not HOST:PORT", config.server.listen))?;
     let io_timeout = Duration::from_millis(config.server.io_timeout_ms);
-    let server = listen::bind(
-        listen_addr,
-        io_timeout,
-        config.server.max_body_bytes,
-        usize::try_from(config.gateway.max_body_bytes).unwrap_or(usize::MAX),
-    )
-    .map_err(|e| format!("server.listen {}: {e}", config.server.listen))?;
+    let server = listen::bind(listen_addr, &config.server, &config.gateway)
+        .map_err(|e| format!("server.listen {}: {e}", config.server.listen))?;
     let addr = listen::local_addr(&server)
         .map_err(|e| format!("server.listen {}: {e}", config.server.listen))?;
     let answers = server.answers_in_flight();

@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::common::{HTTPVersion, Header, Method};
-use crate::util::{AnswerTicket, AnswersInFlight, RefinedTcpStream};
+use crate::util::{AnswerTicket, AnswersInFlight, BodyBudget, BodyHold, RefinedTcpStream};
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::{Limits, Request};
 
@@ -43,6 +43,9 @@ pub struct ClientConnection {
 
     // wafer's fix: the server's count of answers not yet written
     answers: AnswersInFlight,
+
+    // wafer's fix: the server's budget of buffered body bytes (`Limits::body_budget`)
+    budget: BodyBudget,
 }
 
 /// How a request's body is framed, once `check_framing` has found it unambiguous.
@@ -147,6 +150,7 @@ impl ClientConnection {
         mut read_socket: RefinedTcpStream,
         limits: Limits,
         answers: AnswersInFlight,
+        budget: BodyBudget,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
@@ -171,6 +175,7 @@ impl ClientConnection {
             limits,
             in_flight: None,
             answers,
+            budget,
         }
     }
 
@@ -221,13 +226,22 @@ impl ClientConnection {
         }
         let body = check_framing(&headers, &version)?;
         let remote_addr = self.remote_addr.as_ref().ok().copied().flatten();
-        if let Some(max) = limits.max_buffered_body {
+        if let Some(default) = limits.max_buffered_body {
             // wafer's fix: a route may take a body of another size (`Limits::body_limit`).
             let max = match &limits.body_limit {
                 Some(decide) if body != Body::None => decide.limit(&method, &path),
-                _ => max,
+                _ => default,
             };
-            return self.read_buffered(method, path, version, headers, remote_addr, body, max);
+            let hold = self.budget.hold(max > default);
+            return self.read_buffered(
+                method,
+                path,
+                version,
+                headers,
+                remote_addr,
+                body,
+                (max, hold),
+            );
         }
         // The body is read by whoever takes the request, each read bounded by the io timeout.
         reader.get_mut().set_deadline(None);
@@ -265,8 +279,9 @@ impl ClientConnection {
     }
 
     /// The rest of a request with `Limits::max_buffered_body`: its body read whole here, within
-    /// the limit (413, unread when `Content-Length` says so) and within the io timeout of the
-    /// head's end (408), and a writer that hands the answer back to this thread.
+    /// the limit `max` (413, unread when `Content-Length` says so), within the server's budget
+    /// taken through `hold` (503, likewise) and within the io timeout of the head's end (408),
+    /// and a writer that hands the answer back to this thread.
     #[allow(clippy::too_many_arguments)]
     fn read_buffered(
         &mut self,
@@ -276,7 +291,7 @@ impl ClientConnection {
         headers: Vec<Header>,
         remote_addr: Option<SocketAddr>,
         body: Body,
-        max: usize,
+        (max, mut hold): (usize, BodyHold),
     ) -> Result<Request, ReadError> {
         let expect = headers
             .iter()
@@ -290,6 +305,10 @@ impl ClientConnection {
         if let Body::Length(n) = body {
             if n > max as u64 {
                 return Err(ReadError::Refuse(413));
+            }
+            // Within the limit, so `n` fits a `usize`.
+            if !hold.grow(n as usize) {
+                return Err(ReadError::Refuse(503));
             }
         }
         if expects_continue && body != Body::None && version == HTTPVersion(1, 1) {
@@ -306,7 +325,7 @@ impl ClientConnection {
         if let Some(t) = self.limits.io_timeout {
             reader.get_mut().set_deadline(Some(Instant::now() + t));
         }
-        let data = read_body(reader, body, max, self.limits.max_header_bytes)?;
+        let data = read_body(reader, body, max, self.limits.max_header_bytes, &mut hold)?;
         reader.get_mut().set_deadline(None);
 
         let (answer, in_flight) = mpsc::channel();
@@ -319,6 +338,7 @@ impl ClientConnection {
             headers,
             remote_addr,
             data,
+            hold,
             crate::request::AnswerWriter::new(answer),
         ))
     }
@@ -350,10 +370,17 @@ impl ClientConnection {
 
         if let Some(mut writer) = self.sink.next() {
             // Written here rather than by `Response`, which leaves `Connection` to the server.
+            // A 503 (the body budget is spent) is worth trying again in a moment.
+            let retry = if status == 503 {
+                "Retry-After: 1\r\n"
+            } else {
+                ""
+            };
             let head = format!(
-                "HTTP/1.1 {} {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                "HTTP/1.1 {} {}\r\nContent-Length: 0\r\nConnection: close\r\n{}\r\n",
                 status,
-                StatusCode(status).default_reason_phrase()
+                StatusCode(status).default_reason_phrase(),
+                retry
             );
             if writer
                 .write_all(head.as_bytes())
@@ -508,12 +535,15 @@ fn check_framing(headers: &[Header], version: &HTTPVersion) -> Result<Body, Read
 const MAX_CHUNK_LINE: usize = 1024;
 
 /// A whole body, as framed, of at most `max` bytes (413 past it); trailers of a chunked body,
-/// within `max_trailer_bytes` (431), are read and dropped.
+/// within `max_trailer_bytes` (431), are read and dropped. A chunked body takes each chunk's
+/// bytes from the server's budget through `hold` before reading it (503 past it); a body of a
+/// known length has taken them already.
 fn read_body<R: BufRead>(
     reader: &mut R,
     body: Body,
     max: usize,
     max_trailer_bytes: usize,
+    hold: &mut BodyHold,
 ) -> Result<Vec<u8>, ReadError> {
     match body {
         Body::None => Ok(Vec::new()),
@@ -538,6 +568,9 @@ fn read_body<R: BufRead>(
                 }
                 if size > max - data.len() {
                     return Err(ReadError::Refuse(413));
+                }
+                if !hold.grow(size) {
+                    return Err(ReadError::Refuse(503));
                 }
                 let start = data.len();
                 data.resize(start + size, 0);

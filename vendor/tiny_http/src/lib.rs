@@ -226,6 +226,18 @@ pub struct Limits {
     /// (path and query, as sent) instead, so that a few routes may take larger bodies than the
     /// rest. Default `None` (every request gets `max_buffered_body`).
     pub body_limit: Option<BodyLimit>,
+    /// With `max_buffered_body`: the most bytes of bodies that all connections together hold at
+    /// once, read or being read. A body's bytes are taken before it is read (its
+    /// `Content-Length`; a chunked body's chunks as they arrive) and given back when its request
+    /// is answered or dropped. A request whose body would go past the budget is answered
+    /// `503 Service Unavailable` with `Retry-After: 1` and the connection closed, its body
+    /// unread (a chunked one from the chunk that would go past). Without it, N connections may
+    /// make the server hold N bodies of the largest limit at once. Default `None` (no budget).
+    pub body_budget: Option<usize>,
+    /// With `body_budget`: the most of it held by bodies whose limit is over
+    /// `max_buffered_body` (larger limits `body_limit` grants), so that they cannot take the
+    /// room of the ordinary bodies. Default `None` (they may take all of it).
+    pub large_body_budget: Option<usize>,
 }
 
 /// A per-request body limit (wafer's fix, `Limits::body_limit`): a function of the request's
@@ -269,6 +281,8 @@ impl Default for Limits {
             io_timeout: None,
             max_buffered_body: None,
             body_limit: None,
+            body_budget: None,
+            large_body_budget: None,
         }
     }
 }
@@ -386,6 +400,13 @@ impl Server {
         let inside_messages = messages.clone();
         let answers = util::AnswersInFlight::default();
         let inside_answers = answers.clone();
+        // wafer's fix: one budget of buffered body bytes for all the server's connections.
+        let budget = match (limits.max_buffered_body, limits.body_budget) {
+            (Some(_), Some(total)) => {
+                util::BodyBudget::new(total, limits.large_body_budget.unwrap_or(total))
+            }
+            _ => util::BodyBudget::default(),
+        };
         // wafer's fix: a thread that cannot be started is an error here, not a panic.
         thread::Builder::new()
             .name("tiny-http-accept".into())
@@ -397,6 +418,7 @@ impl Server {
                     inside_close_trigger,
                     inside_messages,
                     inside_answers,
+                    budget,
                 )
             })?;
 
@@ -490,6 +512,7 @@ fn accept_loop(
     close: Arc<AtomicBool>,
     messages: Arc<MessagesQueue<Message>>,
     answers: util::AnswersInFlight,
+    budget: util::BodyBudget,
 ) {
     // a tasks pool is used to dispatch the connections into threads
     let tasks_pool = util::TaskPool::new();
@@ -522,6 +545,7 @@ fn accept_loop(
                         read_closable,
                         limits.clone(),
                         answers.clone(),
+                        budget.clone(),
                     )
                 })
             });

@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use std::sync::mpsc::Sender;
 
-use crate::util::{EqualReader, FusedReader};
+use crate::util::{BodyHold, EqualReader, FusedReader};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
 use chunked_transfer::Decoder;
 
@@ -253,11 +253,15 @@ pub(crate) fn new_buffered_request(
     headers: Vec<Header>,
     remote_addr: Option<SocketAddr>,
     body: Vec<u8>,
+    hold: BodyHold,
     writer: AnswerWriter,
 ) -> Request {
     Request {
         body_length: Some(body.len()),
-        data_reader: Some(Box::new(Cursor::new(body))),
+        data_reader: Some(Box::new(HeldBody {
+            body: Cursor::new(body),
+            _hold: hold,
+        })),
         response_writer: Some(Box::new(writer)),
         remote_addr,
         secure,
@@ -267,6 +271,19 @@ pub(crate) fn new_buffered_request(
         headers,
         must_send_continue: false,
         notify_when_responded: None,
+    }
+}
+
+/// A body in memory and its bytes of the server's budget (wafer's fix, `Limits::body_budget`),
+/// given back when the request is answered or dropped (with its reader).
+struct HeldBody {
+    body: Cursor<Vec<u8>>,
+    _hold: BodyHold,
+}
+
+impl Read for HeldBody {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.body.read(buf)
     }
 }
 

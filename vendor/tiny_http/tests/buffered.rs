@@ -307,3 +307,90 @@ fn a_route_may_take_a_larger_body_than_the_rest() {
         );
     }
 }
+
+/// Reads an answer's head (up to the empty line), at most 5 s.
+fn read_head(s: &mut TcpStream) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (mut head, mut byte) = (Vec::new(), [0; 1]);
+    while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// `Limits::body_budget` and `large_body_budget` (wafer's fix): the bytes of bodies held at
+/// once, across connections, are bounded; past the budget a request is answered 503 with
+/// `Retry-After: 1` before its body is read, and an answered request gives its bytes back.
+#[test]
+fn bodies_past_the_server_wide_budget_are_refused_unread() {
+    let mut limits = tiny_http::Limits::default();
+    limits.io_timeout = Some(Duration::from_secs(5));
+    limits.max_buffered_body = Some(MAX_BODY);
+    limits.body_limit = Some(tiny_http::BodyLimit::new(|_, target| {
+        match target.starts_with("/upload/") {
+            true => 4 * MAX_BODY,
+            false => MAX_BODY,
+        }
+    }));
+    limits.body_budget = Some(36_000);
+    limits.large_body_budget = Some(4 * MAX_BODY);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server =
+        Arc::new(tiny_http::Server::from_listener_with_limits(listener, None, limits).unwrap());
+    let addr = server.server_addr().to_ip().unwrap();
+    std::thread::spawn(move || {
+        while let Ok(mut rq) = server.recv() {
+            let mut body = Vec::new();
+            rq.as_reader().read_to_end(&mut body).unwrap();
+            let answer = format!("{} {}", rq.url(), body.len());
+            let _ = rq.respond(tiny_http::Response::from_string(answer));
+        }
+    });
+    let head = |target: &str, len: usize| {
+        format!("POST {target} HTTP/1.1\r\nHost: a\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n")
+    };
+    let refused =
+        |text: &str| text.starts_with("HTTP/1.1 503") && text.contains("Retry-After: 1\r\n");
+
+    // A large body of 30,000 bytes, 10 of them sent: its 30,000 are held from the start.
+    let mut large = TcpStream::connect(addr).unwrap();
+    large
+        .write_all(head("/upload/a", 30_000).as_bytes())
+        .unwrap();
+    large.write_all(&[b'x'; 10]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // Another large one would take the large bodies past 32,768: refused, its body unsent.
+    let mut second = TcpStream::connect(addr).unwrap();
+    second
+        .write_all(head("/upload/b", 5000).as_bytes())
+        .unwrap();
+    let text = read_head(&mut second);
+    assert!(refused(&text), "{}", text);
+    // An ordinary body still fits the total (36,000 of 36,000).
+    let mut small = head("/small", 6000).into_bytes();
+    small.resize(small.len() + 6000, b'y');
+    assert!(exchange(addr, &small).ends_with("/small 6000"));
+    // A chunked one is refused at the chunk that would go past the total, not before.
+    let chunked = "POST /small HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(chunked.as_bytes()).unwrap();
+    for _ in 0..2 {
+        s.write_all(format!("{:x}\r\n{}\r\n", 2500, "z".repeat(2500)).as_bytes())
+            .unwrap();
+    }
+    s.write_all(format!("{:x}\r\n", 2500).as_bytes()).unwrap();
+    let text = read_head(&mut s);
+    assert!(refused(&text), "{}", text);
+    // The large body completes and is answered: its bytes are free again.
+    large.write_all(&[b'x'; 30_000 - 10]).unwrap();
+    let mut answer = String::new();
+    large
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = large.read_to_string(&mut answer);
+    assert!(answer.ends_with("/upload/a 30000"), "{}", answer);
+    let mut again = head("/upload/b", 30_000).into_bytes();
+    again.resize(again.len() + 30_000, b'x');
+    let text = exchange(addr, &again);
+    assert!(text.ends_with("/upload/b 30000"), "{}", text);
+}

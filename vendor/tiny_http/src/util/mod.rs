@@ -1,4 +1,5 @@
 pub use self::answers::{AnswerTicket, AnswersInFlight};
+pub use self::body_budget::{BodyBudget, BodyHold};
 pub use self::custom_stream::CustomStream;
 pub use self::equal_reader::EqualReader;
 pub use self::fused_reader::FusedReader;
@@ -11,6 +12,7 @@ pub use self::task_pool::TaskPool;
 use std::str::FromStr;
 
 mod answers;
+mod body_budget;
 mod custom_stream;
 mod equal_reader;
 mod fused_reader;
