@@ -44,6 +44,14 @@ impl Metrics {
         m.latency_total += 1;
     }
 
+    /// One request the HTTP layer refused before routing (tiny_http's `Limits::on_refusal`:
+    /// framing, head caps, body limit and budget, timeouts), counted as route `refused` by
+    /// status, outside the latency histogram (no handler ran).
+    pub fn refused(&self, status: u16) {
+        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        *m.requests.entry(("refused", status)).or_default() += 1;
+    }
+
     /// One request the upstream pool had no room for (its worker answered it busy).
     pub fn upstream_full(&self) {
         self.upstream_full.fetch_add(1, Ordering::Relaxed);

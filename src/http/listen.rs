@@ -21,11 +21,17 @@
 //!   moved on, each write bounded by `server.io_timeout_ms`; so is every read. A connection
 //!   idle that long is closed.
 //!
+//! - **Every refusal is counted and logged**: the requests refused above never reach a worker,
+//!   so tiny_http reports each (`Limits::on_refusal`): `wafer_requests_total{route="refused"}`
+//!   by status, and a log line `REFUSED - STATUS`.
+//!
 //! So no worker ever waits on a client: a slow client costs one connection thread (a small
 //! stack) for at most about twice the io timeout per request.
 
 use crate::config::{GatewayConfig, ServerConfig};
+use crate::metrics::Metrics;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The bytes of bodies other than the gateway's held at once: 256 bodies of the default
@@ -38,6 +44,7 @@ pub fn bind(
     addr: SocketAddr,
     server: &ServerConfig,
     gateway: &GatewayConfig,
+    metrics: Arc<Metrics>,
 ) -> std::io::Result<tiny_http::Server> {
     let max_body_bytes = server.max_body_bytes;
     let gateway_max_body_bytes = usize::try_from(gateway.max_body_bytes).unwrap_or(usize::MAX);
@@ -57,6 +64,11 @@ pub fn bind(
             Some(_) => gateway_max_body_bytes,
             None => max_body_bytes,
         }
+    }));
+    limits.on_refusal = Some(tiny_http::OnRefusal::new(move |status| {
+        metrics.refused(status);
+        // The request log's shape (method, path, status): neither is known, or trusted, here.
+        log::info!("REFUSED - {status}");
     }));
     tiny_http::Server::from_listener_with_limits(listener, None, limits)
         .map_err(std::io::Error::other)

@@ -115,8 +115,13 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         .parse()
         .map_err(|_| format!("server.listen {}: not HOST:PORT", config.server.listen))?;
     let io_timeout = Duration::from_millis(config.server.io_timeout_ms);
-    let server = listen::bind(listen_addr, &config.server, &config.gateway)
-        .map_err(|e| format!("server.listen {}: {e}", config.server.listen))?;
+    let server = listen::bind(
+        listen_addr,
+        &config.server,
+        &config.gateway,
+        metrics.clone(),
+    )
+    .map_err(|e| format!("server.listen {}: {e}", config.server.listen))?;
     let addr = listen::local_addr(&server)
         .map_err(|e| format!("server.listen {}: {e}", config.server.listen))?;
     let answers = server.answers_in_flight();

@@ -422,6 +422,10 @@ impl Iterator for ClientConnection {
             Ok(rq) => rq,
             Err(ReadError::Closed) => return None,
             Err(ReadError::Refuse(status)) => {
+                // wafer's fix: the application hears of the requests it never sees.
+                if let Some(on_refusal) = &self.limits.on_refusal {
+                    on_refusal.call(status);
+                }
                 self.refuse(status);
                 return None;
             }

@@ -238,7 +238,41 @@ pub struct Limits {
     /// `max_buffered_body` (larger limits `body_limit` grants), so that they cannot take the
     /// room of the ordinary bodies. Default `None` (they may take all of it).
     pub large_body_budget: Option<usize>,
+    /// Called with the status of every refusal a connection's thread answers itself (400, 408,
+    /// 413, 414, 417, 431, 501, 505, 503), just before it writes it: these requests never reach
+    /// `recv()`, so this is how the application can count or log them. Default `None`.
+    pub on_refusal: Option<OnRefusal>,
 }
+
+/// What to do about a refusal (wafer's fix, `Limits::on_refusal`): a function of its status,
+/// called on the connection's thread, which it should not hold up.
+#[derive(Clone)]
+pub struct OnRefusal(Arc<dyn Fn(u16) + Send + Sync>);
+
+impl OnRefusal {
+    pub fn new(f: impl Fn(u16) + Send + Sync + 'static) -> OnRefusal {
+        OnRefusal(Arc::new(f))
+    }
+
+    pub(crate) fn call(&self, status: u16) {
+        (self.0)(status)
+    }
+}
+
+impl std::fmt::Debug for OnRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnRefusal(..)")
+    }
+}
+
+/// The same callback is the same function.
+impl PartialEq for OnRefusal {
+    fn eq(&self, other: &OnRefusal) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for OnRefusal {}
 
 /// A per-request body limit (wafer's fix, `Limits::body_limit`): a function of the request's
 /// method and target (path and query, as sent), called once per request with a body, on the
@@ -283,6 +317,7 @@ impl Default for Limits {
             body_limit: None,
             body_budget: None,
             large_body_budget: None,
+            on_refusal: None,
         }
     }
 }

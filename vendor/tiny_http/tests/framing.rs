@@ -121,3 +121,46 @@ fn request_heads_are_capped() {
     let (big, text) = exchange(addr, endless.as_bytes());
     assert_eq!(big, [431], "{text}");
 }
+
+/// `Limits::on_refusal` (wafer's fix): the application hears the status of every request the
+/// connection's thread refuses itself, which `recv()` never hands out.
+#[test]
+fn every_refusal_is_reported() {
+    let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut limits = tiny_http::Limits::default();
+    limits.max_buffered_body = Some(16);
+    let sink = heard.clone();
+    limits.on_refusal = Some(tiny_http::OnRefusal::new(move |status| {
+        sink.lock().unwrap().push(status)
+    }));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server =
+        Arc::new(tiny_http::Server::from_listener_with_limits(listener, None, limits).unwrap());
+    let addr = server.server_addr().to_ip().unwrap();
+    std::thread::spawn(move || {
+        while let Ok(rq) = server.recv() {
+            let _ = rq.respond(tiny_http::Response::from_string("ok"));
+        }
+    });
+    let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(9000));
+    let cases: &[(&[u8], u16)] = &[
+        (
+            b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 17\r\n\r\n",
+            413,
+        ),
+        (long.as_bytes(), 414),
+        (
+            b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\n",
+            400,
+        ),
+        (b"GET /a HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+        (
+            b"GET /a HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            200,
+        ),
+    ];
+    for (bytes, status) in cases {
+        assert_eq!(exchange(addr, bytes).0, vec![*status]);
+    }
+    assert_eq!(*heard.lock().unwrap(), vec![413, 414, 400, 505]);
+}
