@@ -159,22 +159,23 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
     let purger = purge::spawn(purger_db, stop.clone(), purge::PURGE_EVERY)
         .map_err(|e| format!("spawning the purger: {e}"))?;
     let upstream_bound = (workers_n * upstream::IN_FLIGHT_PER_WORKER).min(upstream::MAX_IN_FLIGHT);
-    let connections =
-        upstream::Connections::new(upstream_bound.min(upstream::MAX_KEPT_CONNECTIONS));
+    let pool_db = crate::store::DbPool::open(
+        &target,
+        sealer.clone(),
+        upstream_bound.min(upstream::MAX_KEPT_CONNECTIONS),
+        upstream::CACHE_KIB,
+    )
+    .map_err(|e| format!("database {target}: {e}"))?;
     let pool_shared = shared.clone();
     let upstream = upstream::Upstream::new(
         upstream_bound,
         upstream::IDLE_EXIT,
-        move |job: upstream::Job| match connections.checkout(&pool_shared) {
-            Ok(db) => {
-                let mut w = Context {
-                    db,
-                    shared: pool_shared.clone(),
-                };
-                answer_upstream(&mut w, job);
-                connections.give_back(w.db);
-            }
-            Err(e) => answer_without_db(&pool_shared, job, e),
+        move |job: upstream::Job| {
+            let mut w = Context {
+                db: pool_db.db(),
+                shared: pool_shared.clone(),
+            };
+            answer_upstream(&mut w, job);
         },
     );
     let mut workers = Vec::with_capacity(workers_n);
@@ -394,20 +395,6 @@ fn answer_upstream(w: &mut Context, job: upstream::Job) {
     };
     drop(incoming);
     respond(&w.shared, rq, route.label, reply, method, &path, started);
-}
-
-/// Answer a request the upstream pool could not get a database connection for.
-fn answer_without_db(shared: &Shared, job: upstream::Job, why: crate::store::Error) {
-    let reply = job.route.dialect.error(crate::core::error::Error::Db(why));
-    respond(
-        shared,
-        job.rq,
-        job.route.label,
-        reply,
-        job.method,
-        &job.path,
-        job.started,
-    );
 }
 
 /// Write the reply, log the request and count it under `label`.

@@ -16,14 +16,13 @@
 //! busy thread: what is admitted starts at once. The pool knows nothing of requests: it runs
 //! what `http::start` tells it to with each job.
 //!
-//! Database connections are not per thread: a request checks one out of [`Connections`] (an
-//! idle one, or a new one opened for it) for as long as its handler runs, and gives it back; as
-//! many as were in use at once are kept, up to [`MAX_KEPT_CONNECTIONS`]. A waiting login therefore holds a connection
-//! (its handler's `session::login` writes once WeChat has answered), an idle thread none.
+//! Database connections are not per thread, nor per request: a request's handler runs with a
+//! `store::DbPool` handle, whose every operation (or session write) takes a connection and gives
+//! it back, so a login waiting on WeChat holds none (it reads its app, waits, then writes); as
+//! many as were in use at once are kept, up to [`MAX_KEPT_CONNECTIONS`].
 
 use super::routes::Route;
-use crate::api::{Method, Params, Shared};
-use crate::store::Db;
+use crate::api::{Method, Params};
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -34,14 +33,13 @@ pub const IN_FLIGHT_PER_WORKER: usize = 20;
 /// At most this many requests in the pool however many workers (`server.workers` may be up to
 /// 1024): each costs a thread, and while its handler runs, a database connection.
 pub const MAX_IN_FLIGHT: usize = 320;
-/// Connections kept open between requests, at most: opening one per request costs a login about
-/// a tenth more CPU (the benchmark's logins through the fake WeChat), so as many as were needed at
-/// once are kept, up to this many (the old lane held 4 per worker, at most 64, all the time).
+/// Connections kept open between operations, at most: opening one costs about a tenth of a login's
+/// CPU, so as many as were in use at once are kept, up to this many.
 pub const MAX_KEPT_CONNECTIONS: usize = 64;
 /// A thread idle this long ends.
 pub const IDLE_EXIT: Duration = Duration::from_secs(30);
 /// A pool connection's page cache, KiB (a worker's is SQLite's default, 2 MiB).
-const CACHE_KIB: i64 = 256;
+pub const CACHE_KIB: i64 = 256;
 
 /// A request read whole, routed, with what its answer and log line need.
 pub struct Job {
@@ -52,40 +50,6 @@ pub struct Job {
     pub started: Instant,
     pub route: &'static Route,
     pub params: Params,
-}
-
-/// The database connections the pool's requests check out (see the module doc).
-pub struct Connections {
-    idle: Mutex<Vec<Db>>,
-    keep: usize,
-}
-
-impl Connections {
-    pub fn new(keep: usize) -> Connections {
-        Connections {
-            idle: Mutex::new(Vec::with_capacity(keep)),
-            keep,
-        }
-    }
-
-    /// An idle connection, or a new one.
-    pub fn checkout(&self, shared: &Shared) -> Result<Db, crate::store::Error> {
-        if let Some(db) = lock(&self.idle).pop() {
-            return Ok(db);
-        }
-        let db = Db::open_with(&shared.db, shared.sealer.clone())?;
-        let _ = db.no_autocheckpoint(); // the refresher thread checkpoints
-        let _ = db.set_cache_kib(CACHE_KIB);
-        Ok(db)
-    }
-
-    /// Keep `db` for the next request, unless [`Connections::new`]'s `keep` are idle already.
-    pub fn give_back(&self, db: Db) {
-        let mut idle = lock(&self.idle);
-        if idle.len() < self.keep {
-            idle.push(db);
-        }
-    }
 }
 
 struct State<J> {

@@ -1,5 +1,6 @@
 //! Storage: the only module that touches rusqlite. One `Db` (one SQLite connection) per worker
-//! thread, WAL, a busy timeout, prepared statements cached per connection. The schema is the
+//! thread; the upstream pool's threads share a [`DbPool`], whose connections are taken per
+//! operation. WAL, a busy timeout, prepared statements cached per connection. The schema is the
 //! top-level `schema.sql`, embedded and applied by `PRAGMA user_version`.
 //!
 //! Every multi-row change (a login, an app removal) is one transaction: a failure leaves the
@@ -256,10 +257,171 @@ pub struct Db {
     write_wait: Duration,
 }
 
-/// The connection of a `Db`: SQLite's own, or a handle on the process's MySQL pool.
+/// The connection of a `Db`: SQLite's own, a handle on a pool of SQLite connections taken per
+/// operation ([`DbPool`]), or a handle on the process's MySQL pool.
 enum Conn {
     Lite(Connection),
+    Pool(Pooled),
     My(Arc<mysql::Server>),
+}
+
+/// The SQLite connections of a [`DbPool`]: each operation, or each session write with everything
+/// inside it, takes an idle connection (or opens one) and gives it back; up to `keep` idle ones
+/// are kept.
+struct LitePool {
+    path: std::path::PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    keep: usize,
+    cache_kib: i64,
+}
+
+/// A `Db`'s handle on a [`LitePool`], with the connection it holds for the length of a session
+/// write (so that the statements inside it share one connection and one transaction).
+struct Pooled {
+    pool: Arc<LitePool>,
+    pinned: RefCell<Option<Connection>>,
+}
+
+/// A SQLite connection for the length of one operation: the `Db`'s own, the one it holds for a
+/// session write, or one taken from its pool and given back on drop.
+enum Lite<'a> {
+    Own(&'a Connection),
+    Pinned(std::cell::Ref<'a, Connection>),
+    Taken(&'a LitePool, Option<Connection>),
+}
+
+impl std::ops::Deref for Lite<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        match self {
+            Lite::Own(c) => c,
+            Lite::Pinned(c) => c,
+            Lite::Taken(_, c) => c.as_ref().expect("a taken connection is held until drop"),
+        }
+    }
+}
+
+impl Drop for Lite<'_> {
+    fn drop(&mut self) {
+        if let Lite::Taken(pool, c) = self {
+            if let Some(c) = c.take() {
+                pool.give_back(c);
+            }
+        }
+    }
+}
+
+impl LitePool {
+    /// An idle connection (its busy timeout set to `wait`), or a new one.
+    fn take(&self, wait: Duration) -> Result<Connection> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => {
+                let c = open_lite(&self.path)?;
+                // The refresher thread checkpoints.
+                c.pragma_update(None, "wal_autocheckpoint", 0)?;
+                c.pragma_update(None, "cache_size", -self.cache_kib)?;
+                c
+            }
+        };
+        conn.busy_timeout(wait)?;
+        Ok(conn)
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < self.keep && conn.is_autocommit() {
+            idle.push(conn);
+        }
+    }
+
+    /// Connections idle in the pool now.
+    fn idle(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// Database handles for threads that use the database only now and then (the upstream pool,
+/// whose requests spend most of their time waiting on WeChat): on SQLite, each operation of a
+/// [`DbPool::db`] (or each session write, with all it does) takes a connection from a
+/// [`LitePool`] and gives it back, so a thread waiting on something else holds none; on MySQL,
+/// the process's pool, taken per operation already.
+pub struct DbPool {
+    lite: Option<Arc<LitePool>>,
+    /// MySQL's handle (or, on SQLite, unused).
+    my: Option<Arc<mysql::Server>>,
+    sealer: Option<Arc<Sealer>>,
+    write_wait: Duration,
+}
+
+impl DbPool {
+    /// Open `target` (migrated, its key checked) and keep at most `keep` idle SQLite
+    /// connections, each with a page cache of `cache_kib`.
+    pub fn open(
+        target: &Target,
+        sealer: Option<Arc<Sealer>>,
+        keep: usize,
+        cache_kib: i64,
+    ) -> Result<DbPool> {
+        let first = Db::open_with(target, sealer)?;
+        let (lite, my) = match (first.conn, target) {
+            (Conn::My(s), _) => (None, Some(s)),
+            (Conn::Lite(conn), Target::File(path)) => {
+                conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+                conn.pragma_update(None, "cache_size", -cache_kib)?;
+                let pool = Arc::new(LitePool {
+                    path: path.clone(),
+                    idle: Mutex::new(Vec::with_capacity(keep)),
+                    keep,
+                    cache_kib,
+                });
+                pool.give_back(conn);
+                (Some(pool), None)
+            }
+            _ => return Err(store_error("a database pool of an unexpected kind")),
+        };
+        Ok(DbPool {
+            lite,
+            my,
+            sealer: first.sealer,
+            write_wait: first.write_wait,
+        })
+    }
+
+    /// A handle for one thread (or one request): it holds no connection until an operation.
+    pub fn db(&self) -> Db {
+        let conn = match (&self.lite, &self.my) {
+            (Some(pool), _) => Conn::Pool(Pooled {
+                pool: pool.clone(),
+                pinned: RefCell::new(None),
+            }),
+            (None, Some(s)) => Conn::My(s.clone()),
+            (None, None) => unreachable!("a DbPool is opened with one or the other"),
+        };
+        Db {
+            conn,
+            sealer: self.sealer.clone(),
+            write_wait: self.write_wait,
+        }
+    }
+
+    /// Idle SQLite connections kept now (0 on MySQL).
+    pub fn idle(&self) -> usize {
+        self.lite.as_ref().map_or(0, |p| p.idle())
+    }
+}
+
+/// Open a SQLite connection with the settings every one of ours has (WAL, a busy timeout,
+/// foreign keys, a statement cache). The schema is not touched.
+fn open_lite(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
 }
 
 /// A refusal or failure of our own.
@@ -559,12 +721,7 @@ impl Db {
         };
         owner_only(path)
             .map_err(|e| store_error(format!("making it readable by its owner only: {e}")))?;
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.set_prepared_statement_cache_capacity(64);
+        let conn = open_lite(path)?;
         let mut db = Db {
             conn: Conn::Lite(conn),
             sealer,
@@ -574,17 +731,51 @@ impl Db {
         Ok(db)
     }
 
-    /// Another handle on the same MySQL pool, for another thread (`None` on SQLite, whose
-    /// connection is this thread's).
+    /// Another handle on the same MySQL pool, for another thread (`None` on SQLite).
     pub fn sibling(&self) -> Option<Db> {
         match &self.conn {
-            Conn::Lite(_) => None,
+            Conn::Lite(_) | Conn::Pool(_) => None,
             Conn::My(s) => Some(Db {
                 conn: Conn::My(s.clone()),
                 sealer: self.sealer.clone(),
                 write_wait: self.write_wait,
             }),
         }
+    }
+
+    /// The SQLite connection for one operation (`None` on MySQL): see [`Lite`].
+    fn lite(&self) -> Result<Option<Lite<'_>>> {
+        match &self.conn {
+            Conn::Lite(c) => Ok(Some(Lite::Own(c))),
+            Conn::Pool(p) => {
+                if let Ok(c) = std::cell::Ref::filter_map(p.pinned.borrow(), Option::as_ref) {
+                    return Ok(Some(Lite::Pinned(c)));
+                }
+                Ok(Some(Lite::Taken(
+                    &p.pool,
+                    Some(p.pool.take(self.write_wait)?),
+                )))
+            }
+            Conn::My(_) => Ok(None),
+        }
+    }
+
+    /// Run `f` with this `Db`'s SQLite connection held throughout (a pooled `Db` takes one and
+    /// pins it, so every operation inside `f` uses it); MySQL: `f` as it is.
+    fn pinned<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let Conn::Pool(p) = &self.conn else {
+            return f();
+        };
+        if p.pinned.borrow().is_some() {
+            return f();
+        }
+        let conn = p.pool.take(self.write_wait)?;
+        *p.pinned.borrow_mut() = Some(conn);
+        let out = f();
+        if let Some(conn) = p.pinned.borrow_mut().take() {
+            p.pool.give_back(conn);
+        }
+        out
     }
 
     /// Is this database a MySQL server's (not a SQLite file)?
@@ -596,10 +787,15 @@ impl Db {
     /// duration of `f` (waiting at most the write wait for one).
     fn run<T>(&self, f: impl FnOnce(&Sql) -> Result<T>) -> Result<T> {
         match &self.conn {
-            Conn::Lite(c) => f(&Sql::Lite(c)),
             Conn::My(s) => {
                 let mut c = s.conn(self.write_wait)?;
                 f(&Sql::My(RefCell::new(&mut c)))
+            }
+            _ => {
+                let c = self
+                    .lite()?
+                    .ok_or_else(|| store_error("no SQLite connection"))?;
+                f(&Sql::Lite(&c))
             }
         }
     }
@@ -650,6 +846,7 @@ impl Db {
     /// together; on MySQL, for a pooled connection) rather than [`BUSY_TIMEOUT`].
     pub fn wait_for_writes(&mut self, wait: Duration) -> Result<()> {
         if let Conn::Lite(c) = &self.conn {
+            // (A pooled connection gets `write_wait` as its busy timeout when it is taken.)
             c.busy_timeout(wait)?;
         }
         self.write_wait = wait;
@@ -804,6 +1001,11 @@ impl Db {
             return Ok(0);
         };
         let pass = match &self.conn {
+            Conn::Pool(_) => {
+                return Err(store_error(
+                    "the sealing pass needs a connection of its own, not a pooled handle",
+                ))
+            }
             Conn::Lite(conn) => {
                 conn.pragma_update(None, "secure_delete", "ON")?;
                 let pass = self.seal_pass(&Sql::Lite(conn), &s)?;
@@ -972,7 +1174,8 @@ impl Db {
     pub fn no_autocheckpoint(&self) -> Result<()> {
         match &self.conn {
             Conn::Lite(c) => Ok(c.pragma_update(None, "wal_autocheckpoint", 0)?),
-            Conn::My(_) => Ok(()),
+            // Set on every pooled connection when it is opened.
+            Conn::Pool(_) | Conn::My(_) => Ok(()),
         }
     }
 
@@ -980,16 +1183,17 @@ impl Db {
     pub fn set_cache_kib(&self, kib: i64) -> Result<()> {
         match &self.conn {
             Conn::Lite(c) => Ok(c.pragma_update(None, "cache_size", -kib)?),
-            Conn::My(_) => Ok(()),
+            // The pool's size, given to `Db::shared_pool`.
+            Conn::Pool(_) | Conn::My(_) => Ok(()),
         }
     }
 
     /// Copy what the WAL holds back into the database, without waiting for readers or
     /// writers. Nothing on MySQL.
     pub fn checkpoint(&self) -> Result<()> {
-        match &self.conn {
-            Conn::Lite(c) => Ok(c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?),
-            Conn::My(_) => Ok(()),
+        match self.lite()? {
+            Some(c) => Ok(c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?),
+            None => Ok(()),
         }
     }
 
@@ -997,19 +1201,24 @@ impl Db {
     /// session writes, within `bound` for the turn and SQLite's write lock together: past it,
     /// busy. On MySQL there is no single write lock to queue for: `write` runs at once.
     fn session_write<T>(&self, bound: Duration, write: impl FnOnce() -> Result<T>) -> Result<T> {
-        let Conn::Lite(conn) = &self.conn else {
+        if matches!(self.conn, Conn::My(_)) {
             return write();
-        };
-        let deadline = Instant::now() + bound;
-        let _turn = SESSION_WRITES
-            .take_by(deadline)
-            .ok_or_else(|| busy("waited too long for this process's other writers"))?;
-        conn.busy_timeout(deadline.saturating_duration_since(Instant::now()))?;
-        let written = write();
-        let restored = conn.busy_timeout(self.write_wait);
-        let written = written?;
-        restored?;
-        Ok(written)
+        }
+        self.pinned(|| {
+            let conn = self
+                .lite()?
+                .ok_or_else(|| store_error("no SQLite connection"))?;
+            let deadline = Instant::now() + bound;
+            let _turn = SESSION_WRITES
+                .take_by(deadline)
+                .ok_or_else(|| busy("waited too long for this process's other writers"))?;
+            conn.busy_timeout(deadline.saturating_duration_since(Instant::now()))?;
+            let written = write();
+            let restored = conn.busy_timeout(self.write_wait);
+            let written = written?;
+            restored?;
+            Ok(written)
+        })
     }
 
     /// What `/healthz` asks: a read of a table, then a write, the write within `bound` (its
@@ -1027,6 +1236,7 @@ impl Db {
     pub fn health(&self, bound: Duration, probe: &HealthProbe) -> Health {
         let conn = match &self.conn {
             Conn::Lite(c) => c,
+            Conn::Pool(_) => return Err("the health probe needs a connection of its own".into()),
             Conn::My(s) => {
                 let mut c = s
                     .conn(bound)
@@ -1081,7 +1291,12 @@ impl Db {
 
     pub fn integrity_check(&self) -> Result<String> {
         match &self.conn {
-            Conn::Lite(c) => Ok(c.query_row("PRAGMA integrity_check", [], |r| r.get(0))?),
+            Conn::Lite(_) | Conn::Pool(_) => {
+                let c = self
+                    .lite()?
+                    .ok_or_else(|| store_error("no SQLite connection"))?;
+                Ok(c.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+            }
             Conn::My(s) => {
                 // CHECK TABLE answers (table, op, type, text) rows; "OK" or "Table is already
                 // up to date" for a sound table.

@@ -3,7 +3,7 @@
 //! (`SESSION_WRITES`) before SQLite's lock.
 
 use super::sql::{args, Sql};
-use super::{Conn, Db, Result, SESSION_WRITES};
+use super::{Db, Result, SESSION_WRITES};
 use crate::secret::Secret;
 use std::time::{Duration, Instant};
 
@@ -259,21 +259,24 @@ impl Db {
     pub fn try_touch_session(&self, skey_hash: &[u8; 32], now: i64) -> Result<bool> {
         const TOUCH: &str =
             "UPDATE sessions SET last_visit = ?2 WHERE skey_hash = ?1 AND last_visit < ?2";
-        let Conn::Lite(conn) = &self.conn else {
-            self.exec(TOUCH, args![&skey_hash[..], now])?;
-            return Ok(true);
-        };
-        let Some(_turn) = SESSION_WRITES.try_take() else {
-            return Ok(false);
-        };
-        conn.busy_timeout(Duration::ZERO)?;
-        let touched = self.exec(TOUCH, args![&skey_hash[..], now]);
-        conn.busy_timeout(self.write_wait)?;
-        match touched {
-            Ok(_) => Ok(true),
-            Err(e) if e.is_busy() => Ok(false),
-            Err(e) => Err(e),
-        }
+        // A pooled `Db` holds one connection throughout, so the timeout is the statement's.
+        self.pinned(|| {
+            let Some(conn) = self.lite()? else {
+                self.exec(TOUCH, args![&skey_hash[..], now])?;
+                return Ok(true);
+            };
+            let Some(_turn) = SESSION_WRITES.try_take() else {
+                return Ok(false);
+            };
+            conn.busy_timeout(Duration::ZERO)?;
+            let touched = self.exec(TOUCH, args![&skey_hash[..], now]);
+            conn.busy_timeout(self.write_wait)?;
+            match touched {
+                Ok(_) => Ok(true),
+                Err(e) if e.is_busy() => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
     }
 
     pub fn revoke_session(&self, skey_hash: &[u8; 32]) -> Result<bool> {
