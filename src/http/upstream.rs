@@ -27,12 +27,14 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// Requests in the upstream pool at once, per worker (the bound is what the old fixed lane held:
-/// 4 threads and 16 queued places per worker).
-pub const IN_FLIGHT_PER_WORKER: usize = 20;
+/// Requests in the upstream pool at once, per worker: a slow WeChat should cost a login its
+/// latency and nothing else, so with the default 4 workers 256 logins wait on WeChat at once
+/// (256 logins/s on a WeChat that takes a second, 2,560/s at 100 ms). Waiting, a request holds
+/// a thread (a stack, mostly untouched) and a socket to WeChat, no database connection.
+pub const IN_FLIGHT_PER_WORKER: usize = 64;
 /// At most this many requests in the pool however many workers (`server.workers` may be up to
-/// 1024): each costs a thread, and while its handler runs, a database connection.
-pub const MAX_IN_FLIGHT: usize = 320;
+/// 1024).
+pub const MAX_IN_FLIGHT: usize = 1024;
 /// Connections kept open between operations, at most: opening one costs about a tenth of a login's
 /// CPU, so as many as were in use at once are kept, up to this many.
 pub const MAX_KEPT_CONNECTIONS: usize = 64;

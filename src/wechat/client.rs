@@ -134,12 +134,18 @@ pub(crate) fn on_a_worker(what: &str) -> bool {
     true
 }
 
+/// Keep-alive connections kept per host (and in all): as many as logins the upstream pool lets
+/// wait at once with the default 4 workers, so a burst of logins does not open a connection
+/// (and leave a socket in TIME_WAIT) per call.
+const IDLE_CONNECTIONS: usize = 256;
+
 impl WeChat {
     pub fn new(cfg: &WeChatConfig) -> WeChat {
         let builder = || {
             ureq::AgentBuilder::new()
                 .timeout(Duration::from_millis(cfg.timeout_ms))
-                .max_idle_connections_per_host(64)
+                .max_idle_connections(IDLE_CONNECTIONS)
+                .max_idle_connections_per_host(IDLE_CONNECTIONS)
                 .user_agent(concat!("wafer/", env!("CARGO_PKG_VERSION")))
         };
         WeChat {

@@ -60,9 +60,9 @@ fn metric(addr: &str, name: &str) -> u64 {
 
 #[test]
 fn a_login_burst_on_a_slow_wechat_leaves_session_checks_fast() {
-    // 150 connections log in twice each at once while WeChat takes half a second per login:
-    // far more than the lane (4 workers: 16 threads, 64 queued) can hold. Past it a login must
-    // be refused at once (1005), not run on a worker, so that the session checks beside the burst
+    // 400 connections log in twice each at once while WeChat takes half a second per login:
+    // more than the upstream pool (4 workers: 256 at once) takes. Past it a login must be
+    // refused at once (1005), not run on a worker, so that the session checks beside the burst
     // still find a free worker. (Before: the overflow waited on WeChat on the workers, and checks
     // queued behind it for seconds.)
     let dir = tempfile::tempdir().unwrap();
@@ -77,7 +77,7 @@ fn a_login_burst_on_a_slow_wechat_leaves_session_checks_fast() {
         json!({"path": "/sns/jscode2session", "delay_ms": 500, "times": 100_000}),
     );
 
-    let n = 150;
+    let n = 400;
     let gate = Arc::new(Barrier::new(n + 1));
     let burst: Vec<_> = (0..n)
         .map(|t| {

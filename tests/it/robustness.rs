@@ -947,15 +947,15 @@ fn more_logins_waiting_on_wechat_than_workers_do_not_hold_up_checks() {
 
 #[test]
 fn logins_on_a_slow_wechat_all_wait_at_once_past_a_fixed_thread_count() {
-    // Twenty logins at once on one worker while WeChat takes a second per login: the upstream
-    // pool starts a thread for each (its bound is 20 per worker), so they all wait together and
-    // all succeed within about a second. (Before: the lane's four fixed threads per worker took
-    // them four at a time, and the last answered after five seconds.)
+    // Sixty-four logins at once on one worker while WeChat takes a second per login: the
+    // upstream pool starts a thread for each (its bound is 64 per worker), so they all wait
+    // together and all succeed within about a second. A slow WeChat costs a login its latency
+    // and nothing else. (Before: the bound was 20 per worker, and 44 of them were refused busy.)
     let env = Arc::new(Env::with(|c| {
         c.wechat.timeout_ms = 5000;
         c.server.workers = 1;
     }));
-    let n = 20;
+    let n = 64;
     env.fail(json!({"path": "/sns/jscode2session", "delay_ms": 1000, "times": n}));
     let answers = slow_logins(&env, n, |_| {});
     let slowest = answers.iter().map(|a| a.1).max().unwrap();
@@ -1035,16 +1035,16 @@ fn code_of(r: &Value) -> i64 {
 
 #[test]
 fn a_full_lane_refuses_at_once_in_each_dialects_words() {
-    // Sixty requests that wait on a hung WeChat (or go to the lane by path) at once: with one
-    // worker, three times what the lane's 4 threads and 16 queued places hold. What does not fit is
-    // refused at once by the worker, never run there: busy in each dialect's words (CONTRACT
+    // Two hundred requests that wait on a hung WeChat (or go to the upstream pool by path) at
+    // once: with one worker, three times what the pool takes (64 per worker). What does not fit
+    // is refused at once by the worker, never run there: busy in each dialect's words (CONTRACT
     // §3, §5). What fits waits for WeChat's timeout and fails as an unreachable WeChat.
     let timeout_ms = 1000;
     let env = Arc::new(Env::with(|c| {
         c.wechat.timeout_ms = timeout_ms;
         c.server.workers = 1;
     }));
-    let n = 60;
+    let n = 200;
     for path in [
         "/sns/jscode2session",
         "/cgi-bin/stable_token",
