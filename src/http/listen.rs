@@ -24,6 +24,9 @@
 //! - **Every refusal is counted and logged**: the requests refused above never reach a worker,
 //!   so tiny_http reports each (`Limits::on_refusal`): `wafer_requests_total{route="refused"}`
 //!   by status, and a log line `REFUSED - STATUS`.
+//! - **Bursts of new connections** wait in an accept queue of [`BACKLOG`] (the kernel caps it at
+//!   `net.core.somaxconn`), not std's 128: past the queue Linux drops a SYN, and its client
+//!   tries again only a second later.
 //!
 //! So no worker ever waits on a client: a slow client costs one connection thread (a small
 //! stack) for at most about twice the io timeout per request.
@@ -39,6 +42,20 @@ use std::time::Duration;
 /// holding bodies back on purpose.
 pub const OTHER_BODIES_BUDGET: usize = 16 << 20;
 
+/// Connections the kernel may hold for the accept loop (std's `TcpListener::bind` asks for 128).
+pub const BACKLOG: i32 = 4096;
+
+/// A listening socket on `addr` as std's `TcpListener::bind` makes one (`SO_REUSEADDR`, so a
+/// restart binds at once), with an accept queue of [`BACKLOG`].
+fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
 /// tiny_http on `addr`, bounded as above.
 pub fn bind(
     addr: SocketAddr,
@@ -49,7 +66,7 @@ pub fn bind(
     let max_body_bytes = server.max_body_bytes;
     let gateway_max_body_bytes = usize::try_from(gateway.max_body_bytes).unwrap_or(usize::MAX);
     let gateway_inflight = usize::try_from(gateway.max_inflight_bytes).unwrap_or(usize::MAX);
-    let listener = std::net::TcpListener::bind(addr)?;
+    let listener = listener(addr)?;
     let mut limits = tiny_http::Limits::default();
     limits.io_timeout = Some(Duration::from_millis(server.io_timeout_ms));
     limits.max_buffered_body = Some(max_body_bytes);

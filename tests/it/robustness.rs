@@ -1247,6 +1247,48 @@ fn a_burst_of_new_connections_is_answered_at_once() {
     }
 }
 
+#[test]
+fn six_hundred_connections_at_once_are_all_taken_in_without_a_retransmit() {
+    // A burst of new connections (a login burst, clients reconnecting after a restart) larger
+    // than the listening socket's accept queue: with the 128 places std's `TcpListener::bind`
+    // gives, Linux drops the SYNs past them, each such client sends its SYN again after a second,
+    // and some found their connection reset. Every connection here must be answered well
+    // within that second.
+    let env = Env::with(|c| c.server.io_timeout_ms = 30_000);
+    let addr = env.server.as_ref().unwrap().addr();
+    let n = 600;
+    let gate = Arc::new(std::sync::Barrier::new(n));
+    let conns: Vec<_> = (0..n)
+        .map(|_| {
+            let gate = gate.clone();
+            std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    gate.wait();
+                    let started = Instant::now();
+                    let mut s = TcpStream::connect(addr).unwrap();
+                    s.set_read_timeout(Some(Duration::from_millis(5000)))
+                        .unwrap();
+                    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+                        .unwrap();
+                    let mut buf = [0u8; 256];
+                    let answered = matches!(s.read(&mut buf), Ok(k) if k > 0);
+                    (answered, started.elapsed(), s)
+                })
+                .unwrap()
+        })
+        .collect();
+    let results: Vec<_> = conns.into_iter().map(|c| c.join().unwrap()).collect();
+    let unanswered = results.iter().filter(|(ok, _, _)| !ok).count();
+    let slowest = results.iter().map(|(_, t, _)| *t).max().unwrap();
+    eprintln!("robustness: {n} connections at once, slowest answered after {slowest:?}");
+    assert_eq!(unanswered, 0, "{unanswered} of {n} connections unanswered");
+    assert!(
+        slowest < Duration::from_millis(900),
+        "the slowest of {n} connections at once was answered after {slowest:?}"
+    );
+}
+
 /// A `wafer serve` child on a fresh database with one app (`APPID`), and what it needs kept.
 fn serve_one_app() -> (tempfile::TempDir, fake_wechat::MockHandle, Child2) {
     let dir = tempfile::tempdir().unwrap();
