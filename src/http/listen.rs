@@ -11,11 +11,13 @@
 //! - **Bodies** are read whole by the connection's thread too, before a worker sees the request:
 //!   at most `server.max_body_bytes` (413, unread when `Content-Length` says so; the gateway's
 //!   routes, `gateway::parse_route`, `gateway.max_body_bytes` instead), within
-//!   `server.io_timeout_ms` of the head's end (408). A worker reads the body from memory.
+//!   `server.io_timeout_ms` of the head's end (408). A worker takes the body out of the request
+//!   (`Request::take_body`, not a copy), so each body is held once.
 //! - **The bodies held at once** are bounded too, whatever the number of connections: the
 //!   gateway's at most `gateway.max_inflight_bytes` together, all others at most
 //!   [`OTHER_BODIES_BUDGET`] (at least one of `server.max_body_bytes`), from the moment a body
-//!   is about to be read until its request is answered. A request past that is answered 503
+//!   is about to be read until its request is answered (the body a worker took included: it
+//!   must not outlive the answer). A request past that is answered 503
 //!   with `Retry-After: 1` and its body is not read.
 //! - **Answers** are written by the connection's thread from memory, after the worker has
 //!   moved on, each write bounded by `server.io_timeout_ms`; so is every read. A connection

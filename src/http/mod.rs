@@ -1,6 +1,7 @@
 //! The HTTP server: the only module that touches tiny_http. One tiny_http server shared by N
 //! worker threads, each with its own SQLite connection, each looping on `recv`. A request is
-//! read once into an `api::Incoming` (body bounded by `server.max_body_bytes`), routed once by
+//! read once into an `api::Incoming` (its body taken out of tiny_http's request, bounded by
+//! `server.max_body_bytes` and counted in the body budget until the answer), routed once by
 //! the route table (`routes`), and answered with an `api::Reply`, on the worker or, when it may
 //! wait on WeChat, on the upstream pool (`upstream`). A panic in a handler becomes a 500 and the
 //! thread goes on. Shutdown stops taking new work, finishes what is in hand, and joins.
@@ -268,17 +269,19 @@ fn serve(
         .split_once('?')
         .map_or(rq.url(), |(p, _)| p)
         .to_string();
-    let body = read_body(&mut rq);
+    let body = take_body(&mut rq);
     let (route, params) = match route(worker, &rq, method, &path) {
         Ok(found) => found,
         Err((label, reply)) => {
-            return respond(&worker.shared, rq, label, reply, method, &path, started)
+            drop(body);
+            return respond(&worker.shared, rq, label, reply, method, &path, started);
         }
     };
     let body = if route.pool == routes::Pool::Workers {
         let incoming = incoming(&rq, method, &path, body, params);
         match run_caught(route, worker, &incoming, Wait::Forbidden) {
             Outcome::Reply(reply) => {
+                drop(incoming);
                 return respond(
                     &worker.shared,
                     rq,
@@ -287,7 +290,7 @@ fn serve(
                     method,
                     &path,
                     started,
-                )
+                );
             }
             Outcome::NeedsUpstream => incoming.body,
         }
@@ -305,14 +308,22 @@ fn serve(
     };
     if let Some(job) = upstream.submit(job) {
         worker.shared.metrics.upstream_full();
-        let reply = job.route.dialect.busy();
+        let upstream::Job {
+            rq,
+            path,
+            body,
+            route,
+            ..
+        } = job;
+        drop(body);
+        let reply = route.dialect.busy();
         respond(
             &worker.shared,
-            job.rq,
-            job.route.label,
+            rq,
+            route.label,
             reply,
             method,
-            &job.path,
+            &path,
             started,
         );
     }
@@ -442,12 +453,16 @@ fn method_name(m: Method) -> &'static str {
 }
 
 /// The body, already read whole, within `server.max_body_bytes` and the io timeout, by
-/// tiny_http's connection thread (`listen`): this reads memory, never the client.
-fn read_body(rq: &mut tiny_http::Request) -> Vec<u8> {
-    let mut body = Vec::with_capacity(rq.body_length().unwrap_or(0));
-    // Reading a buffer in memory cannot fail.
-    let _ = rq.as_reader().read_to_end(&mut body);
-    body
+/// tiny_http's connection thread (`listen`): taken out of the request, not copied, so that it
+/// is held once. Its bytes stay counted in the body budget (`listen`) until `rq` is answered;
+/// the body must not outlive that answer (`respond` is given it last).
+fn take_body(rq: &mut tiny_http::Request) -> Vec<u8> {
+    // Every request is buffered (`listen` sets `max_buffered_body`); reading memory cannot fail.
+    rq.take_body().unwrap_or_else(|| {
+        let mut body = Vec::new();
+        let _ = rq.as_reader().read_to_end(&mut body);
+        body
+    })
 }
 
 /// How long a write on a worker (a revocation, user data, an agent's secret) waits for its turn

@@ -51,6 +51,10 @@ pub struct Request {
     // where to read the body from
     data_reader: Option<Box<dyn Read + Send + 'static>>,
 
+    // wafer's fix: a body read whole (`Limits::max_buffered_body`), read from here instead of
+    // `data_reader`, and its bytes of the server's budget, held until the request is dropped
+    held_body: Option<Box<HeldBody>>,
+
     // if this writer is empty, then the request has been answered
     response_writer: Option<Box<dyn Write + Send + 'static>>,
 
@@ -228,6 +232,7 @@ where
 
     Ok(Request {
         data_reader: Some(reader),
+        held_body: None,
         response_writer: Some(Box::new(writer) as Box<dyn Write + Send + 'static>),
         remote_addr,
         secure,
@@ -258,7 +263,8 @@ pub(crate) fn new_buffered_request(
 ) -> Request {
     Request {
         body_length: Some(body.len()),
-        data_reader: Some(Box::new(HeldBody {
+        data_reader: None,
+        held_body: Some(Box::new(HeldBody {
             body: Cursor::new(body),
             _hold: hold,
         })),
@@ -275,7 +281,8 @@ pub(crate) fn new_buffered_request(
 }
 
 /// A body in memory and its bytes of the server's budget (wafer's fix, `Limits::body_budget`),
-/// given back when the request is answered or dropped (with its reader).
+/// given back when the request is answered or dropped, even if the body was taken
+/// ([`Request::take_body`]).
 struct HeldBody {
     body: Cursor<Vec<u8>>,
     _hold: BodyHold,
@@ -467,7 +474,27 @@ impl Request {
             self.must_send_continue = false;
         }
 
-        self.data_reader.as_mut().unwrap()
+        match &mut self.held_body {
+            Some(held) => &mut **held,
+            None => self.data_reader.as_mut().unwrap(),
+        }
+    }
+
+    /// Hands over the body of a request read whole (wafer's fix, `Limits::max_buffered_body`):
+    /// what `as_reader` has not read yet, moved out without a copy. Its bytes stay counted in
+    /// the server's body budget (`Limits::body_budget`) until the request is answered or
+    /// dropped, so the caller should not keep the body past that: then the budget bounds the
+    /// bodies held in memory, not twice that (one copy in the request, one read out of it).
+    /// Afterwards `as_reader` reads nothing (and another `take_body` an empty body). `None` when
+    /// the body is read from the connection (without `max_buffered_body`).
+    pub fn take_body(&mut self) -> Option<Vec<u8>> {
+        let held = self.held_body.as_mut()?;
+        let read = <usize as std::convert::TryFrom<u64>>::try_from(held.body.position())
+            .unwrap_or(usize::MAX);
+        let mut body = std::mem::take(held.body.get_mut());
+        held.body.set_position(0);
+        body.drain(..read.min(body.len()));
+        Some(body)
     }
 
     /// Turns the `Request` into a writer.
@@ -513,6 +540,10 @@ impl Request {
     /// This may only be called once on a single request.
     fn extract_reader_impl(&mut self) -> Box<dyn Read + Send + 'static> {
         use std::mem;
+
+        if let Some(held) = self.held_body.take() {
+            return held;
+        }
 
         assert!(self.data_reader.is_some());
 

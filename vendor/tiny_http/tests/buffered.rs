@@ -394,3 +394,68 @@ fn bodies_past_the_server_wide_budget_are_refused_unread() {
     let text = exchange(addr, &again);
     assert!(text.ends_with("/upload/b 30000"), "{}", text);
 }
+
+/// `Request::take_body` (wafer's fix): the body is moved out of the request rather than copied
+/// (so an application holds it once, not twice), and its bytes stay counted in the server's
+/// budget until the request is answered, not until the body is taken.
+#[test]
+fn a_taken_body_keeps_its_share_of_the_budget_until_answered() {
+    let mut limits = tiny_http::Limits::default();
+    limits.io_timeout = Some(Duration::from_secs(5));
+    limits.max_buffered_body = Some(MAX_BODY);
+    limits.body_budget = Some(MAX_BODY + 1000);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server =
+        Arc::new(tiny_http::Server::from_listener_with_limits(listener, None, limits).unwrap());
+    let addr = server.server_addr().to_ip().unwrap();
+    let (tx, taken) = mpsc::channel();
+    std::thread::spawn(move || {
+        while let Ok(mut rq) = server.recv() {
+            // The first three bytes read, the rest taken.
+            let mut start = [0; 3];
+            rq.as_reader().read_exact(&mut start).unwrap();
+            let body = rq.take_body();
+            let mut after = Vec::new();
+            rq.as_reader().read_to_end(&mut after).unwrap();
+            let again = rq.take_body();
+            let _ = tx.send((rq, start, body, after, again));
+        }
+    });
+    let head = |len: usize| {
+        format!("POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n")
+    };
+    let post = |len: usize| {
+        let mut bytes = head(len).into_bytes();
+        bytes.extend((0..len).map(|i| b'a' + (i % 26) as u8));
+        bytes
+    };
+    let mut first = TcpStream::connect(addr).unwrap();
+    first.write_all(&post(MAX_BODY)).unwrap();
+    let (rq, start, body, after, again) = taken.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(&start, b"abc");
+    let body = body.expect("a buffered body can be taken");
+    assert_eq!(body.len(), MAX_BODY - 3);
+    assert_eq!(&body[..3], b"def", "the bytes not read yet");
+    assert!(
+        after.is_empty(),
+        "the reader is empty once the body is taken"
+    );
+    assert_eq!(again, Some(Vec::new()), "a body is taken once");
+    // Taken but not answered: its bytes are still held, so a second body does not fit.
+    let mut second = TcpStream::connect(addr).unwrap();
+    second.write_all(head(2000).as_bytes()).unwrap();
+    let text = read_head(&mut second);
+    assert!(text.starts_with("HTTP/1.1 503"), "{}", text);
+    // Answered: its bytes are free again, while the taken body lives on in the caller.
+    rq.respond(tiny_http::Response::from_string("ok")).unwrap();
+    let mut answer = String::new();
+    first
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = first.read_to_string(&mut answer);
+    assert!(answer.ends_with("ok"), "{}", answer);
+    let mut third = TcpStream::connect(addr).unwrap();
+    third.write_all(&post(2000)).unwrap();
+    let (_, _, body, ..) = taken.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(body.map(|b| b.len()), Some(2000 - 3));
+}
