@@ -475,10 +475,16 @@ const ROUTES: &[Route] = &[
     upstream("/sns/jscode2session", jscode2session),
     upstream("/cgi-bin/token", access_token),
     upstream("/cgi-bin/stable_token", stable_token),
-    upstream("/cgi-bin/ticket/getticket", mp_ticket),
+    upstream("/cgi-bin/ticket/getticket", |st, input, now| {
+        ticket(st, input, now, &MP_TICKET)
+    }),
     upstream("/cgi-bin/gettoken", wecom_token),
-    upstream("/cgi-bin/get_jsapi_ticket", wecom_corp_ticket),
-    upstream("/cgi-bin/ticket/get", wecom_agent_ticket),
+    upstream("/cgi-bin/get_jsapi_ticket", |st, input, now| {
+        ticket(st, input, now, &WECOM_CORP_TICKET)
+    }),
+    upstream("/cgi-bin/ticket/get", |st, input, now| {
+        ticket(st, input, now, &WECOM_AGENT_TICKET)
+    }),
     upstream("/cgi-bin/component/api_component_token", component_token),
     upstream(
         "/cgi-bin/component/api_create_preauthcode",
@@ -652,35 +658,29 @@ const MP_TOKENS: &[Family] = &[
     Family::AuthorizerToken,
 ];
 
-fn mp_ticket(st: &mut State, input: &Input, now: Instant) -> Result<Value, WxErr> {
-    let spec = TicketSpec {
-        accepts: MP_TOKENS,
-        kind: Some("jsapi"),
-        family: Family::JsapiTicket,
-        per_corp: false,
-    };
-    ticket(st, input, now, &spec)
-}
+/// `/cgi-bin/ticket/getticket?type=jsapi`: an app's or an authoriser's JS-SDK ticket.
+const MP_TICKET: TicketSpec = TicketSpec {
+    accepts: MP_TOKENS,
+    kind: Some("jsapi"),
+    family: Family::JsapiTicket,
+    per_corp: false,
+};
 
-fn wecom_corp_ticket(st: &mut State, input: &Input, now: Instant) -> Result<Value, WxErr> {
-    let spec = TicketSpec {
-        accepts: &[Family::WecomToken],
-        kind: None,
-        family: Family::WecomCorpTicket,
-        per_corp: true,
-    };
-    ticket(st, input, now, &spec)
-}
+/// WeCom's `/cgi-bin/get_jsapi_ticket`: the corp's JS-SDK ticket.
+const WECOM_CORP_TICKET: TicketSpec = TicketSpec {
+    accepts: &[Family::WecomToken],
+    kind: None,
+    family: Family::WecomCorpTicket,
+    per_corp: true,
+};
 
-fn wecom_agent_ticket(st: &mut State, input: &Input, now: Instant) -> Result<Value, WxErr> {
-    let spec = TicketSpec {
-        accepts: &[Family::WecomToken],
-        kind: Some("agent_config"),
-        family: Family::WecomAgentTicket,
-        per_corp: false,
-    };
-    ticket(st, input, now, &spec)
-}
+/// WeCom's `/cgi-bin/ticket/get?type=agent_config`: an application's ticket.
+const WECOM_AGENT_TICKET: TicketSpec = TicketSpec {
+    accepts: &[Family::WecomToken],
+    kind: Some("agent_config"),
+    family: Family::WecomAgentTicket,
+    per_corp: false,
+};
 
 // --- Open Platform component ------------------------------------------------------------------
 
