@@ -93,6 +93,18 @@ impl Cluster {
             .unwrap()
     }
 
+    /// The app's access token as instance `i` serves it (`force`: renewed first); 200 asserted.
+    fn token(&self, i: usize, force: bool) -> String {
+        let q = if force { "?force=true" } else { "" };
+        let url = self.url(i, &format!("/v1/apps/{APPID}/access_token{q}"));
+        let (s, t) = self.env.request("GET", &url, &[], None);
+        assert_eq!(s, 200, "{t}");
+        serde_json::from_str::<Value>(&t).unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     fn stop(mut self) {
         for h in self.others.drain(..) {
             h.shutdown();
@@ -136,13 +148,7 @@ fn cold_token_reads_across_three_instances_are_one_upstream_call() {
             let (c, gate) = (c.clone(), gate.clone());
             std::thread::spawn(move || {
                 gate.wait();
-                let url = c.url(n % 3, &format!("/v1/apps/{APPID}/access_token"));
-                let (s, t) = c.env.request("GET", &url, &[], None);
-                assert_eq!(s, 200, "{t}");
-                serde_json::from_str::<Value>(&t).unwrap()["access_token"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
+                c.token(n % 3, false)
             })
         })
         .collect();
@@ -224,14 +230,11 @@ fn an_instance_killed_mid_refresh_holds_the_others_up_only_for_its_lease() {
         // Never answered: the instance dies first.
         let _ = ureq::get(&url).call();
     });
-    let until = Instant::now() + Duration::from_secs(10);
-    while c.env.calls(STABLE) == 0 {
-        assert!(
-            Instant::now() < until,
-            "the doomed instance never asked WeChat"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        Duration::from_secs(10),
+        "the doomed instance never asked WeChat",
+        || c.env.calls(STABLE) > 0,
+    );
     doomed.signal("-9");
     let started = Instant::now();
     let (s, v) = c
@@ -451,30 +454,18 @@ fn a_token_renewed_on_one_instance_is_served_by_the_others_about_a_second_later(
     let Some(c) = Cluster::start(|_| {}) else {
         return;
     };
-    let read = |i: usize, force: bool| -> String {
-        let q = if force { "?force=true" } else { "" };
-        let url = c.url(i, &format!("/v1/apps/{APPID}/access_token{q}"));
-        let (s, t) = c.env.request("GET", &url, &[], None);
-        assert_eq!(s, 200, "{t}");
-        serde_json::from_str::<Value>(&t).unwrap()["access_token"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    let old = read(1, false);
-    assert_eq!(read(2, false), old);
+    let old = c.token(1, false);
+    assert_eq!(c.token(2, false), old);
     // A forced renewal on instance 0 replaces the token at WeChat (the old one stops working).
-    let new = read(0, true);
+    let new = c.token(0, true);
     assert_ne!(new, old);
     let started = Instant::now();
     for i in [1, 2] {
-        while read(i, false) != new {
-            assert!(
-                started.elapsed() < Duration::from_secs(3),
-                "instance {i} still serves the replaced token"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until(
+            Duration::from_secs(3).saturating_sub(started.elapsed()),
+            &format!("instance {i} still serves the replaced token"),
+            || c.token(i, false) == new,
+        );
     }
     eprintln!(
         "shared_db: the other instances served the renewed token after {:?}",
@@ -543,14 +534,9 @@ fn when_the_refresher_instance_dies_another_renews_ahead_of_expiry() {
         return;
     };
     // Instance 0 is the refresher: it claims the lease on its first pass.
-    let started = Instant::now();
-    while env.scalar("SELECT count(*) FROM leases WHERE name = 'refresher'") == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "no refresher elected"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(Duration::from_secs(5), "no refresher elected", || {
+        env.scalar("SELECT count(*) FROM leases WHERE name = 'refresher'") > 0
+    });
     let other = env.another();
     // A token that lives 12 s, read on instance 0 only; then instance 0 dies (its lease stays
     // until it runs out, as a killed process's would).
@@ -561,13 +547,11 @@ fn when_the_refresher_instance_dies_another_renews_ahead_of_expiry() {
     let mut env = env;
     env.server.take().unwrap().shutdown();
     // The other instance, which never served it, renews it before it expires.
-    while env.calls(STABLE) < 2 {
-        assert!(
-            fetched.elapsed() < Duration::from_secs(11),
-            "not renewed ahead of expiry"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        Duration::from_secs(11).saturating_sub(fetched.elapsed()),
+        "not renewed ahead of expiry",
+        || env.calls(STABLE) >= 2,
+    );
     eprintln!(
         "shared_db: the surviving instance renewed the token {:?} after the fetch (12 s life)",
         fetched.elapsed()
@@ -613,4 +597,13 @@ fn a_verify_ticket_pushed_to_one_instance_is_used_by_another() {
     assert_eq!(s, 200, "{t}");
     assert_eq!(c.env.calls("/cgi-bin/component/api_component_token"), 1);
     c.stop();
+}
+
+/// Poll `done` every 20 ms until it holds; fail with `what` when it still does not after `limit`.
+fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
