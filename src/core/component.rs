@@ -36,7 +36,8 @@ pub fn live_authorizers(
 pub const PRE_AUTH_MARGIN_SECS: i64 = 300;
 
 /// The most `api_query_auth` calls that `/callback` (which anyone can request) may cause per
-/// component in a clock minute; past it the callback answers 429. WeChat's own `authorized`
+/// component in any 60 s (a sliding window: `Db::count_query_auth`); past it the callback
+/// answers 429. WeChat's own `authorized`
 /// events, which are signed, are not counted.
 pub const QUERY_AUTH_PER_MINUTE: i64 = 60;
 
@@ -80,7 +81,7 @@ pub fn pre_auth_code(broker: &Broker, db: &Db, component_appid: &str) -> Result<
 }
 
 /// Exchange an `auth_code` from the browser callback (`/callback`, which anyone can request):
-/// at most [`QUERY_AUTH_PER_MINUTE`] exchanges a minute per component (`Ok(None)` past it,
+/// at most [`QUERY_AUTH_PER_MINUTE`] exchanges in any 60 s per component (`Ok(None)` past it,
 /// before any upstream call). A completed exchange retires the stored pre-auth code, which the
 /// authorisation most likely used.
 pub fn exchange_from_callback(

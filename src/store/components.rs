@@ -1,5 +1,5 @@
 //! The `components` and `authorizers` tables: Open Platform components (secret, callback keys,
-//! verify ticket, pre-auth code, the minute's `api_query_auth` count) and the accounts that
+//! verify ticket, pre-auth code, the last 60 s of `api_query_auth` calls) and the accounts that
 //! authorised them (refresh token, scopes, authorisation and revocation times).
 
 use super::sql::{args, Row};
@@ -51,6 +51,31 @@ pub struct Authorizer {
 
 const COMPONENT_COLUMNS: &str =
     "appid, secret, token, aes_key, prev_aes_key, redirect_uri, verify_ticket, ticket_at, forward_url";
+
+/// How often [`Db::count_query_auth`] reads and tries again when another caller changed the
+/// times in between.
+const QUERY_AUTH_TRIES: usize = 8;
+
+/// The call times `held` (`components.query_auth_times`) with one at `now` added and those 60 s
+/// or more before it gone; `None` when `per_minute` remain.
+fn query_auth_times_with(held: &str, now: i64, per_minute: i64) -> Option<String> {
+    let mut times: Vec<i64> = held
+        .split_ascii_whitespace()
+        .filter_map(|t| t.parse().ok())
+        .filter(|&t| t > now.saturating_sub(60))
+        .collect();
+    if i64::try_from(times.len()).unwrap_or(i64::MAX) >= per_minute {
+        return None;
+    }
+    times.push(now);
+    Some(
+        times
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
 
 const AUTHORIZER_COLUMNS: &str =
     "component_appid, authorizer_appid, refresh_token, func_info, authorized_at, revoked_at, info";
@@ -177,18 +202,35 @@ impl Db {
         Ok(())
     }
 
-    /// Count one `api_query_auth` call in the current minute (`now / 60`), if fewer than
-    /// `per_minute` were made in it: one statement, so concurrent callers cannot both take the
-    /// last one. False when the minute's calls are used up (or there is no such component).
-    /// (MySQL sets columns left to right: the count is set before the minute it compares.)
+    /// Count one `api_query_auth` call at `now`, if fewer than `per_minute` were counted in the
+    /// 60 s up to it (after `now - 60`): a sliding window, so no 60 s, across a clock minute's
+    /// edge or not, holds more. False when they are used up (or there is no such component).
+    /// The times are one column, read and then replaced only if unchanged, so concurrent
+    /// callers (other instances included) cannot both take the last call; one that keeps
+    /// losing that race is refused.
     pub fn count_query_auth(&self, appid: &str, now: i64, per_minute: i64) -> Result<bool> {
-        Ok(self.exec(
-            "UPDATE components SET
-               query_auth_calls = CASE WHEN query_auth_minute = ?2 THEN query_auth_calls + 1 ELSE 1 END,
-               query_auth_minute = ?2
-             WHERE appid = ?1 AND (query_auth_minute != ?2 OR query_auth_calls < ?3)",
-            args![appid, now.div_euclid(60), per_minute],
-        )? > 0)
+        for _ in 0..QUERY_AUTH_TRIES {
+            let Some(held) = self.row(
+                "SELECT query_auth_times FROM components WHERE appid = ?1",
+                args![appid],
+                |r| r.get::<String>(0),
+            )?
+            else {
+                return Ok(false);
+            };
+            let Some(next) = query_auth_times_with(&held, now, per_minute) else {
+                return Ok(false);
+            };
+            if self.exec(
+                "UPDATE components SET query_auth_times = ?3
+                 WHERE appid = ?1 AND query_auth_times = ?2",
+                args![appid, held.as_str(), next.as_str()],
+            )? > 0
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Record an authorisation (new, renewed or re-granted after a revocation): the refresh
@@ -294,7 +336,7 @@ mod tests {
     use crate::store::tests::db;
 
     #[test]
-    fn query_auth_calls_are_counted_per_clock_minute() {
+    fn query_auth_calls_are_bounded_in_every_60_seconds() {
         let (_dir, db) = db();
         let c = ComponentUpsert {
             appid: "wxc".into(),
@@ -311,9 +353,16 @@ mod tests {
                 .filter(|_| db.count_query_auth("wxc", now, 3).unwrap())
                 .count()
         };
-        assert_eq!(allowed(600), 3);
-        assert_eq!(allowed(659), 0, "the same minute");
-        assert_eq!(allowed(660), 3, "the next one");
+        // The last second of a clock minute, then the first of the next: the bound is over
+        // any 60 s, not per clock minute (which let twice the bound through across the edge).
+        assert_eq!(allowed(659), 3);
+        assert_eq!(allowed(660), 0, "a new clock minute, 1 s later");
+        assert_eq!(allowed(718), 0, "59 s later");
+        assert_eq!(allowed(719), 3, "60 s later");
+        // One at a time: each leaves the window 60 s after it was made.
+        let one = |now| db.count_query_auth("wxc", now, 3).unwrap();
+        assert!(one(779) && one(790) && one(800) && !one(810));
+        assert!(!one(838) && one(839) && !one(849) && one(850));
         assert!(!db.count_query_auth("wxnone", 660, 3).unwrap());
     }
 }

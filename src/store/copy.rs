@@ -99,6 +99,7 @@ pub const COPIED: &[(&str, &[&str])] = &[
             "query_auth_minute",
             "query_auth_calls",
             "forward_url",
+            "query_auth_times",
         ],
     ),
     (

@@ -140,6 +140,7 @@ const MIGRATIONS: &[&str] = &[
     PHONE_INFO,
     AUTHORIZER_INFO,
     LEASES,
+    QUERY_AUTH_TIMES,
 ];
 
 /// Callbacks already handled, so that a replayed request or WeChat's retry of a message is not
@@ -159,8 +160,9 @@ CREATE INDEX callback_seen_by_expiry ON callback_seen (expires_at);
 const META: &str = "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);";
 
 /// A component's pre-auth code, reused for every authorisation page until an authorisation
-/// consumes it or it nears expiry; and the minute's count of `api_query_auth` calls that
-/// unauthenticated `/callback` requests caused (`component`).
+/// consumes it or it nears expiry; and the clock minute's count of `api_query_auth` calls that
+/// unauthenticated `/callback` requests caused (`component`; no longer used: `QUERY_AUTH_TIMES`
+/// replaced it, and the columns stay so that an older instance on the same database runs on).
 const COMPONENT_PRE_AUTH: &str = "
 ALTER TABLE components ADD COLUMN pre_auth_code TEXT;
 ALTER TABLE components ADD COLUMN pre_auth_expires_at INTEGER;
@@ -204,6 +206,12 @@ CREATE TABLE leases (
     expires_at  INTEGER NOT NULL
 );
 ";
+
+/// The times (unix seconds, space-separated) of the `api_query_auth` calls `/callback` made for
+/// a component in the last 60 s, at most `QUERY_AUTH_PER_MINUTE` of them (`components.rs`,
+/// `count_query_auth`): the bound holds in every 60 s, not per clock minute.
+const QUERY_AUTH_TIMES: &str =
+    "ALTER TABLE components ADD COLUMN query_auth_times TEXT NOT NULL DEFAULT '';";
 
 /// Every sealed column, as `table.column` (also the associated data a value is sealed for, so a
 /// value copied to another column does not open there). A new secret column joins this list

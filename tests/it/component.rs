@@ -695,10 +695,7 @@ fn without_a_configured_url_the_authorize_page_refuses_rather_than_trust_the_hos
 fn junk_callbacks_make_at_most_60_query_auth_calls_a_minute() {
     let env = component_env();
     push_ticket(&env, None);
-    // The bound counts per clock minute: start the burst well clear of a minute's end.
-    while wafer::ids::now() % 60 > 50 {
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
+    // The bound holds over any 60 s (not per clock minute), so the burst may start anywhere.
     let mut statuses = std::collections::BTreeMap::new();
     for i in 0..70 {
         let (s, _, _) = get_page(
