@@ -7,6 +7,8 @@
 -- Thread t of T sends records t, t+T, t+2T, ... (wrapping), so a run names the same sessions in
 -- the same order as the harness's own load generator would. `done` prints one line the harness
 -- reads: requests, errors, seconds, and latency quantiles in microseconds.
+-- With WAFER_BENCH_ADDRS=HOST:PORT,HOST:PORT,... naming more than one server (several instances
+-- on one database), the harness runs one thread per server and thread t talks to server t.
 
 local want = os.getenv("WAFER_BENCH_WANT") or "status"
 local file = os.getenv("WAFER_BENCH_REQUESTS")
@@ -14,8 +16,17 @@ local file = os.getenv("WAFER_BENCH_REQUESTS")
 local threads = {}
 local count = 0
 
+local addrs = {}
+for a in (os.getenv("WAFER_BENCH_ADDRS") or ""):gmatch("[^,]+") do
+   addrs[#addrs + 1] = a
+end
+
 function setup(thread)
    thread:set("tid", count)
+   if #addrs > 1 then
+      local host, port = addrs[count % #addrs + 1]:match("^(.*):(%d+)$")
+      thread.addr = wrk.lookup(host, port)[1]
+   end
    count = count + 1
    table.insert(threads, thread)
 end
@@ -49,8 +60,15 @@ function request()
 end
 
 -- A body is looked at only where the scenario's success is in it (wrk itself counts any status
--- other than 2xx/3xx): defining `response` makes wrk hand every body to Lua.
-if want ~= "status" then
+-- other than 2xx/3xx): defining `response` makes wrk hand every body to Lua. `errcode`: WeChat's
+-- answer through the gateway or directly, a success only with `"errcode":0,` in it.
+if want == "errcode" then
+   function response(status, headers, body)
+      if status ~= 200 or not body:find('"errcode":0,', 1, true) then
+         bad = bad + 1
+      end
+   end
+elseif want ~= "status" then
    function response(status, headers, body)
       if status == 200 and body:sub(1, 14) == '{"returnCode":' then
          if body:sub(1, 16) ~= '{"returnCode":0,' then

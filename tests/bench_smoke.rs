@@ -76,5 +76,27 @@ fn the_load_generator_produces_figures() {
         r.quantile_ms(0.5),
         r.quantile_ms(0.99)
     );
+
+    // The gateway scenario: a token-checked call relayed to the fake WeChat, a success only
+    // with WeChat's `"errcode":0,` in the answer (the bench's `Want::WechatOk`), spread over two
+    // addresses of the same server as the bench spreads over instances.
+    let send = loadgen::request(
+        "POST",
+        "/v1/apps/wxbenchsmoke0001/wechat/cgi-bin/message/custom/send",
+        br#"{"touser":"o1","msgtype":"text","text":{"content":"smoke"}}"#,
+    );
+    let g = loadgen::run_spread(
+        &[addr, addr],
+        2,
+        Duration::ZERO,
+        Duration::from_millis(300),
+        Arc::new(move |_, _| send.clone()),
+        Arc::new(|s, b| s == 200 && b.windows(12).any(|w| w == b"\"errcode\":0,")),
+    );
+    assert!(
+        g.requests > 0 && g.errors == 0,
+        "gateway: {} errors",
+        g.errors
+    );
     server.shutdown();
 }

@@ -127,8 +127,21 @@ fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
 
 /// Drive `conns` connections for `warmup + duration`; only requests started after the warm-up
 /// are counted. Bounded: every connection stops by itself when the time is up.
+#[allow(dead_code)] // the smoke test's; the bench calls `run_spread`
 pub fn run(
     addr: SocketAddr,
+    conns: usize,
+    warmup: Duration,
+    duration: Duration,
+    make: Arc<MakeRequest>,
+    check: Arc<Check>,
+) -> Report {
+    run_spread(&[addr], conns, warmup, duration, make, check)
+}
+
+/// [`run`] against several servers: connection `c` talks to `addrs[c % addrs.len()]`.
+pub fn run_spread(
+    addrs: &[SocketAddr],
     conns: usize,
     warmup: Duration,
     duration: Duration,
@@ -142,6 +155,7 @@ pub fn run(
     let threads: Vec<_> = (0..conns)
         .map(|c| {
             let (make, check, stop) = (make.clone(), check.clone(), stop.clone());
+            let addr = addrs[c % addrs.len()];
             std::thread::spawn(move || {
                 let mut lat = Vec::with_capacity(1 << 16);
                 let (mut ok, mut errors) = (0u64, 0u64);

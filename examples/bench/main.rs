@@ -13,7 +13,10 @@
 //! large database there and reuse it next time), `--only TEXT` (of the 10k-session scenarios, run
 //! only those whose name contains TEXT; for profiling), `--driver wrk` (drive the load with `wrk`
 //! and `bench/wrk.lua` instead of this process's own load generator), `--login-conns N` (256:
-//! the connections logging in while WeChat takes 100 ms).
+//! the connections logging in while WeChat takes 100 ms), `--mysql URL` (or
+//! `WAFER_BENCH_MYSQL_URL`: also run the session check on that MySQL-compatible server, one
+//! instance and then three; `WAFER_BENCH_MYSQL_PID`, when set, is the database server's process,
+//! whose CPU is then reported too).
 
 mod loadgen;
 
@@ -46,6 +49,11 @@ struct Opts {
     login_conns: usize,
     /// Where the wrk driver writes its script and request files.
     work: PathBuf,
+    /// A MySQL-compatible server (`mysql://USER:PASS@HOST:PORT/`) to run the session check on
+    /// as well; the harness makes a database of its own there and drops it at the end.
+    mysql: Option<String>,
+    /// That server's process on this machine, if known, for its CPU per request.
+    mysql_pid: Option<u32>,
 }
 
 /// What drives the load: this process's own generator (a thread per connection) or `wrk`.
@@ -74,6 +82,12 @@ fn parse_opts() -> Opts {
         driver: Driver::Own,
         login_conns: 256,
         work: PathBuf::new(),
+        mysql: std::env::var("WAFER_BENCH_MYSQL_URL")
+            .ok()
+            .filter(|u| !u.is_empty()),
+        mysql_pid: std::env::var("WAFER_BENCH_MYSQL_PID")
+            .ok()
+            .and_then(|p| p.parse().ok()),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -100,6 +114,13 @@ fn parse_opts() -> Opts {
                 }
             }
             "--login-conns" => o.login_conns = v().parse().unwrap_or_else(|_| die("--login-conns")),
+            "--mysql" => {
+                let url = v();
+                if !url.starts_with("mysql://") {
+                    die("--mysql needs a mysql:// URL (bench/run.sh --mysql without one starts a private MariaDB)");
+                }
+                o.mysql = Some(url);
+            }
             _ => die(&format!("unknown option {a}")),
         }
     }
@@ -169,6 +190,11 @@ fn main() {
     let small_db = dir.path().join("small.db");
     seed(&small_db, o.small);
     eprintln!("seeded {} sessions in {:.1?}", o.small, t.elapsed());
+    // What `--mysql` copies: the small database as seeded, before the logins add users to it.
+    let mysql_seed = dir.path().join("mysql-seed.db");
+    if o.mysql.is_some() {
+        std::fs::copy(&small_db, &mysql_seed).expect("copy of the small database");
+    }
 
     let mock = Proc::spawn(
         {
@@ -182,10 +208,12 @@ fn main() {
     let mock_base = format!("http://{}", mock.addr);
 
     let mut rows: Vec<Row> = Vec::new();
+    // Lines printed under the table.
+    let mut notes: Vec<String> = Vec::new();
 
     let server = serve(
         &o,
-        &small_db,
+        Store::File(&small_db),
         &mock_base,
         &dir.path().join("wafer-small.log"),
         None,
@@ -215,8 +243,8 @@ fn main() {
         // The ceiling answers 200 with its own body to everything.
         let mut sc = sc.clone();
         sc.want = Want::Status;
-        let (r, cpu) = measure(&o, &ceiling, o.conns, &sc);
-        (r, cpu, ceiling.hwm_kb())
+        let (r, cpu) = measure(&o, &[ceiling.addr], &[ceiling.child.id()], o.conns, &sc);
+        (r, cpu[0], ceiling.hwm_kb())
     };
     let get = Scenario::new(|_, _| request("GET", "/", b""), Want::Status);
     let (r, cpu, hwm) = ceiling_run(body.len(), &get);
@@ -226,8 +254,7 @@ fn main() {
         r,
         cpu,
         hwm,
-        rps,
-        cpu,
+        Some((rps, cpu)),
     ));
 
     let n = o.small;
@@ -236,17 +263,44 @@ fn main() {
             .as_ref()
             .is_some_and(|only| !name.contains(only.as_str()))
     };
-    // One scenario against `srv`, right after the ceiling given the same requests (skipped when
-    // `--only` excludes it).
-    let run = |name: &str, srv: &Proc, sc: Scenario, rows: &mut Vec<Row>| {
+    // One scenario against `srvs` (the connections spread over them, round-robin), right after
+    // the ceiling given the same requests when `paired` (skipped when `--only` excludes it). The
+    // row's CPU per request is that of `srvs` together; the CPU per request of each of `srvs`,
+    // then of each of `others`, is returned.
+    let run_on = |name: &str,
+                  srvs: &[&Proc],
+                  others: &[u32],
+                  paired: bool,
+                  sc: Scenario,
+                  rows: &mut Vec<Row>| {
         if skip(name) {
-            return;
+            return None;
         }
-        // wafer's answer to this scenario, for the size of the ceiling's body.
-        let (_, answer) = one(srv.addr, &(sc.make)(0, 1 << 50));
-        let (c, c_cpu, _) = ceiling_run(answer.len(), &sc);
-        let (r, cpu) = measure(&o, srv, o.conns, &sc);
-        rows.push(Row::new(name, r, cpu, srv.hwm_kb(), c.rps(), c_cpu));
+        let ceiling = paired.then(|| {
+            // The server's answer to this scenario, for the size of the ceiling's body.
+            let (_, answer) = one(srvs[0].addr, &(sc.make)(0, 1 << 50));
+            let (c, c_cpu, _) = ceiling_run(answer.len(), &sc);
+            (c.rps(), c_cpu)
+        });
+        let addrs: Vec<SocketAddr> = srvs.iter().map(|p| p.addr).collect();
+        let pids: Vec<u32> = srvs
+            .iter()
+            .map(|p| p.child.id())
+            .chain(others.iter().copied())
+            .collect();
+        let (r, cpu) = measure(&o, &addrs, &pids, o.conns, &sc);
+        let hwm = srvs.iter().map(|p| p.hwm_kb()).max().unwrap_or(0);
+        rows.push(Row::new(
+            name,
+            r,
+            cpu[..srvs.len()].iter().sum(),
+            hwm,
+            ceiling,
+        ));
+        Some(cpu)
+    };
+    let run = |name: &str, srv: &Proc, sc: Scenario, rows: &mut Vec<Row>| {
+        run_on(name, &[srv], &[], true, sc, rows);
     };
     let checks = move |c: usize, s: u64| check_rq(pick(c, s, n), n);
     run(
@@ -269,6 +323,62 @@ fn main() {
         Scenario::new(|_, _| token_rq(), Want::Status),
         &mut rows,
     );
+    // The gateway (CONTRACT §9), then the very same call made straight to the fake WeChat with
+    // the token wafer holds: the fake echoes the same query and body both ways, so the answers
+    // match. Both processes' CPU is taken in both runs: wafer's added CPU per call is its own plus
+    // whatever more the fake spends when wafer is the caller.
+    let token = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["access_token"].as_str().map(String::from))
+        .unwrap_or_else(|| die("token: no access_token in the answer"));
+    let direct = move |_: usize, _: u64| direct_rq(&token);
+    let (via_name, direct_name) = (
+        "gateway: POST /v1/apps/{appid}/wechat/cgi-bin/message/custom/send",
+        "the gateway's call made directly: POST /cgi-bin/message/custom/send to the fake WeChat",
+    );
+    let pair = [(server.addr, gateway_rq()), (mock.addr, direct(0, 0))];
+    for (addr, rq) in pair
+        .iter()
+        .filter(|_| !(skip(via_name) && skip(direct_name)))
+    {
+        let (status, body) = one(*addr, rq);
+        if !wechat_ok(status, &body) {
+            die(&format!(
+                "gateway call: {status} {}",
+                String::from_utf8_lossy(&body)
+            ));
+        }
+    }
+    let via = run_on(
+        via_name,
+        &[&server],
+        &[mock.child.id()],
+        true,
+        Scenario::new(|_, _| gateway_rq(), Want::WechatOk),
+        &mut rows,
+    );
+    let direct = run_on(
+        direct_name,
+        &[&mock],
+        &[server.child.id()],
+        true,
+        Scenario::new(direct, Want::WechatOk),
+        &mut rows,
+    );
+    if let (Some(via), Some(direct)) = (via, direct) {
+        let line = format!(
+            "gateway call, CPU per call: wafer {:.1} µs + the fake WeChat {:.1} µs; the same call \
+             made directly: the fake {:.1} µs (wafer, idle, {:.1} µs); wafer adds {:.1} µs per \
+             call (issue 15: < 100 µs)",
+            via[0],
+            via[1],
+            direct[0],
+            direct[1],
+            via[0] + via[1] - direct[0],
+        );
+        eprintln!("{line}");
+        notes.push(line);
+    }
     let login_name = "qcloud.cam.id_skey (login via fake WeChat)";
     run(
         login_name,
@@ -302,7 +412,7 @@ fn main() {
         None
     } else {
         let check_sc = Scenario::new(checks, Want::Status);
-        let alone = load(&o, server.addr, SLOW_CHECK_CONNS, &check_sc);
+        let alone = load(&o, &[server.addr], SLOW_CHECK_CONNS, &check_sc);
         let fault = r#"{"path":"/sns/jscode2session","delay_ms":100,"times":1000000000}"#;
         let (status, body) = one(
             mock.addr,
@@ -316,8 +426,8 @@ fn main() {
         );
         let login_sc = Scenario::new(|c, s| login_rq(c, s + (1 << 41)), Want::Envelope);
         let (logins, beside) = std::thread::scope(|scope| {
-            let logins = scope.spawn(|| load(&o, server.addr, o.login_conns, &login_sc));
-            let beside = load(&o, server.addr, SLOW_CHECK_CONNS, &check_sc);
+            let logins = scope.spawn(|| load(&o, &[server.addr], o.login_conns, &login_sc));
+            let beside = load(&o, &[server.addr], SLOW_CHECK_CONNS, &check_sc);
             (logins.join().expect("login load"), beside)
         });
         let at_once = rows
@@ -351,6 +461,103 @@ fn main() {
     };
     drop(server);
 
+    // The session check on a MySQL-compatible server (`--mysql`): the seeded sessions copied
+    // there with `wafer db copy`, one instance (paired with the ceiling like the rows above), then
+    // three on the same database with the connections spread over them (no ceiling: one
+    // tiny_http server against three wafers and a database server says nothing).
+    if let Some(url) = &o.mysql {
+        let one_name = format!("POST /v1/sessions/check ({n} sessions, MySQL, 1 instance)");
+        let three_name = format!(
+            "POST /v1/sessions/check ({n} sessions, MySQL, 3 instances, connections round-robin; \
+             no ceiling ratio: three servers against one)"
+        );
+        if !(skip(&one_name) && skip(&three_name)) {
+            let db = MysqlDb::create(url);
+            let t = Instant::now();
+            copy_to(&o, &mysql_seed, &db.url);
+            eprintln!("copied {n} sessions to MySQL in {:.1?}", t.elapsed());
+            let db_pid: Vec<u32> = o.mysql_pid.into_iter().collect();
+            let start = |i: usize| {
+                serve(
+                    &o,
+                    Store::Url(&db.url),
+                    &mock_base,
+                    &dir.path().join(format!("wafer-mysql-{i}.log")),
+                    None,
+                )
+            };
+            // A fresh instance opens its pool's connections as load comes: half a second of
+            // checks first, not counted (wrk counts from its first request).
+            let warm = |srvs: &[&Proc]| {
+                let addrs: Vec<SocketAddr> = srvs.iter().map(|p| p.addr).collect();
+                let sc = Scenario::new(checks, Want::Status);
+                let make = sc.make.clone();
+                loadgen::run_spread(
+                    &addrs,
+                    o.conns,
+                    Duration::ZERO,
+                    WARM_UP,
+                    make,
+                    sc.want.check(),
+                );
+            };
+            let first = start(1);
+            let (status, body) = one(first.addr, &check_rq(0, n));
+            assert_eq!(
+                status,
+                200,
+                "MySQL check: {}",
+                String::from_utf8_lossy(&body)
+            );
+            warm(&[&first]);
+            // Visited just now, as on SQLite: the checks only read.
+            db.touch_sessions();
+            let alone = run_on(
+                &one_name,
+                &[&first],
+                &db_pid,
+                true,
+                Scenario::new(checks, Want::Status),
+                &mut rows,
+            );
+            let (second, third) = (start(2), start(3));
+            warm(&[&second, &third]);
+            db.touch_sessions();
+            let three = run_on(
+                &three_name,
+                &[&first, &second, &third],
+                &db_pid,
+                false,
+                Scenario::new(checks, Want::Status),
+                &mut rows,
+            );
+            let database = |cpu: &[f64], at: usize| match o.mysql_pid {
+                Some(_) => format!("{:.1} µs", cpu[at]),
+                None => "not measured (WAFER_BENCH_MYSQL_PID unset)".into(),
+            };
+            let mut line = String::from("MySQL session checks:");
+            if let Some(cpu) = &alone {
+                line += &format!(
+                    " one instance {:.1} µs CPU per check, the database server {};",
+                    cpu[0],
+                    database(cpu, 1)
+                );
+            }
+            if let Some(cpu) = &three {
+                line += &format!(
+                    " three instances {:.1} + {:.1} + {:.1} µs per check served by any of them \
+                     (each serves about a third), the database server {}",
+                    cpu[0],
+                    cpu[1],
+                    cpu[2],
+                    database(cpu, 3)
+                );
+            }
+            eprintln!("{line}");
+            notes.push(line);
+        }
+    }
+
     // Scale (skipped with `--large 0`): start-up to a healthy /healthz, then the same session
     // check, at `large` sessions.
     let big = o.large;
@@ -367,7 +574,7 @@ fn main() {
         let started = Instant::now();
         let server = serve(
             &o,
-            &large_db,
+            Store::File(&large_db),
             &mock_base,
             &dir.path().join("wafer-large.log"),
             Some(port),
@@ -416,6 +623,9 @@ fn main() {
     if let Some(line) = slow {
         println!("{line}");
     }
+    for line in &notes {
+        println!("{line}");
+    }
     let Some(healthy) = healthy else { return };
     println!(
         "start-up to a healthy /healthz with {big} sessions: {:.1} ms",
@@ -446,6 +656,8 @@ enum Want {
     Envelope,
     /// Status 200, and `returnCode` 0 if the answer is an envelope.
     Mixed,
+    /// Status 200 and WeChat's `"errcode":0` in the body (a token WeChat refused is 200 too).
+    WechatOk,
 }
 
 impl Want {
@@ -454,6 +666,7 @@ impl Want {
             Want::Status => "status",
             Want::Envelope => "envelope",
             Want::Mixed => "mixed",
+            Want::WechatOk => "errcode",
         }
     }
 
@@ -464,6 +677,7 @@ impl Want {
             Want::Mixed => Arc::new(|s, b| {
                 s == 200 && (!b.starts_with(b"{\"returnCode\"") || envelope_ok(s, b))
             }),
+            Want::WechatOk => Arc::new(wechat_ok),
         }
     }
 }
@@ -551,18 +765,19 @@ impl Figures {
 }
 
 /// Drive `conns` connections at `addr` for `--secs` with the scenario's requests.
-fn load(o: &Opts, addr: SocketAddr, conns: usize, sc: &Scenario) -> Figures {
+/// With several addresses the connections are spread over them, round-robin.
+fn load(o: &Opts, addrs: &[SocketAddr], conns: usize, sc: &Scenario) -> Figures {
     let secs = Duration::from_secs_f64(o.secs);
     match o.driver {
-        Driver::Own => Figures::from_report(&loadgen::run(
-            addr,
+        Driver::Own => Figures::from_report(&loadgen::run_spread(
+            addrs,
             conns,
             WARM_UP,
             secs,
             sc.make.clone(),
             sc.want.check(),
         )),
-        Driver::Wrk => wrk(o, addr, conns, sc),
+        Driver::Wrk => wrk(o, addrs, conns, sc),
     }
 }
 
@@ -570,8 +785,17 @@ fn load(o: &Opts, addr: SocketAddr, conns: usize, sc: &Scenario) -> Figures {
 const WARM_UP: Duration = Duration::from_millis(500);
 
 /// One `wrk` run: 2 threads (fewer with fewer connections), no warm-up, `--secs` rounded up.
-fn wrk(o: &Opts, addr: SocketAddr, conns: usize, sc: &Scenario) -> Figures {
-    let threads = conns.clamp(1, 2).to_string();
+/// With several addresses, one thread per address (`wrk.lua` points thread t at address t), and
+/// wrk splits the connections evenly among them (dropping the remainder).
+fn wrk(o: &Opts, addrs: &[SocketAddr], conns: usize, sc: &Scenario) -> Figures {
+    let addr = addrs[0];
+    let threads = if addrs.len() > 1 {
+        addrs.len()
+    } else {
+        conns.clamp(1, 2)
+    }
+    .to_string();
+    let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
     let out = Command::new("wrk")
         .args(["-t", &threads, "-c", &conns.to_string()])
         .args(["-d", &format!("{}s", o.secs.ceil().max(1.0) as u64)])
@@ -581,6 +805,7 @@ fn wrk(o: &Opts, addr: SocketAddr, conns: usize, sc: &Scenario) -> Figures {
         .args(["--", &threads])
         .env("WAFER_BENCH_REQUESTS", sc.wrk_file(o))
         .env("WAFER_BENCH_WANT", sc.want.name())
+        .env("WAFER_BENCH_ADDRS", list.join(","))
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| die(&format!("wrk: {e}")));
@@ -619,9 +844,9 @@ struct Row {
     /// The server's CPU time (user + system) per counted request, in microseconds.
     cpu_us: f64,
     hwm_kb: u64,
-    /// The ceiling's rate and CPU per request in the run just before this one.
-    ceiling_rps: f64,
-    ceiling_cpu_us: f64,
+    /// The ceiling's rate and CPU per request in the run just before this one (none where a
+    /// ratio would mean nothing).
+    ceiling: Option<(f64, f64)>,
 }
 
 impl Row {
@@ -630,25 +855,28 @@ impl Row {
         figures: Figures,
         cpu_us: f64,
         hwm_kb: u64,
-        ceiling_rps: f64,
-        ceiling_cpu_us: f64,
+        ceiling: Option<(f64, f64)>,
     ) -> Row {
-        eprintln!(
-            "{name}: {:.0} req/s ({:.0}% of the ceiling's {:.0}), p99 {:.2} ms, {} errors, \
-             {cpu_us:.1} µs CPU/request (ceiling {ceiling_cpu_us:.1})",
-            figures.rps(),
-            100.0 * figures.rps() / ceiling_rps,
-            ceiling_rps,
-            figures.p99_ms,
-            figures.errors
-        );
+        let paired = match ceiling {
+            Some((rps, cpu)) => format!(
+                "{:.0}% of the ceiling's {rps:.0}), p99 {:.2} ms, {} errors, {cpu_us:.1} µs \
+                 CPU/request (ceiling {cpu:.1})",
+                100.0 * figures.rps() / rps,
+                figures.p99_ms,
+                figures.errors
+            ),
+            None => format!(
+                "no ceiling), p99 {:.2} ms, {} errors, {cpu_us:.1} µs CPU/request",
+                figures.p99_ms, figures.errors
+            ),
+        };
+        eprintln!("{name}: {:.0} req/s ({paired}", figures.rps());
         Row {
             name: name.to_string(),
             figures,
             cpu_us,
             hwm_kb,
-            ceiling_rps,
-            ceiling_cpu_us,
+            ceiling,
         }
     }
 }
@@ -661,27 +889,38 @@ fn print_table(rows: &[Row]) {
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let f = &r.figures;
+        let (c_rps, ratio, c_cpu) = match r.ceiling {
+            Some((rps, cpu)) => (
+                format!("{rps:.0}"),
+                format!("{:.0}%", 100.0 * f.rps() / rps),
+                format!("{cpu:.1}"),
+            ),
+            None => ("n/a".into(), "n/a".into(), "n/a".into()),
+        };
         println!(
-            "| {} | {:.0} | {:.0} | {:.0}% | {:.3} | {:.3} | {:.3} | {} | {:.1} ({:.1}) | {:.1} |",
+            "| {} | {:.0} | {c_rps} | {ratio} | {:.3} | {:.3} | {:.3} | {} | {:.1} ({c_cpu}) | {:.1} |",
             r.name,
             f.rps(),
-            r.ceiling_rps,
-            100.0 * f.rps() / r.ceiling_rps,
             f.p50_ms,
             f.p99_ms,
             f.p999_ms,
             f.errors,
             r.cpu_us,
-            r.ceiling_cpu_us,
             r.hwm_kb as f64 / 1024.0
         );
     }
 }
 
-/// Load `p` as `load` does, and also take the CPU time `p` spent over the counted part of the
-/// run: (figures, server CPU µs per counted request).
-fn measure(o: &Opts, p: &Proc, conns: usize, sc: &Scenario) -> (Figures, f64) {
-    let pid = p.child.id();
+/// Load `addrs` as `load` does, and also take the CPU time each of `pids` spent over the counted
+/// part of the run: (figures, each process's CPU µs per counted request).
+fn measure(
+    o: &Opts,
+    addrs: &[SocketAddr],
+    pids: &[u32],
+    conns: usize,
+    sc: &Scenario,
+) -> (Figures, Vec<f64>) {
+    let pids = pids.to_vec();
     // The own driver counts after its warm-up; wrk from its first request.
     let warm = if o.driver == Driver::Own {
         WARM_UP
@@ -691,15 +930,20 @@ fn measure(o: &Opts, p: &Proc, conns: usize, sc: &Scenario) -> (Figures, f64) {
     if o.driver == Driver::Wrk {
         sc.wrk_file(o); // written before the CPU clock starts
     }
+    let sampled = pids.clone();
     let at_start = std::thread::spawn(move || {
         std::thread::sleep(warm);
-        cpu_ticks(pid)
+        sampled.iter().map(|&p| cpu_ticks(p)).collect::<Vec<_>>()
     });
-    let r = load(o, p.addr, conns, sc);
-    let end = cpu_ticks(pid);
+    let r = load(o, addrs, conns, sc);
+    let end: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p)).collect();
     let start = at_start.join().expect("cpu sampler");
     let ticks_per_sec = 100.0; // USER_HZ on Linux
-    let cpu_us = (end - start) as f64 / ticks_per_sec * 1e6 / r.requests.max(1) as f64;
+    let cpu_us = end
+        .iter()
+        .zip(&start)
+        .map(|(e, s)| e.saturating_sub(*s) as f64 / ticks_per_sec * 1e6 / r.requests.max(1) as f64)
+        .collect();
     (r, cpu_us)
 }
 
@@ -785,9 +1029,36 @@ fn login_rq(conn: usize, seq: u64) -> Vec<u8> {
     request("POST", "/mina_auth/", body.as_bytes())
 }
 
+/// A customer-service message: one of the fake WeChat's token-checked APIs, answered with an
+/// echo of what it was sent (small: the body below and the query).
+const GATEWAY_BODY: &[u8] =
+    br#"{"touser":"obench0000000000000000000000","msgtype":"text","text":{"content":"bench"}}"#;
+
+fn gateway_rq() -> Vec<u8> {
+    request(
+        "POST",
+        &format!("/v1/apps/{APPID}/wechat/cgi-bin/message/custom/send"),
+        GATEWAY_BODY,
+    )
+}
+
+/// The gateway's call as wafer makes it, made directly with the token wafer holds.
+fn direct_rq(token: &str) -> Vec<u8> {
+    request(
+        "POST",
+        &format!("/cgi-bin/message/custom/send?access_token={token}"),
+        GATEWAY_BODY,
+    )
+}
+
 fn token_rq() -> Vec<u8> {
     request("GET", &format!("/v1/apps/{APPID}/access_token"), b"")
 }
+
+fn wechat_ok(status: u16, body: &[u8]) -> bool {
+    status == 200 && body.windows(WECHAT_OK.len()).any(|w| w == WECHAT_OK)
+}
+const WECHAT_OK: &[u8] = b"\"errcode\":0,";
 
 fn envelope_ok(status: u16, body: &[u8]) -> bool {
     status == 200 && body.starts_with(b"{\"returnCode\":0,")
@@ -891,6 +1162,95 @@ fn set_last_visit(path: &Path, at: i64) {
     eprintln!("set last_visit of every session in {:.1?}", t.elapsed());
 }
 
+// ---- MySQL ----
+
+/// The harness's own database on the `--mysql` server, dropped at the end.
+struct MysqlDb {
+    server: mysql::Opts,
+    name: String,
+    /// `--mysql`'s URL naming this database.
+    url: String,
+}
+
+impl MysqlDb {
+    fn create(url: &str) -> MysqlDb {
+        use mysql::prelude::Queryable;
+        let opts = mysql::Opts::from_url(url).unwrap_or_else(|e| die(&format!("--mysql: {e}")));
+        let server: mysql::Opts = mysql::OptsBuilder::from_opts(opts)
+            .db_name(None::<String>)
+            .into();
+        let name = format!("wafer_bench_{}", std::process::id());
+        let mut c = mysql::Conn::new(server.clone())
+            .unwrap_or_else(|e| die(&format!("--mysql: cannot connect: {e}")));
+        c.query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
+            .and_then(|_| {
+                c.query_drop(format!(
+                    "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+                ))
+            })
+            .unwrap_or_else(|e| die(&format!("--mysql: cannot create database {name}: {e}")));
+        MysqlDb {
+            server,
+            url: with_db(url, &name),
+            name,
+        }
+    }
+
+    /// Every session visited just now, so that checks only read (as on the SQLite databases).
+    fn touch_sessions(&self) {
+        use mysql::prelude::Queryable;
+        let opts = mysql::OptsBuilder::from_opts(self.server.clone()).db_name(Some(&self.name));
+        mysql::Conn::new(opts)
+            .and_then(|mut c| {
+                c.exec_drop("UPDATE sessions SET last_visit = ?", (wafer::ids::now(),))
+            })
+            .unwrap_or_else(|e| die(&format!("--mysql: touching the sessions: {e}")));
+    }
+}
+
+impl Drop for MysqlDb {
+    fn drop(&mut self) {
+        use mysql::prelude::Queryable;
+        if let Ok(mut c) = mysql::Conn::new(self.server.clone()) {
+            let _ = c.query_drop(format!("DROP DATABASE IF EXISTS `{}`", self.name));
+        }
+    }
+}
+
+/// `url` (`mysql://USER:PASS@HOST:PORT/[DB][?QUERY]`) naming database `db` instead.
+fn with_db(url: &str, db: &str) -> String {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let host = base.find("://").map_or(0, |i| i + 3);
+    let host = base[host..].rfind('@').map_or(host, |i| host + i + 1);
+    let end = base[host..].find('/').map_or(base.len(), |i| host + i);
+    let mut out = format!("{}/{db}", &base[..end]);
+    if !query.is_empty() {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+/// `wafer db copy --from FILE --to URL`: the seeded rows into the MySQL database.
+fn copy_to(o: &Opts, from: &Path, url: &str) {
+    let out = Command::new(&o.wafer)
+        .args(["db", "copy", "--from"])
+        .arg(from)
+        .args(["--to", url])
+        .env_remove("WAFER_CONFIG")
+        .env_remove("WAFER_DATABASE_URL")
+        .current_dir(&o.work)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| die(&format!("wafer db copy: {e}")));
+    if !out.status.success() {
+        die(&format!(
+            "wafer db copy: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+}
+
 // ---- child processes ----
 
 struct Proc {
@@ -964,18 +1324,32 @@ impl Drop for Proc {
     }
 }
 
-/// `wafer serve` on `db`, pointed at the fake WeChat.
-fn serve(o: &Opts, db: &Path, mock: &str, log: &Path, port: Option<u16>) -> Proc {
+/// Where a `wafer serve` keeps its data.
+#[derive(Clone, Copy)]
+enum Store<'a> {
+    File(&'a Path),
+    /// A `mysql://` URL (`storage.url`).
+    Url(&'a str),
+}
+
+/// `wafer serve` on `store`, pointed at the fake WeChat.
+fn serve(o: &Opts, store: Store, mock: &str, log: &Path, port: Option<u16>) -> Proc {
     let mut c = Command::new(&o.wafer);
     c.arg("serve")
         .env_remove("WAFER_CONFIG")
         .env_remove("WAFER_API_KEY")
-        .env("WAFER_DB", db)
+        .env_remove("WAFER_DATABASE_URL")
         .env("WAFER_LISTEN", format!("127.0.0.1:{}", port.unwrap_or(0)))
         .env("WAFER_WORKERS", o.workers.to_string())
         .env("WAFER_WECHAT_API_BASE", mock)
         .env("WAFER_WORK_API_BASE", mock)
-        .current_dir(db.parent().unwrap());
+        .current_dir(&o.work);
+    match store {
+        Store::File(db) => c.env("WAFER_DB", db),
+        Store::Url(url) => c
+            .env("WAFER_DATABASE_URL", url)
+            .env("WAFER_DB", o.work.join("unused.db")),
+    };
     Proc::spawn(c, log, "wafer listening on http://")
 }
 
