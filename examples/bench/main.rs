@@ -1090,15 +1090,13 @@ fn seed(path: &Path, n: u64) {
     let now = wafer::ids::now();
     {
         let db = wafer::store::Db::open(path).expect("open");
-        db.upsert_app(
-            &wafer::store::AppUpsert {
-                appid: APPID.into(),
-                secret: wafer::secret::Secret::new(SECRET),
-                ..Default::default()
-            },
-            now,
-        )
-        .expect("app");
+        let app = wafer::store::AppUpsert {
+            appid: APPID.into(),
+            secret: wafer::secret::Secret::new(SECRET),
+            ..Default::default()
+        };
+        db.change_accounts(|ch| ch.upsert_app(&app, now))
+            .expect("app");
     }
     let mut c = rusqlite::Connection::open(path).expect("open");
     c.pragma_update(None, "synchronous", "OFF").unwrap();

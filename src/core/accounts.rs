@@ -2,9 +2,12 @@
 //! that registers, changes or removes one (the CLI, the configuration applied at start and the
 //! envelope's `qcloud.work.initagent` all call it), and so the only place that decides when an
 //! account's credentials go: when it is new, removed, or its secret changed, through
-//! `Broker::forget` (the broker stays the only writer of credentials).
+//! `Broker::forget_stored` (the broker stays the only writer of credentials).
 //!
-//! Every change bumps the database's accounts generation; every serving process polls it
+//! Each change is one transaction (`change`): the account written, its stale credentials
+//! deleted and the database's accounts generation bumped commit together or not at all, so a
+//! failure half-way leaves neither a new secret beside its old token nor a change that no other
+//! process hears of. Every serving process polls the generation
 //! ([`spawn_watch`]: its own thread and connection, every 200 ms) and on a change reloads what
 //! its broker holds in memory, so a change another process made (the CLI today) is seen within
 //! a second.
@@ -16,7 +19,7 @@ use crate::config::Config;
 use crate::core::credential::{Broker, Key};
 use crate::core::error::Error;
 use crate::secret::Secret;
-use crate::store::{App, AppUpsert, Component, ComponentUpsert, Db, WorkAgent};
+use crate::store::{self, App, AppUpsert, Change, Component, ComponentUpsert, Db, WorkAgent};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,34 +42,34 @@ pub fn component(db: &Db, appid: &str) -> Result<Component, Error> {
 
 /// Register or update an app. Its token and ticket go when it is new or its secret changed.
 pub fn save_app(db: &Db, broker: &Broker, a: &AppUpsert, now: i64) -> Result<App, Error> {
-    let before = db.app_by_appid(&a.appid)?;
-    let app = db.upsert_app(a, now)?;
-    if before.is_none_or(|b| b.secret != a.secret) {
-        broker.forget(db, &Key::app_prefix(&a.appid))?;
-    }
-    changed(db)?;
-    Ok(app)
+    change(db, broker, |ch| {
+        let before = ch.app(&a.appid)?;
+        let app = ch.upsert_app(a, now)?;
+        let rekeyed = before.is_none_or(|b| b.secret != a.secret);
+        Ok((app, rekeyed.then(|| Key::app_prefix(&a.appid))))
+    })
 }
 
 /// Remove an app with its users, sessions and credentials. False when there was no such app.
 pub fn remove_app(db: &Db, broker: &Broker, appid: &str) -> Result<bool, Error> {
-    if !db.remove_app(appid)? {
-        return Ok(false);
-    }
-    broker.forget(db, &Key::app_prefix(appid))?;
-    changed(db)?;
-    Ok(true)
+    change(db, broker, |ch| {
+        let removed = ch.remove_app(appid)?;
+        Ok((removed, removed.then(|| Key::app_prefix(appid))))
+    })
 }
 
 /// Register or update a WeCom agent. Its tokens and tickets go when it is new or its secret
 /// changed.
 pub fn save_work_agent(db: &Db, broker: &Broker, a: &WorkAgent, now: i64) -> Result<(), Error> {
-    let before = db.work_agent(&a.corpid, &a.agentid)?;
-    db.upsert_work_agent(a, now)?;
-    if before.is_none_or(|b| b.secret != a.secret) {
-        broker.forget(db, &Key::work_agent_prefix(&a.corpid, &a.agentid))?;
-    }
-    changed(db)
+    change(db, broker, |ch| {
+        let before = ch.work_agent(&a.corpid, &a.agentid)?;
+        ch.upsert_work_agent(a, now)?;
+        let rekeyed = before.is_none_or(|b| b.secret != a.secret);
+        Ok((
+            (),
+            rekeyed.then(|| Key::work_agent_prefix(&a.corpid, &a.agentid)),
+        ))
+    })
 }
 
 /// Remove a WeCom agent with its credentials. False when there was no such agent.
@@ -76,12 +79,13 @@ pub fn remove_work_agent(
     corpid: &str,
     agentid: &str,
 ) -> Result<bool, Error> {
-    if !db.remove_work_agent(corpid, agentid)? {
-        return Ok(false);
-    }
-    broker.forget(db, &Key::work_agent_prefix(corpid, agentid))?;
-    changed(db)?;
-    Ok(true)
+    change(db, broker, |ch| {
+        let removed = ch.remove_work_agent(corpid, agentid)?;
+        Ok((
+            removed,
+            removed.then(|| Key::work_agent_prefix(corpid, agentid)),
+        ))
+    })
 }
 
 /// Register or update a component. Its component token goes when it is new or its secret
@@ -92,20 +96,38 @@ pub fn save_component(
     c: &ComponentUpsert,
     now: i64,
 ) -> Result<(), Error> {
-    let before = db.component(&c.appid)?;
-    db.upsert_component(c, now)?;
-    if before.is_none_or(|b| b.secret != c.secret) {
+    change(db, broker, |ch| {
+        let before = ch.component(&c.appid)?;
+        ch.upsert_component(c, now)?;
+        let rekeyed = before.is_none_or(|b| b.secret != c.secret);
         let key = Key::ComponentToken {
             component_appid: c.appid.clone(),
         };
-        broker.forget(db, &key.id())?;
-    }
-    changed(db)
+        Ok(((), rekeyed.then(|| key.id())))
+    })
 }
 
-/// Note a change for every process serving this database ([`Watch`]).
-fn changed(db: &Db) -> Result<(), Error> {
-    Ok(db.bump_accounts_generation()?)
+/// One accounts change as one transaction (`Db::change_accounts`): `write` writes the account
+/// and answers its value and the prefix of the credentials it makes stale, if any; the broker
+/// deletes those in the same transaction, which also bumps the accounts generation for every
+/// process serving this database ([`Watch`]). A failure anywhere leaves nothing of it behind.
+/// Once it is committed, this process drops what it holds under the prefix.
+fn change<T>(
+    db: &Db,
+    broker: &Broker,
+    mut write: impl FnMut(&Change) -> store::Result<(T, Option<String>)>,
+) -> Result<T, Error> {
+    let (value, stale) = db.change_accounts(|ch| {
+        let (value, stale) = write(ch)?;
+        if let Some(prefix) = &stale {
+            broker.forget_stored(ch, prefix)?;
+        }
+        Ok((value, stale))
+    })?;
+    if let Some(prefix) = stale {
+        broker.forget_held(&prefix);
+    }
+    Ok(value)
 }
 
 /// Declared EncodingAESKeys (current and previous) must be 43 characters. Checked at start-up

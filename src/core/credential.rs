@@ -16,7 +16,7 @@ use crate::core::error::{Error, Refusal};
 use crate::ids;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
-use crate::store::{utc_day, Db};
+use crate::store::{self, utc_day, Change, Db};
 use crate::wechat::{errcode, urls, Host, UpstreamError, WeChat};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -827,13 +827,27 @@ impl Broker {
         self.refresh_holding(key, &entry, now, || self.fetch_for(db, key, &entry, true))
     }
 
-    /// Forget every credential whose key starts with `prefix` (a revoked authoriser, an
-    /// account removed or its secret changed: `accounts`), stored and in memory.
+    /// Forget every credential whose key starts with `prefix` (a revoked authoriser), stored
+    /// and in memory.
     pub fn forget(&self, db: &Db, prefix: &str) -> Result<(), Error> {
         db.delete_credentials_with_prefix(prefix)?;
+        self.forget_held(prefix);
+        Ok(())
+    }
+
+    /// Delete the stored credentials whose key starts with `prefix` inside an accounts change
+    /// (an account removed or its secret changed: `accounts`), so that they go with the change
+    /// or not at all. Once the change is committed, the caller calls [`Broker::forget_held`].
+    pub fn forget_stored(&self, change: &Change, prefix: &str) -> Result<(), store::Error> {
+        change.delete_credentials_with_prefix(prefix)?;
+        Ok(())
+    }
+
+    /// Drop what this process holds in memory under `prefix` (after [`Broker::forget_stored`]'s
+    /// change is committed, so that nothing reloads the deleted rows in between).
+    pub fn forget_held(&self, prefix: &str) {
         let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|k, _| !k.id().starts_with(prefix));
-        Ok(())
     }
 
     /// Store a credential that arrived with something else (the authoriser token that

@@ -1,7 +1,7 @@
 //! The `apps` table: mini programs and official accounts, with their secrets and callback keys.
 
-use super::sql::{args, Row};
-use super::{next_prev_aes_key, Db, Result};
+use super::sql::{args, Row, Sql};
+use super::{next_prev_aes_key, Change, Db, Result};
 use crate::secret::Secret;
 
 #[derive(Debug, Clone)]
@@ -39,17 +39,23 @@ pub struct AppUpsert {
 const APP_COLUMNS: &str =
     "id, appid, secret, kind, title, login_days, session_secs, token, aes_key, prev_aes_key, forward_url";
 
-impl Db {
-    /// Insert or update an app (its credentials are `accounts`' to forget).
+impl Change<'_, '_> {
+    /// The app as it is inside the change.
+    pub fn app(&self, appid: &str) -> Result<Option<App>> {
+        self.db.app_on(self.sql, appid)
+    }
+
+    /// Insert or update an app (the credentials it makes stale are the broker's to delete, in
+    /// the same change).
     pub fn upsert_app(&self, a: &AppUpsert, now: i64) -> Result<App> {
-        let secret = self.seal("apps.secret", a.secret.expose())?;
-        let token = self.seal_opt("apps.token", a.token.as_ref().map(Secret::expose))?;
-        let aes_key = self.seal_opt("apps.aes_key", a.aes_key.as_ref().map(Secret::expose))?;
-        self.tx(|c| {
+        let (db, c) = (self.db, self.sql);
+        let secret = db.seal("apps.secret", a.secret.expose())?;
+        let token = db.seal_opt("apps.token", a.token.as_ref().map(Secret::expose))?;
+        let aes_key = db.seal_opt("apps.aes_key", a.aes_key.as_ref().map(Secret::expose))?;
         let select = format!("SELECT {APP_COLUMNS} FROM apps WHERE appid = ?1");
-        let stored = c.row(&select, args![&a.appid], |r| self.app_from_row(r))?;
+        let stored = c.row(&select, args![&a.appid], |r| db.app_from_row(r))?;
         let prev = next_prev_aes_key(a.prev_aes_key.as_ref(), a.aes_key.as_ref(), stored.as_ref());
-        let prev = self.seal_opt("apps.prev_aes_key", prev.as_ref().map(Secret::expose))?;
+        let prev = db.seal_opt("apps.prev_aes_key", prev.as_ref().map(Secret::expose))?;
         c.exec(
             "INSERT INTO apps (appid, secret, kind, title, login_days, session_secs, token, aes_key, forward_url, created_at, prev_aes_key)
              VALUES (?1, ?2, COALESCE(?3, 'miniprogram'), COALESCE(?4, ''), COALESCE(?5, 30), COALESCE(?6, 2592000), ?7, ?8, ?9, ?10, ?11)
@@ -77,11 +83,20 @@ impl Db {
                 prev.as_ref(),
             ],
         )?;
-        c.row(&select, args![&a.appid], |r| self.app_from_row(r))?
+        c.row(&select, args![&a.appid], |r| db.app_from_row(r))?
             .ok_or_else(|| super::store_error("the app just written is not there"))
-        })
     }
 
+    /// Remove an app with its users and sessions (cascade). False when there was no such app.
+    pub fn remove_app(&self, appid: &str) -> Result<bool> {
+        Ok(self
+            .sql
+            .exec("DELETE FROM apps WHERE appid = ?1", args![appid])?
+            > 0)
+    }
+}
+
+impl Db {
     fn app_from_row(&self, r: &Row) -> Result<App> {
         Ok(App {
             id: r.get(0)?,
@@ -99,7 +114,11 @@ impl Db {
     }
 
     pub fn app_by_appid(&self, appid: &str) -> Result<Option<App>> {
-        self.row(
+        self.run(|c| self.app_on(c, appid))
+    }
+
+    fn app_on(&self, c: &Sql, appid: &str) -> Result<Option<App>> {
+        c.row(
             &format!("SELECT {APP_COLUMNS} FROM apps WHERE appid = ?1"),
             args![appid],
             |r| self.app_from_row(r),
@@ -134,10 +153,5 @@ impl Db {
             &[],
             |r| self.app_from_row(r),
         )
-    }
-
-    /// Remove an app with its users and sessions (cascade). False when there was no such app.
-    pub fn remove_app(&self, appid: &str) -> Result<bool> {
-        Ok(self.exec("DELETE FROM apps WHERE appid = ?1", args![appid])? > 0)
     }
 }

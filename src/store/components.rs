@@ -2,8 +2,8 @@
 //! verify ticket, pre-auth code, the last 60 s of `api_query_auth` calls) and the accounts that
 //! authorised them (refresh token, scopes, authorisation and revocation times).
 
-use super::sql::{args, Row};
-use super::{next_prev_aes_key, Db, Result};
+use super::sql::{args, Row, Sql};
+use super::{next_prev_aes_key, Change, Db, Result};
 use crate::secret::Secret;
 
 /// An Open Platform component as registered (`component add`, `[[component]]`).
@@ -109,45 +109,12 @@ impl Db {
         })
     }
 
-    /// Insert or update a component.
-    pub fn upsert_component(&self, c: &ComponentUpsert, now: i64) -> Result<()> {
-        let secret = self.seal("components.secret", c.secret.expose())?;
-        let token = self.seal("components.token", c.token.expose())?;
-        let aes_key = self.seal("components.aes_key", c.aes_key.expose())?;
-        self.tx(|sql| {
-            let stored = sql.row(
-                &format!("SELECT {COMPONENT_COLUMNS} FROM components WHERE appid = ?1"),
-                args![&c.appid],
-                |r| self.component_from_row(r),
-            )?;
-            let prev =
-                next_prev_aes_key(c.prev_aes_key.as_ref(), Some(&c.aes_key), stored.as_ref());
-            let prev = self.seal_opt("components.prev_aes_key", prev.as_ref().map(Secret::expose))?;
-            sql.exec(
-                "INSERT INTO components (appid, secret, token, aes_key, prev_aes_key, redirect_uri, created_at, forward_url)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT (appid) DO UPDATE SET secret = ?2, token = ?3,
-                   prev_aes_key = ?5,
-                   aes_key = ?4,
-                   redirect_uri = COALESCE(?6, redirect_uri),
-                   forward_url = COALESCE(?8, forward_url)",
-                args![
-                    &c.appid,
-                    &secret,
-                    &token,
-                    &aes_key,
-                    prev.as_ref(),
-                    c.redirect_uri.as_ref(),
-                    now,
-                    c.forward_url.as_ref()
-                ],
-            )?;
-            Ok(())
-        })
+    pub fn component(&self, appid: &str) -> Result<Option<Component>> {
+        self.run(|c| self.component_on(c, appid))
     }
 
-    pub fn component(&self, appid: &str) -> Result<Option<Component>> {
-        self.row(
+    fn component_on(&self, c: &Sql, appid: &str) -> Result<Option<Component>> {
+        c.row(
             &format!("SELECT {COMPONENT_COLUMNS} FROM components WHERE appid = ?1"),
             args![appid],
             |r| self.component_from_row(r),
@@ -330,6 +297,45 @@ impl Db {
     }
 }
 
+impl Change<'_, '_> {
+    /// The component as it is inside the change.
+    pub fn component(&self, appid: &str) -> Result<Option<Component>> {
+        self.db.component_on(self.sql, appid)
+    }
+
+    /// Insert or update a component (the credentials it makes stale are the broker's to delete,
+    /// in the same change).
+    pub fn upsert_component(&self, c: &ComponentUpsert, now: i64) -> Result<()> {
+        let (db, sql) = (self.db, self.sql);
+        let secret = db.seal("components.secret", c.secret.expose())?;
+        let token = db.seal("components.token", c.token.expose())?;
+        let aes_key = db.seal("components.aes_key", c.aes_key.expose())?;
+        let stored = db.component_on(sql, &c.appid)?;
+        let prev = next_prev_aes_key(c.prev_aes_key.as_ref(), Some(&c.aes_key), stored.as_ref());
+        let prev = db.seal_opt("components.prev_aes_key", prev.as_ref().map(Secret::expose))?;
+        sql.exec(
+            "INSERT INTO components (appid, secret, token, aes_key, prev_aes_key, redirect_uri, created_at, forward_url)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (appid) DO UPDATE SET secret = ?2, token = ?3,
+               prev_aes_key = ?5,
+               aes_key = ?4,
+               redirect_uri = COALESCE(?6, redirect_uri),
+               forward_url = COALESCE(?8, forward_url)",
+            args![
+                &c.appid,
+                &secret,
+                &token,
+                &aes_key,
+                prev.as_ref(),
+                c.redirect_uri.as_ref(),
+                now,
+                c.forward_url.as_ref()
+            ],
+        )?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,7 +353,7 @@ mod tests {
             redirect_uri: None,
             forward_url: None,
         };
-        db.upsert_component(&c, 0).unwrap();
+        db.change_accounts(|ch| ch.upsert_component(&c, 0)).unwrap();
         let allowed = |now| {
             (0..5)
                 .filter(|_| db.count_query_auth("wxc", now, 3).unwrap())

@@ -1,8 +1,8 @@
 //! The `credentials` and `upstream_quota` tables: hosted tokens and tickets with their expiry
 //! (written only by `credential::Broker`), and the daily accounting of upstream calls.
 
-use super::sql::args;
-use super::{Db, Result};
+use super::sql::{args, Sql};
+use super::{Change, Db, Result};
 use crate::secret::Secret;
 
 /// A stored credential: value and expiry from one row.
@@ -66,14 +66,7 @@ impl Db {
     }
 
     pub fn delete_credentials_with_prefix(&self, prefix: &str) -> Result<usize> {
-        // An empty prefix would be every credential: never what a caller means.
-        if prefix.is_empty() {
-            return Ok(0);
-        }
-        self.exec(
-            "DELETE FROM credentials WHERE substr(`key`, 1, length(?1)) = ?1",
-            args![prefix],
-        )
+        self.run(|c| delete_with_prefix_on(c, prefix))
     }
 
     pub fn quota(&self, key: &str, day: &str) -> Result<Quota> {
@@ -129,6 +122,25 @@ pub fn utc_day(unix: i64) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     format!("{y:04}-{m:02}-{d:02}")
+}
+
+impl Change<'_, '_> {
+    /// Delete the credentials under `prefix` inside the change (the broker's
+    /// `forget_stored`, for the account the change rewrites or removes).
+    pub fn delete_credentials_with_prefix(&self, prefix: &str) -> Result<usize> {
+        delete_with_prefix_on(self.sql, prefix)
+    }
+}
+
+fn delete_with_prefix_on(c: &Sql, prefix: &str) -> Result<usize> {
+    // An empty prefix would be every credential: never what a caller means.
+    if prefix.is_empty() {
+        return Ok(0);
+    }
+    c.exec(
+        "DELETE FROM credentials WHERE substr(`key`, 1, length(?1)) = ?1",
+        args![prefix],
+    )
 }
 
 #[cfg(test)]

@@ -59,6 +59,14 @@ pub use sessions::{
 };
 pub use work_agents::WorkAgent;
 
+/// An accounts change in progress ([`Db::change_accounts`]): the one way to write an app, a
+/// WeCom agent or a component, and to delete credentials with it, inside that change's write
+/// transaction. Its methods sit with their tables.
+pub struct Change<'a, 'c> {
+    db: &'a Db,
+    sql: &'a Sql<'c>,
+}
+
 /// A storage failure: what the database (or sealing) said, in words for the log and an
 /// operator; whether it was another writer holding the lock past this connection's wait.
 #[derive(Debug, Clone)]
@@ -640,6 +648,15 @@ fn meta_on(c: &Sql, name: &str) -> Result<Option<String>> {
     })
 }
 
+fn bump_accounts_generation_on(c: &Sql) -> Result<()> {
+    c.exec(
+        "INSERT INTO meta (name, value) VALUES ('accounts_generation', '1')
+         ON CONFLICT (name) DO UPDATE SET value = value + 1",
+        &[],
+    )?;
+    Ok(())
+}
+
 fn set_meta_on(c: &Sql, name: &str, value: &str) -> Result<()> {
     c.exec(
         "INSERT INTO meta (name, value) VALUES (?1, ?2)
@@ -892,15 +909,22 @@ impl Db {
     }
 
     /// The accounts generation (`meta.accounts_generation`): bumped by every change to the
-    /// apps, WeCom agents or components (`accounts`), so that every process serving this
-    /// database notices a change another one made ([`Db::accounts_generation`]).
+    /// apps, WeCom agents or components ([`Db::change_accounts`]), so that every process
+    /// serving this database notices a change another one made ([`Db::accounts_generation`]).
     pub fn bump_accounts_generation(&self) -> Result<()> {
-        self.exec(
-            "INSERT INTO meta (name, value) VALUES ('accounts_generation', '1')
-             ON CONFLICT (name) DO UPDATE SET value = value + 1",
-            &[],
-        )?;
-        Ok(())
+        self.run(bump_accounts_generation_on)
+    }
+
+    /// Run `f`, a change to the accounts, as one write transaction that also bumps the accounts
+    /// generation: the account written, the credentials it makes stale (deleted by the broker
+    /// through [`Change`]) and the notice to every other process commit together or not at all.
+    /// `f` may run again (a MySQL deadlock is retried).
+    pub fn change_accounts<T>(&self, mut f: impl FnMut(&Change) -> Result<T>) -> Result<T> {
+        self.tx(|sql| {
+            let v = f(&Change { db: self, sql })?;
+            bump_accounts_generation_on(sql)?;
+            Ok(v)
+        })
     }
 
     /// The accounts generation: 0 until the first change.

@@ -430,16 +430,12 @@ mod tests {
     #[test]
     fn login_caps_sessions_and_keeps_id() {
         let (_d, mut db) = db();
-        let app = db
-            .upsert_app(
-                &AppUpsert {
-                    appid: "wx1".into(),
-                    secret: Secret::new("s"),
-                    ..Default::default()
-                },
-                0,
-            )
-            .unwrap();
+        let wx1 = AppUpsert {
+            appid: "wx1".into(),
+            secret: Secret::new("s"),
+            ..Default::default()
+        };
+        let app = db.change_accounts(|ch| ch.upsert_app(&wx1, 0)).unwrap();
         let mut first_id = None;
         for i in 0..(MAX_SESSIONS_PER_USER + 3) {
             let hash = crate::ids::skey_hash(&format!("skey{i}"));
@@ -472,7 +468,7 @@ mod tests {
             .session(&id, &crate::ids::skey_hash("skey12"))
             .unwrap()
             .is_some());
-        assert!(db.remove_app("wx1").unwrap());
+        assert!(db.change_accounts(|ch| ch.remove_app("wx1")).unwrap());
         let n = count(&db, "SELECT count(*) FROM sessions");
         assert_eq!(n, 0);
     }

@@ -655,6 +655,59 @@ fn a_wecom_agent_removed_with_the_cli_is_seen_by_a_running_server_within_a_secon
     assert_eq!(upstream(), calls_then + 1);
 }
 
+/// An accounts change is one step: when the database refuses a part of it (a trigger stands in
+/// for a full disk or a crash half-way), nothing of it stays. Neither a changed secret with its
+/// old token still stored (dropping the credentials refused), nor a changed secret and dropped
+/// credentials that no running server hears of (bumping the generation refused, so the server
+/// keeps serving the old secret's token from memory). Once the database accepts, the change
+/// lands whole.
+#[test]
+fn an_accounts_change_the_database_refuses_half_way_leaves_nothing_changed() {
+    let (env, db, first) = agent_with_a_token(|_| {});
+    let refuse = |name: &str, before: &str| {
+        env.exec(&if on_mysql() {
+            format!("CREATE TRIGGER {name} BEFORE {before} FOR EACH ROW SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused'")
+        } else {
+            format!("CREATE TRIGGER {name} BEFORE {before} BEGIN SELECT RAISE(ABORT, 'refused'); END")
+        })
+    };
+    let rekey = || {
+        let mut cmd = crate::cli::wafer();
+        cmd.args(["work", "add", "--secret", "second-secret"])
+            .args(["--corpid", "wwcorp", "--agentid", "1000002", "--db", &db]);
+        crate::cli::run(&mut cmd)
+    };
+    let old_secret = || env.count("work_agents WHERE secret = 'first-secret'") == 1;
+    let tokens = || env.count("credentials WHERE `key` LIKE 'work/wwcorp/1000002/%'");
+
+    for (trigger, before) in [
+        ("refuse_forget", "DELETE ON credentials"),
+        ("refuse_bump", "UPDATE ON meta"),
+    ] {
+        refuse(trigger, before);
+        let (ok, _, err) = rekey();
+        assert!(!ok, "{trigger}: the change went through");
+        assert!(err.contains("refused"), "{err}");
+        assert!(
+            old_secret(),
+            "{trigger}: the secret changed though the change failed"
+        );
+        assert_eq!(tokens(), 1, "{trigger}: the old secret's token is gone");
+        let (s, v) = env.v1("GET", AGENT_TOKEN, None, None);
+        assert_eq!((s, v["access_token"].as_str()), (200, Some(first.as_str())));
+        env.exec(&format!("DROP TRIGGER {trigger}"));
+    }
+
+    let (ok, _, err) = rekey();
+    assert!(ok, "{err}");
+    assert!(!old_secret());
+    let ((s, v), took) = answer_within(&env, AGENT_TOKEN, Duration::from_secs(3), |s, v| {
+        s == 200 && v["access_token"] != first.as_str()
+    });
+    assert_eq!(s, 200, "{v}");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+}
+
 /// The change notice does not wait behind a slow WeChat: while the background renewal is stuck
 /// on an upstream call, a WeCom agent re-keyed with the CLI is still served its new secret's
 /// token within a second.
