@@ -171,12 +171,12 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
     let upstream = upstream::Upstream::new(
         upstream_bound,
         upstream::IDLE_EXIT,
-        move |job: upstream::Job| {
+        move |job: upstream::Job, slot: upstream::Slot| {
             let mut w = Context {
                 db: pool_db.db(),
                 shared: pool_shared.clone(),
             };
-            answer_upstream(&mut w, job);
+            answer_upstream(&mut w, job, slot);
         },
     );
     let mut workers = Vec::with_capacity(workers_n);
@@ -382,8 +382,10 @@ fn run_caught(route: &routes::Route, w: &mut Context, rq: &Incoming, wait: Wait)
         .unwrap_or_else(|_| Outcome::Reply(Reply::error(500, "internal", "internal error", None)))
 }
 
-/// Answer, on the upstream pool, a request a worker routed (its handler allowed to wait).
-fn answer_upstream(w: &mut Context, job: upstream::Job) {
+/// Answer, on the upstream pool, a request a worker routed (its handler allowed to wait). Its
+/// place in the pool is given back just before the answer is handed over: the client may send
+/// its next request the moment it has this answer, and must find the place free.
+fn answer_upstream(w: &mut Context, job: upstream::Job, slot: upstream::Slot) {
     let upstream::Job {
         rq,
         method,
@@ -405,6 +407,7 @@ fn answer_upstream(w: &mut Context, job: upstream::Job) {
         }
     };
     drop(incoming);
+    slot.release();
     respond(&w.shared, rq, route.label, reply, method, &path, started);
 }
 

@@ -9,7 +9,10 @@
 //!
 //! The pool grows with demand: a request finds an idle thread, or a new one is started for it,
 //! up to a bound on requests at once ([`IN_FLIGHT_PER_WORKER`], at most [`MAX_IN_FLIGHT`]); a
-//! thread idle for [`IDLE_EXIT`] ends. Past
+//! thread idle for [`IDLE_EXIT`] ends. A request's place is given back ([`Slot::release`]) just
+//! before its answer is handed over, not after: a client that sends its next request the moment
+//! it has the answer finds its place free, and the thread still finishing (writing the log line)
+//! counts as idle for it, so no thread is started for it either. Past
 //! the bound the request is given back and its worker answers it busy at once (the route's
 //! dialect: 1005 in the envelope, 503 `busy` with `Retry-After: 1` on `/v1` and for callbacks,
 //! `WEIXIN_NET_ERR` on `/mina`), counted in `wafer_lane_full_total`. Nothing queues behind a
@@ -58,9 +61,11 @@ struct State<J> {
     jobs: VecDeque<J>,
     /// Jobs taken and not finished (queued or running): the bound is on these.
     in_flight: usize,
-    /// Threads alive, and of those, waiting for a job.
+    /// Threads alive, and of those, waiting for a job, or running one whose place is given back
+    /// already (about to look for the next job).
     threads: usize,
     idle: usize,
+    finishing: usize,
     closed: bool,
 }
 
@@ -72,7 +77,48 @@ struct Inner<J> {
     gone: Condvar,
     max_in_flight: usize,
     idle_exit: Duration,
-    run: Box<dyn Fn(J) + Send + Sync>,
+    run: Runner<J>,
+}
+
+/// What runs a job: with the job, its place in the pool.
+type Runner<J> = Box<dyn Fn(J, Slot<'_>) + Send + Sync>;
+
+/// A job's place in the pool, handed to the runner with the job. [`Slot::release`] gives it
+/// back (call it just before the answer is handed over); a slot dropped unreleased (a panic)
+/// gives it back then. Either way the thread counts as finishing until it looks for its next
+/// job.
+pub struct Slot<'a> {
+    places: Option<&'a dyn Places>,
+}
+
+impl Slot<'_> {
+    /// Give the place back: another job may be taken in it from now on.
+    pub fn release(mut self) {
+        if let Some(p) = self.places.take() {
+            p.release();
+        }
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.places.take() {
+            p.release();
+        }
+    }
+}
+
+/// The pool's places, as a [`Slot`] gives one back (whatever the pool's job type).
+trait Places {
+    fn release(&self);
+}
+
+impl<J> Places for Inner<J> {
+    fn release(&self) {
+        let mut st = lock(&self.state);
+        st.in_flight -= 1;
+        st.finishing += 1;
+    }
 }
 
 /// A handle on the upstream pool (workers hold clones; `http::Handle` closes it).
@@ -98,7 +144,7 @@ impl<J: Send + 'static> Upstream<J> {
     pub fn new(
         max_in_flight: usize,
         idle_exit: Duration,
-        run: impl Fn(J) + Send + Sync + 'static,
+        run: impl Fn(J, Slot<'_>) + Send + Sync + 'static,
     ) -> Upstream<J> {
         Upstream {
             inner: Arc::new(Inner {
@@ -107,6 +153,7 @@ impl<J: Send + 'static> Upstream<J> {
                     in_flight: 0,
                     threads: 0,
                     idle: 0,
+                    finishing: 0,
                     closed: false,
                 }),
                 work: Condvar::new(),
@@ -128,8 +175,9 @@ impl<J: Send + 'static> Upstream<J> {
         }
         st.in_flight += 1;
         st.jobs.push_back(job);
-        if st.jobs.len() <= st.idle {
-            // An idle thread takes it (each looks for a job before it ends).
+        if st.jobs.len() <= st.idle + st.finishing {
+            // An idle or finishing thread takes it (each looks for a job before it waits or
+            // ends).
             inner.work.notify_one();
             return None;
         }
@@ -154,10 +202,16 @@ impl<J: Send + 'static> Upstream<J> {
             if let Some(job) = st.jobs.pop_front() {
                 drop(st);
                 // The runner catches a handler's panic itself; this keeps the count right if
-                // anything else panics.
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (inner.run)(job)));
+                // anything else panics (the slot, dropped unreleased, gives the place back).
+                let slot = Slot {
+                    places: Some(inner),
+                };
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    (inner.run)(job, slot)
+                }));
                 st = lock(&inner.state);
-                st.in_flight -= 1;
+                // The slot was released, or dropped, by now.
+                st.finishing -= 1;
                 continue;
             }
             if st.closed {
@@ -206,7 +260,7 @@ mod tests {
     fn gated(max: usize, idle_exit: Duration) -> (Upstream<Receiver<()>>, Receiver<()>) {
         let (started_tx, started) = channel::<()>();
         let started_tx = Mutex::new(started_tx);
-        let pool = Upstream::new(max, idle_exit, move |gate: Receiver<()>| {
+        let pool = Upstream::new(max, idle_exit, move |gate: Receiver<()>, _slot| {
             let _ = lock(&started_tx).send(());
             let _ = gate.recv();
         });
@@ -283,6 +337,68 @@ mod tests {
         assert!(pool.submit(gate).is_none());
         started.recv_timeout(Duration::from_secs(5)).unwrap();
         go.send(()).unwrap();
+        pool.close();
+    }
+
+    /// A job that is handed its slot and does what it likes with it.
+    type Task = Box<dyn FnOnce(Slot<'_>) + Send>;
+
+    #[test]
+    fn a_released_place_takes_the_next_job_on_the_finishing_thread() {
+        let pool = Upstream::new(1, IDLE_EXIT, |task: Task, slot| task(slot));
+        let (released_tx, released) = channel::<()>();
+        let (go, gate) = job();
+        let first: Task = Box::new(move |slot| {
+            slot.release();
+            let _ = released_tx.send(());
+            // Still finishing (the answer handed over, the log line not yet written).
+            let _ = gate.recv();
+        });
+        assert!(pool.submit(first).is_none());
+        released.recv_timeout(Duration::from_secs(5)).unwrap();
+        // The place is free while the first job's thread finishes: the next job is taken at
+        // once, and no thread is started for it.
+        let (ran_tx, ran) = channel::<()>();
+        let next: Task = Box::new(move |_slot| {
+            let _ = ran_tx.send(());
+        });
+        assert!(
+            pool.submit(next).is_none(),
+            "refused while its place was free"
+        );
+        assert_eq!(
+            pool.threads(),
+            1,
+            "a thread was started beside a finishing one"
+        );
+        // A third finds the pool full (the second holds the one place).
+        let idle: Task = Box::new(|_slot| {});
+        assert!(pool.submit(idle).is_some(), "taken past the bound");
+        go.send(()).unwrap();
+        ran.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(pool.threads(), 1);
+        pool.close();
+    }
+
+    #[test]
+    fn a_slot_dropped_unreleased_gives_its_place_back() {
+        let pool = Upstream::new(1, IDLE_EXIT, |task: Task, slot| task(slot));
+        let panics: Task = Box::new(|_slot| panic!("a runner's panic (expected by the test)"));
+        assert!(pool.submit(panics).is_none());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (ran_tx, ran) = channel::<()>();
+        let mut next: Task = Box::new(move |_slot| {
+            let _ = ran_tx.send(());
+        });
+        while let Some(back) = pool.submit(next) {
+            assert!(
+                Instant::now() < deadline,
+                "the panicked job's place never came back"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+            next = back;
+        }
+        ran.recv_timeout(Duration::from_secs(5)).unwrap();
         pool.close();
     }
 }
