@@ -19,9 +19,11 @@
 //!   is about to be read until its request is answered (the body a worker took included: it
 //!   must not outlive the answer). A request past that is answered 503
 //!   with `Retry-After: 1` and its body is not read.
-//! - **Answers** are written by the connection's thread from memory, after the worker has
-//!   moved on, each write bounded by `server.io_timeout_ms`; so is every read. A connection
-//!   idle that long is closed.
+//! - **Answers** are written to the socket by the worker (or upstream thread) that made them,
+//!   as much as the socket takes without waiting, the usual small answer in one call; the rest
+//!   of a larger one, or of one to a client that does not read, by a thread of tiny_http's
+//!   (at most 256 at once, past which that connection is cut), each write bounded by
+//!   `server.io_timeout_ms`; so is every read. A connection idle that long is closed.
 //!
 //! - **Every refusal is counted and logged**: the requests refused above never reach a worker,
 //!   so tiny_http reports each (`Limits::on_refusal`): `wafer_requests_total{route="refused"}`
@@ -31,7 +33,8 @@
 //!   tries again only a second later.
 //!
 //! So no worker ever waits on a client: a slow client costs one connection thread (a small
-//! stack) for at most about twice the io timeout per request.
+//! stack), and a client that does not read a large answer one answer thread, for at most about
+//! twice the io timeout per request.
 
 use crate::config::{GatewayConfig, ServerConfig};
 use crate::metrics::Metrics;

@@ -39,7 +39,8 @@ pub struct Handle {
     refresher: Option<JoinHandle<()>>,
     /// The session purger (`purge`) and the accounts watch (`accounts::spawn_watch`).
     background: Vec<JoinHandle<()>>,
-    /// Answers given but not yet written to their clients by tiny_http's connection threads.
+    /// Answers given but not yet written to their clients (the rest of a large one, by a
+    /// thread of tiny_http's).
     answers: tiny_http::AnswersInFlight,
     io_timeout: Duration,
     pub shared: Arc<Shared>,
@@ -57,8 +58,8 @@ impl Handle {
             let _ = w.join();
         }
         self.upstream.close();
-        // The server is gone with the last worker; connection threads still write the answers
-        // given (each write bounded by the io timeout).
+        // The server is gone with the last worker; tiny_http's threads still write the rest of
+        // the answers given (each write bounded by the io timeout).
         self.answers.wait(self.io_timeout);
         if let Some(r) = self.refresher.take() {
             let _ = r.join();

@@ -7,7 +7,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::common::{HTTPVersion, Header, Method};
-use crate::util::{AnswerTicket, AnswersInFlight, BodyBudget, BodyHold, RefinedTcpStream};
+use crate::util::RefinedTcpStream;
+use crate::util::{AnswerDone, AnswerWriter, AnswersInFlight, BodyBudget, BodyHold};
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::{Limits, Request};
 
@@ -37,9 +38,9 @@ pub struct ClientConnection {
     // wafer's fix: the bounds on this client
     limits: Limits,
 
-    // wafer's fix: with `Limits::max_buffered_body`, the answer to the request in flight, in
-    //  pieces, as the thread that took the request writes it
-    in_flight: Option<(mpsc::Receiver<Vec<u8>>, AnswerTicket)>,
+    // wafer's fix: with `Limits::max_buffered_body`, where this thread learns that the answer
+    //  to the request in flight is written (see `util::AnswerWriter`), and whether whole
+    in_flight: Option<AnswerDone>,
 
     // wafer's fix: the server's count of answers not yet written
     answers: AnswersInFlight,
@@ -64,6 +65,15 @@ enum ReadError {
     Closed,
     /// Answer with this status, then close.
     Refuse(u16),
+}
+
+/// How the answer to the previous request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answered {
+    /// Written whole (or there was none).
+    Whole,
+    /// Lost with the connection: the client cannot tell where the next answer would begin.
+    Lost,
 }
 
 /// How much input is read, at most, after a refusal so that the client sees the answer rather
@@ -188,18 +198,34 @@ impl ClientConnection {
     /// Blocks until the header has been read.
     fn read(&mut self) -> Result<Request, ReadError> {
         let limits = self.limits.clone();
-        // Our turn on the stream comes once the previous request's body has been read.
+        // Waiting for the next request: an idle connection ends without an answer. The answer
+        // to the previous one may still be on its way; nothing is written, nor another request
+        // handed out, before it is done (one request in flight per connection, answers in order).
+        loop {
+            // Our turn on the stream comes once the previous request's body has been read.
+            let reader = self
+                .next_header_source
+                .wait_turn()
+                .ok_or(ReadError::Closed)?;
+            reader.get_mut().set_deadline(None);
+            let waited = match reader.fill_buf() {
+                Ok([]) => Err(false),
+                Ok(_) => Ok(()),
+                Err(ref e) => Err(timed_out(e)),
+            };
+            let was_answering = self.in_flight.is_some();
+            let answered = self.finish_in_flight();
+            match (waited, answered) {
+                (Ok(()), Answered::Whole) => break,
+                // Idle while the answer was being made: the wait starts again from its end.
+                (Err(true), Answered::Whole) if was_answering => continue,
+                _ => return Err(ReadError::Closed),
+            }
+        }
         let reader = self
             .next_header_source
             .wait_turn()
             .ok_or(ReadError::Closed)?;
-
-        // Waiting for the next request: an idle connection ends without an answer.
-        reader.get_mut().set_deadline(None);
-        match reader.fill_buf() {
-            Ok([]) | Err(_) => return Err(ReadError::Closed),
-            Ok(_) => {}
-        }
         // From its first byte, the head must arrive whole within the io timeout.
         if let Some(t) = limits.io_timeout {
             reader.get_mut().set_deadline(Some(Instant::now() + t));
@@ -328,8 +354,9 @@ impl ClientConnection {
         let data = read_body(reader, body, max, self.limits.max_header_bytes, &mut hold)?;
         reader.get_mut().set_deadline(None);
 
-        let (answer, in_flight) = mpsc::channel();
-        self.in_flight = Some((in_flight, self.answers.ticket()));
+        let sink = self.sink.next().ok_or(ReadError::Closed)?;
+        let (writer, done) = AnswerWriter::new(sink, &self.answers, self.limits.max_answers_behind);
+        self.in_flight = Some(done);
         Ok(crate::request::new_buffered_request(
             self.secure,
             method,
@@ -339,27 +366,19 @@ impl ClientConnection {
             remote_addr,
             data,
             hold,
-            crate::request::AnswerWriter::new(answer),
+            writer,
         ))
     }
 
-    /// Writes the answer to the request in flight as its pieces arrive (each write bounded by
-    /// the io timeout); false when the connection cannot go on.
-    fn write_in_flight(&mut self) -> bool {
-        // The ticket is dropped, counting the answer done, however this ends.
-        let Some((pieces, _ticket)) = self.in_flight.take() else {
-            return true;
-        };
-        let Some(mut writer) = self.sink.next() else {
-            return false;
-        };
-        // Ends when the answer is complete: its writer was dropped.
-        for piece in pieces {
-            if writer.write_all(&piece).is_err() {
-                return false;
-            }
+    /// Waits until the answer to the request in flight, if any, is written or lost.
+    fn finish_in_flight(&mut self) -> Answered {
+        match self.in_flight.take() {
+            None => Answered::Whole,
+            Some(done) => match done.recv() {
+                Ok(true) => Answered::Whole,
+                _ => Answered::Lost,
+            },
         }
-        writer.flush().is_ok()
     }
 
     /// Answers `status` with `Connection: close`, then reads (and drops) what the client still
@@ -406,21 +425,20 @@ impl Iterator for ClientConnection {
     /// Blocks until the next Request is available.
     /// Returns None when no new Requests will come from the client.
     fn next(&mut self) -> Option<Request> {
-        // One request at a time with buffered bodies: its answer is written before the next is
-        // read.
-        if !self.write_in_flight() {
-            return None;
-        }
-
         // the client sent a "connection: close" header in this previous request
         //  or is using HTTP 1.0, meaning that no new request will come
         if self.no_more_requests {
+            // wafer's fix: the connection ends once the last answer is written.
+            self.finish_in_flight();
             return None;
         }
 
         let rq = match self.read() {
             Ok(rq) => rq,
-            Err(ReadError::Closed) => return None,
+            Err(ReadError::Closed) => {
+                self.finish_in_flight();
+                return None;
+            }
             Err(ReadError::Refuse(status)) => {
                 // wafer's fix: the application hears of the requests it never sees.
                 if let Some(on_refusal) = &self.limits.on_refusal {

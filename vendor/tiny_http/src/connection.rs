@@ -111,6 +111,30 @@ impl Connection {
         }
     }
 
+    /// wafer's fix: as much of `buf` as the socket takes without waiting; `Ok(0)` when it takes
+    /// nothing now. A per-call flag (`MSG_DONTWAIT`): the socket stays blocking for the other
+    /// handle on it, which may be waiting to read.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn send_now(&self, buf: &[u8]) -> std::io::Result<usize> {
+        let socket = match self {
+            Self::Tcp(s) => socket2::SockRef::from(s),
+            Self::Unix(s) => socket2::SockRef::from(s),
+        };
+        loop {
+            match socket.send_with_flags(buf, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(0),
+                sent => return sent,
+            }
+        }
+    }
+
+    /// Elsewhere every answer is written by the connection's side (see the Linux version).
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn send_now(&self, _buf: &[u8]) -> std::io::Result<usize> {
+        Ok(0)
+    }
+
     pub(crate) fn try_clone(&self) -> std::io::Result<Self> {
         match self {
             Self::Tcp(s) => s.try_clone().map(Self::from),

@@ -216,11 +216,13 @@ pub struct Limits {
     /// `413 Payload Too Large`, unread when its `Content-Length` says so) and, with
     /// `io_timeout`, within that long of the head's end (else `408`), both closing the
     /// connection. `Expect: 100-continue` is answered by that thread. The request's reader is
-    /// then the body in memory, and its answer is written to memory and sent to the client by
-    /// the connection's thread: whoever takes requests from `recv()` never waits on a client.
-    /// One request per connection is in flight (a pipelined one is read once the previous
-    /// answer is written), and `Request::upgrade` is not supported. Default `None` (bodies are
-    /// read from the socket by whoever reads the request, as upstream).
+    /// then the body in memory, and its answer is written to memory and, on `flush` (or when
+    /// the request is answered), to the client's socket, as much as it takes without waiting;
+    /// the rest, if any, by a thread of its own (`max_answers_behind`): whoever takes requests
+    /// from `recv()` never waits on a client. One request per connection is in flight (the next
+    /// one is handed out once the previous answer is written), and `Request::upgrade` is not
+    /// supported. Default `None` (bodies are read from the socket by whoever reads the
+    /// request, as upstream).
     pub max_buffered_body: Option<usize>,
     /// With `max_buffered_body`: decides each request's own limit from its method and target
     /// (path and query, as sent) instead, so that a few routes may take larger bodies than the
@@ -242,6 +244,10 @@ pub struct Limits {
     /// 413, 414, 417, 431, 501, 505, 503), just before it writes it: these requests never reach
     /// `recv()`, so this is how the application can count or log them. Default `None`.
     pub on_refusal: Option<OnRefusal>,
+    /// With `max_buffered_body`: the most threads at once writing the rest of an answer the
+    /// client's socket would not take at once (a large answer, a client that does not read);
+    /// past it, such a connection is cut. Default 256.
+    pub max_answers_behind: usize,
 }
 
 /// What to do about a refusal (wafer's fix, `Limits::on_refusal`): a function of its status,
@@ -318,6 +324,7 @@ impl Default for Limits {
             body_budget: None,
             large_body_budget: None,
             on_refusal: None,
+            max_answers_behind: 256,
         }
     }
 }
@@ -480,9 +487,9 @@ impl Server {
         self.listening_addr.clone()
     }
 
-    /// The count of answers the connections still have to write to their clients (wafer's
-    /// fix, with `Limits::max_buffered_body`, where a connection's own thread writes the answer
-    /// after `respond` returns). Before exiting, drop the server (requests nobody took are then
+    /// The count of answers not yet written to their clients (wafer's fix, with
+    /// `Limits::max_buffered_body`, where the rest of an answer the socket did not take at once
+    /// is written after `respond` returns). Before exiting, drop the server (requests nobody took are then
     /// answered `500`) and wait on this for the answers to reach their clients.
     pub fn answers_in_flight(&self) -> util::AnswersInFlight {
         self.answers.clone()

@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use std::sync::mpsc::Sender;
 
-use crate::util::{BodyHold, EqualReader, FusedReader};
+use crate::util::{AnswerWriter, BodyHold, EqualReader, FusedReader};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
 use chunked_transfer::Decoder;
 
@@ -247,8 +247,8 @@ where
 }
 
 /// Builds a request whose body has been read whole (wafer's fix, `Limits::max_buffered_body`):
-/// its reader is the body in memory, and its answer goes to `writer`, which hands it to the
-/// connection's thread to write to the client.
+/// its reader is the body in memory, and its answer goes to `writer`, which writes it to the
+/// client without waiting on it (`util::AnswerWriter`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn new_buffered_request(
     secure: bool,
@@ -291,54 +291,6 @@ struct HeldBody {
 impl Read for HeldBody {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.body.read(buf)
-    }
-}
-
-/// An answer written to memory and handed, a piece at a time, to the connection's own thread,
-/// which writes it to the client: whoever answers never waits on the client (wafer's fix). A
-/// piece goes on each `flush`, whenever `PIECE` bytes are held, and when the writer is dropped,
-/// which also tells the connection the answer is complete.
-pub(crate) struct AnswerWriter {
-    held: Vec<u8>,
-    to_connection: Sender<Vec<u8>>,
-}
-
-impl AnswerWriter {
-    const PIECE: usize = 64 * 1024;
-
-    pub(crate) fn new(to_connection: Sender<Vec<u8>>) -> AnswerWriter {
-        AnswerWriter {
-            held: Vec::new(),
-            to_connection,
-        }
-    }
-
-    fn hand_over(&mut self) {
-        if !self.held.is_empty() {
-            // The connection may be gone; the answer then has nowhere to go.
-            let _ = self.to_connection.send(std::mem::take(&mut self.held));
-        }
-    }
-}
-
-impl Write for AnswerWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.held.extend_from_slice(buf);
-        if self.held.len() >= Self::PIECE {
-            self.hand_over();
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.hand_over();
-        Ok(())
-    }
-}
-
-impl Drop for AnswerWriter {
-    fn drop(&mut self) {
-        self.hand_over();
     }
 }
 

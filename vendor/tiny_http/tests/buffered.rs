@@ -12,11 +12,20 @@ const IO_TIMEOUT: Duration = Duration::from_millis(1500);
 const MAX_BODY: usize = 8192;
 
 /// A server with buffered bodies and ONE responding thread, which answers `PATH LEN BODY` (or
-/// `answer_len` bytes of `x` for `/big`) and reports each request's `respond` time.
+/// 64 MiB of `x` for `/big`, the same text after 2 s for `/slow`) and reports each request's
+/// `respond` time.
 fn server() -> (SocketAddr, mpsc::Receiver<Duration>) {
+    server_with(|_| {})
+}
+
+/// `server()` with its limits changed by `change`.
+fn server_with(
+    change: impl FnOnce(&mut tiny_http::Limits),
+) -> (SocketAddr, mpsc::Receiver<Duration>) {
     let mut limits = tiny_http::Limits::default();
     limits.io_timeout = Some(IO_TIMEOUT);
     limits.max_buffered_body = Some(MAX_BODY);
+    change(&mut limits);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let server =
         Arc::new(tiny_http::Server::from_listener_with_limits(listener, None, limits).unwrap());
@@ -28,6 +37,9 @@ fn server() -> (SocketAddr, mpsc::Receiver<Duration>) {
             let mut body = Vec::new();
             rq.as_reader().read_to_end(&mut body).unwrap();
             assert_eq!(rq.body_length(), Some(body.len()));
+            if rq.url() == "/slow" {
+                std::thread::sleep(Duration::from_secs(2));
+            }
             let answer = if rq.url() == "/big" {
                 vec![b'x'; 64 << 20]
             } else {
@@ -215,6 +227,89 @@ fn the_responder_never_waits_on_a_client_that_does_not_read() {
     let mut sink = Vec::new();
     let r = s.read_to_end(&mut sink);
     assert!(sink.len() < 64 << 20, "the whole answer arrived: {:?}", r);
+}
+
+/// An answer the socket takes whole is written by whoever answers; one it does not is finished
+/// by a thread of its own, and past `Limits::max_answers_behind` of those the connection is cut.
+#[test]
+fn answers_written_behind_are_bounded() {
+    let (addr, responded) = server_with(|l| {
+        l.max_answers_behind = 1;
+        l.io_timeout = Some(Duration::from_secs(10));
+    });
+    let mut first = TcpStream::connect(addr).unwrap();
+    first
+        .write_all(b"GET /big HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    assert!(responded.recv_timeout(Duration::from_secs(10)).unwrap() < Duration::from_secs(1));
+    let mut second = TcpStream::connect(addr).unwrap();
+    second
+        .write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    assert!(responded.recv_timeout(Duration::from_secs(10)).unwrap() < Duration::from_secs(1));
+    // The one place was taken by the first answer: the second connection is cut short.
+    second
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut cut = Vec::new();
+    let _ = second.read_to_end(&mut cut);
+    assert!(cut.len() < 64 << 20, "the second answer arrived whole");
+    // The first arrives whole (chunked), read as slowly as the client likes (within the io
+    // timeout).
+    first
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut whole = Vec::new();
+    first.read_to_end(&mut whole).unwrap();
+    let xs = whole.iter().filter(|&&b| b == b'x').count();
+    assert_eq!(xs, 64 << 20);
+    assert!(whole.starts_with(b"HTTP/1.1 200") && whole.ends_with(b"\r\n0\r\n\r\n"));
+}
+
+/// The connection waits for the next request while an answer is made; an answer that takes
+/// longer to make than the io timeout still arrives, and the connection is still usable.
+#[test]
+fn an_answer_slower_than_the_io_timeout_arrives_and_the_connection_goes_on() {
+    let (addr, _) = server();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200"), "{}", head);
+    let mut body = [0; 8];
+    s.read_exact(&mut body).unwrap();
+    assert_eq!(&body, b"/slow 0 ");
+    s.write_all(b"GET /next HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.starts_with("HTTP/1.1 200") && rest.ends_with("/next 0 "),
+        "{}",
+        rest
+    );
+}
+
+/// A client that sends its request and closes its side (as HTTP/1.0 clients may) still gets
+/// the answer, made after it closed.
+#[test]
+fn a_client_that_closes_its_side_still_gets_its_answer() {
+    let (addr, _) = server();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let all = String::from_utf8_lossy(&all);
+    assert!(
+        all.starts_with("HTTP/1.1 200") && all.ends_with("/slow 0 "),
+        "{}",
+        all
+    );
 }
 
 #[test]

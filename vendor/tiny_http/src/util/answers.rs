@@ -1,13 +1,20 @@
+use std::io::{BufWriter, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// Answers that connection threads still have to write (wafer's fix, with
-/// `Limits::max_buffered_body`): a request counts from the moment it is handed to `recv()`
-/// until its answer has been written to the client, or abandoned with its connection. A server
-/// shutting down waits on this so that answers already given reach their clients.
+use super::{RefinedTcpStream, SequentialWriter};
+
+/// Answers that are not yet written (wafer's fix, with `Limits::max_buffered_body`): a request
+/// counts from the moment it is handed to `recv()` until its answer has been written to the
+/// client, or abandoned with its connection. A server shutting down waits on this so that
+/// answers already given reach their clients. It also counts the answers written behind (see
+/// [`AnswerWriter`]).
 #[derive(Clone, Default)]
 pub struct AnswersInFlight {
     inner: Arc<(Mutex<usize>, Condvar)>,
+    behind: Arc<AtomicUsize>,
 }
 
 /// One answer in flight; dropping it counts the answer done.
@@ -43,6 +50,16 @@ impl AnswersInFlight {
         }
         true
     }
+
+    /// A place for one more thread writing an answer behind, if fewer than `max` are.
+    fn behind_place(&self, max: usize) -> Option<BehindPlace> {
+        self.behind
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| BehindPlace(self.behind.clone()))
+    }
 }
 
 impl Drop for AnswerTicket {
@@ -51,6 +68,190 @@ impl Drop for AnswerTicket {
         *count = count.saturating_sub(1);
         if *count == 0 {
             self.answers.inner.1.notify_all();
+        }
+    }
+}
+
+/// One of the `Limits::max_answers_behind` threads; given back when dropped.
+struct BehindPlace(Arc<AtomicUsize>);
+
+impl Drop for BehindPlace {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+type Sink = SequentialWriter<BufWriter<RefinedTcpStream>>;
+
+/// The connection's side of an answer in flight: it learns there whether the answer was
+/// written whole (`true`), or lost with the connection (`false`, or nothing).
+pub(crate) type AnswerDone = Receiver<bool>;
+
+/// Whoever holds this holds the client's socket for one answer; dropping it tells the
+/// connection that the answer is done, and whether it was written whole.
+struct Holder {
+    sink: Sink,
+    written: bool,
+    done: Sender<bool>,
+    _ticket: AnswerTicket,
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.done.send(self.written);
+    }
+}
+
+impl Holder {
+    /// Cuts the connection, so that a thread waiting to read from it stops waiting.
+    fn cut(&mut self) {
+        self.written = false;
+        self.sink.with_turn(|w| w.get_mut().shutdown_both());
+    }
+}
+
+enum Route {
+    /// Written to the socket as it takes it, by the thread that answers.
+    Direct(Holder, usize),
+    /// The socket was full: the rest goes to the thread writing behind.
+    Behind(Sender<Vec<u8>>),
+    Gone,
+}
+
+/// Where an answer's bytes go (wafer's fix, with `Limits::max_buffered_body`). Held in memory
+/// until a `flush` (or `PIECE` bytes), then written straight to the client's socket by the
+/// thread that answers, as much as the socket takes without waiting: a small answer, the
+/// usual one, is written by one system call and nobody else is woken for it. When the socket is
+/// full (a client that does not read, a large answer), the rest is handed to a thread of its
+/// own that waits on the client, each write bounded by the io timeout; at most
+/// `Limits::max_answers_behind` such threads at once, past which the connection is cut. Either
+/// way, whoever answers never waits on a client. Dropping the writer ends the answer.
+pub(crate) struct AnswerWriter {
+    held: Vec<u8>,
+    route: Route,
+    answers: AnswersInFlight,
+}
+
+impl AnswerWriter {
+    const PIECE: usize = 64 * 1024;
+
+    /// A writer for one answer onto `sink`, whose end the connection learns from the returned
+    /// receiver; `max_behind` bounds the threads writing behind.
+    pub(crate) fn new(
+        sink: Sink,
+        answers: &AnswersInFlight,
+        max_behind: usize,
+    ) -> (AnswerWriter, AnswerDone) {
+        let (done, done_rx) = mpsc::channel();
+        let holder = Holder {
+            sink,
+            written: false,
+            done,
+            _ticket: answers.ticket(),
+        };
+        let writer = AnswerWriter {
+            held: Vec::new(),
+            route: Route::Direct(holder, max_behind),
+            answers: answers.clone(),
+        };
+        (writer, done_rx)
+    }
+
+    fn hand_over(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        match &mut self.route {
+            Route::Direct(holder, _) => {
+                let held = &self.held;
+                // The buffer of the connection's writer is empty between answers; were it not,
+                // its bytes would go first, behind.
+                let sent = holder.sink.with_turn(|w| {
+                    if w.buffer().is_empty() {
+                        w.get_ref().send_now(held)
+                    } else {
+                        Ok(0)
+                    }
+                });
+                match sent {
+                    Ok(n) if n == self.held.len() => self.held.clear(),
+                    Ok(n) => {
+                        self.held.drain(..n);
+                        self.go_behind();
+                    }
+                    // The client is gone: the rest has nowhere to go.
+                    Err(_) => {
+                        holder.cut();
+                        self.route = Route::Gone;
+                        self.held.clear();
+                    }
+                }
+            }
+            Route::Behind(rest) => {
+                // The thread writing behind may have given up; the rest then has nowhere to go.
+                let _ = rest.send(std::mem::take(&mut self.held));
+            }
+            Route::Gone => self.held.clear(),
+        }
+    }
+
+    /// Hands what is held, and all that follows, to a thread that writes it as the client reads.
+    fn go_behind(&mut self) {
+        let Route::Direct(mut holder, max) = std::mem::replace(&mut self.route, Route::Gone) else {
+            return;
+        };
+        let first = std::mem::take(&mut self.held);
+        let Some(place) = self.answers.behind_place(max) else {
+            log::warn!("answers written behind: all {max} threads busy; connection cut");
+            holder.cut();
+            return;
+        };
+        let (rest, pieces) = mpsc::channel::<Vec<u8>>();
+        let spawned = std::thread::Builder::new()
+            .name("tiny-http-answer".into())
+            .spawn(move || {
+                let _place = place;
+                let mut holder = holder;
+                let written = holder.sink.with_turn(|w| {
+                    w.write_all(&first)?;
+                    for piece in pieces {
+                        w.write_all(&piece)?;
+                    }
+                    w.flush()
+                });
+                match written {
+                    Ok(()) => holder.written = true,
+                    Err(_) => holder.cut(),
+                }
+            });
+        match spawned {
+            Ok(_) => self.route = Route::Behind(rest),
+            // The holder went with the closure: the connection learns the answer was lost.
+            Err(e) => log::error!("could not start a thread to write an answer: {e}"),
+        }
+    }
+}
+
+impl Write for AnswerWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.held.extend_from_slice(buf);
+        if self.held.len() >= Self::PIECE {
+            self.hand_over();
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.hand_over();
+        Ok(())
+    }
+}
+
+impl Drop for AnswerWriter {
+    fn drop(&mut self) {
+        self.hand_over();
+        if let Route::Direct(holder, _) = &mut self.route {
+            holder.written = true;
         }
     }
 }

@@ -1,3 +1,4 @@
+pub(crate) use self::answers::{AnswerDone, AnswerWriter};
 pub use self::answers::{AnswerTicket, AnswersInFlight};
 pub use self::body_budget::{BodyBudget, BodyHold};
 pub use self::custom_stream::CustomStream;

@@ -109,6 +109,9 @@ pub struct RefinedTcpStream {
     io_timeout: Option<Duration>,
     /// wafer's fix: when set, reads fail once it has passed, and no read waits beyond it.
     deadline: Option<Instant>,
+    /// wafer's fix: the read timeout last set on the socket through this half, so that it is
+    /// set again only when it changes (one system call fewer per request).
+    read_timeout: Option<Duration>,
 }
 
 impl RefinedTcpStream {
@@ -128,6 +131,7 @@ impl RefinedTcpStream {
             close_write: false,
             io_timeout: None,
             deadline: None,
+            read_timeout: None,
         };
 
         let write = RefinedTcpStream {
@@ -136,6 +140,7 @@ impl RefinedTcpStream {
             close_write: true,
             io_timeout: None,
             deadline: None,
+            read_timeout: None,
         };
 
         Ok((read, write))
@@ -156,16 +161,42 @@ impl RefinedTcpStream {
         self.stream.set_read_timeout(t)?;
         self.stream.set_write_timeout(t)?;
         self.io_timeout = t;
+        self.read_timeout = t;
+        Ok(())
+    }
+
+    /// Sets the socket's read timeout unless it is set to `t` already.
+    fn set_read_timeout(&mut self, t: Option<Duration>) -> IoResult<()> {
+        if self.read_timeout != t {
+            self.stream.set_read_timeout(t)?;
+            self.read_timeout = t;
+        }
         Ok(())
     }
 
     /// Reads on this half fail with `TimedOut` from `deadline` on (`None`: each read is bounded
     /// by the io timeout only).
     pub(crate) fn set_deadline(&mut self, deadline: Option<Instant>) {
-        if deadline.is_none() && self.deadline.is_some() {
-            let _ = self.stream.set_read_timeout(self.io_timeout);
+        if deadline.is_none() {
+            let _ = self.set_read_timeout(self.io_timeout);
         }
         self.deadline = deadline;
+    }
+
+    /// wafer's fix: writes as much of `buf` as the socket takes at once, without waiting for
+    /// the client to read: `Ok(0)` when its buffer is full (and wherever this is not supported).
+    pub(crate) fn send_now(&self, buf: &[u8]) -> IoResult<usize> {
+        match &self.stream {
+            Stream::Http(connection) => connection.send_now(buf),
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(_) => Ok(0),
+        }
+    }
+
+    /// wafer's fix: ends the connection both ways, so that a thread waiting to read from it
+    /// stops waiting.
+    pub(crate) fn shutdown_both(&mut self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
     }
 
     /// Sends FIN: the client sees the end of the answer while its input is still read.
@@ -196,9 +227,9 @@ impl Read for RefinedTcpStream {
                     "the deadline passed",
                 ));
             }
-            // One more system call per read, only while a deadline is set (heads and bodies).
-            self.stream
-                .set_read_timeout(Some(self.io_timeout.map_or(left, |t| t.min(left))))?;
+            // One more system call per read that waits, only while a deadline is set (heads and
+            // bodies not yet in the buffer).
+            self.set_read_timeout(Some(self.io_timeout.map_or(left, |t| t.min(left))))?;
         }
         self.stream.read(buf)
     }

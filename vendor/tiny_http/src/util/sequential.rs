@@ -150,6 +150,19 @@ impl<R: Read + Send> Read for SequentialReader<R> {
     }
 }
 
+impl<W: Write + Send> SequentialWriter<W> {
+    /// wafer's fix: `f` on the writer itself, once every writer before this one is done (waits
+    /// for that).
+    pub fn with_turn<T>(&mut self, f: impl FnOnce(&mut W) -> T) -> T {
+        if let Some(previous) = self.trigger.take() {
+            // An error: the previous writer is gone, which also ends its turn.
+            let _ = previous.recv();
+        }
+        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut writer)
+    }
+}
+
 impl<W: Write + Send> Write for SequentialWriter<W> {
     fn write(&mut self, buf: &[u8]) -> IoResult<usize> {
         if let Some(v) = self.trigger.as_mut() {
