@@ -52,7 +52,8 @@ pub struct Request {
     data_reader: Option<Box<dyn Read + Send + 'static>>,
 
     // wafer's fix: a body read whole (`Limits::max_buffered_body`), read from here instead of
-    // `data_reader`, and its bytes of the server's budget, held until the request is dropped
+    // `data_reader`, and its bytes of the server's budget, held until the request is answered
+    // (or dropped)
     held_body: Option<Box<HeldBody>>,
 
     // if this writer is empty, then the request has been answered
@@ -521,6 +522,9 @@ impl Request {
     where
         R: Read,
     {
+        // wafer's fix: the body and its share of the budget go before the answer, which the
+        // client may follow at once with another body that needs that room.
+        self.held_body = None;
         let mut writer = self.extract_writer_impl();
 
         let do_not_send_body = self.method == Method::Head;

@@ -490,6 +490,26 @@ fn bodies_past_the_server_wide_budget_are_refused_unread() {
     assert!(text.ends_with("/upload/b 30000"), "{}", text);
 }
 
+/// A body's share of the budget is given back before its answer reaches the client, so that a
+/// client that sends the next body the moment it has the answer finds the room it left.
+#[test]
+fn a_body_is_given_back_before_its_answer_reaches_the_client() {
+    let (addr, _) = server_with(|l| l.body_budget = Some(MAX_BODY));
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut post =
+        format!("POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: {MAX_BODY}\r\n\r\n").into_bytes();
+    post.resize(post.len() + MAX_BODY, b'b');
+    let expected = format!("/a {MAX_BODY} {}", "b".repeat(MAX_BODY));
+    for i in 0..300 {
+        s.write_all(&post).unwrap();
+        let head = read_head(&mut s);
+        assert!(head.starts_with("HTTP/1.1 200"), "request {}: {}", i, head);
+        let mut body = vec![0; expected.len()];
+        s.read_exact(&mut body).unwrap();
+    }
+}
+
 /// `Request::take_body` (wafer's fix): the body is moved out of the request rather than copied
 /// (so an application holds it once, not twice), and its bytes stay counted in the server's
 /// budget until the request is answered, not until the body is taken.
