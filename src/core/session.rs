@@ -230,19 +230,30 @@ pub fn check_for_appid(
     check(db, id, skey, Some(&app), now)
 }
 
-/// The rest of a check once the row is found: both clocks, then the sliding write.
-fn within_clocks(db: &Db, row: SessionRow, hash: &[u8; 32], now: i64) -> Result<Session, Error> {
+/// The rest of a check once the row is found: both clocks, then the slide.
+fn within_clocks(
+    db: &Db,
+    mut row: SessionRow,
+    hash: &[u8; 32],
+    now: i64,
+) -> Result<Session, Error> {
+    // Sliding in steps of a tenth of the window (at most a minute) keeps the expiry exact to
+    // that step and most checks free of any write. A slide is recorded in memory and written
+    // behind with the others (SQLite: `Db::slide_session`), so the last visit is the row's or
+    // a newer one still pending, or a user active only in memory would be refused as idle.
+    let step = (row.idle_secs / 10).clamp(1, 60);
+    if now - row.last_visit >= step {
+        if let Some(pending) = db.pending_slide(hash) {
+            row.last_visit = row.last_visit.max(pending);
+        }
+    }
     if now > row.expires_at || now - row.last_visit > row.idle_secs {
         return Err(Error::AuthFail);
     }
-    // Writing on every check would serialise all checks on SQLite's single writer; sliding in
-    // steps of a tenth of the window (at most a minute) keeps the expiry exact to that step. A
-    // check never waits for a write: while someone else writes (a login, another process), the
-    // slide is skipped and the next check tries again.
-    let step = (row.idle_secs / 10).min(60);
-    if now - row.last_visit >= step.max(1) {
-        db.try_touch_session(hash, now)
-            .map_err(Error::SessionWrite)?;
+    // A check never waits for a write: a slide that cannot be made now (too many pending; or,
+    // written at once, someone else writing) is skipped, and the next check tries again.
+    if now - row.last_visit >= step {
+        db.slide_session(hash, now).map_err(Error::SessionWrite)?;
     }
     Ok(Session { row })
 }

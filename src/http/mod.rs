@@ -12,6 +12,7 @@
 mod listen;
 mod purge;
 mod routes;
+mod slides;
 mod upstream;
 
 use crate::api::{
@@ -39,6 +40,9 @@ pub struct Handle {
     refresher: Option<JoinHandle<()>>,
     /// The session purger (`purge`) and the accounts watch (`accounts::spawn_watch`).
     background: Vec<JoinHandle<()>>,
+    /// The session slides recorded to be written behind, and their flusher (`slides`; SQLite).
+    slides: Arc<crate::store::Slides>,
+    flusher: Option<JoinHandle<()>>,
     /// Answers given but not yet written to their clients (the rest of a large one, by a
     /// thread of tiny_http's).
     answers: tiny_http::AnswersInFlight,
@@ -58,6 +62,11 @@ impl Handle {
             let _ = w.join();
         }
         self.upstream.close();
+        // Every check is answered: the flusher writes the slides still pending, and ends.
+        self.slides.close();
+        if let Some(f) = self.flusher.take() {
+            let _ = f.join();
+        }
         // The server is gone with the last worker; tiny_http's threads still write the rest of
         // the answers given (each write bounded by the io timeout).
         self.answers.wait(self.io_timeout);
@@ -161,13 +170,33 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
     let purger = purge::spawn(purger_db, stop.clone(), purge::PURGE_EVERY)
         .map_err(|e| format!("spawning the purger: {e}"))?;
     let upstream_bound = (workers_n * upstream::IN_FLIGHT_PER_WORKER).min(upstream::MAX_IN_FLIGHT);
-    let pool_db = crate::store::DbPool::open(
+    // Session slides are written behind, together (SQLite; on MySQL at once): every handle of
+    // this server records into `slides`, the flusher writes them.
+    let slides = Arc::new(crate::store::Slides::default());
+    let mut flusher_db = open()?;
+    flusher_db.share_slides(&slides);
+    let _ = flusher_db.no_autocheckpoint(); // the refresher thread checkpoints
+                                            // A flush waits for its turn and the lock about as long as it takes for the next one to be
+                                            // due; what it could not write is written then.
+    flusher_db
+        .wait_for_writes(crate::store::SLIDES_FLUSH_EVERY)
+        .map_err(|e| format!("database {target}: {e}"))?;
+    let flusher = if flusher_db.is_mysql() {
+        None
+    } else {
+        Some(
+            slides::spawn(flusher_db, slides.clone())
+                .map_err(|e| format!("spawning the slide flusher: {e}"))?,
+        )
+    };
+    let mut pool_db = crate::store::DbPool::open(
         &target,
         sealer.clone(),
         upstream_bound.min(upstream::MAX_KEPT_CONNECTIONS),
         upstream::CACHE_KIB,
     )
     .map_err(|e| format!("database {target}: {e}"))?;
+    pool_db.share_slides(&slides);
     let pool_shared = shared.clone();
     let upstream = upstream::Upstream::new(
         upstream_bound,
@@ -183,6 +212,7 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
     let mut workers = Vec::with_capacity(workers_n);
     for i in 0..workers_n {
         let mut db = open()?;
+        db.share_slides(&slides);
         let _ = db.no_autocheckpoint(); // the refresher thread checkpoints
         db.wait_for_writes(WORKER_WRITE_WAIT)
             .map_err(|e| format!("database {target}: {e}"))?;
@@ -209,6 +239,8 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
         upstream,
         refresher: Some(refresher),
         background: vec![purger, watch],
+        slides,
+        flusher,
         answers,
         io_timeout,
         shared,

@@ -1,5 +1,6 @@
 //! The periodic purge of expired sessions inside `wafer serve`: one background thread with its
-//! own database connection, which deletes sessions past either clock (and remembered callbacks
+//! own database connection, which deletes sessions past either clock (idle ones once
+//! `store::SLIDE_GRACE_SECS` past their window: a slide may be pending) (and remembered callbacks
 //! past their window, `callback_seen`) once at start-up and then every `PURGE_EVERY`, and stops
 //! promptly when the server shuts down. Expired sessions already fail every check; purging only keeps the table (and `/metrics`' live count query) small. It
 //! never holds the write lock for long: the scan is a read, the deletions go in slices of

@@ -54,8 +54,9 @@ pub use components::{Authorizer, Component, ComponentUpsert};
 pub use copy::Copied;
 pub use credentials::{utc_day, Quota, StoredCredential};
 pub use sessions::{
-    Imported, ImportedSession, ImportedUser, LoginResult, LoginWrite, SessionRow,
-    MAX_SESSIONS_PER_USER, PURGE_SLICE,
+    Imported, ImportedSession, ImportedUser, LoginResult, LoginWrite, SessionRow, Slides,
+    MAX_SESSIONS_PER_USER, PURGE_SLICE, SLIDES_FLUSH_AT, SLIDES_FLUSH_EVERY, SLIDES_MAX_PENDING,
+    SLIDE_GRACE_SECS,
 };
 pub use work_agents::WorkAgent;
 
@@ -271,6 +272,9 @@ pub struct Db {
     /// How long a write on this connection waits for its turn and SQLite's write lock together
     /// ([`BUSY_TIMEOUT`] unless [`Db::wait_for_writes`] says otherwise); also its busy timeout.
     write_wait: Duration,
+    /// The slides this `Db` records instead of writing, shared by one server's handles
+    /// ([`Db::share_slides`]; SQLite only). `None`: a slide is written at once.
+    slides: Option<Arc<Slides>>,
 }
 
 /// The connection of a `Db`: SQLite's own, a handle on a pool of SQLite connections taken per
@@ -369,6 +373,8 @@ pub struct DbPool {
     my: Option<Arc<mysql::Server>>,
     sealer: Option<Arc<Sealer>>,
     write_wait: Duration,
+    /// Given to every handle ([`DbPool::share_slides`]).
+    slides: Option<Arc<Slides>>,
 }
 
 impl DbPool {
@@ -402,6 +408,7 @@ impl DbPool {
             my,
             sealer: first.sealer,
             write_wait: first.write_wait,
+            slides: None,
         })
     }
 
@@ -419,6 +426,15 @@ impl DbPool {
             conn,
             sealer: self.sealer.clone(),
             write_wait: self.write_wait,
+            slides: self.slides.clone(),
+        }
+    }
+
+    /// Record the session slides of every handle in `slides` (SQLite; on MySQL, nothing: slides
+    /// are written at once). See [`Db::share_slides`].
+    pub fn share_slides(&mut self, slides: &Arc<Slides>) {
+        if self.lite.is_some() {
+            self.slides = Some(slides.clone());
         }
     }
 
@@ -498,7 +514,8 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// whole milliseconds; the turn is handed over at once. A writer waits for the turn and then for
 /// SQLite within one deadline ([`BUSY_TIMEOUT`] from when it asked), so writers queued behind one
 /// that is stuck on another process each fail at their own deadline, not one after another. A
-/// session check's slide only ever tries the turn ([`Db::try_touch_session`]).
+/// session check's slide is recorded to be written behind ([`Db::slide_session`]), or, written
+/// at once, only ever tries the turn.
 struct Turn {
     taken: Mutex<bool>,
     freed: Condvar,
@@ -741,6 +758,7 @@ impl Db {
                     conn: Conn::My(server.clone()),
                     sealer,
                     write_wait: BUSY_TIMEOUT,
+                    slides: None,
                 });
             }
         };
@@ -751,6 +769,7 @@ impl Db {
             conn: Conn::Lite(conn),
             sealer,
             write_wait: BUSY_TIMEOUT,
+            slides: None,
         };
         db.migrate()?;
         Ok(db)
@@ -764,6 +783,7 @@ impl Db {
                 conn: Conn::My(s.clone()),
                 sealer: self.sealer.clone(),
                 write_wait: self.write_wait,
+                slides: None,
             }),
         }
     }

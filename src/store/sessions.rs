@@ -1,11 +1,128 @@
 //! The `users` and `sessions` tables: logins, session checks (the slide), revocation, user data
 //! and the purge of expired sessions. Session writes take this process's turn
 //! (`SESSION_WRITES`) before SQLite's lock.
+//!
+//! Slides are written behind on SQLite: a check's slide of `last_visit` is recorded in the
+//! server's [`Slides`] (memory) and written with all the others pending in one transaction
+//! ([`Db::flush_slides`], about every second, or at once when [`SLIDES_FLUSH_AT`] are pending),
+//! so a million users coming back cost a commit a second, not one per check. A crash loses at
+//! most the batch pending (a second of `last_visit` updates), never a session: the flush only
+//! ever moves `last_visit` forward on a row still there, and the purge leaves a session idle
+//! for less than [`SLIDE_GRACE_SECS`] past its window alone. On MySQL slides are written at
+//! once: several instances share the database and must see each other's slides.
 
 use super::sql::{args, Sql};
 use super::{Db, Result, SESSION_WRITES};
 use crate::secret::Secret;
+use std::collections::BTreeMap;
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+/// Pending slides that make the flusher write them at once rather than at its next tick.
+pub const SLIDES_FLUSH_AT: usize = 16_384;
+/// Pending slides held at most: past this (the flushes failing: the database locked or full),
+/// new slides are dropped (the session's next check slides it again).
+pub const SLIDES_MAX_PENDING: usize = 65_536;
+/// How often the flusher writes what is pending.
+pub const SLIDES_FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Seconds past its idle window that a session is left alone by the purge: a slide still
+/// pending in a server's memory (written within about a second) keeps it alive.
+pub const SLIDE_GRACE_SECS: i64 = 10;
+
+/// The slides of one server's connections not yet written: `last_visit` by skey hash. Shared by
+/// every `Db` of the server ([`Db::share_slides`]); written by [`Db::flush_slides`].
+#[derive(Default)]
+pub struct Slides {
+    state: Mutex<Pending>,
+    /// [`SLIDES_FLUSH_AT`] are pending, or the slides were closed.
+    due: Condvar,
+}
+
+#[derive(Default)]
+struct Pending {
+    slides: BTreeMap<[u8; 32], i64>,
+    closed: bool,
+}
+
+impl Slides {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Record a slide to `at`; `false` when it was dropped ([`SLIDES_MAX_PENDING`]).
+    fn record(&self, hash: &[u8; 32], at: i64) -> bool {
+        let mut st = self.lock();
+        let n = st.slides.len();
+        match st.slides.get_mut(hash) {
+            Some(v) => *v = (*v).max(at),
+            None if n >= SLIDES_MAX_PENDING => return false,
+            None => {
+                st.slides.insert(*hash, at);
+                if n + 1 == SLIDES_FLUSH_AT {
+                    self.due.notify_all();
+                }
+            }
+        }
+        true
+    }
+
+    fn get(&self, hash: &[u8; 32]) -> Option<i64> {
+        self.lock().slides.get(hash).copied()
+    }
+
+    fn forget(&self, hash: &[u8; 32]) {
+        self.lock().slides.remove(hash);
+    }
+
+    fn take(&self) -> BTreeMap<[u8; 32], i64> {
+        std::mem::take(&mut self.lock().slides)
+    }
+
+    /// Slides a failed flush took, back among the pending (newer ones recorded since win),
+    /// within [`SLIDES_MAX_PENDING`].
+    fn put_back(&self, taken: BTreeMap<[u8; 32], i64>) {
+        let mut st = self.lock();
+        for (hash, at) in taken {
+            let n = st.slides.len();
+            match st.slides.get_mut(&hash) {
+                Some(v) => *v = (*v).max(at),
+                None if n >= SLIDES_MAX_PENDING => break,
+                None => {
+                    st.slides.insert(hash, at);
+                }
+            }
+        }
+    }
+
+    /// Slides pending now.
+    pub fn pending(&self) -> usize {
+        self.lock().slides.len()
+    }
+
+    /// Wait until [`SLIDES_FLUSH_AT`] are pending, the slides are closed, or `deadline`; whether
+    /// they are closed.
+    pub fn wait_due(&self, deadline: Instant) -> bool {
+        let mut st = self.lock();
+        while !st.closed && st.slides.len() < SLIDES_FLUSH_AT {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            st = self
+                .due
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        st.closed
+    }
+
+    /// Tell the flusher to write what is pending and end (the server is stopping, its last
+    /// check answered).
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.due.notify_all();
+    }
+}
 
 /// The longest one purge transaction holds the write lock (logins wait at most about this).
 pub const PURGE_SLICE: Duration = Duration::from_millis(50);
@@ -90,6 +207,9 @@ pub enum Imported {
     /// Another user already has this id: nothing was written.
     IdTaken,
 }
+
+/// A slide: `last_visit` moves forward only, on a row that is there.
+const TOUCH: &str = "UPDATE sessions SET last_visit = ?2 WHERE skey_hash = ?1 AND last_visit < ?2";
 
 impl Db {
     /// Write an imported user and its sessions in one transaction, unless the openid (or the
@@ -253,12 +373,62 @@ impl Db {
         )
     }
 
+    /// Record the slides of this `Db`'s session checks in `slides` (shared by one server's
+    /// handles) to be written behind, rather than writing each at once. SQLite only: on MySQL,
+    /// nothing (several instances must see each other's slides, so they are written at once).
+    pub fn share_slides(&mut self, slides: &std::sync::Arc<Slides>) {
+        if !self.is_mysql() {
+            self.slides = Some(slides.clone());
+        }
+    }
+
+    /// Slide a session's `last_visit` to `now`: recorded, to be written behind, when this `Db`
+    /// shares a server's slides ([`Db::share_slides`]); otherwise written now if that can be
+    /// done without waiting. `Ok(false)` when it was skipped (too many pending, or someone
+    /// else writing): the next check slides again.
+    pub fn slide_session(&self, skey_hash: &[u8; 32], now: i64) -> Result<bool> {
+        match &self.slides {
+            Some(s) => Ok(s.record(skey_hash, now)),
+            None => self.try_touch_session(skey_hash, now),
+        }
+    }
+
+    /// The `last_visit` a slide not yet written gives this session, if one is pending.
+    pub fn pending_slide(&self, skey_hash: &[u8; 32]) -> Option<i64> {
+        self.slides.as_ref()?.get(skey_hash)
+    }
+
+    /// Write every pending slide in one transaction; how many sessions it moved. A slide only
+    /// moves `last_visit` forward, on a row still there: a session revoked, evicted or purged
+    /// meanwhile stays gone. On failure the slides go back among the pending (within
+    /// [`SLIDES_MAX_PENDING`]) for the next flush.
+    pub fn flush_slides(&self) -> Result<usize> {
+        let Some(slides) = &self.slides else {
+            return Ok(0);
+        };
+        let taken = slides.take();
+        if taken.is_empty() {
+            return Ok(0);
+        }
+        let written = self.session_write(self.write_wait, || {
+            self.tx(|c| {
+                let mut moved = 0;
+                for (hash, at) in &taken {
+                    moved += c.exec(TOUCH, args![&hash[..], *at])?;
+                }
+                Ok(moved)
+            })
+        });
+        if written.is_err() {
+            slides.put_back(taken);
+        }
+        written
+    }
+
     /// Slide a session's `last_visit` if that can be done now: without waiting for the turn or
     /// for SQLite's lock. `Ok(false)` when someone else is writing (the slide is skipped; the
     /// next check tries again). On MySQL row locks are per session: the slide just runs.
-    pub fn try_touch_session(&self, skey_hash: &[u8; 32], now: i64) -> Result<bool> {
-        const TOUCH: &str =
-            "UPDATE sessions SET last_visit = ?2 WHERE skey_hash = ?1 AND last_visit < ?2";
+    fn try_touch_session(&self, skey_hash: &[u8; 32], now: i64) -> Result<bool> {
         // A pooled `Db` holds one connection throughout, so the timeout is the statement's.
         self.pinned(|| {
             let Some(conn) = self.lite()? else {
@@ -280,6 +450,9 @@ impl Db {
     }
 
     pub fn revoke_session(&self, skey_hash: &[u8; 32]) -> Result<bool> {
+        if let Some(s) = &self.slides {
+            s.forget(skey_hash);
+        }
         self.session_write(self.write_wait, || {
             Ok(self.exec(
                 "DELETE FROM sessions WHERE skey_hash = ?1",
@@ -322,7 +495,8 @@ impl Db {
         })
     }
 
-    /// Delete sessions past either clock. Returns how many went.
+    /// Delete sessions past either clock (idle ones only once idle for [`SLIDE_GRACE_SECS`]
+    /// more: a slide may be pending in a server's memory). Returns how many went.
     ///
     /// The sliding clock is not indexed, so finding them is a scan of the table (~150 ms at a
     /// million sessions). One `DELETE` would hold SQLite's write lock for the whole scan (and
@@ -336,8 +510,8 @@ impl Db {
 
     fn purge_in_slices(&self, now: i64, slice: Duration) -> Result<usize> {
         let seqs: Vec<i64> = self.rows(
-            "SELECT seq FROM sessions WHERE expires_at < ?1 OR last_visit + idle_secs < ?1",
-            args![now],
+            "SELECT seq FROM sessions WHERE expires_at < ?1 OR last_visit + idle_secs + ?2 < ?1",
+            args![now, SLIDE_GRACE_SECS],
             |r| r.get(0),
         )?;
         let mut purged = 0;
@@ -350,8 +524,9 @@ impl Db {
                     while let Some((seq, rest)) = left.split_first() {
                         purged += c.exec(
                             "DELETE FROM sessions
-                             WHERE seq = ?1 AND (expires_at < ?2 OR last_visit + idle_secs < ?2)",
-                            args![*seq, now],
+                             WHERE seq = ?1
+                               AND (expires_at < ?2 OR last_visit + idle_secs + ?3 < ?2)",
+                            args![*seq, now, SLIDE_GRACE_SECS],
                         )?;
                         left = rest;
                         if started.elapsed() >= slice {
@@ -425,6 +600,114 @@ mod tests {
         let all = count(&db, "SELECT count(*) FROM sessions");
         assert_eq!((left, all), (live as i64, live as i64));
         assert_eq!(db.purge_expired_sessions(now).unwrap(), 0);
+    }
+
+    /// A database with one user and `n` sessions (skey hashes of "0", "1", …), each last seen
+    /// at 100, idle window 1000.
+    fn with_sessions(n: i64) -> (tempfile::TempDir, Db) {
+        let (d, db) = db();
+        batch(
+            &db,
+            "INSERT INTO apps (id, appid, secret, created_at) VALUES (1, 'wx1', 's', 0);
+             INSERT INTO users (id, app, openid, session_key, updated_at) VALUES ('u', 1, 'o', 'k', 0);",
+        );
+        for i in 0..n {
+            db.exec(
+                "INSERT INTO sessions (skey_hash, user_id, created, expires_at, idle_secs, last_visit)
+                 VALUES (?1, 'u', 0, 1000000, 1000, 100)",
+                args![&hash(i)[..]],
+            )
+            .unwrap();
+        }
+        (d, db)
+    }
+
+    fn hash(i: i64) -> [u8; 32] {
+        crate::ids::skey_hash(&i.to_string())
+    }
+
+    #[test]
+    fn slides_are_written_together_and_never_bring_a_session_back() {
+        let (_d, mut db) = with_sessions(3);
+        let slides = std::sync::Arc::new(Slides::default());
+        db.share_slides(&slides);
+        for i in 0..3 {
+            assert!(db.slide_session(&hash(i), 500).unwrap());
+        }
+        // An older slide never moves one back.
+        assert!(db.slide_session(&hash(0), 400).unwrap());
+        assert_eq!(db.pending_slide(&hash(0)), Some(500));
+        assert_eq!(
+            count(&db, "SELECT count(*) FROM sessions WHERE last_visit = 100"),
+            3,
+            "nothing is written before the flush"
+        );
+        // One session deleted (evicted, purged, revoked by another process) while its slide
+        // is pending: the flush does not bring it back.
+        db.exec(
+            "DELETE FROM sessions WHERE skey_hash = ?1",
+            args![&hash(2)[..]],
+        )
+        .unwrap();
+        assert_eq!(db.flush_slides().unwrap(), 2);
+        assert_eq!(slides.pending(), 0);
+        assert_eq!(db.pending_slide(&hash(0)), None);
+        assert_eq!(
+            count(&db, "SELECT count(*) FROM sessions WHERE last_visit = 500"),
+            2
+        );
+        assert_eq!(count(&db, "SELECT count(*) FROM sessions"), 2);
+        // A revocation here forgets the pending slide too.
+        assert!(db.slide_session(&hash(1), 600).unwrap());
+        assert!(db.revoke_session(&hash(1)).unwrap());
+        assert_eq!(db.pending_slide(&hash(1)), None);
+        assert_eq!(db.flush_slides().unwrap(), 0);
+        // A `Db` that shares no slides writes at once.
+        let (_d2, plain) = with_sessions(1);
+        assert!(plain.slide_session(&hash(0), 700).unwrap());
+        assert_eq!(plain.pending_slide(&hash(0)), None);
+        assert_eq!(count(&plain, "SELECT last_visit FROM sessions"), 700);
+    }
+
+    #[test]
+    fn pending_slides_are_bounded() {
+        let slides = Slides::default();
+        for i in 0..SLIDES_MAX_PENDING as i64 {
+            assert!(slides.record(&hash(i), 1));
+        }
+        assert!(
+            !slides.record(&hash(-1), 1),
+            "a slide past the bound is dropped"
+        );
+        assert!(slides.record(&hash(0), 2), "a pending one still moves");
+        assert_eq!(slides.get(&hash(0)), Some(2));
+        // A failed flush's slides go back within the bound.
+        let taken = slides.take();
+        assert!(slides.record(&hash(-1), 3));
+        slides.put_back(taken);
+        assert_eq!(slides.pending(), SLIDES_MAX_PENDING);
+        assert_eq!(slides.get(&hash(-1)), Some(3));
+    }
+
+    #[test]
+    fn the_purge_leaves_a_session_idle_within_the_grace() {
+        let (_d, db) = with_sessions(2);
+        db.exec(
+            "UPDATE sessions SET last_visit = 50 WHERE skey_hash = ?1",
+            args![&hash(1)[..]],
+        )
+        .unwrap();
+        // At 1100 + grace, session 0 (last seen at 100, window 1000) is idle for exactly the
+        // grace: kept; session 1 (last seen at 50) is past it.
+        assert_eq!(
+            db.purge_expired_sessions(1100 + SLIDE_GRACE_SECS).unwrap(),
+            1
+        );
+        assert_eq!(count(&db, "SELECT count(*) FROM sessions"), 1);
+        assert_eq!(
+            db.purge_expired_sessions(1101 + SLIDE_GRACE_SECS).unwrap(),
+            1
+        );
     }
 
     #[test]

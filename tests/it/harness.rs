@@ -308,6 +308,29 @@ impl Env {
         c
     }
 
+    /// Run `call` on each item; during how many calls something was committed to the database
+    /// (another connection's `PRAGMA data_version` changed; SQLite only).
+    pub fn commits_during<I: IntoIterator>(
+        &self,
+        items: I,
+        mut call: impl FnMut(I::Item),
+    ) -> usize {
+        let outside = self.sql();
+        let version = || -> i64 {
+            outside
+                .query_row("PRAGMA data_version", [], |r| r.get(0))
+                .unwrap()
+        };
+        let (mut last, mut committed) = (version(), 0);
+        for item in items {
+            call(item);
+            let now = version();
+            committed += usize::from(now != last);
+            last = now;
+        }
+        committed
+    }
+
     /// The numeric `app_id` of the `/mina` dialect for `appid`.
     pub fn app_id(&self, appid: &str) -> i64 {
         self.scalar(&format!("SELECT id FROM apps WHERE appid = '{appid}'"))
