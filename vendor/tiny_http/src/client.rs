@@ -39,7 +39,7 @@ pub struct ClientConnection {
     limits: Limits,
 
     // wafer's fix: with `Limits::max_buffered_body`, where this thread learns that the answer
-    //  to the request in flight is written (see `util::AnswerWriter`), and whether whole
+    //  to the request in flight is written (see `util::AnswerWriter`): when, or that it was lost
     in_flight: Option<AnswerDone>,
 
     // wafer's fix: the server's count of answers not yet written
@@ -70,8 +70,8 @@ enum ReadError {
 /// How the answer to the previous request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answered {
-    /// Written whole (or there was none).
-    Whole,
+    /// Written whole, at that instant (`None`: there was none).
+    Whole(Option<Instant>),
     /// Lost with the connection: the client cannot tell where the next answer would begin.
     Lost,
 }
@@ -201,24 +201,27 @@ impl ClientConnection {
         // Waiting for the next request: an idle connection ends without an answer. The answer
         // to the previous one may still be on its way; nothing is written, nor another request
         // handed out, before it is done (one request in flight per connection, answers in order).
+        let mut idle_until = None;
         loop {
             // Our turn on the stream comes once the previous request's body has been read.
             let reader = self
                 .next_header_source
                 .wait_turn()
                 .ok_or(ReadError::Closed)?;
-            reader.get_mut().set_deadline(None);
+            reader.get_mut().set_deadline(idle_until);
             let waited = match reader.fill_buf() {
                 Ok([]) => Err(false),
                 Ok(_) => Ok(()),
                 Err(ref e) => Err(timed_out(e)),
             };
-            let was_answering = self.in_flight.is_some();
-            let answered = self.finish_in_flight();
-            match (waited, answered) {
-                (Ok(()), Answered::Whole) => break,
-                // Idle while the answer was being made: the wait starts again from its end.
-                (Err(true), Answered::Whole) if was_answering => continue,
+            match (waited, self.finish_in_flight()) {
+                (Ok(()), Answered::Whole(_)) => break,
+                // Idle while the answer was being made or written: the connection may stay
+                // idle until one io timeout after the answer's end, not a second io timeout.
+                (Err(true), Answered::Whole(Some(end))) => match limits.io_timeout {
+                    Some(t) if end + t > Instant::now() => idle_until = Some(end + t),
+                    _ => return Err(ReadError::Closed),
+                },
                 _ => return Err(ReadError::Closed),
             }
         }
@@ -373,9 +376,9 @@ impl ClientConnection {
     /// Waits until the answer to the request in flight, if any, is written or lost.
     fn finish_in_flight(&mut self) -> Answered {
         match self.in_flight.take() {
-            None => Answered::Whole,
+            None => Answered::Whole(None),
             Some(done) => match done.recv() {
-                Ok(true) => Answered::Whole,
+                Ok(Some(end)) => Answered::Whole(Some(end)),
                 _ => Answered::Lost,
             },
         }

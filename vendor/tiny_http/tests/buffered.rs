@@ -574,3 +574,29 @@ fn a_taken_body_keeps_its_share_of_the_budget_until_answered() {
     let (_, _, body, ..) = taken.recv_timeout(Duration::from_secs(5)).unwrap();
     assert_eq!(body.map(|b| b.len()), Some(2000 - 3));
 }
+
+/// A keep-alive connection idle for the io timeout after its answer was written is closed then,
+/// not a second io timeout later (the idle wait that timed out while the answer was being made
+/// starts again from the answer's end, not from the timeout).
+#[test]
+fn an_idle_connection_is_closed_one_io_timeout_after_its_answer() {
+    let (addr, _) = server();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200"), "{}", head);
+    let mut body = [0; 5];
+    s.read_exact(&mut body).unwrap();
+    assert_eq!(&body, b"/a 0 ");
+    let answered = Instant::now();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    let idle = answered.elapsed();
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    assert!(
+        idle < IO_TIMEOUT + Duration::from_millis(700),
+        "closed {:?} after the answer, io timeout {:?}",
+        idle,
+        IO_TIMEOUT
+    );
+}

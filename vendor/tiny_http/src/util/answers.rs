@@ -83,22 +83,22 @@ impl Drop for BehindPlace {
 
 type Sink = SequentialWriter<BufWriter<RefinedTcpStream>>;
 
-/// The connection's side of an answer in flight: it learns there whether the answer was
-/// written whole (`true`), or lost with the connection (`false`, or nothing).
-pub(crate) type AnswerDone = Receiver<bool>;
+/// The connection's side of an answer in flight: it learns there when the answer was written
+/// whole (`Some`), or that it was lost with the connection (`None`, or nothing).
+pub(crate) type AnswerDone = Receiver<Option<Instant>>;
 
 /// Whoever holds this holds the client's socket for one answer; dropping it tells the
 /// connection that the answer is done, and whether it was written whole.
 struct Holder {
     sink: Sink,
     written: bool,
-    done: Sender<bool>,
+    done: Sender<Option<Instant>>,
     _ticket: AnswerTicket,
 }
 
 impl Drop for Holder {
     fn drop(&mut self) {
-        let _ = self.done.send(self.written);
+        let _ = self.done.send(self.written.then(Instant::now));
     }
 }
 
