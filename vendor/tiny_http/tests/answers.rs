@@ -1,0 +1,215 @@
+//! The answer path of `Limits::max_buffered_body` (wafer's fix, change 9): answers written by
+//! whoever answers, the rest behind. Pinned here: answers on one connection never interleave nor
+//! go out of order (pipelining, an answer behind, 100-continue, a refusal after an answer in
+//! flight), and a client that resets mid-answer frees everything it held.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A server with buffered bodies, `workers` responding threads and `max_behind` places, which
+/// answers `/big/N` with N bytes of `x` and anything else with `URL BODYLEN`.
+fn server(workers: usize, max_behind: usize) -> (SocketAddr, tiny_http::AnswersInFlight) {
+    let mut limits = tiny_http::Limits::default();
+    limits.io_timeout = Some(Duration::from_secs(3));
+    limits.max_buffered_body = Some(8192);
+    limits.max_answers_behind = max_behind;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server =
+        Arc::new(tiny_http::Server::from_listener_with_limits(listener, None, limits).unwrap());
+    let addr = server.server_addr().to_ip().unwrap();
+    let answers = server.answers_in_flight();
+    for _ in 0..workers {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            while let Ok(mut rq) = server.recv() {
+                let mut body = Vec::new();
+                rq.as_reader().read_to_end(&mut body).unwrap();
+                let answer = match rq.url().strip_prefix("/big/") {
+                    Some(n) => vec![b'x'; n.parse().unwrap()],
+                    None => format!("{} {}", rq.url(), body.len()).into_bytes(),
+                };
+                let _ = rq.respond(tiny_http::Response::from_data(answer));
+            }
+        });
+    }
+    (addr, answers)
+}
+
+/// One answer read off `s`: its status line and body (by `Content-Length`).
+fn answer(s: &mut TcpStream) -> (String, Vec<u8>) {
+    let (mut head, mut byte) = (Vec::new(), [0; 1]);
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).unwrap(),
+            1,
+            "{:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let status = head.lines().next().unwrap().to_owned();
+    if head.contains("Transfer-Encoding: chunked") {
+        let mut body = Vec::new();
+        loop {
+            let size = usize::from_str_radix(&line(s), 16).unwrap();
+            let start = body.len();
+            body.resize(start + size, 0);
+            s.read_exact(&mut body[start..]).unwrap();
+            assert_eq!(line(s), "");
+            if size == 0 {
+                return (status, body);
+            }
+        }
+    }
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .map_or(0, |n| n.parse().unwrap());
+    let mut body = vec![0; len];
+    s.read_exact(&mut body).unwrap();
+    (status, body)
+}
+
+/// One CRLF-terminated line off `s`.
+fn line(s: &mut TcpStream) -> String {
+    let (mut line, mut byte) = (Vec::new(), [0; 1]);
+    while !line.ends_with(b"\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1);
+        line.push(byte[0]);
+    }
+    line.truncate(line.len() - 2);
+    String::from_utf8(line).unwrap()
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+const BIG: usize = 8 << 20;
+
+/// Pipelined requests whose first answer is far more than the socket takes (so the rest is
+/// written behind, while the client reads nothing yet), answered by four threads: every answer
+/// arrives whole and in order, and a malformed request after them is refused only after them.
+#[test]
+fn pipelined_answers_stay_in_order_behind_a_large_one() {
+    let (addr, answers) = server(4, 8);
+    for round in 0..3 {
+        let mut s = connect(addr);
+        let mut all = format!("GET /big/{BIG} HTTP/1.1\r\nHost: a\r\n\r\n");
+        for i in 0..20 {
+            all += &format!("POST /p{i} HTTP/1.1\r\nHost: a\r\nContent-Length: {i}\r\n\r\n");
+            all += &"b".repeat(i);
+        }
+        all += &format!("GET /big/{} HTTP/1.1\r\nHost: a\r\n\r\n", BIG + 1);
+        all += "GET /last HTTP/1.1\r\nHost: a\r\n\r\nNOT A REQUEST\r\n\r\n";
+        s.write_all(all.as_bytes()).unwrap();
+        // Let the answers pile up before reading any.
+        std::thread::sleep(Duration::from_millis(300));
+        let (status, body) = answer(&mut s);
+        assert_eq!(status, "HTTP/1.1 200 OK", "round {round}");
+        assert!(body.len() == BIG && body.iter().all(|&b| b == b'x'));
+        for i in 0..20 {
+            let (status, body) = answer(&mut s);
+            assert_eq!(status, "HTTP/1.1 200 OK");
+            assert_eq!(String::from_utf8(body).unwrap(), format!("/p{i} {i}"));
+        }
+        let (_, body) = answer(&mut s);
+        assert!(body.len() == BIG + 1 && body.iter().all(|&b| b == b'x'));
+        assert_eq!(answer(&mut s).1, b"/last 0");
+        assert_eq!(answer(&mut s).0, "HTTP/1.1 400 Bad Request");
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    }
+    assert!(answers.wait(Duration::from_secs(5)));
+}
+
+/// `Expect: 100-continue` after a request whose answer is still being written behind: the
+/// `100 Continue` comes after that answer, whole, never inside it.
+#[test]
+fn a_continue_waits_for_the_answer_behind() {
+    let (addr, _) = server(2, 8);
+    let mut s = connect(addr);
+    s.write_all(
+        format!(
+            "GET /big/{BIG} HTTP/1.1\r\nHost: a\r\n\r\n\
+             POST /c HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, body) = answer(&mut s);
+    assert!(body.len() == BIG && body.iter().all(|&b| b == b'x'));
+    assert_eq!(answer(&mut s).0, "HTTP/1.1 100 Continue");
+    s.write_all(b"abc").unwrap();
+    assert_eq!(answer(&mut s).1, b"/c 3");
+}
+
+/// Sets `SO_LINGER` to zero and closes: the kernel resets the connection.
+fn reset(s: TcpStream) {
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s);
+}
+
+/// A client that resets its connection mid-answer (written behind) or before its answer is
+/// made: the answer is counted done at once, its place behind is given back (the one place
+/// serves the next large answer whole), and the server goes on.
+#[test]
+fn a_reset_mid_answer_frees_its_place_and_its_count() {
+    let (addr, answers) = server(1, 1);
+    for _ in 0..3 {
+        let mut s = connect(addr);
+        s.write_all(format!("GET /big/{BIG} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut some = [0; 4096];
+        s.read_exact(&mut some).unwrap();
+        reset(s);
+        let started = Instant::now();
+        assert!(
+            answers.wait(Duration::from_secs(2)),
+            "an answer still in flight"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+    // Reset before the answer is made (a pipelined large answer queued behind a small one).
+    let mut s = connect(addr);
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    assert_eq!(answer(&mut s).1, b"/a 0");
+    reset(s);
+    assert!(answers.wait(Duration::from_secs(2)));
+    // The one place behind is free: a large answer is written whole.
+    let mut s = connect(addr);
+    s.write_all(
+        format!("GET /big/{BIG} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let (_, body) = answer(&mut s);
+    assert_eq!(body.len(), BIG);
+    assert!(answers.wait(Duration::from_secs(2)));
+}
+
+/// An HTTP/1.0 client (or `Connection: close`) that sends a CRLF after its body, as some do:
+/// its answer arrives whole before the connection ends.
+#[test]
+fn a_last_answer_arrives_though_the_client_sent_more() {
+    let (addr, _) = server(1, 8);
+    for _ in 0..20 {
+        let mut s = connect(addr);
+        s.write_all(b"POST /old HTTP/1.0\r\nContent-Length: 2\r\n\r\nhi\r\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let mut all = Vec::new();
+        let r = s.read_to_end(&mut all);
+        let all = String::from_utf8_lossy(&all);
+        assert!(all.ends_with("/old 2"), "{:?} {}", r, all);
+    }
+}
