@@ -626,6 +626,14 @@ fn accept_loop(
                             break;
                         }
                         messages.push(rq.into());
+                        // wafer's fix: the server may have gone between the check and the push,
+                        // after it dropped the requests left in the queue; nobody takes this one
+                        // now, and this thread would wait for its answer for ever. Whoever pushes
+                        // after that drop sees `close` (the queue's lock orders the two).
+                        if close.load(Relaxed) {
+                            while messages.try_pop().is_some() {}
+                            break;
+                        }
                     }
                 }
             }

@@ -213,3 +213,66 @@ fn a_last_answer_arrives_though_the_client_sent_more() {
         assert!(all.ends_with("/old 2"), "{:?} {}", r, all);
     }
 }
+
+/// A server dropped while its connections keep handing out requests: every request handed out
+/// is answered (500 when nobody took it), so the count of answers in flight drains and no
+/// connection thread waits for ever on a request left in the queue.
+#[test]
+fn a_server_dropped_under_load_leaves_no_answer_in_flight() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    for round in 0..40 {
+        let mut limits = tiny_http::Limits::default();
+        limits.io_timeout = Some(Duration::from_secs(30));
+        limits.max_buffered_body = Some(8192);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let server =
+            Arc::new(tiny_http::Server::from_listener_with_limits(listener, None, limits).unwrap());
+        let addr = server.server_addr().to_ip().unwrap();
+        let answers = server.answers_in_flight();
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = {
+            let (server, stop) = (server.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    if let Ok(Some(rq)) = server.recv_timeout(Duration::from_millis(1)) {
+                        let _ = rq.respond(tiny_http::Response::from_data(b"ok".to_vec()));
+                    }
+                }
+            })
+        };
+        drop(server);
+        // Connected before the server may go (a loaded machine may start the threads late).
+        let clients: Vec<_> = (0..8)
+            .map(|_| (connect(addr), stop.clone()))
+            .map(|(mut s, stop)| {
+                std::thread::spawn(move || {
+                    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                    while !stop.load(Ordering::SeqCst) {
+                        if s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").is_err() {
+                            break;
+                        }
+                        let mut buf = [0; 256];
+                        match s.read(&mut buf) {
+                            Ok(n) if n > 0 => {}
+                            _ => break,
+                        }
+                    }
+                    // Keep the connection open: only the server may end it.
+                    std::thread::sleep(Duration::from_millis(100));
+                    s
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(20 + round % 7));
+        // The last handle on the server goes with the worker.
+        stop.store(true, Ordering::SeqCst);
+        worker.join().unwrap();
+        let kept: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+        assert!(
+            answers.wait(Duration::from_secs(3)),
+            "round {}: an answer is still in flight after the server was dropped",
+            round
+        );
+        drop(kept);
+    }
+}
