@@ -57,7 +57,7 @@ pub struct Request {
     held_body: Option<Box<HeldBody>>,
 
     // if this writer is empty, then the request has been answered
-    response_writer: Option<Box<dyn Write + Send + 'static>>,
+    response_writer: Option<Answer>,
 
     remote_addr: Option<SocketAddr>,
 
@@ -79,6 +79,47 @@ pub struct Request {
 
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
+}
+
+/// Where a request's answer goes (wafer's fix): the client's socket, as upstream, or with
+/// `Limits::max_buffered_body` an `AnswerWriter`, which can be told that the answer cannot be
+/// finished.
+enum Answer {
+    Plain(Box<dyn Write + Send + 'static>),
+    Buffered(Box<AnswerWriter>),
+}
+
+impl Answer {
+    fn into_writer(self) -> Box<dyn Write + Send + 'static> {
+        match self {
+            Answer::Plain(w) => w,
+            Answer::Buffered(w) => w,
+        }
+    }
+
+    /// The answer cannot be finished: with buffered bodies the connection is cut (upstream's
+    /// writer goes on as it did).
+    fn abandon(&mut self) {
+        if let Answer::Buffered(w) = self {
+            w.abandon();
+        }
+    }
+}
+
+impl Write for Answer {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Answer::Plain(w) => w.write(buf),
+            Answer::Buffered(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Answer::Plain(w) => w.flush(),
+            Answer::Buffered(w) => w.flush(),
+        }
+    }
 }
 
 struct NotifyOnDrop<R> {
@@ -234,7 +275,7 @@ where
     Ok(Request {
         data_reader: Some(reader),
         held_body: None,
-        response_writer: Some(Box::new(writer) as Box<dyn Write + Send + 'static>),
+        response_writer: Some(Answer::Plain(Box::new(writer))),
         remote_addr,
         secure,
         method,
@@ -269,7 +310,7 @@ pub(crate) fn new_buffered_request(
             body: Cursor::new(body),
             _hold: hold,
         })),
-        response_writer: Some(Box::new(writer)),
+        response_writer: Some(Answer::Buffered(Box::new(writer))),
         remote_addr,
         secure,
         method,
@@ -375,7 +416,10 @@ impl Request {
 
         self.response_writer.as_mut().unwrap().flush().ok(); // TODO: unused result
 
-        let stream = CustomStream::new(self.extract_reader_impl(), self.extract_writer_impl());
+        let stream = CustomStream::new(
+            self.extract_reader_impl(),
+            self.extract_writer_impl().into_writer(),
+        );
         if let Some(sender) = self.notify_when_responded.take() {
             let stream = NotifyOnDrop {
                 sender,
@@ -462,7 +506,7 @@ impl Request {
     /// Therefore you should always destroy the `Writer` as soon as possible.
     #[inline]
     pub fn into_writer(mut self) -> Box<dyn Write + Send + 'static> {
-        let writer = self.extract_writer_impl();
+        let writer = self.extract_writer_impl().into_writer();
         if let Some(sender) = self.notify_when_responded.take() {
             let writer = NotifyOnDrop {
                 sender,
@@ -478,7 +522,7 @@ impl Request {
     /// as the object returned by `into_writer` above.
     ///
     /// This may only be called once on a single request.
-    fn extract_writer_impl(&mut self) -> Box<dyn Write + Send + 'static> {
+    fn extract_writer_impl(&mut self) -> Answer {
         use std::mem;
 
         assert!(self.response_writer.is_some());
@@ -529,13 +573,21 @@ impl Request {
 
         let do_not_send_body = self.method == Method::Head;
 
-        Self::ignore_client_closing_errors(response.raw_print(
+        let printed = response.raw_print(
             writer.by_ref(),
             self.http_version.clone(),
             &self.headers,
             do_not_send_body,
             None,
-        ))?;
+        );
+        // wafer's fix: with buffered bodies the writer never fails, so this is the response's
+        // body failing midway (whatever its kind): the answer cannot be finished, and the
+        // connection must not go on as if it were (the client would take the next answer for
+        // the rest of this one, or a chunked one for whole).
+        if printed.is_err() {
+            writer.abandon();
+        }
+        Self::ignore_client_closing_errors(printed)?;
 
         Self::ignore_client_closing_errors(writer.flush())
     }

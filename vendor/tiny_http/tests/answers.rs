@@ -276,3 +276,87 @@ fn a_server_dropped_under_load_leaves_no_answer_in_flight() {
         drop(kept);
     }
 }
+
+/// A body that fails (or, with `panics`, panics) after `n` bytes.
+struct Failing {
+    n: usize,
+    panics: bool,
+}
+
+impl Read for Failing {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.n == 0 {
+            assert!(!self.panics, "the source panicked");
+            return Err(std::io::Error::other("the source failed"));
+        }
+        let n = self.n.min(buf.len());
+        buf[..n].fill(b'y');
+        self.n -= n;
+        Ok(n)
+    }
+}
+
+/// An answer whose body fails midway (a file or an upstream that breaks), or whose maker
+/// panics, cannot be finished: the connection is cut there, rather than the client taking it
+/// for whole (chunked: the last chunk was written after the failure) or the next answer for the
+/// rest of its body.
+#[test]
+fn an_answer_that_fails_midway_ends_its_connection() {
+    let mut limits = tiny_http::Limits::default();
+    limits.io_timeout = Some(Duration::from_secs(3));
+    limits.max_buffered_body = Some(8192);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server =
+        Arc::new(tiny_http::Server::from_listener_with_limits(listener, None, limits).unwrap());
+    let addr = server.server_addr().to_ip().unwrap();
+    let answers = server.answers_in_flight();
+    // More than one piece (64 KiB) of the body goes out before it fails.
+    const SENT: usize = 200_000;
+    std::thread::spawn(move || {
+        while let Ok(rq) = server.recv() {
+            let (length, panics) = match rq.url() {
+                "/sized" => (Some(SENT + 5000), false),
+                "/chunked" => (None, false),
+                "/panics" => (Some(SENT + 5000), true),
+                _ => {
+                    let _ = rq.respond(tiny_http::Response::from_data(b"next".to_vec()));
+                    continue;
+                }
+            };
+            let body = Failing { n: SENT, panics };
+            // `Content-Length` whatever the size, unless the length is unknown.
+            let failing = tiny_http::Response::new(200.into(), vec![], body, length, None)
+                .with_chunked_threshold(usize::MAX);
+            let responded =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rq.respond(failing)));
+            assert!(!matches!(responded, Ok(Ok(()))));
+        }
+    });
+    for target in ["/sized", "/chunked", "/panics"] {
+        let mut s = connect(addr);
+        s.write_all(
+            format!(
+                "GET {target} HTTP/1.1\r\nHost: a\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let mut all = Vec::new();
+        // The cut may come as a reset.
+        let _ = s.read_to_end(&mut all);
+        let all = String::from_utf8_lossy(&all);
+        assert!(
+            all.starts_with("HTTP/1.1 200"),
+            "{}: {:?}",
+            target,
+            &all[..all.len().min(200)]
+        );
+        assert!(
+            !all.contains("next") && !all.ends_with("\r\n0\r\n\r\n"),
+            "{}: the broken answer looks whole, or the next one follows it: {:?}",
+            target,
+            &all[all.len().saturating_sub(120)..]
+        );
+    }
+    assert!(answers.wait(Duration::from_secs(2)));
+}

@@ -195,6 +195,21 @@ impl AnswerWriter {
         }
     }
 
+    /// Ends the answer unfinished (its body failed midway, or whoever wrote it panicked): what
+    /// is held is dropped and the connection cut, so that the client can take neither what it
+    /// got for the whole answer nor the next answer for the rest of this one.
+    pub(crate) fn abandon(&mut self) {
+        self.held.clear();
+        match std::mem::replace(&mut self.route, Route::Gone) {
+            Route::Direct(mut holder, _) => holder.cut(),
+            // An empty piece, never sent otherwise, tells the thread writing behind to cut.
+            Route::Behind(rest) => {
+                let _ = rest.send(Vec::new());
+            }
+            Route::Gone => {}
+        }
+    }
+
     /// Hands what is held, and all that follows, to a thread that writes it as the client reads.
     fn go_behind(&mut self) {
         let Route::Direct(mut holder, max) = std::mem::replace(&mut self.route, Route::Gone) else {
@@ -215,6 +230,9 @@ impl AnswerWriter {
                 let written = holder.sink.with_turn(|w| {
                     w.write_all(&first)?;
                     for piece in pieces {
+                        if piece.is_empty() {
+                            return Err(std::io::Error::other("the answer was abandoned"));
+                        }
                         w.write_all(&piece)?;
                     }
                     w.flush()
@@ -249,6 +267,10 @@ impl Write for AnswerWriter {
 
 impl Drop for AnswerWriter {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.abandon();
+            return;
+        }
         self.hand_over();
         if let Route::Direct(holder, _) = &mut self.route {
             holder.written = true;
