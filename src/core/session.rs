@@ -253,7 +253,8 @@ fn within_clocks(
     // A check never waits for a write: a slide that cannot be made now (too many pending; or,
     // written at once, someone else writing) is skipped, and the next check tries again.
     if now - row.last_visit >= step {
-        db.slide_session(hash, now).map_err(Error::SessionWrite)?;
+        db.slide_session(hash, row.seq, now)
+            .map_err(Error::SessionWrite)?;
     }
     Ok(Session { row })
 }

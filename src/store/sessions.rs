@@ -40,7 +40,8 @@ pub struct Slides {
 
 #[derive(Default)]
 struct Pending {
-    slides: BTreeMap<[u8; 32], i64>,
+    /// By skey hash: the session's row id (`seq`) and the `last_visit` to write.
+    slides: BTreeMap<[u8; 32], (i64, i64)>,
     closed: bool,
 }
 
@@ -49,15 +50,16 @@ impl Slides {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Record a slide to `at`; `false` when it was dropped ([`SLIDES_MAX_PENDING`]).
-    fn record(&self, hash: &[u8; 32], at: i64) -> bool {
+    /// Record a slide of session `seq` to `at`; `false` when it was dropped
+    /// ([`SLIDES_MAX_PENDING`]).
+    fn record(&self, hash: &[u8; 32], seq: i64, at: i64) -> bool {
         let mut st = self.lock();
         let n = st.slides.len();
         match st.slides.get_mut(hash) {
-            Some(v) => *v = (*v).max(at),
+            Some((_, v)) => *v = (*v).max(at),
             None if n >= SLIDES_MAX_PENDING => return false,
             None => {
-                st.slides.insert(*hash, at);
+                st.slides.insert(*hash, (seq, at));
                 if n + 1 == SLIDES_FLUSH_AT {
                     self.due.notify_all();
                 }
@@ -67,28 +69,28 @@ impl Slides {
     }
 
     fn get(&self, hash: &[u8; 32]) -> Option<i64> {
-        self.lock().slides.get(hash).copied()
+        self.lock().slides.get(hash).map(|&(_, at)| at)
     }
 
     fn forget(&self, hash: &[u8; 32]) {
         self.lock().slides.remove(hash);
     }
 
-    fn take(&self) -> BTreeMap<[u8; 32], i64> {
+    fn take(&self) -> BTreeMap<[u8; 32], (i64, i64)> {
         std::mem::take(&mut self.lock().slides)
     }
 
     /// Slides a failed flush took, back among the pending (newer ones recorded since win),
     /// within [`SLIDES_MAX_PENDING`].
-    fn put_back(&self, taken: BTreeMap<[u8; 32], i64>) {
+    fn put_back(&self, taken: BTreeMap<[u8; 32], (i64, i64)>) {
         let mut st = self.lock();
-        for (hash, at) in taken {
+        for (hash, (seq, at)) in taken {
             let n = st.slides.len();
             match st.slides.get_mut(&hash) {
-                Some(v) => *v = (*v).max(at),
+                Some((_, v)) => *v = (*v).max(at),
                 None if n >= SLIDES_MAX_PENDING => break,
                 None => {
-                    st.slides.insert(hash, at);
+                    st.slides.insert(hash, (seq, at));
                 }
             }
         }
@@ -146,6 +148,8 @@ pub struct SessionRow {
     pub expires_at: i64,
     pub idle_secs: i64,
     pub last_visit: i64,
+    /// The session's row id, by which a slide written behind finds the row.
+    pub seq: i64,
 }
 
 /// A sealed JSON column of `users` written after the login.
@@ -210,6 +214,9 @@ pub enum Imported {
 
 /// A slide: `last_visit` moves forward only, on a row that is there.
 const TOUCH: &str = "UPDATE sessions SET last_visit = ?2 WHERE skey_hash = ?1 AND last_visit < ?2";
+/// [`TOUCH`] by row id (`Db::flush_slides`).
+const TOUCH_ROW: &str =
+    "UPDATE sessions SET last_visit = ?3 WHERE seq = ?1 AND skey_hash = ?2 AND last_visit < ?3";
 
 impl Db {
     /// Write an imported user and its sessions in one transaction, unless the openid (or the
@@ -350,7 +357,7 @@ impl Db {
     pub fn session(&self, id: &str, skey_hash: &[u8; 32]) -> Result<Option<SessionRow>> {
         self.row(
             "SELECT s.user_id, u.app, a.appid, u.openid, u.unionid, u.session_key, u.user_info,
-                    s.created, s.expires_at, s.idle_secs, s.last_visit, u.phone_info
+                    s.created, s.expires_at, s.idle_secs, s.last_visit, u.phone_info, s.seq
              FROM sessions s JOIN users u ON u.id = s.user_id JOIN apps a ON a.id = u.app
              WHERE s.skey_hash = ?1 AND s.user_id = ?2",
             args![&skey_hash[..], id],
@@ -368,6 +375,7 @@ impl Db {
                     expires_at: r.get(8)?,
                     idle_secs: r.get(9)?,
                     last_visit: r.get(10)?,
+                    seq: r.get(12)?,
                 })
             },
         )
@@ -386,9 +394,9 @@ impl Db {
     /// shares a server's slides ([`Db::share_slides`]); otherwise written now if that can be
     /// done without waiting. `Ok(false)` when it was skipped (too many pending, or someone
     /// else writing): the next check slides again.
-    pub fn slide_session(&self, skey_hash: &[u8; 32], now: i64) -> Result<bool> {
+    pub fn slide_session(&self, skey_hash: &[u8; 32], seq: i64, now: i64) -> Result<bool> {
         match &self.slides {
-            Some(s) => Ok(s.record(skey_hash, now)),
+            Some(s) => Ok(s.record(skey_hash, seq, now)),
             None => self.try_touch_session(skey_hash, now),
         }
     }
@@ -410,11 +418,19 @@ impl Db {
         if taken.is_empty() {
             return Ok(0);
         }
+        // In row order, by row id: each leaf of the table is read once and the index on
+        // `skey_hash` not at all (a million sessions do not fit a connection's page cache); the
+        // hash stays in the condition, so a row id taken since by another session is left alone.
+        let mut rows: Vec<(i64, &[u8; 32], i64)> = taken
+            .iter()
+            .map(|(hash, &(seq, at))| (seq, hash, at))
+            .collect();
+        rows.sort_unstable_by_key(|&(seq, _, _)| seq);
         let written = self.session_write(self.write_wait, || {
             self.tx(|c| {
                 let mut moved = 0;
-                for (hash, at) in &taken {
-                    moved += c.exec(TOUCH, args![&hash[..], *at])?;
+                for &(seq, hash, at) in &rows {
+                    moved += c.exec(TOUCH_ROW, args![seq, &hash[..], at])?;
                 }
                 Ok(moved)
             })
@@ -632,10 +648,10 @@ mod tests {
         let slides = std::sync::Arc::new(Slides::default());
         db.share_slides(&slides);
         for i in 0..3 {
-            assert!(db.slide_session(&hash(i), 500).unwrap());
+            assert!(db.slide_session(&hash(i), i + 1, 500).unwrap());
         }
         // An older slide never moves one back.
-        assert!(db.slide_session(&hash(0), 400).unwrap());
+        assert!(db.slide_session(&hash(0), 1, 400).unwrap());
         assert_eq!(db.pending_slide(&hash(0)), Some(500));
         assert_eq!(
             count(&db, "SELECT count(*) FROM sessions WHERE last_visit = 100"),
@@ -658,32 +674,51 @@ mod tests {
         );
         assert_eq!(count(&db, "SELECT count(*) FROM sessions"), 2);
         // A revocation here forgets the pending slide too.
-        assert!(db.slide_session(&hash(1), 600).unwrap());
+        assert!(db.slide_session(&hash(1), 2, 600).unwrap());
         assert!(db.revoke_session(&hash(1)).unwrap());
         assert_eq!(db.pending_slide(&hash(1)), None);
         assert_eq!(db.flush_slides().unwrap(), 0);
         // A `Db` that shares no slides writes at once.
         let (_d2, plain) = with_sessions(1);
-        assert!(plain.slide_session(&hash(0), 700).unwrap());
+        assert!(plain.slide_session(&hash(0), 1, 700).unwrap());
         assert_eq!(plain.pending_slide(&hash(0)), None);
         assert_eq!(count(&plain, "SELECT last_visit FROM sessions"), 700);
+    }
+
+    #[test]
+    fn a_slide_written_behind_leaves_another_session_on_its_row_id_alone() {
+        let (_d, mut db) = with_sessions(1);
+        let slides = std::sync::Arc::new(Slides::default());
+        db.share_slides(&slides);
+        assert!(db.slide_session(&hash(0), 1, 500).unwrap());
+        // The session goes, and a new one is given its row id before the flush.
+        db.exec("DELETE FROM sessions WHERE seq = 1", args![])
+            .unwrap();
+        db.exec(
+            "INSERT INTO sessions (seq, skey_hash, user_id, created, expires_at, idle_secs, last_visit)
+             VALUES (1, ?1, 'u', 0, 1000000, 1000, 100)",
+            args![&hash(9)[..]],
+        )
+        .unwrap();
+        assert_eq!(db.flush_slides().unwrap(), 0);
+        assert_eq!(count(&db, "SELECT last_visit FROM sessions"), 100);
     }
 
     #[test]
     fn pending_slides_are_bounded() {
         let slides = Slides::default();
         for i in 0..SLIDES_MAX_PENDING as i64 {
-            assert!(slides.record(&hash(i), 1));
+            assert!(slides.record(&hash(i), i + 1, 1));
         }
         assert!(
-            !slides.record(&hash(-1), 1),
+            !slides.record(&hash(-1), 0, 1),
             "a slide past the bound is dropped"
         );
-        assert!(slides.record(&hash(0), 2), "a pending one still moves");
+        assert!(slides.record(&hash(0), 1, 2), "a pending one still moves");
         assert_eq!(slides.get(&hash(0)), Some(2));
         // A failed flush's slides go back within the bound.
         let taken = slides.take();
-        assert!(slides.record(&hash(-1), 3));
+        assert!(slides.record(&hash(-1), 0, 3));
         slides.put_back(taken);
         assert_eq!(slides.pending(), SLIDES_MAX_PENDING);
         assert_eq!(slides.get(&hash(-1)), Some(3));
