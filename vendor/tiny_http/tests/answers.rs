@@ -360,3 +360,31 @@ fn an_answer_that_fails_midway_ends_its_connection() {
     }
     assert!(answers.wait(Duration::from_secs(2)));
 }
+
+/// A client that stops reading midway through a large answer (and keeps its connection open)
+/// holds the thread writing behind only for the io timeout: then the count drains and the one
+/// place behind serves another client's large answer whole.
+#[test]
+fn a_client_that_stops_reading_midway_is_cut_after_the_io_timeout() {
+    let (addr, answers) = server(1, 1);
+    let mut stalled = connect(addr);
+    stalled
+        .write_all(format!("GET /big/{BIG} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut some = [0; 4096];
+    stalled.read_exact(&mut some).unwrap();
+    let started = Instant::now();
+    assert!(answers.wait(Duration::from_secs(8)), "still writing behind");
+    // The io timeout is 3 s; the writes before it made progress as the socket drained.
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut s = connect(addr);
+    s.write_all(format!("GET /big/{BIG} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(answer(&mut s).1.len(), BIG);
+    drop(stalled);
+}
