@@ -20,9 +20,10 @@
 //! what `http::start` tells it to with each job.
 //!
 //! Database connections are not per thread, nor per request: a request's handler runs with a
-//! `store::DbPool` handle, whose every operation (or session write) takes a connection and gives
-//! it back, so a login waiting on WeChat holds none (it reads its app, waits, then writes); as
-//! many as were in use at once are kept, up to [`MAX_KEPT_CONNECTIONS`].
+//! `store::DbPool` handle, whose every operation takes a connection and gives it back (a session
+//! write, the pool's one writer connection, in this process's turn of session writes), so a
+//! login waiting on WeChat holds none (it reads its app, waits, then writes); as many as were in
+//! use at once are kept, up to [`MAX_KEPT_CONNECTIONS`].
 
 use super::routes::Route;
 use crate::api::{Method, Params};

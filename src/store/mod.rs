@@ -285,6 +285,10 @@ enum Conn {
     My(Arc<mysql::Server>),
 }
 
+/// The page cache of a pool's session-writer connection ([`LitePool::writer`]), KiB: SQLite's
+/// default, a worker's.
+const WRITER_CACHE_KIB: i64 = 2048;
+
 /// The SQLite connections of a [`DbPool`]: each operation, or each session write with everything
 /// inside it, takes an idle connection (or opens one) and gives it back; up to `keep` idle ones
 /// are kept.
@@ -293,6 +297,12 @@ struct LitePool {
     idle: Mutex<Vec<Connection>>,
     keep: usize,
     cache_kib: i64,
+    /// The connection every session write of the pool's handles uses, taken inside this
+    /// process's turn of session writes (so never by two at once). One connection for all of
+    /// them keeps its page cache: a connection's own commits leave its cache valid, while
+    /// another connection's commit empties it, and a login's write on a connection just taken
+    /// from `idle` read every page of its trees from the file again.
+    writer: Mutex<Option<Connection>>,
 }
 
 /// A `Db`'s handle on a [`LitePool`], with the connection it holds for the length of a session
@@ -349,6 +359,29 @@ impl LitePool {
         Ok(conn)
     }
 
+    /// The session writer's connection ([`LitePool::writer`]), opened the first time, with a
+    /// worker's page cache.
+    fn take_writer(&self, wait: Duration) -> Result<Connection> {
+        let kept = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let conn = match kept {
+            Some(c) => c,
+            None => {
+                let c = open_lite(&self.path)?;
+                c.pragma_update(None, "wal_autocheckpoint", 0)?;
+                c.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
+                c
+            }
+        };
+        conn.busy_timeout(wait)?;
+        Ok(conn)
+    }
+
+    fn give_back_writer(&self, conn: Connection) {
+        if conn.is_autocommit() {
+            *self.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+        }
+    }
+
     fn give_back(&self, conn: Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < self.keep && conn.is_autocommit() {
@@ -397,6 +430,7 @@ impl DbPool {
                     idle: Mutex::new(Vec::with_capacity(keep)),
                     keep,
                     cache_kib,
+                    writer: Mutex::new(None),
                 });
                 pool.give_back(conn);
                 (Some(pool), None)
@@ -1256,20 +1290,38 @@ impl Db {
         if matches!(self.conn, Conn::My(_)) {
             return write();
         }
-        self.pinned(|| {
+        let deadline = Instant::now() + bound;
+        let take_turn = || {
+            SESSION_WRITES
+                .take_by(deadline)
+                .ok_or_else(|| busy("waited too long for this process's other writers"))
+        };
+        let in_turn = |write: Box<dyn FnOnce() -> Result<T> + '_>| {
             let conn = self
                 .lite()?
                 .ok_or_else(|| store_error("no SQLite connection"))?;
-            let deadline = Instant::now() + bound;
-            let _turn = SESSION_WRITES
-                .take_by(deadline)
-                .ok_or_else(|| busy("waited too long for this process's other writers"))?;
             conn.busy_timeout(deadline.saturating_duration_since(Instant::now()))?;
             let written = write();
             let restored = conn.busy_timeout(self.write_wait);
             let written = written?;
             restored?;
             Ok(written)
+        };
+        // A pool's handle writes on the pool's one session-writer connection, taken in the turn.
+        if let Conn::Pool(p) = &self.conn {
+            if p.pinned.borrow().is_none() {
+                let _turn = take_turn()?;
+                *p.pinned.borrow_mut() = Some(p.pool.take_writer(self.write_wait)?);
+                let out = in_turn(Box::new(write));
+                if let Some(conn) = p.pinned.borrow_mut().take() {
+                    p.pool.give_back_writer(conn);
+                }
+                return out;
+            }
+        }
+        self.pinned(|| {
+            let _turn = take_turn()?;
+            in_turn(Box::new(write))
         })
     }
 
