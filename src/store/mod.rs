@@ -345,30 +345,30 @@ impl LitePool {
     /// An idle connection (its busy timeout set to `wait`), or a new one.
     fn take(&self, wait: Duration) -> Result<Connection> {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let conn = match idle {
-            Some(c) => c,
-            None => {
-                let c = open_lite(&self.path)?;
-                // The refresher thread checkpoints.
-                c.pragma_update(None, "wal_autocheckpoint", 0)?;
-                c.pragma_update(None, "cache_size", -self.cache_kib)?;
-                c
-            }
-        };
-        conn.busy_timeout(wait)?;
-        Ok(conn)
+        self.ready(idle, self.cache_kib, wait)
     }
 
     /// The session writer's connection ([`LitePool::writer`]), opened the first time, with a
     /// worker's page cache.
     fn take_writer(&self, wait: Duration) -> Result<Connection> {
         let kept = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.ready(kept, WRITER_CACHE_KIB, wait)
+    }
+
+    /// `kept`, or a new connection with a page cache of `cache_kib`; its busy timeout `wait`.
+    fn ready(
+        &self,
+        kept: Option<Connection>,
+        cache_kib: i64,
+        wait: Duration,
+    ) -> Result<Connection> {
         let conn = match kept {
             Some(c) => c,
             None => {
                 let c = open_lite(&self.path)?;
+                // The refresher thread checkpoints.
                 c.pragma_update(None, "wal_autocheckpoint", 0)?;
-                c.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
+                c.pragma_update(None, "cache_size", -cache_kib)?;
                 c
             }
         };
