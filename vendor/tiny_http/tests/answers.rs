@@ -367,7 +367,20 @@ fn an_answer_that_fails_midway_ends_its_connection() {
 #[test]
 fn a_client_that_stops_reading_midway_is_cut_after_the_io_timeout() {
     let (addr, answers) = server(1, 1);
-    let mut stalled = connect(addr);
+    // A small receive buffer, fixed before connecting (no autotuning): once it is full the
+    // socket takes nothing more. With autotuning the kernel keeps opening the window a little
+    // while the client reads nothing, each write makes some progress, and the io timeout (per
+    // write) starts again: under load that went past 8 s. A bound on the whole answer is not
+    // there yet (vendor README, change 9).
+    let mut stalled = {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(16 * 1024).unwrap();
+        socket.connect(&addr.into()).unwrap();
+        let s: TcpStream = socket.into();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
     stalled
         .write_all(format!("GET /big/{BIG} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
         .unwrap();
