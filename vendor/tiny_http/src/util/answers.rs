@@ -225,7 +225,6 @@ impl AnswerWriter {
         let spawned = std::thread::Builder::new()
             .name("tiny-http-answer".into())
             .spawn(move || {
-                let _place = place;
                 let mut holder = holder;
                 let written = holder.sink.with_turn(|w| {
                     w.write_all(&first)?;
@@ -241,6 +240,10 @@ impl AnswerWriter {
                     Ok(()) => holder.written = true,
                     Err(_) => holder.cut(),
                 }
+                // The place goes back before the connection and the count hear the answer is
+                // done: whoever they let go on may need it at once.
+                drop(place);
+                drop(holder);
             });
         match spawned {
             Ok(_) => self.route = Route::Behind(rest),
