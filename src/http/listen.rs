@@ -23,7 +23,8 @@
 //!   as much as the socket takes without waiting, the usual small answer in one call; the rest
 //!   of a larger one, or of one to a client that does not read, by a thread of tiny_http's
 //!   (at most 256 at once, past which that connection is cut), each write bounded by
-//!   `server.io_timeout_ms`; so is every read. A connection idle that long is closed.
+//!   `server.io_timeout_ms` and the whole rest by that plus its size at 32 KiB/s (tiny_http's
+//!   `Limits::min_answer_rate`); so is every read. A connection idle that long is closed.
 //!
 //! - **Every refusal is counted and logged**: the requests refused above never reach a worker,
 //!   so tiny_http reports each (`Limits::on_refusal`): `wafer_requests_total{route="refused"}`

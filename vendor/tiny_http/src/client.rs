@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{HTTPVersion, Header, Method};
 use crate::util::RefinedTcpStream;
-use crate::util::{AnswerDone, AnswerWriter, AnswersInFlight, BodyBudget, BodyHold};
+use crate::util::{AnswerDone, AnswerWriter, AnswersInFlight, Behind, BodyBudget, BodyHold};
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::{Limits, Request};
 
@@ -358,7 +358,12 @@ impl ClientConnection {
         reader.get_mut().set_deadline(None);
 
         let sink = self.sink.next().ok_or(ReadError::Closed)?;
-        let (writer, done) = AnswerWriter::new(sink, &self.answers, self.limits.max_answers_behind);
+        let behind = Behind {
+            max: self.limits.max_answers_behind,
+            io_timeout: self.limits.io_timeout,
+            min_rate: self.limits.min_answer_rate,
+        };
+        let (writer, done) = AnswerWriter::new(sink, &self.answers, behind);
         self.in_flight = Some(done);
         Ok(crate::request::new_buffered_request(
             self.secure,

@@ -248,6 +248,11 @@ pub struct Limits {
     /// client's socket would not take at once (a large answer, a client that does not read);
     /// past it, such a connection is cut. Default 256.
     pub max_answers_behind: usize,
+    /// With `max_buffered_body` and `io_timeout`: the least rate, in bytes per second, at which
+    /// a client must take an answer written behind: the rest of an answer has the io timeout
+    /// plus its size at this rate, past which the connection is cut, however little each write
+    /// moves (each write also waits at most the io timeout). Default 32 KiB/s.
+    pub min_answer_rate: usize,
 }
 
 /// What to do about a refusal (wafer's fix, `Limits::on_refusal`): a function of its status,
@@ -325,6 +330,7 @@ impl Default for Limits {
             large_body_budget: None,
             on_refusal: None,
             max_answers_behind: 256,
+            min_answer_rate: 32 * 1024,
         }
     }
 }

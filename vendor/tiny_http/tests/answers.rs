@@ -370,8 +370,8 @@ fn a_client_that_stops_reading_midway_is_cut_after_the_io_timeout() {
     // A small receive buffer, fixed before connecting (no autotuning): once it is full the
     // socket takes nothing more. With autotuning the kernel keeps opening the window a little
     // while the client reads nothing, each write makes some progress, and the io timeout (per
-    // write) starts again: under load that went past 8 s. A bound on the whole answer is not
-    // there yet (vendor README, change 9).
+    // write) starts again: under load that went past 8 s (the answer's own deadline, at the
+    // default least rate, is minutes for 8 MiB).
     let mut stalled = {
         let socket =
             socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
@@ -400,4 +400,58 @@ fn a_client_that_stops_reading_midway_is_cut_after_the_io_timeout() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(answer(&mut s).1.len(), BIG);
     drop(stalled);
+}
+
+/// A client that takes an answer written behind only a trickle at a time (each write moves a
+/// little, so no single write waits out the io timeout) is cut once the answer has had the io
+/// timeout plus its size at `Limits::min_answer_rate`.
+#[test]
+fn a_client_that_reads_a_trickle_is_cut_at_the_least_rate() {
+    let mut limits = tiny_http::Limits::default();
+    limits.io_timeout = Some(Duration::from_secs(2));
+    limits.max_buffered_body = Some(8192);
+    limits.min_answer_rate = 32 << 20;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server =
+        Arc::new(tiny_http::Server::from_listener_with_limits(listener, None, limits).unwrap());
+    let addr = server.server_addr().to_ip().unwrap();
+    let answers = server.answers_in_flight();
+    std::thread::spawn(move || {
+        while let Ok(rq) = server.recv() {
+            let _ = rq.respond(tiny_http::Response::from_data(vec![b'x'; 64 << 20]));
+        }
+    });
+    // A fixed receive buffer, so the socket holds only what the client takes.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(256 * 1024).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut s: TcpStream = socket.into();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    // 128 KiB every 50 ms, ~2.5 MB/s: enough that the writes behind keep moving (the kernel
+    // wakes a writer once half its send buffer is free, well within the io timeout), too little
+    // for the answer's deadline of 2 s + 2 s; the whole answer would take ~25 s. (The server's
+    // send buffer, a few MiB, is never behind; the client may read on through it after the cut,
+    // so what is measured is the thread writing behind letting go.)
+    let started = Instant::now();
+    let reader = std::thread::spawn(move || {
+        let (mut got, mut buf) = (0, vec![0; 128 << 10]);
+        while started.elapsed() < Duration::from_secs(10) {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        got
+    });
+    assert!(
+        answers.wait(Duration::from_secs(8)),
+        "still writing behind after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        reader.join().unwrap() < 16 << 20,
+        "the whole answer arrived"
+    );
 }

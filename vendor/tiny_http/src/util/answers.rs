@@ -72,6 +72,51 @@ impl Drop for AnswerTicket {
     }
 }
 
+/// How answers are written behind (`Limits::max_answers_behind`, `io_timeout`,
+/// `min_answer_rate`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Behind {
+    pub max: usize,
+    pub io_timeout: Option<Duration>,
+    /// Bytes per second: with an io timeout, each piece written behind must be taken within
+    /// the time this rate gives it (the first piece the io timeout more).
+    pub min_rate: usize,
+}
+
+impl Behind {
+    /// Writes `buf` whole, by `deadline` pushed back by what `buf` may take at the least rate;
+    /// each write waits at most the io timeout, and never past the deadline.
+    fn write_by(
+        &self,
+        w: &mut RefinedTcpStream,
+        mut buf: &[u8],
+        deadline: &mut Instant,
+    ) -> std::io::Result<()> {
+        let Some(io_timeout) = self.io_timeout else {
+            return w.write_all(buf);
+        };
+        let rate = self.min_rate.max(1) as f64;
+        *deadline += Duration::from_secs_f64(buf.len() as f64 / rate);
+        while !buf.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client took the answer too slowly",
+                ));
+            }
+            w.set_write_timeout(Some(io_timeout.min(left)))?;
+            match w.write(buf) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => buf = &buf[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One of the `Limits::max_answers_behind` threads; given back when dropped.
 struct BehindPlace(Arc<AtomicUsize>);
 
@@ -112,7 +157,7 @@ impl Holder {
 
 enum Route {
     /// Written to the socket as it takes it, by the thread that answers.
-    Direct(Holder, usize),
+    Direct(Holder, Behind),
     /// The socket was full: the rest goes to the thread writing behind.
     Behind(Sender<Vec<u8>>),
     Gone,
@@ -140,7 +185,7 @@ impl AnswerWriter {
     pub(crate) fn new(
         sink: Sink,
         answers: &AnswersInFlight,
-        max_behind: usize,
+        behind: Behind,
     ) -> (AnswerWriter, AnswerDone) {
         let (done, done_rx) = mpsc::channel();
         let holder = Holder {
@@ -151,7 +196,7 @@ impl AnswerWriter {
         };
         let writer = AnswerWriter {
             held: Vec::new(),
-            route: Route::Direct(holder, max_behind),
+            route: Route::Direct(holder, behind),
             answers: answers.clone(),
         };
         (writer, done_rx)
@@ -212,12 +257,16 @@ impl AnswerWriter {
 
     /// Hands what is held, and all that follows, to a thread that writes it as the client reads.
     fn go_behind(&mut self) {
-        let Route::Direct(mut holder, max) = std::mem::replace(&mut self.route, Route::Gone) else {
+        let Route::Direct(mut holder, behind) = std::mem::replace(&mut self.route, Route::Gone)
+        else {
             return;
         };
         let first = std::mem::take(&mut self.held);
-        let Some(place) = self.answers.behind_place(max) else {
-            log::warn!("answers written behind: all {max} threads busy; connection cut");
+        let Some(place) = self.answers.behind_place(behind.max) else {
+            log::warn!(
+                "answers written behind: all {} threads busy; connection cut",
+                behind.max
+            );
             holder.cut();
             return;
         };
@@ -227,14 +276,25 @@ impl AnswerWriter {
             .spawn(move || {
                 let mut holder = holder;
                 let written = holder.sink.with_turn(|w| {
-                    w.write_all(&first)?;
+                    // Each piece may take what it would at the least rate, the first the io
+                    // timeout more: the whole answer has a deadline, however little each write
+                    // moves.
+                    w.flush()?;
+                    let mut deadline = Instant::now() + behind.io_timeout.unwrap_or_default();
+                    let mut out = behind.write_by(w.get_mut(), &first, &mut deadline);
                     for piece in pieces {
-                        if piece.is_empty() {
-                            return Err(std::io::Error::other("the answer was abandoned"));
+                        if out.is_err() {
+                            break;
                         }
-                        w.write_all(&piece)?;
+                        if piece.is_empty() {
+                            out = Err(std::io::Error::other("the answer was abandoned"));
+                            break;
+                        }
+                        out = behind.write_by(w.get_mut(), &piece, &mut deadline);
                     }
-                    w.flush()
+                    // Later writes on the socket get the io timeout again.
+                    let _ = w.get_mut().set_write_timeout(behind.io_timeout);
+                    out
                 });
                 match written {
                     Ok(()) => holder.written = true,

@@ -1,4 +1,4 @@
-pub(crate) use self::answers::{AnswerDone, AnswerWriter};
+pub(crate) use self::answers::{AnswerDone, AnswerWriter, Behind};
 pub use self::answers::{AnswerTicket, AnswersInFlight};
 pub use self::body_budget::{BodyBudget, BodyHold};
 pub use self::custom_stream::CustomStream;

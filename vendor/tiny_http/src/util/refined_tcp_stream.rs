@@ -165,6 +165,11 @@ impl RefinedTcpStream {
         Ok(())
     }
 
+    /// wafer's fix: sets the socket's write timeout (the option is the socket's: both halves).
+    pub(crate) fn set_write_timeout(&mut self, t: Option<Duration>) -> IoResult<()> {
+        self.stream.set_write_timeout(t)
+    }
+
     /// Sets the socket's read timeout unless it is set to `t` already.
     fn set_read_timeout(&mut self, t: Option<Duration>) -> IoResult<()> {
         if self.read_timeout != t {
