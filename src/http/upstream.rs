@@ -89,23 +89,19 @@ type Runner<J> = Box<dyn Fn(J, Slot<'_>) + Send + Sync>;
 /// gives it back then. Either way the thread counts as finishing until it looks for its next
 /// job.
 pub struct Slot<'a> {
-    places: Option<&'a dyn Places>,
+    places: &'a dyn Places,
 }
 
 impl Slot<'_> {
     /// Give the place back: another job may be taken in it from now on.
-    pub fn release(mut self) {
-        if let Some(p) = self.places.take() {
-            p.release();
-        }
+    pub fn release(self) {
+        // Dropping it does.
     }
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        if let Some(p) = self.places.take() {
-            p.release();
-        }
+        self.places.release();
     }
 }
 
@@ -204,9 +200,7 @@ impl<J: Send + 'static> Upstream<J> {
                 drop(st);
                 // The runner catches a handler's panic itself; this keeps the count right if
                 // anything else panics (the slot, dropped unreleased, gives the place back).
-                let slot = Slot {
-                    places: Some(inner),
-                };
+                let slot = Slot { places: inner };
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     (inner.run)(job, slot)
                 }));
