@@ -1296,7 +1296,20 @@ impl Db {
                 .take_by(deadline)
                 .ok_or_else(|| busy("waited too long for this process's other writers"))
         };
-        let in_turn = |write: Box<dyn FnOnce() -> Result<T> + '_>| {
+        // A pool's handle writes on the pool's one session-writer connection, taken in the turn
+        // (and given back before the turn is).
+        let writer = match &self.conn {
+            Conn::Pool(p) if p.pinned.borrow().is_none() => Some((p, take_turn()?)),
+            _ => None,
+        };
+        if let Some((p, _)) = &writer {
+            *p.pinned.borrow_mut() = Some(p.pool.take_writer(self.write_wait)?);
+        }
+        let written = self.pinned(|| {
+            let _turn = match writer {
+                Some(_) => None,
+                None => Some(take_turn()?),
+            };
             let conn = self
                 .lite()?
                 .ok_or_else(|| store_error("no SQLite connection"))?;
@@ -1306,23 +1319,13 @@ impl Db {
             let written = written?;
             restored?;
             Ok(written)
-        };
-        // A pool's handle writes on the pool's one session-writer connection, taken in the turn.
-        if let Conn::Pool(p) = &self.conn {
-            if p.pinned.borrow().is_none() {
-                let _turn = take_turn()?;
-                *p.pinned.borrow_mut() = Some(p.pool.take_writer(self.write_wait)?);
-                let out = in_turn(Box::new(write));
-                if let Some(conn) = p.pinned.borrow_mut().take() {
-                    p.pool.give_back_writer(conn);
-                }
-                return out;
+        });
+        if let Some((p, _turn)) = writer {
+            if let Some(conn) = p.pinned.borrow_mut().take() {
+                p.pool.give_back_writer(conn);
             }
         }
-        self.pinned(|| {
-            let _turn = take_turn()?;
-            in_turn(Box::new(write))
-        })
+        written
     }
 
     /// What `/healthz` asks: a read of a table, then a write, the write within `bound` (its
