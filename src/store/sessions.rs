@@ -14,7 +14,7 @@
 use super::sql::{args, Sql};
 use super::{Db, Result, SESSION_WRITES};
 use crate::secret::Secret;
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -40,9 +40,26 @@ pub struct Slides {
 
 #[derive(Default)]
 struct Pending {
-    /// By skey hash: the session's row id (`seq`) and the `last_visit` to write.
-    slides: BTreeMap<[u8; 32], (i64, i64)>,
+    /// By skey hash: the session's row id (`seq`) and the `last_visit` to write. (Unordered:
+    /// the flush orders them by row id.)
+    slides: HashMap<[u8; 32], (i64, i64)>,
     closed: bool,
+}
+
+impl Pending {
+    /// Add a slide, or move a pending one forward; `false` when it was dropped
+    /// ([`SLIDES_MAX_PENDING`]).
+    fn merge(&mut self, hash: [u8; 32], seq: i64, at: i64) -> bool {
+        let n = self.slides.len();
+        match self.slides.get_mut(&hash) {
+            Some((_, v)) => *v = (*v).max(at),
+            None if n >= SLIDES_MAX_PENDING => return false,
+            None => {
+                self.slides.insert(hash, (seq, at));
+            }
+        }
+        true
+    }
 }
 
 impl Slides {
@@ -54,18 +71,11 @@ impl Slides {
     /// ([`SLIDES_MAX_PENDING`]).
     fn record(&self, hash: &[u8; 32], seq: i64, at: i64) -> bool {
         let mut st = self.lock();
-        let n = st.slides.len();
-        match st.slides.get_mut(hash) {
-            Some((_, v)) => *v = (*v).max(at),
-            None if n >= SLIDES_MAX_PENDING => return false,
-            None => {
-                st.slides.insert(*hash, (seq, at));
-                if n + 1 == SLIDES_FLUSH_AT {
-                    self.due.notify_all();
-                }
-            }
+        let recorded = st.merge(*hash, seq, at);
+        if st.slides.len() == SLIDES_FLUSH_AT {
+            self.due.notify_all();
         }
-        true
+        recorded
     }
 
     fn get(&self, hash: &[u8; 32]) -> Option<i64> {
@@ -76,23 +86,16 @@ impl Slides {
         self.lock().slides.remove(hash);
     }
 
-    fn take(&self) -> BTreeMap<[u8; 32], (i64, i64)> {
+    fn take(&self) -> HashMap<[u8; 32], (i64, i64)> {
         std::mem::take(&mut self.lock().slides)
     }
 
     /// Slides a failed flush took, back among the pending (newer ones recorded since win),
     /// within [`SLIDES_MAX_PENDING`].
-    fn put_back(&self, taken: BTreeMap<[u8; 32], (i64, i64)>) {
+    fn put_back(&self, taken: HashMap<[u8; 32], (i64, i64)>) {
         let mut st = self.lock();
         for (hash, (seq, at)) in taken {
-            let n = st.slides.len();
-            match st.slides.get_mut(&hash) {
-                Some((_, v)) => *v = (*v).max(at),
-                None if n >= SLIDES_MAX_PENDING => break,
-                None => {
-                    st.slides.insert(hash, (seq, at));
-                }
-            }
+            st.merge(hash, seq, at);
         }
     }
 
