@@ -173,21 +173,20 @@ pub fn start(config: Config, dev: bool) -> Result<Handle, String> {
     // Session slides are written behind, together (SQLite; on MySQL at once): every handle of
     // this server records into `slides`, the flusher writes them.
     let slides = Arc::new(crate::store::Slides::default());
-    let mut flusher_db = open()?;
-    flusher_db.share_slides(&slides);
-    let _ = flusher_db.no_autocheckpoint(); // the refresher thread checkpoints
-                                            // A flush waits for its turn and the lock about as long as it takes for the next one to be
-                                            // due; what it could not write is written then.
-    flusher_db
-        .wait_for_writes(crate::store::SLIDES_FLUSH_EVERY)
-        .map_err(|e| format!("database {target}: {e}"))?;
-    let flusher = if flusher_db.is_mysql() {
-        None
-    } else {
-        Some(
-            slides::spawn(flusher_db, slides.clone())
-                .map_err(|e| format!("spawning the slide flusher: {e}"))?,
-        )
+    let flusher = match &target {
+        Target::Mysql(_) => None,
+        Target::File(_) => {
+            let mut db = open()?;
+            db.share_slides(&slides);
+            // The refresher thread checkpoints. A flush waits for its turn and the lock about
+            // as long as it takes for the next one to be due; what it could not write is
+            // written then.
+            let _ = db.no_autocheckpoint();
+            db.wait_for_writes(crate::store::SLIDES_FLUSH_EVERY)
+                .map_err(|e| format!("database {target}: {e}"))?;
+            let spawned = slides::spawn(db, slides.clone());
+            Some(spawned.map_err(|e| format!("spawning the slide flusher: {e}"))?)
+        }
     };
     let mut pool_db = crate::store::DbPool::open(
         &target,
