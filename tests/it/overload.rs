@@ -4,9 +4,10 @@
 //! queued. Bounded in count and time; loopback only.
 
 use crate::harness::*;
-use crate::robustness::{add_app, agent, envelope, post_envelope, serve_captured};
+use crate::robustness::{
+    add_app, agent, envelope, post_envelope, serve_captured, start_login_clients,
+};
 use serde_json::{json, Value};
-use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 /// A session on the served app: (id, skey).
@@ -78,29 +79,7 @@ fn a_login_burst_on_a_slow_wechat_leaves_session_checks_fast() {
     );
 
     let n = 400;
-    let gate = Arc::new(Barrier::new(n + 1));
-    let burst: Vec<_> = (0..n)
-        .map(|t| {
-            let (addr, gate) = (addr.clone(), gate.clone());
-            std::thread::spawn(move || {
-                let agent = agent();
-                gate.wait();
-                (0..2)
-                    .map(|i| {
-                        let started = Instant::now();
-                        let body = envelope(
-                            "qcloud.cam.id_skey",
-                            json!({"code": format!("burst-{t}-{i}")}),
-                        );
-                        let answer = post_envelope(&agent, &addr, &body, None)
-                            .map(|(s, v)| (s, v["returnCode"].as_i64().unwrap_or(-1)));
-                        (answer, started.elapsed())
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    gate.wait();
+    let burst = start_login_clients(&addr, n, 2, "burst");
     std::thread::sleep(Duration::from_millis(200));
     let checker = agent();
     let mut checks = Vec::new();

@@ -981,31 +981,16 @@ fn a_client_that_logs_in_again_at_once_finds_its_place_in_the_pool() {
     let (clients, rounds) = (64, 5);
     env.fail(json!({"path": "/sns/jscode2session", "delay_ms": 20, "times": clients * rounds}));
     let addr = env.server.as_ref().unwrap().addr().to_string();
-    let gate = Arc::new(std::sync::Barrier::new(clients));
-    let answers: Vec<_> = (0..clients)
-        .map(|i| {
-            let (addr, gate) = (addr.clone(), gate.clone());
-            std::thread::spawn(move || {
-                // One agent per client: one keep-alive connection, reused for every login.
-                let client = agent();
-                gate.wait();
-                (0..rounds)
-                    .map(|k| {
-                        let body = envelope(
-                            "qcloud.cam.id_skey",
-                            json!({"code": format!("again-{i}-{k}")}),
-                        );
-                        let (status, v) = post_envelope(&client, &addr, &body, None).unwrap();
-                        assert_eq!(status, 200, "{v}");
-                        code_of(&v)
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    let codes: Vec<i64> = answers
+    let logins: Vec<_> = start_login_clients(&addr, clients, rounds, "again")
         .into_iter()
-        .flat_map(|a| a.join().unwrap())
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    let codes: Vec<i64> = logins
+        .iter()
+        .map(|(answer, _)| match answer {
+            Ok((200, code)) => *code,
+            other => panic!("a login answered {other:?}"),
+        })
         .collect();
     let refused = codes.iter().filter(|c| **c != 0).count();
     eprintln!(
@@ -1079,6 +1064,43 @@ fn a_login_waiting_on_wechat_holds_no_database_connection() {
         during <= before + 2,
         "{during} descriptors on the database while {n} logins waited on WeChat, {before} before"
     );
+}
+
+/// One client's logins: each one's (HTTP status, `returnCode`) or transport error, and how long
+/// it took.
+pub(crate) type Logins = Vec<(Result<(u16, i64), String>, Duration)>;
+
+/// `clients` clients, released together, each logging in `rounds` times back to back on its own
+/// agent (one keep-alive connection; codes `{tag}-{client}-{round}`). Returns once they are
+/// released; each thread answers its [`Logins`].
+pub(crate) fn start_login_clients(
+    addr: &str,
+    clients: usize,
+    rounds: usize,
+    tag: &str,
+) -> Vec<std::thread::JoinHandle<Logins>> {
+    let gate = Arc::new(std::sync::Barrier::new(clients + 1));
+    let threads = (0..clients)
+        .map(|i| {
+            let (addr, gate, tag) = (addr.to_string(), gate.clone(), tag.to_string());
+            std::thread::spawn(move || {
+                let client = agent();
+                gate.wait();
+                (0..rounds)
+                    .map(|k| {
+                        let started = Instant::now();
+                        let code = json!({"code": format!("{tag}-{i}-{k}")});
+                        let body = envelope("qcloud.cam.id_skey", code);
+                        let answer = post_envelope(&client, &addr, &body, None)
+                            .map(|(s, v)| (s, v["returnCode"].as_i64().unwrap_or(-1)));
+                        (answer, started.elapsed())
+                    })
+                    .collect()
+            })
+        })
+        .collect();
+    gate.wait();
+    threads
 }
 
 fn code_of(r: &Value) -> i64 {
